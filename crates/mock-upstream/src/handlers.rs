@@ -1,0 +1,277 @@
+//! The single request handler: record the request, pick a fault, route by
+//! path, and turn the resulting `Answer` into a (possibly streamed) response.
+//!
+//! Routing matches path suffixes, so `/v1/chat/completions` and an Azure-style
+//! `/openai/deployments/d/chat/completions` both reach the chat answer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::json;
+
+use crate::answers::{self, Answer, Knobs};
+use crate::faults::{self, Fault};
+use crate::sse::{self, Pieces, StreamKind};
+use crate::{Recorded, Shared};
+
+/// Largest request body read; bigger bodies get a 413.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Which answer a request gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    Chat,
+    Completions,
+    Embeddings,
+    Models,
+    Speech,
+    Echo,
+}
+
+/// Maps method and path to a [`Route`]; anything unknown is echoed.
+pub(crate) fn route(method: &Method, path: &str) -> Route {
+    let path = path.trim_end_matches('/');
+    let post = method == Method::POST;
+    if post && path.ends_with("/chat/completions") {
+        Route::Chat
+    } else if post && path.ends_with("/completions") {
+        Route::Completions
+    } else if post && path.ends_with("/embeddings") {
+        Route::Embeddings
+    } else if method == Method::GET && path.ends_with("/models") {
+        Route::Models
+    } else if post && path.ends_with("/audio/speech") {
+        Route::Speech
+    } else {
+        Route::Echo
+    }
+}
+
+/// The request key: `Authorization: Bearer X`, else `api-key`, else `x-api-key`.
+pub(crate) fn request_key(headers: &HeaderMap) -> Option<String> {
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    bearer
+        .or_else(|| header_str(headers, "api-key"))
+        .or_else(|| header_str(headers, "x-api-key"))
+        .map(str::to_owned)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A per-request knob from a header, parsed as a number.
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    header_str(headers, name).and_then(|v| v.trim().parse().ok())
+}
+
+/// The one axum handler behind every path.
+pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(_) => {
+            let answer = Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "request body unreadable");
+            return respond(answer, None, Duration::ZERO);
+        }
+    };
+    let key = request_key(&parts.headers);
+    let seq = shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
+    // Subscribe before anything can wait, so a release that happens while
+    // this request is in flight is never missed.
+    let hold = shared.holds.subscribe();
+    let fault = {
+        let mut scripts = shared.lock_scripts();
+        faults::choose(
+            &mut scripts,
+            key.as_deref(),
+            header_str(&parts.headers, "x-mock-fault"),
+        )
+    };
+    let knobs = Knobs {
+        seq,
+        chunks: header_u64(&parts.headers, "x-mock-chunks").map_or(shared.config.chunks, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }),
+        chunk_delay: header_u64(&parts.headers, "x-mock-chunk-delay-ms")
+            .map_or(shared.config.chunk_delay, Duration::from_millis),
+        prompt_tokens: body.len() / 4,
+    };
+    let route = route(&parts.method, parts.uri.path());
+    let content_type = header_str(&parts.headers, "content-type").map(str::to_owned);
+    let method = parts.method.to_string();
+    let path = parts.uri.path().to_owned();
+
+    if shared.config.record {
+        shared.record(Recorded {
+            method: method.clone(),
+            path: path.clone(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            key,
+            body: body.clone(),
+            at: std::time::Instant::now(),
+        });
+    }
+
+    if !shared.config.response_delay.is_zero() {
+        tokio::time::sleep(shared.config.response_delay).await;
+    }
+    let fault = match fault {
+        Some(Fault::Delay(wait)) => {
+            tokio::time::sleep(wait).await;
+            None
+        }
+        Some(Fault::Status {
+            status,
+            body,
+            headers,
+        }) => return status_response(status, body, &headers),
+        other => other,
+    };
+
+    let answer = match route {
+        Route::Chat => answers::completion(&body, &knobs, StreamKind::Chat),
+        Route::Completions => answers::completion(&body, &knobs, StreamKind::Completion),
+        Route::Embeddings => answers::embeddings(&body, &knobs),
+        Route::Models => answers::models(),
+        Route::Speech => answers::speech(),
+        Route::Echo => {
+            let echo = json!({
+                "object": "mock.echo",
+                "method": method,
+                "path": path,
+                "content_type": content_type,
+                "body_len": body.len(),
+            });
+            Answer::json(StatusCode::OK, &echo)
+        }
+    };
+    let fault = fault.map(|f| (f, hold));
+    respond(answer, fault, knobs.chunk_delay)
+}
+
+/// Builds the exact response a [`Fault::Status`] asks for.
+fn status_response(status: u16, body: String, headers: &[(String, String)]) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let map = response.headers_mut();
+    map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            if name == CONTENT_TYPE {
+                map.insert(name, value);
+            } else {
+                map.append(name, value);
+            }
+        }
+    }
+    response
+}
+
+/// Sends `answer`, shaped by a streaming fault if there is one.
+fn respond(
+    mut answer: Answer,
+    fault: Option<(Fault, tokio::sync::watch::Receiver<u64>)>,
+    chunk_delay: Duration,
+) -> Response {
+    let delay = if answer.streaming {
+        chunk_delay
+    } else {
+        Duration::ZERO
+    };
+    let body = match fault {
+        None if !answer.streaming => Body::from(answer.pieces.concat()),
+        None => Body::from_stream(Pieces::new(answer.pieces.clone(), delay).into_stream()),
+        Some((Fault::StreamErrorFirst, _)) => {
+            let error = faults::stream_error_body();
+            answer.status = StatusCode::OK;
+            if answer.streaming {
+                answer.pieces = vec![sse::data_event(&error)];
+            } else {
+                answer.content_type = "application/json";
+                answer.pieces = vec![Bytes::from(error.to_string())];
+            }
+            Body::from(answer.pieces.concat())
+        }
+        Some((Fault::BreakAfter(n), _)) => {
+            let pieces = Pieces::new(split_plain(&answer), delay).break_after(n);
+            Body::from_stream(pieces.into_stream())
+        }
+        Some((Fault::HoldAfterFirst, hold)) => {
+            let pieces = Pieces::new(split_plain(&answer), delay).hold_after_first(hold);
+            Body::from_stream(pieces.into_stream())
+        }
+        // Status and Delay were handled before the answer was built.
+        Some((Fault::Status { .. } | Fault::Delay(_), _)) => Body::from(answer.pieces.concat()),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+    if answer.streaming {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    response
+}
+
+/// Streaming answers keep their events; a plain body is cut in two halves so
+/// holds and breaks have a "first piece" to send.
+fn split_plain(answer: &Answer) -> Vec<Bytes> {
+    if answer.streaming {
+        return answer.pieces.clone();
+    }
+    let whole = Bytes::from(answer.pieces.concat());
+    let mid = whole.len() / 2;
+    vec![whole.slice(..mid), whole.slice(mid..)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_suffix() {
+        assert_eq!(route(&Method::POST, "/v1/chat/completions"), Route::Chat);
+        assert_eq!(
+            route(&Method::POST, "/openai/deployments/d/chat/completions"),
+            Route::Chat
+        );
+        assert_eq!(route(&Method::POST, "/v1/completions"), Route::Completions);
+        assert_eq!(route(&Method::POST, "/v1/embeddings"), Route::Embeddings);
+        assert_eq!(route(&Method::GET, "/v1/models"), Route::Models);
+        assert_eq!(route(&Method::POST, "/v1/audio/speech"), Route::Speech);
+        assert_eq!(route(&Method::GET, "/v1/chat/completions"), Route::Echo);
+        assert_eq!(route(&Method::POST, "/v1/files"), Route::Echo);
+    }
+
+    #[test]
+    fn key_prefers_bearer_then_api_key_then_x_api_key() {
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("x"));
+        assert_eq!(request_key(&h).as_deref(), Some("x"));
+        h.insert("api-key", HeaderValue::from_static("a"));
+        assert_eq!(request_key(&h).as_deref(), Some("a"));
+        h.insert("authorization", HeaderValue::from_static("Basic zzz"));
+        assert_eq!(request_key(&h).as_deref(), Some("a"));
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-1"));
+        assert_eq!(request_key(&h).as_deref(), Some("sk-1"));
+    }
+}

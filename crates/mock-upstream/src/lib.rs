@@ -1,0 +1,226 @@
+//! A fake OpenAI-compatible upstream with scripted faults, for end-to-end
+//! tests (in process, on an ephemeral port) and benchmarks (the
+//! `mock-upstream` binary).
+//!
+//! [`start`] binds `127.0.0.1:0` and serves on the current tokio runtime; the
+//! returned [`MockHandle`] records every request and scripts faults per API
+//! key. Answers:
+//!
+//! | route                        | answer                                                 |
+//! |------------------------------|--------------------------------------------------------|
+//! | `POST /v1/chat/completions`  | `chat.completion`, or SSE chunks with `"stream": true` |
+//! | `POST /v1/completions`       | `text_completion`, streamed the same way               |
+//! | `POST /v1/embeddings`        | one `[0.1, 0.2, 0.3]` embedding per input item         |
+//! | `GET /v1/models`             | a single `mock-model`                                  |
+//! | `POST /v1/audio/speech`      | 1024 bytes of `audio/mpeg`                             |
+//! | anything else                | `{"object": "mock.echo", ...}`                         |
+//!
+//! Routes match on path suffix, so Azure-style deployment paths work too.
+//!
+//! Per request, the headers `x-mock-fault` (`status=503`, `rate-limited=2`,
+//! `delay-ms=200`, `break-after=2`, `error-first`, `hold`), `x-mock-chunks`
+//! and `x-mock-chunk-delay-ms` override the defaults; faults scripted for the
+//! request's key win over the header (see [`Fault`]).
+#![warn(missing_docs)]
+
+mod answers;
+mod faults;
+mod handlers;
+mod sse;
+#[cfg(test)]
+mod tests;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use faults::Fault;
+
+/// How the fake upstream answers when no fault applies.
+#[derive(Clone, Debug)]
+pub struct MockConfig {
+    /// Number of SSE chunk events in a streamed answer (and the
+    /// `completion_tokens` reported). Default 3.
+    pub chunks: usize,
+    /// Pause between streamed events. Default zero.
+    pub chunk_delay: Duration,
+    /// Pause before the headers of every answer. Default zero.
+    pub response_delay: Duration,
+    /// Keep a [`Recorded`] copy of every request. Default true; benchmarks
+    /// turn it off, which makes [`MockHandle::requests`] empty.
+    pub record: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> MockConfig {
+        MockConfig {
+            chunks: 3,
+            chunk_delay: Duration::ZERO,
+            response_delay: Duration::ZERO,
+            record: true,
+        }
+    }
+}
+
+/// One request as the fake upstream received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// URI path, e.g. `/v1/chat/completions`.
+    pub path: String,
+    /// Raw query string, without `?`.
+    pub query: Option<String>,
+    /// All request headers.
+    pub headers: http::HeaderMap,
+    /// The API key: bearer token, else `api-key`, else `x-api-key`.
+    pub key: Option<String>,
+    /// The full request body.
+    pub body: Bytes,
+    /// When the request was received (after its body was read).
+    pub at: std::time::Instant,
+}
+
+/// State shared by the handler and every [`MockHandle`] clone.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: MockConfig,
+    log: Mutex<Vec<Recorded>>,
+    scripts: Mutex<faults::Scripts>,
+    /// Bumped by `release_holds`; held streams wait for a change.
+    pub(crate) holds: watch::Sender<u64>,
+    /// Request sequence number, used in response ids.
+    pub(crate) seq: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn record(&self, request: Recorded) {
+        lock(&self.log).push(request);
+    }
+
+    pub(crate) fn lock_scripts(&self) -> MutexGuard<'_, faults::Scripts> {
+        lock(&self.scripts)
+    }
+}
+
+/// Locks ignoring poison: a panicking test thread must not wedge the server.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running fake upstream. Cheap to clone; all clones control the same server.
+#[derive(Clone, Debug)]
+pub struct MockHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+impl MockHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR/v1`, the OpenAI base URL of this server.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Every request received so far, in arrival order (empty when
+    /// [`MockConfig::record`] is off).
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.shared.log).clone()
+    }
+
+    /// How many recorded requests carried `key`.
+    pub fn requests_for_key(&self, key: &str) -> usize {
+        lock(&self.shared.log)
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(key))
+            .count()
+    }
+
+    /// Queues one-shot faults for requests carrying `key`: each such request
+    /// takes the next one; once the queue is empty they are answered normally
+    /// (or by [`MockHandle::script_always`], or the `x-mock-fault` header).
+    pub fn script(&self, key: &str, faults: impl IntoIterator<Item = Fault>) {
+        self.shared.lock_scripts().push(key, faults);
+    }
+
+    /// Gives every request carrying `key` this fault until [`MockHandle::clear`];
+    /// queued faults from [`MockHandle::script`] still go first.
+    pub fn script_always(&self, key: &str, fault: Fault) {
+        self.shared.lock_scripts().set_always(key, fault);
+    }
+
+    /// Forgets all scripted faults (queued and standing). Recorded requests
+    /// are kept (see [`MockHandle::clear_requests`]); streams already held
+    /// stay held until [`MockHandle::release_holds`].
+    pub fn clear(&self) {
+        self.shared.lock_scripts().clear();
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        lock(&self.shared.log).clear();
+    }
+
+    /// Lets every stream currently held by [`Fault::HoldAfterFirst`] (or
+    /// `x-mock-fault: hold`) continue, including requests already received
+    /// that have not reached their hold point yet. Later requests hold again.
+    pub fn release_holds(&self) {
+        self.shared.holds.send_modify(|generation| *generation += 1);
+    }
+
+    /// Stops accepting connections and closes idle ones; in-flight answers
+    /// finish. Other clones of this handle stop working too.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// Starts a fake upstream on `127.0.0.1` with an ephemeral port, served by a
+/// task on the current tokio runtime.
+pub async fn start(config: MockConfig) -> std::io::Result<MockHandle> {
+    start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).await
+}
+
+/// Starts a fake upstream on `addr`, served by a task on the current tokio
+/// runtime. Fails if the address cannot be bound.
+pub async fn start_on(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        config,
+        log: Mutex::new(Vec::new()),
+        scripts: Mutex::new(faults::Scripts::default()),
+        holds: watch::Sender::new(0),
+        seq: AtomicU64::new(0),
+    });
+    let (shutdown, mut stop) = watch::channel(false);
+    let app = Router::new()
+        .fallback(handlers::handle)
+        .with_state(Arc::clone(&shared));
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        // An error means every handle is gone; keep serving until the runtime ends.
+        if stop.wait_for(|stopped| *stopped).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    });
+    tokio::spawn(async move {
+        // Accept errors are retried inside axum; nothing useful to do on exit.
+        let _ = server.await;
+    });
+    Ok(MockHandle {
+        addr,
+        shared,
+        shutdown: Arc::new(shutdown),
+    })
+}

@@ -1,0 +1,149 @@
+//! Serde wire types of the OpenAI API that Tollgate speaks to its clients.
+//!
+//! Only what the gateway reads or writes itself lives here: the error envelope, the few
+//! request fields the gateway routes on, and the pieces of stream chunks it inspects.
+//! Everything else in a body passes through untouched.
+
+use serde::{Deserialize, Serialize};
+
+/// `{"error": {...}}`: the envelope of every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    /// The error itself.
+    pub error: ErrorBody,
+}
+
+/// The body of an OpenAI error: all four fields are always present (`param`/`code` may be null).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Human-readable message.
+    pub message: String,
+    /// Error type, e.g. `invalid_request_error`.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// The request parameter at fault, if any.
+    #[serde(default)]
+    pub param: Option<String>,
+    /// Machine-readable code, e.g. `rate_limit_exceeded`; OpenAI sends strings, some servers numbers.
+    #[serde(default)]
+    pub code: Option<serde_json::Value>,
+}
+
+impl ErrorEnvelope {
+    /// Builds an envelope from its parts.
+    pub fn new(
+        message: impl Into<String>,
+        kind: &str,
+        param: Option<&str>,
+        code: Option<&str>,
+    ) -> Self {
+        ErrorEnvelope {
+            error: ErrorBody {
+                message: message.into(),
+                kind: Some(kind.to_owned()),
+                param: param.map(str::to_owned),
+                code: code.map(|c| serde_json::Value::String(c.to_owned())),
+            },
+        }
+    }
+
+    /// The envelope as JSON bytes (serialization of these plain fields cannot fail).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#.to_vec())
+    }
+}
+
+impl ErrorBody {
+    /// The `code` as a string when it is one.
+    pub fn code_str(&self) -> Option<&str> {
+        self.code.as_ref().and_then(|c| c.as_str())
+    }
+}
+
+/// The fields of a request body that the gateway routes on; everything else is skipped unread.
+#[derive(Debug, Default, Deserialize)]
+pub struct RequestMeta<'a> {
+    /// The model the client asked for.
+    #[serde(borrow, default)]
+    pub model: Option<std::borrow::Cow<'a, str>>,
+    /// Whether the answer is an SSE stream.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// `stream_options`, when given.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// `max_tokens` (legacy name).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// `max_completion_tokens` (current name).
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+}
+
+/// `stream_options` of a chat or completion request.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct StreamOptions {
+    /// Ask for a final usage chunk.
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// Token usage of a completion.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Sum of both.
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+/// What the gateway looks for in a body or stream event: an `error`, or a `usage`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Probe {
+    /// Present when the object is an error.
+    #[serde(default)]
+    pub error: Option<ErrorBody>,
+    /// Present on final usage chunks and non-stream answers.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_envelope_has_all_four_fields() {
+        let json = String::from_utf8(
+            ErrorEnvelope::new("bad", "invalid_request_error", None, Some("x")).to_json(),
+        )
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn meta_reads_only_routing_fields() {
+        let meta: RequestMeta<'_> = serde_json::from_str(r#"{"messages":[{"role":"user","content":"hi"}],"model":"m","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert_eq!(meta.model.as_deref(), Some("m"));
+        assert_eq!(meta.stream, Some(true));
+        assert_eq!(
+            meta.stream_options.and_then(|o| o.include_usage),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn probe_reads_errors_with_numeric_codes() {
+        let p: Probe =
+            serde_json::from_str(r#"{"error":{"message":"m","type":"t","code":429}}"#).unwrap();
+        assert_eq!(p.error.unwrap().code, Some(serde_json::json!(429)));
+    }
+}

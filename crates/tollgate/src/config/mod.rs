@@ -1,0 +1,295 @@
+//! The gateway's configuration: the serde shape users write (`Config`), its loading with figment
+//! (struct defaults, then a TOML file or the zero-config environment, then `TOLLGATE_SECTION__FIELD`
+//! variables), and `validate()` into the typed `Settings` the gateway runs on.
+
+mod secret;
+mod settings;
+
+pub use secret::Secret;
+pub use settings::{
+    KeySettings, ModelRoute, ProviderKind, ProviderSettings, RetrySettings, ServerSettings,
+    Settings, TargetSettings,
+};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, timeouts, limits, logs.
+    pub server: ServerConfig,
+    /// Retry, backoff, cooldown and probing policy.
+    pub retry: RetryConfig,
+    /// Upstream providers, each with its keys.
+    pub providers: Vec<ProviderConfig>,
+    /// Model names clients send, each mapped to an ordered chain of targets.
+    pub models: Vec<ModelConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the main listener.
+    pub listen: String,
+    /// Optional separate listener for `/metrics`, `/healthz` and `/readyz`.
+    pub admin_listen: Option<String>,
+    /// One deadline for the whole request: every attempt, wait and fallback.
+    pub request_timeout: String,
+    /// TCP/TLS connect timeout to an upstream.
+    pub connect_timeout: String,
+    /// Longest wait for an upstream's response headers (and, for streams, its first event).
+    pub first_byte_timeout: String,
+    /// Longest silence between two chunks of a streamed answer.
+    pub idle_timeout: String,
+    /// How long in-flight requests may run on after SIGTERM/SIGINT.
+    pub drain_timeout: String,
+    /// Largest accepted request body.
+    pub max_body: String,
+    /// `json` or `pretty`.
+    pub log_format: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: None,
+            request_timeout: "10m".into(),
+            connect_timeout: "5s".into(),
+            first_byte_timeout: "5m".into(),
+            idle_timeout: "2m".into(),
+            drain_timeout: "30s".into(),
+            max_body: "32MiB".into(),
+            log_format: "json".into(),
+        }
+    }
+}
+
+/// `[retry]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per target (the first one included).
+    pub max_attempts: u32,
+    /// Base of the exponential backoff.
+    pub base_delay: String,
+    /// Cap of one backoff wait.
+    pub max_delay: String,
+    /// Retries may add at most this percentage to the request rate (over `budget_window`).
+    pub budget_percent: u32,
+    /// Retries always allowed per second, whatever the request rate.
+    pub budget_min_per_sec: u32,
+    /// Window over which the retry budget is counted.
+    pub budget_window: String,
+    /// Cooldown of a key after a 429 that names no time.
+    pub cooldown_default: String,
+    /// Longest cooldown, whatever the provider asks.
+    pub cooldown_max: String,
+    /// A disabled key (401/403/quota) gets one probe request after this long.
+    pub probe_interval: String,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 4,
+            base_delay: "250ms".into(),
+            max_delay: "20s".into(),
+            budget_percent: 20,
+            budget_min_per_sec: 10,
+            budget_window: "10s".into(),
+            cooldown_default: "10s".into(),
+            cooldown_max: "5m".into(),
+            probe_interval: "60s".into(),
+        }
+    }
+}
+
+/// `[[providers]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Name used in routes, logs and metrics.
+    pub name: String,
+    /// `openai` (any OpenAI-compatible server) or `azure`.
+    pub kind: String,
+    /// Base URL; for `openai` it includes `/v1`, for `azure` it is the resource endpoint.
+    pub base_url: String,
+    /// Azure's `api-version`.
+    pub api_version: Option<String>,
+    /// Models not listed in `[[models]]` pass through to this provider.
+    pub default: bool,
+    /// The provider's API keys.
+    pub keys: Vec<KeyConfig>,
+}
+
+/// One upstream API key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Name of the key in logs, metrics and headers; never the secret.
+    pub id: String,
+    /// The key itself, or `${ENV_VAR}`.
+    pub secret: Secret,
+    /// Relative share of traffic among healthy keys (default 1).
+    pub weight: Option<u32>,
+    /// The provider's requests-per-minute limit for this key.
+    pub rpm: Option<u32>,
+    /// The provider's tokens-per-minute limit for this key.
+    pub tpm: Option<u32>,
+}
+
+/// `[[models]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The model name clients send.
+    pub name: String,
+    /// Ordered fallback chain.
+    pub targets: Vec<TargetConfig>,
+}
+
+/// One element of a model's chain.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TargetConfig {
+    /// A provider's `name`.
+    pub provider: String,
+    /// The model (or Azure deployment) name sent upstream; defaults to the client's model name.
+    pub model: Option<String>,
+    /// The target's context window, for documentation and context-length fallback ordering.
+    pub context_window: Option<u32>,
+}
+
+/// Where the config comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config PATH`; must exist when given.
+    pub path: Option<std::path::PathBuf>,
+    /// `--listen ADDR`, applied last.
+    pub listen: Option<String>,
+}
+
+/// A config that could not be loaded: figment's message or every validation problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    /// One line per problem, each starting with the key path.
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(msg: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![msg.into()],
+        }
+    }
+}
+
+/// The zero-config provider built from `OPENAI_API_KEY(S)` and `TOLLGATE_UPSTREAM_URL`. Plain
+/// strings, not `Secret`: figment merges serialized data, and a `Secret` would serialize as `***`.
+#[derive(Serialize)]
+struct ZeroConfig {
+    providers: [ZeroProvider; 1],
+}
+
+#[derive(Serialize)]
+struct ZeroProvider {
+    name: &'static str,
+    kind: &'static str,
+    base_url: String,
+    default: bool,
+    keys: Vec<ZeroKey>,
+}
+
+#[derive(Serialize)]
+struct ZeroKey {
+    id: String,
+    secret: String,
+}
+
+impl Config {
+    /// Loads defaults, then the file (or the zero-config environment), then `TOLLGATE_*__*` variables.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        Self::load_with(sources, &|name| std::env::var(name).ok())
+    }
+
+    fn load_with(
+        sources: &Sources,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        match &sources.path {
+            Some(path) => {
+                if !Path::new(path).is_file() {
+                    return Err(ConfigError::one(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                if let Some(zero) = zero_config(env) {
+                    figment = figment.merge(Serialized::defaults(zero));
+                }
+            }
+        }
+        // Only SECTION__FIELD variables: TOLLGATE_UPSTREAM_URL and secrets named TOLLGATE_* are not config keys.
+        figment = figment.merge(
+            Env::prefixed("TOLLGATE_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        if let Some(listen) = &sources.listen {
+            figment = figment.merge(("server.listen", listen.as_str()));
+        }
+        figment.extract::<Config>().map_err(|e| ConfigError {
+            problems: e.into_iter().map(|e| e.to_string()).collect(),
+        })
+    }
+}
+
+fn zero_config(env: &dyn Fn(&str) -> Option<String>) -> Option<ZeroConfig> {
+    let secrets: Vec<String> = match env("OPENAI_API_KEYS") {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => env("OPENAI_API_KEY")
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    if secrets.is_empty() {
+        return None;
+    }
+    let keys = secrets
+        .into_iter()
+        .enumerate()
+        .map(|(i, secret)| ZeroKey {
+            id: format!("key-{}", i + 1),
+            secret,
+        })
+        .collect();
+    Some(ZeroConfig {
+        providers: [ZeroProvider {
+            name: "openai",
+            kind: "openai",
+            base_url: env("TOLLGATE_UPSTREAM_URL")
+                .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+            default: true,
+            keys,
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests;

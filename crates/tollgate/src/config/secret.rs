@@ -1,0 +1,120 @@
+//! `Secret`: a string that never prints or serializes its value.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+
+/// A secret value (API key, token). `Debug`, `Display` and `Serialize` all show `***`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself: call only where it is sent upstream or compared.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// Accepts strings and, since environment values that look like numbers arrive as numbers,
+/// integers too: a secret stays the string it was written as.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SecretVisitor;
+        impl Visitor<'_> for SecretVisitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+/// Replaces each `${VAR}` in `raw` by that environment variable; names the first one missing.
+pub(crate) fn expand_env(
+    raw: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unterminated ${ in value".to_owned())?;
+        let name = &after[..end];
+        match lookup(name) {
+            Some(v) => out.push_str(&v),
+            None => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_shows_its_value() {
+        let s = Secret::new("sk-live-123");
+        assert_eq!(format!("{s:?} {s}"), "*** ***");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"***\"");
+    }
+
+    #[test]
+    fn numbers_stay_strings() {
+        let s: Secret = serde_json::from_str("12345").unwrap();
+        assert_eq!(s.expose(), "12345");
+    }
+
+    #[test]
+    fn expands_env_references() {
+        let lookup = |n: &str| (n == "A").then(|| "x".to_owned());
+        assert_eq!(expand_env("${A}", &lookup).unwrap(), "x");
+        assert_eq!(expand_env("pre-${A}-post", &lookup).unwrap(), "pre-x-post");
+        assert_eq!(
+            expand_env("${B}", &lookup).unwrap_err(),
+            "environment variable B is not set"
+        );
+        assert!(expand_env("${A", &lookup).is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! `validate()`: the user's `Config` checked as a whole into typed `Settings`, every problem
+//! reported at once with its key path.
+
+use super::secret::expand_env;
+use super::{Config, ConfigError, Secret};
+use crate::units::{parse_duration, parse_size};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The validated config the gateway runs on. Serializes with secrets as `***`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Listeners, timeouts, limits.
+    pub server: ServerSettings,
+    /// Retry policy.
+    pub retry: RetrySettings,
+    /// Providers in config order; targets refer to them by index.
+    pub providers: Vec<ProviderSettings>,
+    /// Configured models in config order.
+    pub models: Vec<ModelRoute>,
+    /// Index of the provider that serves models not listed, if any.
+    pub default_provider: Option<usize>,
+    #[serde(skip)]
+    model_index: HashMap<String, usize>,
+}
+
+/// Validated `[server]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerSettings {
+    /// Main listener.
+    pub listen: SocketAddr,
+    /// Separate listener for metrics and health, if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Whole-request deadline.
+    #[serde(with = "secs")]
+    pub request_timeout: Duration,
+    /// Upstream connect timeout.
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    /// Time to response headers / first stream event.
+    #[serde(with = "secs")]
+    pub first_byte_timeout: Duration,
+    /// Longest silence inside a stream.
+    #[serde(with = "secs")]
+    pub idle_timeout: Duration,
+    /// Drain time on shutdown.
+    #[serde(with = "secs")]
+    pub drain_timeout: Duration,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+    /// Logs as JSON (else human-readable).
+    pub log_json: bool,
+}
+
+/// Validated `[retry]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetrySettings {
+    /// Attempts per target, at least 1.
+    pub max_attempts: u32,
+    /// Backoff base.
+    #[serde(with = "secs")]
+    pub base_delay: Duration,
+    /// Backoff cap.
+    #[serde(with = "secs")]
+    pub max_delay: Duration,
+    /// Retry budget: share of the request rate.
+    pub budget_percent: u32,
+    /// Retry budget floor per second.
+    pub budget_min_per_sec: u32,
+    /// Retry budget window.
+    #[serde(with = "secs")]
+    pub budget_window: Duration,
+    /// Cooldown when a 429 names no time.
+    #[serde(with = "secs")]
+    pub cooldown_default: Duration,
+    /// Cooldown cap.
+    #[serde(with = "secs")]
+    pub cooldown_max: Duration,
+    /// Wait before a disabled key is probed.
+    #[serde(with = "secs")]
+    pub probe_interval: Duration,
+}
+
+/// The kinds of upstream the gateway speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI or any OpenAI-compatible server.
+    OpenAi,
+    /// Azure OpenAI (deployment URLs, `api-key` header).
+    Azure,
+}
+
+/// A validated provider.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderSettings {
+    /// Name in routes, logs, metrics.
+    pub name: String,
+    /// Dialect.
+    pub kind: ProviderKind,
+    /// Base URL without a trailing slash.
+    pub base_url: String,
+    /// Azure `api-version`.
+    pub api_version: Option<String>,
+    /// Serves unlisted models.
+    pub default: bool,
+    /// Keys in config order.
+    pub keys: Vec<KeySettings>,
+}
+
+/// A validated upstream key.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeySettings {
+    /// Public name of the key.
+    pub id: String,
+    /// The expanded secret.
+    pub secret: Secret,
+    /// Selection weight, at least 1.
+    pub weight: u32,
+    /// Declared requests per minute.
+    pub rpm: Option<u32>,
+    /// Declared tokens per minute.
+    pub tpm: Option<u32>,
+}
+
+/// A configured model and its chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRoute {
+    /// The name clients send.
+    pub name: String,
+    /// Ordered targets.
+    pub targets: Vec<TargetSettings>,
+}
+
+/// One target of a chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetSettings {
+    /// Index into `Settings::providers`.
+    pub provider: usize,
+    /// Model (or deployment) name sent upstream.
+    pub model: String,
+    /// Declared context window.
+    pub context_window: Option<u32>,
+}
+
+mod secs {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+}
+
+impl Settings {
+    /// The route of a configured model.
+    pub fn model(&self, name: &str) -> Option<&ModelRoute> {
+        self.model_index.get(name).map(|&i| &self.models[i])
+    }
+}
+
+/// Collects problems while walking the config.
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, path: &str, msg: impl std::fmt::Display) {
+        self.0.push(format!("{path}: {msg}"));
+    }
+
+    fn duration(&mut self, path: &str, raw: &str) -> Duration {
+        parse_duration(raw).unwrap_or_else(|| {
+            self.push(
+                path,
+                format_args!("`{raw}` is not a duration (e.g. \"250ms\", \"30s\", \"10m\")"),
+            );
+            Duration::ZERO
+        })
+    }
+
+    fn addr(&mut self, path: &str, raw: &str) -> SocketAddr {
+        raw.parse().unwrap_or_else(|_| {
+            self.push(
+                path,
+                format_args!("`{raw}` is not an address like 0.0.0.0:8080"),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+}
+
+impl Config {
+    /// Checks the whole config, expanding `${VAR}` secrets from the process environment.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        self.validate_with(&|name| std::env::var(name).ok())
+    }
+
+    /// `validate` with an explicit environment lookup.
+    pub fn validate_with(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut p = Problems(Vec::new());
+        let s = &self.server;
+        let server = ServerSettings {
+            listen: p.addr("server.listen", &s.listen),
+            admin_listen: s
+                .admin_listen
+                .as_deref()
+                .map(|a| p.addr("server.admin_listen", a)),
+            request_timeout: p.duration("server.request_timeout", &s.request_timeout),
+            connect_timeout: p.duration("server.connect_timeout", &s.connect_timeout),
+            first_byte_timeout: p.duration("server.first_byte_timeout", &s.first_byte_timeout),
+            idle_timeout: p.duration("server.idle_timeout", &s.idle_timeout),
+            drain_timeout: p.duration("server.drain_timeout", &s.drain_timeout),
+            max_body: parse_size(&s.max_body)
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or_else(|| {
+                    p.push(
+                        "server.max_body",
+                        format_args!("`{}` is not a size (e.g. \"32MiB\")", s.max_body),
+                    );
+                    0
+                }),
+            log_json: match s.log_format.as_str() {
+                "json" => true,
+                "pretty" => false,
+                other => {
+                    p.push(
+                        "server.log_format",
+                        format_args!("`{other}` is not one of json, pretty"),
+                    );
+                    true
+                }
+            },
+        };
+        let r = &self.retry;
+        let retry = RetrySettings {
+            max_attempts: r.max_attempts,
+            base_delay: p.duration("retry.base_delay", &r.base_delay),
+            max_delay: p.duration("retry.max_delay", &r.max_delay),
+            budget_percent: r.budget_percent,
+            budget_min_per_sec: r.budget_min_per_sec,
+            budget_window: p.duration("retry.budget_window", &r.budget_window),
+            cooldown_default: p.duration("retry.cooldown_default", &r.cooldown_default),
+            cooldown_max: p.duration("retry.cooldown_max", &r.cooldown_max),
+            probe_interval: p.duration("retry.probe_interval", &r.probe_interval),
+        };
+        if retry.max_attempts == 0 {
+            p.push("retry.max_attempts", "must be at least 1");
+        }
+        if retry.budget_window.is_zero() {
+            p.push("retry.budget_window", "must be longer than zero");
+        }
+        let providers = self.validate_providers(&mut p, env);
+        let (models, model_index) = self.validate_models(&mut p, &providers);
+        let defaults: Vec<usize> = providers
+            .iter()
+            .enumerate()
+            .filter(|(_, pr)| pr.default)
+            .map(|(i, _)| i)
+            .collect();
+        if defaults.len() > 1 {
+            p.push("providers", "more than one provider has `default = true`");
+        }
+        if providers.is_empty() {
+            p.push(
+                "providers",
+                "no provider configured (set OPENAI_API_KEY, or pass --config)",
+            );
+        }
+        if !p.0.is_empty() {
+            return Err(ConfigError { problems: p.0 });
+        }
+        Ok(Settings {
+            server,
+            retry,
+            providers,
+            models,
+            default_provider: defaults.first().copied(),
+            model_index,
+        })
+    }
+
+    fn validate_providers(
+        &self,
+        p: &mut Problems,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<ProviderSettings> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::with_capacity(self.providers.len());
+        for (i, pc) in self.providers.iter().enumerate() {
+            let path = format!("providers[{i}]");
+            if pc.name.is_empty() {
+                p.push(&format!("{path}.name"), "must not be empty");
+            } else if seen.insert(pc.name.clone(), i).is_some() {
+                p.push(
+                    &format!("{path}.name"),
+                    format_args!("`{}` is used by another provider", pc.name),
+                );
+            }
+            let kind = match pc.kind.as_str() {
+                "openai" | "" => ProviderKind::OpenAi,
+                "azure" => ProviderKind::Azure,
+                other => {
+                    p.push(
+                        &format!("{path}.kind"),
+                        format_args!("`{other}` is not one of openai, azure"),
+                    );
+                    ProviderKind::OpenAi
+                }
+            };
+            let base_url = pc.base_url.trim_end_matches('/').to_owned();
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                p.push(
+                    &format!("{path}.base_url"),
+                    format_args!("`{}` is not an http(s) URL", pc.base_url),
+                );
+            }
+            if kind == ProviderKind::Azure && pc.api_version.is_none() {
+                p.push(
+                    &format!("{path}.api_version"),
+                    "is required for kind = \"azure\"",
+                );
+            }
+            if pc.keys.is_empty() {
+                p.push(&format!("{path}.keys"), "at least one key is required");
+            }
+            let mut key_ids = HashMap::new();
+            let keys = pc
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(k, kc)| {
+                    let kpath = format!("{path}.keys[{k}]");
+                    if kc.id.is_empty() {
+                        p.push(&format!("{kpath}.id"), "must not be empty");
+                    } else if key_ids.insert(kc.id.clone(), k).is_some() {
+                        p.push(
+                            &format!("{kpath}.id"),
+                            format_args!("`{}` is used by another key", kc.id),
+                        );
+                    }
+                    let secret = match expand_env(kc.secret.expose(), env) {
+                        Ok(s) if s.is_empty() => {
+                            p.push(&format!("{kpath}.secret"), "is empty");
+                            Secret::default()
+                        }
+                        Ok(s) => Secret::new(s),
+                        Err(e) => {
+                            p.push(&format!("{kpath}.secret"), e);
+                            Secret::default()
+                        }
+                    };
+                    if kc.weight == Some(0) {
+                        p.push(&format!("{kpath}.weight"), "must be at least 1");
+                    }
+                    KeySettings {
+                        id: kc.id.clone(),
+                        secret,
+                        weight: kc.weight.unwrap_or(1).max(1),
+                        rpm: kc.rpm,
+                        tpm: kc.tpm,
+                    }
+                })
+                .collect();
+            out.push(ProviderSettings {
+                name: pc.name.clone(),
+                kind,
+                base_url,
+                api_version: pc.api_version.clone(),
+                default: pc.default,
+                keys,
+            });
+        }
+        out
+    }
+
+    fn validate_models(
+        &self,
+        p: &mut Problems,
+        providers: &[ProviderSettings],
+    ) -> (Vec<ModelRoute>, HashMap<String, usize>) {
+        let mut index = HashMap::new();
+        let mut out = Vec::with_capacity(self.models.len());
+        for (i, mc) in self.models.iter().enumerate() {
+            let path = format!("models[{i}]");
+            if mc.name.is_empty() {
+                p.push(&format!("{path}.name"), "must not be empty");
+            } else if index.insert(mc.name.clone(), i).is_some() {
+                p.push(
+                    &format!("{path}.name"),
+                    format_args!("`{}` is listed twice", mc.name),
+                );
+            }
+            if mc.targets.is_empty() {
+                p.push(
+                    &format!("{path}.targets"),
+                    "at least one target is required",
+                );
+            }
+            let targets = mc
+                .targets
+                .iter()
+                .enumerate()
+                .filter_map(|(t, tc)| {
+                    let provider = providers.iter().position(|pr| pr.name == tc.provider);
+                    if provider.is_none() {
+                        p.push(
+                            &format!("{path}.targets[{t}].provider"),
+                            format_args!("no provider named `{}`", tc.provider),
+                        );
+                    }
+                    Some(TargetSettings {
+                        provider: provider?,
+                        model: tc.model.clone().unwrap_or_else(|| mc.name.clone()),
+                        context_window: tc.context_window,
+                    })
+                })
+                .collect();
+            out.push(ModelRoute {
+                name: mc.name.clone(),
+                targets,
+            });
+        }
+        (out, index)
+    }
+}

@@ -1,0 +1,192 @@
+use super::*;
+use figment::Jail;
+use std::path::PathBuf;
+
+fn sources(path: &str) -> Sources {
+    Sources {
+        path: Some(PathBuf::from(path)),
+        listen: None,
+    }
+}
+
+#[test]
+fn zero_config_uses_openai_api_keys() {
+    Jail::expect_with(|jail| {
+        jail.set_env("OPENAI_API_KEYS", "sk-a, sk-b");
+        jail.set_env("TOLLGATE_UPSTREAM_URL", "http://localhost:8000/v1/");
+        let settings = Config::load(&Sources::default())
+            .unwrap()
+            .validate()
+            .unwrap();
+        let p = &settings.providers[0];
+        assert_eq!(p.base_url, "http://localhost:8000/v1");
+        assert!(p.default);
+        let secrets: Vec<&str> = p.keys.iter().map(|k| k.secret.expose()).collect();
+        assert_eq!(secrets, ["sk-a", "sk-b"]);
+        assert_eq!(settings.default_provider, Some(0));
+        Ok(())
+    });
+}
+
+#[test]
+fn file_then_env_then_listen_flag() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "t.toml",
+            r#"
+            [server]
+            listen = "127.0.0.1:1"
+            request_timeout = "30s"
+            [[providers]]
+            name = "p"
+            kind = "openai"
+            base_url = "http://x/v1"
+            keys = [{ id = "a", secret = "${MY_KEY}" }]
+            "#,
+        )?;
+        jail.set_env("MY_KEY", "sk-file");
+        jail.set_env("TOLLGATE_SERVER__REQUEST_TIMEOUT", "45s");
+        let settings = Config::load(&sources("t.toml"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(
+            settings.server.request_timeout,
+            std::time::Duration::from_secs(45)
+        );
+        assert_eq!(settings.server.listen.port(), 1);
+        assert_eq!(settings.providers[0].keys[0].secret.expose(), "sk-file");
+        let flagged = Sources {
+            listen: Some("127.0.0.1:2".into()),
+            ..sources("t.toml")
+        };
+        assert_eq!(
+            Config::load(&flagged)
+                .unwrap()
+                .validate()
+                .unwrap()
+                .server
+                .listen
+                .port(),
+            2
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn numeric_secret_from_env_stays_a_string() {
+    Jail::expect_with(|jail| {
+        jail.create_file("t.toml", "[[providers]]\nname = \"p\"\nbase_url = \"http://x\"\nkeys = [{ id = \"a\", secret = \"${K}\" }]\n")?;
+        jail.set_env("K", "007");
+        let settings = Config::load(&sources("t.toml"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(settings.providers[0].keys[0].secret.expose(), "007");
+        Ok(())
+    });
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    Jail::expect_with(|_| {
+        let err = Config::load(&sources("nope.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("nope.toml does not exist"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    Jail::expect_with(|jail| {
+        jail.create_file("t.toml", "[server]\nlisten_on = \"x\"\n")?;
+        let err = Config::load(&sources("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("listen_on"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "t.toml",
+            r#"
+            [server]
+            request_timeout = "soon"
+            [[providers]]
+            name = "a"
+            base_url = "http://a"
+            keys = [{ id = "k", secret = "x" }]
+            [[providers]]
+            name = "b"
+            kind = "gemini"
+            base_url = "ftp://b"
+            keys = [{ id = "k", secret = "${OPENAI_KEY_B_UNSET}" }]
+            [[models]]
+            name = "m"
+            targets = [{ provider = "nobody" }]
+            "#,
+        )?;
+        let problems = Config::load(&sources("t.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .problems;
+        let expected = [
+            "server.request_timeout: `soon` is not a duration",
+            "providers[1].kind: `gemini` is not one of openai, azure",
+            "providers[1].base_url: `ftp://b` is not an http(s) URL",
+            "providers[1].keys[0].secret: environment variable OPENAI_KEY_B_UNSET is not set",
+            "models[0].targets[0].provider: no provider named `nobody`",
+        ];
+        for e in expected {
+            assert!(
+                problems.iter().any(|p| p.starts_with(e)),
+                "missing {e:?} in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn resolved_config_never_shows_secrets() {
+    Jail::expect_with(|jail| {
+        jail.set_env("OPENAI_API_KEY", "sk-very-secret");
+        let settings = Config::load(&Sources::default())
+            .unwrap()
+            .validate()
+            .unwrap();
+        let shown = format!("{} {settings:?}", serde_json::to_string(&settings).unwrap());
+        assert!(!shown.contains("sk-very-secret"));
+        assert!(shown.contains("***"));
+        Ok(())
+    });
+}
+
+#[test]
+fn example_configs_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = Config::load(&Sources {
+                path: Some(path.clone()),
+                listen: None,
+            })
+            .unwrap();
+            config
+                .validate_with(&|_| Some("sk-example".into()))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0);
+}

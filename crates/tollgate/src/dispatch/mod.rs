@@ -1,0 +1,414 @@
+//! Dispatch: model → chain of targets, and the one readable walk over it. The fallback loop
+//! walks targets; inside it the retry loop picks a key per attempt (never one already tried
+//! in this request), classifies each outcome with the pure `classify`, and bounds retries by
+//! attempts per target, the request deadline and the shared retry budget.
+
+mod attempt;
+pub mod backoff;
+pub mod classify;
+
+use crate::config::Settings;
+use crate::error::GatewayError;
+use crate::key_pool::{KeyPool, Lease, PoolPolicy};
+use crate::metrics::Metrics;
+use crate::provider;
+use crate::request::GatewayRequest;
+use crate::upstream::Upstream;
+use axum::body::Body;
+use backoff::{Backoff, RetryBudget};
+use bytes::Bytes;
+use classify::Kind;
+use http::{HeaderMap, StatusCode};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How a request was finally answered, for `tollgate_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The first attempt answered.
+    FirstTry,
+    /// A later attempt on the first target answered.
+    AfterRetry,
+    /// A later target answered.
+    AfterFallback,
+    /// An upstream error returned as is (client error, budget spent).
+    Failed,
+}
+
+impl Served {
+    /// Closed-set label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Served::FirstTry => "first_try",
+            Served::AfterRetry => "after_retry",
+            Served::AfterFallback => "after_fallback",
+            Served::Failed => "failed",
+        }
+    }
+}
+
+/// An upstream answer on its way to the client.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status to send.
+    pub status: StatusCode,
+    /// Upstream headers (hop-by-hop removed by the server).
+    pub headers: HeaderMap,
+    /// Streamed body.
+    pub body: Body,
+    /// Name of the provider that answered.
+    pub provider: String,
+    /// Id of the key used.
+    pub key: String,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// How it was served.
+    pub served: Served,
+}
+
+/// One finished attempt, for the failure summary.
+#[derive(Debug, Clone)]
+struct AttemptRecord {
+    provider: usize,
+    key: String,
+    kind: Kind,
+    status: Option<u16>,
+}
+
+/// An upstream error answer kept to return as is.
+#[derive(Debug, Clone)]
+struct Failure {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    provider: usize,
+    key: String,
+}
+
+/// Per-request state shared by every attempt and target.
+#[derive(Debug, Default)]
+struct Walk {
+    attempts: Vec<AttemptRecord>,
+    /// (provider, key) pairs excluded for the rest of the request.
+    hard: Vec<(usize, usize)>,
+    /// (provider, key) pairs that failed transiently: reused only after backoff.
+    soft: Vec<(usize, usize)>,
+    last_failure: Option<Failure>,
+    last_kind: Option<Kind>,
+    last_wait: Option<Duration>,
+    earliest: Option<Instant>,
+    deadline_hit: bool,
+    budget_spent: bool,
+    backoffs: u32,
+}
+
+impl Walk {
+    fn note_earliest(&mut self, at: Instant) {
+        self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
+    }
+
+    fn summary(&self, d: &Dispatcher) -> String {
+        if self.attempts.is_empty() {
+            return "no attempt could be made".into();
+        }
+        let parts: Vec<String> = self
+            .attempts
+            .iter()
+            .map(|a| {
+                let provider = &d.settings.providers[a.provider].name;
+                match a.status {
+                    Some(s) => format!("{provider}/{}: {} ({s})", a.key, a.kind.label()),
+                    None => format!("{provider}/{}: {}", a.key, a.kind.label()),
+                }
+            })
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// What one target's loop ended with.
+enum Step {
+    Done(Answer),
+    /// Return this upstream error to the client as is.
+    PassThrough(Failure),
+    /// Move to the next target for this reason.
+    Next(&'static str),
+    /// Stop walking (deadline or budget).
+    Stop,
+}
+
+/// The dispatcher: routes, retries and falls back.
+pub struct Dispatcher {
+    settings: Arc<Settings>,
+    pools: Vec<Arc<KeyPool>>,
+    upstream: Arc<dyn Upstream>,
+    budget: RetryBudget,
+    backoff: Backoff,
+    metrics: Metrics,
+    rng: Mutex<SmallRng>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("providers", &self.pools.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// Builds pools and policies from settings.
+    pub fn new(
+        settings: Arc<Settings>,
+        upstream: Arc<dyn Upstream>,
+        metrics: Metrics,
+        seed: u64,
+    ) -> Self {
+        let r = &settings.retry;
+        let policy = PoolPolicy {
+            cooldown_default: r.cooldown_default,
+            cooldown_max: r.cooldown_max,
+            probe_interval: r.probe_interval,
+        };
+        let pools = settings
+            .providers
+            .iter()
+            .map(|p| KeyPool::new(&p.name, &p.keys, policy, &metrics))
+            .collect();
+        Dispatcher {
+            budget: RetryBudget::new(
+                r.budget_percent,
+                r.budget_min_per_sec,
+                r.budget_window,
+                Instant::now(),
+            ),
+            backoff: Backoff {
+                base: r.base_delay,
+                cap: r.max_delay,
+            },
+            pools,
+            upstream,
+            metrics,
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            settings,
+        }
+    }
+
+    /// The key pools, in provider order.
+    pub fn pools(&self) -> &[Arc<KeyPool>] {
+        &self.pools
+    }
+
+    /// The settings this dispatcher runs on.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The metric label of a request's model: its configured name, else "other".
+    pub fn model_label<'a>(&'a self, req: &GatewayRequest) -> &'a str {
+        req.model
+            .as_deref()
+            .and_then(|m| self.settings.model(m))
+            .map_or("other", |r| r.name.as_str())
+    }
+
+    /// The chain for a request: configured targets, the default provider, or 404.
+    fn route(&self, req: &GatewayRequest) -> Result<Vec<(usize, Option<String>)>, GatewayError> {
+        if let Some(model) = req.model.as_deref() {
+            if let Some(route) = self.settings.model(model) {
+                return Ok(route
+                    .targets
+                    .iter()
+                    .map(|t| (t.provider, Some(t.model.clone())))
+                    .collect());
+            }
+            return match self.settings.default_provider {
+                Some(p) => Ok(vec![(p, None)]),
+                None => Err(GatewayError::ModelNotFound(model.to_owned())),
+            };
+        }
+        // No model (GET /models/…, files, multipart uploads): the default provider, else the first.
+        Ok(vec![(self.settings.default_provider.unwrap_or(0), None)])
+    }
+
+    /// Serves one request: walks the chain until an answer or a final error.
+    pub async fn dispatch(&self, req: &GatewayRequest) -> Result<Answer, GatewayError> {
+        self.budget.deposit(Instant::now());
+        let chain: Vec<_> = self
+            .route(req)?
+            .into_iter()
+            .filter(|(p, _)| provider::supports(self.settings.providers[*p].kind, req.endpoint))
+            .collect();
+        if chain.is_empty() {
+            return Err(GatewayError::EndpointUnsupported {
+                model: req.model.clone().unwrap_or_default(),
+                endpoint: req.path.clone(),
+            });
+        }
+        let mut walk = Walk::default();
+        for (i, (provider, model)) in chain.iter().enumerate() {
+            if i > 0 {
+                let from = &self.settings.providers[chain[i - 1].0].name;
+                let reason = walk.last_kind.map_or("no_key", Kind::label);
+                self.metrics
+                    .fallbacks
+                    .with_label_values(&[from, &self.settings.providers[*provider].name, reason])
+                    .inc();
+            }
+            let is_last = i + 1 == chain.len();
+            match self
+                .run_target(req, *provider, model.as_deref(), is_last, i > 0, &mut walk)
+                .await
+            {
+                Step::Done(answer) => return Ok(answer),
+                Step::PassThrough(f) => return Ok(self.pass_through(f, &walk)),
+                Step::Next(reason) => {
+                    tracing::debug!(request_id = %req.id, reason, "target exhausted")
+                }
+                Step::Stop => break,
+            }
+        }
+        self.final_error(walk)
+    }
+
+    fn final_error(&self, mut walk: Walk) -> Result<Answer, GatewayError> {
+        let summary = walk.summary(self);
+        let keep_upstream_error = walk.budget_spent || walk.last_kind == Some(Kind::ContextTooLong);
+        if keep_upstream_error {
+            if let Some(f) = walk.last_failure.take() {
+                return Ok(self.pass_through(f, &walk));
+            }
+        }
+        if walk.deadline_hit {
+            return Err(GatewayError::DeadlineExceeded { summary });
+        }
+        let all_limited = walk.attempts.iter().all(|a| a.kind == Kind::RateLimited);
+        if all_limited {
+            if let Some(at) = walk.earliest {
+                let retry_after = at
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                return Err(GatewayError::RateLimited {
+                    retry_after,
+                    summary,
+                });
+            }
+        }
+        let timed_out = walk.attempts.iter().any(|a| a.kind == Kind::Timeout);
+        let status = if timed_out {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        Err(GatewayError::AllFailed { status, summary })
+    }
+
+    fn pass_through(&self, f: Failure, walk: &Walk) -> Answer {
+        Answer {
+            status: f.status,
+            headers: f.headers,
+            body: Body::from(f.body),
+            provider: self.settings.providers[f.provider].name.clone(),
+            key: f.key,
+            attempts: walk.attempts.len() as u32,
+            served: Served::Failed,
+        }
+    }
+
+    /// Picks a key: first never-tried keys, then keys that failed only transiently.
+    fn pick(&self, provider: usize, walk: &Walk, now: Instant) -> Result<Lease, Option<Instant>> {
+        let pool = &self.pools[provider];
+        let hard = |i: usize| walk.hard.contains(&(provider, i));
+        let untried = pool.select(&|i| hard(i) || walk.soft.contains(&(provider, i)), now);
+        match untried {
+            Ok(lease) => Ok(lease),
+            Err(e1) => pool.select(&hard, now).map_err(|e2| match (e1, e2) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_target(
+        &self,
+        req: &GatewayRequest,
+        provider: usize,
+        model: Option<&str>,
+        is_last: bool,
+        fallback: bool,
+        walk: &mut Walk,
+    ) -> Step {
+        let max_attempts = self.settings.retry.max_attempts;
+        let mut made = 0;
+        loop {
+            if made >= max_attempts {
+                return Step::Next("attempts_exhausted");
+            }
+            let now = Instant::now();
+            if now >= req.deadline {
+                walk.deadline_hit = true;
+                return Step::Stop;
+            }
+            let lease = match self.pick(provider, walk, now) {
+                Ok(lease) => lease,
+                Err(earliest) => {
+                    if let Some(at) = earliest {
+                        walk.note_earliest(at);
+                        if is_last && at < req.deadline {
+                            // Every key is cooling and nothing is left to fall back to: wait.
+                            tokio::time::sleep_until(at).await;
+                            continue;
+                        }
+                    }
+                    return Step::Next("no_key");
+                }
+            };
+            if !walk.attempts.is_empty() {
+                if !self.budget.try_withdraw(now) {
+                    self.metrics.budget_exhausted.inc();
+                    walk.budget_spent = true;
+                    return Step::Stop;
+                }
+                let reason = walk.last_kind.map_or("unknown", Kind::label);
+                self.metrics
+                    .retries
+                    .with_label_values(&[&self.settings.providers[provider].name, reason])
+                    .inc();
+            }
+            if walk.soft.contains(&(provider, lease.idx())) {
+                // Same key again after a transient failure: back off, at least as long as asked.
+                let delay = {
+                    let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                    self.backoff.delay(walk.backoffs, walk.last_wait, &mut *rng)
+                };
+                walk.backoffs += 1;
+                if now + delay >= req.deadline {
+                    walk.deadline_hit = true;
+                    return Step::Stop;
+                }
+                tokio::time::sleep(delay).await;
+            }
+            made += 1;
+            let served = match (fallback, walk.attempts.is_empty()) {
+                (true, _) => Served::AfterFallback,
+                (false, true) => Served::FirstTry,
+                (false, false) => Served::AfterRetry,
+            };
+            match self
+                .attempt(req, provider, model, lease, walk, served)
+                .await
+            {
+                Ok(answer) => return Step::Done(answer),
+                Err(Some(step)) => return step,
+                Err(None) => continue,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

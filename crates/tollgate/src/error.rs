@@ -1,0 +1,269 @@
+//! `GatewayError`, every error the gateway produces itself, and its single mapping to OpenAI's
+//! `{"error": {"message", "type", "param", "code"}}` answer.
+
+use axum::body::Body;
+use http::{header, HeaderValue, Response, StatusCode};
+use openai_types::ErrorEnvelope;
+use std::time::Duration;
+
+/// An error answered by the gateway itself (upstream errors that pass through are not these).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The body is not valid JSON.
+    #[error("We could not parse the JSON body of your request: {0}")]
+    InvalidJson(String),
+    /// A JSON endpoint got no `model`.
+    #[error("you must provide a model parameter")]
+    MissingModel,
+    /// The body is larger than `server.max_body`.
+    #[error("request body is larger than the gateway's limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// No route for the model and no default provider.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    /// A path the gateway does not serve.
+    #[error("Invalid URL ({method} {path})")]
+    NotFound {
+        /// HTTP method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// No target of the model can serve this endpoint.
+    #[error("model `{model}` cannot serve {endpoint}")]
+    EndpointUnsupported {
+        /// Requested model.
+        model: String,
+        /// Endpoint path.
+        endpoint: String,
+    },
+    /// Every key is cooling down and the deadline leaves no room to wait.
+    #[error("all upstream keys are rate limited; retry after {}ms ({summary})", retry_after.as_millis())]
+    RateLimited {
+        /// When the earliest key recovers.
+        retry_after: Duration,
+        /// What was tried.
+        summary: String,
+    },
+    /// Every target failed; the status follows the attempts (502, or 504 when one timed out).
+    #[error("all upstream attempts failed: {summary}")]
+    AllFailed {
+        /// 502 or 504.
+        status: StatusCode,
+        /// Providers, key ids and outcomes, never secrets.
+        summary: String,
+    },
+    /// The request deadline passed.
+    #[error("the request did not complete within the gateway's deadline ({summary})")]
+    DeadlineExceeded {
+        /// What was tried.
+        summary: String,
+    },
+    /// A bug: details are in the logs under the request id.
+    #[error("internal error (request id {request_id})")]
+    Internal {
+        /// Request id for the logs.
+        request_id: String,
+    },
+}
+
+impl GatewayError {
+    /// HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::InvalidJson(_)
+            | GatewayError::MissingModel
+            | GatewayError::EndpointUnsupported { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::ModelNotFound(_) | GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::AllFailed { status, .. } => *status,
+            GatewayError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidJson(_)
+            | GatewayError::MissingModel
+            | GatewayError::BodyTooLarge { .. }
+            | GatewayError::ModelNotFound(_)
+            | GatewayError::NotFound { .. }
+            | GatewayError::EndpointUnsupported { .. } => "invalid_request_error",
+            GatewayError::RateLimited { .. } => "rate_limit_error",
+            GatewayError::AllFailed { .. }
+            | GatewayError::DeadlineExceeded { .. }
+            | GatewayError::Internal { .. } => "server_error",
+        }
+    }
+
+    /// OpenAI's `code`.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::InvalidJson(_) => None,
+            GatewayError::MissingModel => Some("missing_model"),
+            GatewayError::BodyTooLarge { .. } => Some("request_too_large"),
+            GatewayError::ModelNotFound(_) => Some("model_not_found"),
+            GatewayError::NotFound { .. } => Some("unknown_url"),
+            GatewayError::EndpointUnsupported { .. } => Some("unsupported_endpoint"),
+            GatewayError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            GatewayError::AllFailed { .. } => Some("upstream_error"),
+            GatewayError::DeadlineExceeded { .. } => Some("timeout"),
+            GatewayError::Internal { .. } => Some("internal_error"),
+        }
+    }
+
+    /// OpenAI's `param`.
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::MissingModel
+            | GatewayError::ModelNotFound(_)
+            | GatewayError::EndpointUnsupported { .. } => Some("model"),
+            GatewayError::InvalidJson(_)
+            | GatewayError::BodyTooLarge { .. }
+            | GatewayError::NotFound { .. }
+            | GatewayError::RateLimited { .. }
+            | GatewayError::AllFailed { .. }
+            | GatewayError::DeadlineExceeded { .. }
+            | GatewayError::Internal { .. } => None,
+        }
+    }
+
+    /// Whether the same request may succeed later (drives `x-should-retry`).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            GatewayError::InvalidJson(_)
+            | GatewayError::MissingModel
+            | GatewayError::BodyTooLarge { .. }
+            | GatewayError::ModelNotFound(_)
+            | GatewayError::NotFound { .. }
+            | GatewayError::EndpointUnsupported { .. } => false,
+            GatewayError::RateLimited { .. }
+            | GatewayError::AllFailed { .. }
+            | GatewayError::DeadlineExceeded { .. }
+            | GatewayError::Internal { .. } => true,
+        }
+    }
+
+    /// Closed-set label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidJson(_) => "invalid_json",
+            GatewayError::MissingModel => "missing_model",
+            GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::ModelNotFound(_) => "model_not_found",
+            GatewayError::NotFound { .. } => "not_found",
+            GatewayError::EndpointUnsupported { .. } => "unsupported_endpoint",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::AllFailed { .. } => "all_failed",
+            GatewayError::DeadlineExceeded { .. } => "deadline",
+            GatewayError::Internal { .. } => "internal",
+        }
+    }
+
+    /// The wait to advertise in `retry-after`, when there is one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-shaped answer (no side effects; the caller adds the request id header).
+    pub fn to_response(&self) -> Response<Body> {
+        let envelope = ErrorEnvelope::new(
+            self.to_string(),
+            self.error_type(),
+            self.param(),
+            self.code(),
+        );
+        let mut resp = Response::new(Body::from(envelope.to_json()));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if !self.is_retryable() {
+            headers.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        let retry_after = self.retry_after().or_else(|| {
+            // 503/502/504 without a known time: a short hint keeps SDK retries from hammering.
+            matches!(self.status().as_u16(), 503).then_some(Duration::from_secs(1))
+        });
+        if let Some(wait) = retry_after {
+            set_retry_after(headers, wait);
+        }
+        resp
+    }
+}
+
+/// Sets `retry-after` (whole seconds, rounded up) and `retry-after-ms`.
+pub fn set_retry_after(headers: &mut http::HeaderMap, wait: Duration) {
+    let ms = wait.as_millis().max(1);
+    let secs = ms.div_ceil(1000);
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+    headers.insert("retry-after-ms", HeaderValue::from(ms as u64));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_json(resp: Response<Body>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn model_not_found_is_openai_shaped() {
+        let resp = GatewayError::ModelNotFound("gpt-9".into()).to_response();
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()["x-should-retry"], "false");
+        let json = body_json(resp).await;
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"message": "The model `gpt-9` does not exist or you do not have access to it.", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limited_carries_retry_after_headers() {
+        let resp = GatewayError::RateLimited {
+            retry_after: Duration::from_millis(1500),
+            summary: "x".into(),
+        }
+        .to_response();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "2");
+        assert_eq!(resp.headers()["retry-after-ms"], "1500");
+        assert!(resp.headers().get("x-should-retry").is_none());
+    }
+
+    #[test]
+    fn statuses_follow_the_kind() {
+        assert_eq!(GatewayError::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(GatewayError::InvalidJson("x".into()).status(), 400);
+        assert_eq!(
+            GatewayError::DeadlineExceeded {
+                summary: String::new()
+            }
+            .status(),
+            504
+        );
+        assert_eq!(
+            GatewayError::AllFailed {
+                status: StatusCode::BAD_GATEWAY,
+                summary: String::new()
+            }
+            .status(),
+            502
+        );
+    }
+}

@@ -1,0 +1,179 @@
+use super::*;
+
+fn pool(ids: &[&str]) -> (Arc<KeyPool>, Metrics) {
+    let metrics = Metrics::new().unwrap();
+    let keys: Vec<KeySettings> = ids
+        .iter()
+        .map(|id| KeySettings {
+            id: (*id).into(),
+            secret: Secret::new(format!("sk-{id}")),
+            weight: 1,
+            rpm: None,
+            tpm: None,
+        })
+        .collect();
+    let policy = PoolPolicy {
+        cooldown_default: Duration::from_secs(10),
+        cooldown_max: Duration::from_secs(60),
+        probe_interval: Duration::from_secs(30),
+    };
+    (KeyPool::new("p", &keys, policy, &metrics), metrics)
+}
+
+const NONE: &dyn Fn(usize) -> bool = &|_| false;
+
+#[tokio::test(start_paused = true)]
+async fn never_selects_an_excluded_key() {
+    let (pool, _) = pool(&["a", "b", "c"]);
+    let now = Instant::now();
+    for _ in 0..30 {
+        let lease = pool.select(&|i| i != 1, now).unwrap();
+        assert_eq!(lease.id(), "b");
+    }
+    assert_eq!(pool.select(&|_| true, now).unwrap_err(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn prefers_the_least_loaded_key_and_rotates_ties() {
+    let (pool, _) = pool(&["a", "b", "c"]);
+    let now = Instant::now();
+    let held: Vec<Lease> = (0..3).map(|_| pool.select(NONE, now).unwrap()).collect();
+    let mut ids: Vec<&str> = held.iter().map(|l| l.id()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["a", "b", "c"],
+        "each key got one while others were busy"
+    );
+    drop(held);
+    let a = pool.select(&|i| i != 0, now).unwrap();
+    for _ in 0..5 {
+        let l = pool.select(NONE, now).unwrap();
+        assert_ne!(l.id(), "a", "a is busy, b and c are idle");
+    }
+    drop(a);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cooling_key_rests_exactly_as_long_as_asked() {
+    let (pool, metrics) = pool(&["a"]);
+    let start = Instant::now();
+    pool.select(NONE, start)
+        .unwrap()
+        .cool(Some(Duration::from_millis(2_000)), start);
+    let until = start + Duration::from_millis(2_000);
+    assert_eq!(
+        pool.select(NONE, start + Duration::from_millis(1_999))
+            .unwrap_err(),
+        Some(until)
+    );
+    assert!(pool.select(NONE, until).is_ok());
+    assert!(metrics
+        .render()
+        .contains(r#"tollgate_key_state{key="a",provider="p",state="healthy"} 1"#));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cooldown_without_a_time_uses_the_default_and_is_capped() {
+    let (pool, _) = pool(&["a"]);
+    let now = Instant::now();
+    pool.select(NONE, now).unwrap().cool(None, now);
+    assert_eq!(
+        pool.health(0),
+        Health::Cooling {
+            until: now + Duration::from_secs(10)
+        }
+    );
+    let later = now + Duration::from_secs(10);
+    pool.select(NONE, later)
+        .unwrap()
+        .cool(Some(Duration::from_secs(3600)), later);
+    assert_eq!(
+        pool.health(0),
+        Health::Cooling {
+            until: later + Duration::from_secs(60)
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabled_key_gets_one_probe_and_a_success_restores_it() {
+    let (pool, metrics) = pool(&["a", "b"]);
+    let now = Instant::now();
+    pool.select(&|i| i != 0, now).unwrap().disable(now);
+    assert!(matches!(pool.health(0), Health::Disabled { .. }));
+    assert!(metrics
+        .render()
+        .contains(r#"tollgate_key_state{key="a",provider="p",state="disabled"} 1"#));
+    for _ in 0..10 {
+        assert_eq!(
+            pool.select(NONE, now + Duration::from_secs(29))
+                .unwrap()
+                .id(),
+            "b"
+        );
+    }
+    let probe_time = now + Duration::from_secs(30);
+    let mut probe = pool.select(&|i| i != 0, probe_time).unwrap();
+    assert_eq!(pool.health(0), Health::Probing);
+    assert!(
+        pool.select(&|i| i != 0, probe_time).is_err(),
+        "one probe at a time"
+    );
+    probe.success();
+    drop(probe);
+    assert_eq!(pool.health(0), Health::Healthy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_probe_disables_again_and_an_abandoned_one_frees_the_slot() {
+    let (pool, _) = pool(&["a"]);
+    let now = Instant::now();
+    pool.select(NONE, now).unwrap().disable(now);
+    let t = now + Duration::from_secs(30);
+    pool.select(NONE, t).unwrap().disable(t);
+    assert_eq!(
+        pool.health(0),
+        Health::Disabled {
+            probe_at: t + Duration::from_secs(30)
+        }
+    );
+    let t2 = t + Duration::from_secs(30);
+    drop(pool.select(NONE, t2).unwrap());
+    assert!(matches!(pool.health(0), Health::Disabled { .. }));
+    assert!(
+        pool.select(NONE, Instant::now().max(t2)).is_ok(),
+        "abandoned probe lets the next one go"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn weights_share_traffic() {
+    let metrics = Metrics::new().unwrap();
+    let keys = vec![
+        KeySettings {
+            id: "big".into(),
+            secret: Secret::new("x"),
+            weight: 3,
+            rpm: None,
+            tpm: None,
+        },
+        KeySettings {
+            id: "small".into(),
+            secret: Secret::new("y"),
+            weight: 1,
+            rpm: None,
+            tpm: None,
+        },
+    ];
+    let policy = PoolPolicy {
+        cooldown_default: Duration::ZERO,
+        cooldown_max: Duration::ZERO,
+        probe_interval: Duration::ZERO,
+    };
+    let pool = KeyPool::new("p", &keys, policy, &metrics);
+    let now = Instant::now();
+    let held: Vec<Lease> = (0..8).map(|_| pool.select(NONE, now).unwrap()).collect();
+    let big = held.iter().filter(|l| l.id() == "big").count();
+    assert_eq!(big, 6, "3:1 weights split 8 concurrent leases 6:2");
+}

@@ -1,0 +1,139 @@
+//! Tollgate: an OpenAI-compatible reverse-proxy gateway for LLM APIs.
+//!
+//! `build_app` assembles the app from validated settings and swappable dependencies;
+//! `serve` runs it with graceful shutdown. See ARCHITECTURE.md for the request path.
+
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod key_pool;
+pub mod metrics;
+pub mod provider;
+pub mod request;
+pub mod server;
+pub mod stream;
+pub mod telemetry;
+pub mod units;
+pub mod upstream;
+
+use config::Settings;
+use dispatch::Dispatcher;
+use metrics::Metrics;
+use server::AppState;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use upstream::{HttpUpstream, Upstream};
+
+/// What tests swap: the upstream client, the metrics registry, the RNG seed.
+pub struct Deps {
+    /// Upstream I/O.
+    pub upstream: Arc<dyn Upstream>,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Seed of the jitter RNG.
+    pub seed: u64,
+}
+
+impl Deps {
+    /// Production dependencies: the pooled HTTP client, a fresh registry, a random seed.
+    pub fn production(
+        settings: &Settings,
+    ) -> Result<Deps, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Deps {
+            upstream: Arc::new(HttpUpstream::new(settings.server.connect_timeout)?),
+            metrics: Metrics::new()?,
+            seed: rand::random(),
+        })
+    }
+}
+
+/// The app and its state.
+pub fn build_app(settings: Arc<Settings>, deps: Deps) -> (axum::Router, AppState) {
+    let dispatcher = Arc::new(Dispatcher::new(
+        settings,
+        deps.upstream,
+        deps.metrics.clone(),
+        deps.seed,
+    ));
+    let state = AppState {
+        dispatcher,
+        metrics: deps.metrics,
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    (server::router(state.clone()), state)
+}
+
+/// Binds the listeners, serves until SIGTERM/SIGINT, then drains for up to `drain_timeout`.
+pub async fn serve(settings: Arc<Settings>, deps: Deps) -> std::io::Result<()> {
+    let drain = settings.server.drain_timeout;
+    let listen = settings.server.listen;
+    let admin = settings.server.admin_listen;
+    let (app, state) = build_app(settings, deps);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    if let Some(addr) = admin {
+        let admin_listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
+        let ops = server::ops_router().with_state(state.clone());
+        let stop = stopped();
+        tokio::spawn(async move {
+            axum::serve(admin_listener, ops)
+                .with_graceful_shutdown(stop)
+                .await
+        });
+    }
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    state.ready.store(true, Ordering::Relaxed);
+    let ready = state.ready.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        ready.store(false, Ordering::Relaxed);
+        tracing::info!(
+            drain_timeout_ms = drain.as_millis() as u64,
+            "shutting down: draining in-flight requests"
+        );
+        let _ = stop_tx.send(true);
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped());
+    let drain_deadline = {
+        let stop = stopped();
+        async move {
+            stop.await;
+            tokio::time::sleep(drain).await;
+        }
+    };
+    tokio::select! {
+        result = server => result?,
+        () = drain_deadline => tracing::warn!(after = ?Duration::from(drain), "drain timeout: closing remaining connections"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

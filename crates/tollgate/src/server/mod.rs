@@ -1,0 +1,113 @@
+//! The axum app: routes, the `/v1/*` proxy handler, health and metrics endpoints, listeners
+//! and graceful shutdown.
+//!
+//! Request path (see ARCHITECTURE.md): request id → body limit → parse (endpoint, model,
+//! stream) → dispatch (route → fallback → retry → key select → provider → upstream) → answer
+//! headers. A panic inside becomes a 500 in OpenAI's shape; the server keeps serving.
+
+mod headers;
+mod proxy;
+
+use crate::dispatch::Dispatcher;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use axum::body::Body;
+use axum::extract::State;
+use axum::routing::{any, get};
+use axum::Router;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Shared state of the handlers.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The dispatcher.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Set once listeners are up, cleared on shutdown.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The main router: `/v1/*`, health, metrics.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/{*path}", any(proxy::proxy))
+        .route("/v1", any(not_found))
+        .merge(ops_router())
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Health and metrics routes (also served alone on `server.admin_listen`).
+pub fn ops_router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> Response<Body> {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response<Body> {
+    if state.ready.load(Ordering::Relaxed) {
+        json_response(StatusCode::OK, r#"{"status":"ready"}"#)
+    } else {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#)
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response<Body> {
+    let mut resp = Response::new(Body::from(state.metrics.render()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
+async fn not_found(req: Request<Body>) -> Response<Body> {
+    GatewayError::NotFound {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+    }
+    .to_response()
+}
+
+fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `tollgate healthcheck`: a GET over plain HTTP/1.1 that succeeds on a 200 (no TLS, no client crate).
+pub async fn probe(url: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let attempt = async {
+        let mut conn = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        conn.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}

@@ -1,0 +1,238 @@
+//! SSE handling: the first-event peek that lets a failed stream be retried before the client
+//! saw a byte, and the guarded pass-through that turns a later failure into an OpenAI-shaped
+//! error event (never a silent truncation, never a hang).
+
+use crate::upstream::{BodyStream, UpstreamError};
+use bytes::{Bytes, BytesMut};
+use futures_util::{stream, Stream, StreamExt};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Largest prefix buffered while waiting for the first event; past it the stream counts as started.
+const MAX_PEEK: usize = 1 << 20;
+
+/// What the first real event of a stream said.
+#[derive(Debug)]
+pub enum FirstEvent {
+    /// A normal event: `prefix` holds every byte read so far.
+    Data(Bytes),
+    /// An error event (OpenAI's `{"error":…}` chunk or `event: error`); its JSON data.
+    Error(Bytes),
+    /// The stream ended before any real event.
+    Ended,
+}
+
+/// Reads until the first event that carries data (comments and `ping` are skipped), or `deadline`.
+pub async fn peek_first_event(
+    body: &mut BodyStream,
+    deadline: Instant,
+) -> Result<FirstEvent, UpstreamError> {
+    let mut buf = BytesMut::new();
+    let mut scanned = 0;
+    loop {
+        while let Some(end) = find_event_end(&buf[scanned..]) {
+            let event = &buf[scanned..scanned + end.0];
+            scanned += end.1;
+            match inspect_event(event) {
+                EventKind::Skip => continue,
+                EventKind::Error(json) => return Ok(FirstEvent::Error(json)),
+                EventKind::Data => return Ok(FirstEvent::Data(buf.freeze())),
+            }
+        }
+        if buf.len() > MAX_PEEK {
+            return Ok(FirstEvent::Data(buf.freeze()));
+        }
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Err(_) => return Err(UpstreamError::Timeout("first stream event")),
+            Ok(None) => return Ok(FirstEvent::Ended),
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
+        }
+    }
+}
+
+/// Finds the end of the first complete event: (event length, bytes to skip including the separator).
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| (i, i + 2));
+    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| (i, i + 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+enum EventKind {
+    Skip,
+    Data,
+    Error(Bytes),
+}
+
+fn inspect_event(event: &[u8]) -> EventKind {
+    let mut name: &[u8] = b"";
+    let mut data = Vec::new();
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(v) = line.strip_prefix(b"event:") {
+            name = v.trim_ascii();
+        } else if let Some(v) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+        }
+    }
+    if data.is_empty() || name == b"ping" {
+        return EventKind::Skip;
+    }
+    if name == b"error" {
+        return EventKind::Error(Bytes::from(data));
+    }
+    if data.first() == Some(&b'{') && memchr::memmem::find(&data, b"\"error\"").is_some() {
+        if let Ok(probe) = serde_json::from_slice::<openai_types::Probe>(&data) {
+            if probe.error.is_some() {
+                return EventKind::Error(Bytes::from(data));
+            }
+        }
+    }
+    EventKind::Data
+}
+
+/// The SSE event a client gets when its stream fails after the first byte: the official SDKs
+/// raise an exception on a chunk with an `error` key.
+pub fn error_event(message: &str, code: &str) -> Bytes {
+    let envelope = openai_types::ErrorEnvelope::new(message, "server_error", None, Some(code));
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&envelope.to_json());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// How a stream ended, reported once to `on_end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Completed normally.
+    Complete,
+    /// Upstream connection broke.
+    Broken,
+    /// No chunk within the idle timeout.
+    Idle,
+    /// Closed without the final `[DONE]`.
+    Truncated,
+}
+
+impl StreamEnd {
+    /// Closed-set label.
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamEnd::Complete => "complete",
+            StreamEnd::Broken => "broken",
+            StreamEnd::Idle => "idle_timeout",
+            StreamEnd::Truncated => "truncated",
+        }
+    }
+}
+
+struct Guard<F: FnOnce(StreamEnd) + Send> {
+    body: BodyStream,
+    idle: Duration,
+    expect_done: bool,
+    saw_done: bool,
+    tail: [u8; 8],
+    on_end: Option<F>,
+}
+
+impl<F: FnOnce(StreamEnd) + Send> Guard<F> {
+    fn finish(&mut self, end: StreamEnd) {
+        if let Some(f) = self.on_end.take() {
+            f(end);
+        }
+    }
+
+    fn track_done(&mut self, chunk: &[u8]) {
+        if self.saw_done || !self.expect_done {
+            return;
+        }
+        let mut window = Vec::with_capacity(16);
+        window.extend_from_slice(&self.tail);
+        window.extend_from_slice(&chunk[..chunk.len().min(8)]);
+        if memchr::memmem::find(chunk, b"[DONE]").is_some()
+            || memchr::memmem::find(&window, b"[DONE]").is_some()
+        {
+            self.saw_done = true;
+        }
+        let n = chunk.len().min(8);
+        self.tail.rotate_left(n);
+        self.tail[8 - n..].copy_from_slice(&chunk[chunk.len() - n..]);
+    }
+}
+
+/// Passes `prefix` then the rest of `body` through; a break, an idle gap longer than `idle` or,
+/// when `expect_done`, an end without `data: [DONE]` appends an error event and ends the stream.
+/// `on_end` runs once when the stream ends or the client goes away (as `Broken` then).
+pub fn guard(
+    prefix: Bytes,
+    body: BodyStream,
+    idle: Duration,
+    expect_done: bool,
+    on_end: impl FnOnce(StreamEnd) + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let mut guard = Guard {
+        body,
+        idle,
+        expect_done,
+        saw_done: false,
+        tail: [0; 8],
+        on_end: Some(on_end),
+    };
+    guard.track_done(&prefix);
+    let head = stream::iter((!prefix.is_empty()).then_some(Ok(prefix)));
+    let rest = stream::unfold(Some(guard), |state| async move {
+        let mut g = state?;
+        match tokio::time::timeout(g.idle, g.body.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                g.track_done(&chunk);
+                Some((Ok(chunk), Some(g)))
+            }
+            Ok(None) if g.saw_done || !g.expect_done => {
+                g.finish(StreamEnd::Complete);
+                None
+            }
+            Ok(None) => {
+                g.finish(StreamEnd::Truncated);
+                Some((
+                    Ok(error_event(
+                        "upstream closed the stream before it completed",
+                        "stream_truncated",
+                    )),
+                    None,
+                ))
+            }
+            Ok(Some(Err(e))) => {
+                g.finish(StreamEnd::Broken);
+                Some((
+                    Ok(error_event(
+                        &format!("upstream stream failed: {e}"),
+                        "stream_broken",
+                    )),
+                    None,
+                ))
+            }
+            Err(_) => {
+                g.finish(StreamEnd::Idle);
+                let msg = format!("upstream sent nothing for {}s", g.idle.as_secs_f64());
+                Some((Ok(error_event(&msg, "stream_idle_timeout")), None))
+            }
+        }
+    });
+    head.chain(rest)
+}
+
+impl<F: FnOnce(StreamEnd) + Send> Drop for Guard<F> {
+    fn drop(&mut self) {
+        self.finish(StreamEnd::Broken);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+use super::*;
+use futures_util::stream;
+use std::sync::{Arc, Mutex};
+
+fn body(chunks: &[&'static str]) -> BodyStream {
+    let items: Vec<Result<Bytes, UpstreamError>> = chunks
+        .iter()
+        .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+        .collect();
+    Box::pin(stream::iter(items))
+}
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
+#[tokio::test]
+async fn first_data_event_keeps_every_byte_read() {
+    let mut b = body(&[
+        ": keep-alive\n\n",
+        "data: {\"choices\"",
+        ":[]}\n\ndata: [DONE]\n\n",
+    ]);
+    match peek_first_event(&mut b, far()).await.unwrap() {
+        FirstEvent::Data(prefix) => assert_eq!(
+            prefix,
+            ": keep-alive\n\ndata: {\"choices\":[]}\n\ndata: [DONE]\n\n"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn openai_error_chunk_first_is_an_error() {
+    let mut b =
+        body(&["data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\r\n\r\n"]);
+    assert!(matches!(
+        peek_first_event(&mut b, far()).await.unwrap(),
+        FirstEvent::Error(_)
+    ));
+}
+
+#[tokio::test]
+async fn anthropic_error_event_after_ping_is_an_error() {
+    let mut b = body(&[
+        "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+        "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+    ]);
+    match peek_first_event(&mut b, far()).await.unwrap() {
+        FirstEvent::Error(json) => assert!(json.starts_with(b"{\"type\":\"error\"")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn content_mentioning_error_is_data() {
+    let mut b = body(&["data: {\"choices\":[{\"delta\":{\"content\":\"\\\"error\\\"\"}}]}\n\n"]);
+    assert!(matches!(
+        peek_first_event(&mut b, far()).await.unwrap(),
+        FirstEvent::Data(_)
+    ));
+}
+
+#[tokio::test]
+async fn empty_stream_ended() {
+    let mut b = body(&[]);
+    assert!(matches!(
+        peek_first_event(&mut b, far()).await.unwrap(),
+        FirstEvent::Ended
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn silence_before_the_first_event_times_out() {
+    let mut b: BodyStream = Box::pin(stream::pending());
+    let err = peek_first_event(&mut b, Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpstreamError::Timeout(_)));
+}
+
+async fn collect_guarded(b: BodyStream, expect_done: bool) -> (String, StreamEnd) {
+    let end = Arc::new(Mutex::new(None));
+    let e2 = end.clone();
+    let s = guard(
+        Bytes::from_static(b"data: 1\n\n"),
+        b,
+        Duration::from_secs(5),
+        expect_done,
+        move |e| *e2.lock().unwrap() = Some(e),
+    );
+    let parts: Vec<Bytes> = s.map(|r| r.unwrap()).collect().await;
+    let text = parts
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    let end = end.lock().unwrap().unwrap();
+    (text, end)
+}
+
+#[tokio::test]
+async fn complete_stream_passes_through_untouched() {
+    let (text, end) = collect_guarded(body(&["data: 2\n\n", "data: [DO", "NE]\n\n"]), true).await;
+    assert_eq!(text, "data: 1\n\ndata: 2\n\ndata: [DONE]\n\n");
+    assert_eq!(end, StreamEnd::Complete);
+}
+
+#[tokio::test]
+async fn truncated_stream_ends_with_an_error_event() {
+    let (text, end) = collect_guarded(body(&["data: 2\n\n"]), true).await;
+    assert!(
+        text.ends_with("\"code\":\"stream_truncated\"}}\n\n"),
+        "{text}"
+    );
+    assert_eq!(end, StreamEnd::Truncated);
+    let (_, end) = collect_guarded(body(&["data: 2\n\n"]), false).await;
+    assert_eq!(
+        end,
+        StreamEnd::Complete,
+        "streams without [DONE] (responses API) end cleanly"
+    );
+}
+
+#[tokio::test]
+async fn broken_stream_ends_with_an_error_event() {
+    let items = vec![
+        Ok(Bytes::from_static(b"data: 2\n\n")),
+        Err(UpstreamError::Transport("reset".into())),
+    ];
+    let (text, end) = collect_guarded(Box::pin(stream::iter(items)), true).await;
+    assert!(
+        text.contains("data: 2\n\ndata: {\"error\":{\"message\":\"upstream stream failed"),
+        "{text}"
+    );
+    assert_eq!(end, StreamEnd::Broken);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_stream_ends_with_an_error_event_instead_of_hanging() {
+    let b: BodyStream = Box::pin(
+        stream::iter(vec![Ok(Bytes::from_static(b"data: 2\n\n"))]).chain(stream::pending()),
+    );
+    let (text, end) = collect_guarded(b, true).await;
+    assert!(text.contains("stream_idle_timeout"), "{text}");
+    assert_eq!(end, StreamEnd::Idle);
+}

@@ -1,0 +1,131 @@
+//! Parsing of the human units used in config and provider headers: durations and byte sizes.
+//!
+//! Durations accept Go's format as OpenAI sends it in `x-ratelimit-reset-*` (`6m0s`, `2m59.56s`,
+//! `20ms`, `1.5s`, `1h2m`) and the config's plain `250ms` / `10m` / `30s`.
+
+use std::time::Duration;
+
+/// Parses a duration such as `250ms`, `1.5s`, `6m0s` or `1h`. A bare number is seconds.
+/// Returns `None` for empty, negative or malformed input.
+pub fn parse_duration(input: &str) -> Option<Duration> {
+    let s = input.trim();
+    if s.is_empty() || s.starts_with('-') {
+        return None;
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" | "min" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" | "μs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+/// Parses a byte size: `1048576`, `512KiB`, `32MiB`, `1GiB`, `10MB`, `64kb`.
+pub fn parse_size(input: &str) -> Option<u64> {
+    let s = input.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let value: u64 = s[..split].parse().ok()?;
+    let scale: u64 = match s[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    value.checked_mul(scale)
+}
+
+/// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do (`1s`, `6m0s`, `20ms`).
+pub fn format_go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs_f64();
+    let (h, rem) = ((secs / 3600.0).floor(), secs % 3600.0);
+    let (m, s) = ((rem / 60.0).floor(), rem % 60.0);
+    let s = (s * 1000.0).round() / 1000.0;
+    match (h as u64, m as u64) {
+        (0, 0) => format!("{s}s"),
+        (0, m) => format!("{m}m{s}s"),
+        (h, m) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_style_durations() {
+        let cases = [
+            ("12ms", 0.012),
+            ("1s", 1.0),
+            ("6m0s", 360.0),
+            ("2m59.56s", 179.56),
+            ("1.772s", 1.772),
+            ("1h2m3s", 3723.0),
+            ("250ms", 0.25),
+            ("10m", 600.0),
+            ("30", 30.0),
+            ("500us", 0.0005),
+        ];
+        for (input, secs) in cases {
+            let got = parse_duration(input).unwrap_or_else(|| panic!("{input}"));
+            assert!((got.as_secs_f64() - secs).abs() < 1e-9, "{input}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_durations() {
+        for input in ["", "-1s", "abc", "1x", "s", "1.2.3s", "-1"] {
+            assert_eq!(parse_duration(input), None, "{input}");
+        }
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("32MiB"), Some(32 << 20));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("10 MB"), Some(10_000_000));
+        assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn formats_like_openai() {
+        assert_eq!(format_go_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(format_go_duration(Duration::from_secs(1)), "1s");
+        assert_eq!(format_go_duration(Duration::from_secs(360)), "6m0s");
+        assert_eq!(
+            parse_duration(&format_go_duration(Duration::from_millis(179_560))),
+            Some(Duration::from_millis(179_560))
+        );
+    }
+}
