@@ -1,1 +1,236 @@
-//! Black-box tests live in `tests/`.
+//! Harness for Tollgate's black-box tests: builds and starts the real `tollgate` binary on an
+//! ephemeral port with a config file, captures its logs, and waits on `/readyz` instead of sleeping.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness: a failed step is a failed test"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Path of the `tollgate` binary, built once per test process (a no-op when up to date).
+pub fn binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test exe path");
+            // target/<profile>/deps/<test> → target/<profile>
+            let profile_dir = exe
+                .parent()
+                .and_then(|p| p.parent())
+                .expect("profile dir")
+                .to_path_buf();
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "-p", "tollgate", "--bin", "tollgate"])
+                .current_dir(workspace());
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(
+                status.success(),
+                "cargo build of the tollgate binary failed"
+            );
+            profile_dir.join("tollgate")
+        })
+        .clone()
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    /// The config file it was started with.
+    pub config_path: PathBuf,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes `toml` to a fresh file under the test tmp dir.
+pub fn write_config(toml: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let exe = std::env::current_exe().expect("test exe path");
+    // target/<profile>/deps/<test> → target/tmp
+    let dir = exe.ancestors().nth(3).expect("target dir").join("tmp");
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join(format!("tollgate-{}-{n}.toml", std::process::id()));
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+impl Gateway {
+    /// Starts the gateway with a config file (listen forced to 127.0.0.1:0) and extra env vars.
+    pub async fn start(toml: &str, env: &[(&str, &str)]) -> Gateway {
+        let path = write_config(toml);
+        let args = [
+            "--config".to_owned(),
+            path.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        Self::spawn(&args, env, path).await
+    }
+
+    /// Starts the gateway without a config file (zero-config mode).
+    pub async fn start_zero_config(env: &[(&str, &str)]) -> Gateway {
+        Self::spawn(
+            &["--listen".into(), "127.0.0.1:0".into()],
+            env,
+            PathBuf::new(),
+        )
+        .await
+    }
+
+    async fn spawn(args: &[String], env: &[(&str, &str)], config_path: PathBuf) -> Gateway {
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_API_KEYS")
+            .env_remove("TOLLGATE_CONFIG")
+            .env("RUST_LOG", "info")
+            .env("TOLLGATE_SERVER__LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tollgate");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ] {
+            let Some(pipe) = pipe else { continue };
+            let logs = logs.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if line.contains("\"message\":\"listening\"") {
+                        let _ = tx.send(line.clone());
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        drop(tx);
+        let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|_| {
+                panic!(
+                    "gateway did not start; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                )
+            });
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        let addr: SocketAddr = v["addr"]
+            .as_str()
+            .expect("addr field")
+            .parse()
+            .expect("socket addr");
+        let gw = Gateway {
+            child,
+            addr,
+            logs,
+            config_path,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        for _ in 0..500 {
+            if let Ok(r) = client.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("gateway never became ready");
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The OpenAI base URL clients use.
+    pub fn base_url(&self) -> String {
+        self.url("/v1")
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway did not exit in {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `[[providers]]` block of kind openai.
+pub fn provider(name: &str, base_url: &str, keys: &[&str], default: bool) -> String {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{{ id = \"{k}\", secret = \"sk-{k}\" }}"))
+        .collect();
+    format!("[[providers]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"{base_url}\"\ndefault = {default}\nkeys = [{}]\n", keys.join(", "))
+}
