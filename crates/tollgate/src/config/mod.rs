@@ -219,6 +219,13 @@ impl Config {
         Self::load_with(sources, &|name| std::env::var(name).ok())
     }
 
+    /// Parses a TOML document alone (no environment overrides); for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Figment::from(Toml::string(text))
+            .extract::<Config>()
+            .map_err(|e| ConfigError { problems: e.into_iter().map(|e| e.to_string()).collect() })
+    }
+
     fn load_with(
         sources: &Sources,
         env: &dyn Fn(&str) -> Option<String>,
