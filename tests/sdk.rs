@@ -7,6 +7,11 @@
 //! in a virtualenv at `<target>/sdk-venv`, provisioned on first use (see [`sdk_python`]). When it
 //! cannot be provisioned the tests print `SKIPPED: openai SDK unavailable: <reason>` and pass,
 //! unless `TOLLGATE_REQUIRE_SDK=1`, which makes them fail with the reason.
+// clippy.toml's allow-unwrap-in-tests covers test functions, not the helpers beside them.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed step is a failed test"
+)]
 
 use mock_upstream::{Fault, MockConfig, MockHandle};
 use serde_json::{json, Value};
@@ -16,7 +21,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 use tollgate_e2e::{provider, Gateway};
 
-/// Set to `1` to fail, not skip, when the SDK cannot be provisioned (CI sets it).
+/// Set to `1` to fail, not skip, when the SDK cannot be provisioned (meant for CI).
 const REQUIRE_SDK: &str = "TOLLGATE_REQUIRE_SDK";
 /// The pip requirement installed into the virtualenv.
 const SDK_REQUIREMENT: &str = "openai>=1.50,<3";

@@ -62,6 +62,26 @@ pub enum GatewayError {
         /// What was tried.
         summary: String,
     },
+    /// No client key, or an unknown one.
+    #[error("Incorrect API key provided. Pass your gateway key as `Authorization: Bearer <key>`.")]
+    Unauthorized,
+    /// The client may not use this model.
+    #[error("this key may not use model `{0}`")]
+    ModelNotAllowed(String),
+    /// The client is over its own RPM/TPM limit.
+    #[error("Rate limit reached for {dimension} per minute on this gateway key; {}", retry_hint(.retry_after))]
+    ClientRateLimited {
+        /// `requests` or `tokens`.
+        dimension: &'static str,
+        /// When the take would pass (`None`: larger than the limit itself).
+        retry_after: Option<Duration>,
+    },
+    /// The client has its maximum of requests in flight.
+    #[error("too many concurrent requests on this gateway key (limit {limit})")]
+    TooManyConcurrent {
+        /// The configured limit.
+        limit: u32,
+    },
     /// A bug: details are in the logs under the request id.
     #[error("internal error (request id {request_id})")]
     Internal {
@@ -82,6 +102,11 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::AllFailed { status, .. } => *status,
             GatewayError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
+            GatewayError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            GatewayError::ClientRateLimited { .. } | GatewayError::TooManyConcurrent { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,6 +121,12 @@ impl GatewayError {
             | GatewayError::NotFound { .. }
             | GatewayError::EndpointUnsupported { .. } => "invalid_request_error",
             GatewayError::RateLimited { .. } => "rate_limit_error",
+            GatewayError::Unauthorized | GatewayError::ModelNotAllowed(_) => {
+                "invalid_request_error"
+            }
+            GatewayError::ClientRateLimited { .. } | GatewayError::TooManyConcurrent { .. } => {
+                "rate_limit_error"
+            }
             GatewayError::AllFailed { .. }
             | GatewayError::DeadlineExceeded { .. }
             | GatewayError::Internal { .. } => "server_error",
@@ -114,6 +145,10 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => Some("rate_limit_exceeded"),
             GatewayError::AllFailed { .. } => Some("upstream_error"),
             GatewayError::DeadlineExceeded { .. } => Some("timeout"),
+            GatewayError::Unauthorized => Some("invalid_api_key"),
+            GatewayError::ModelNotAllowed(_) => Some("model_not_allowed"),
+            GatewayError::ClientRateLimited { .. } => Some("rate_limit_exceeded"),
+            GatewayError::TooManyConcurrent { .. } => Some("too_many_concurrent_requests"),
             GatewayError::Internal { .. } => Some("internal_error"),
         }
     }
@@ -123,6 +158,7 @@ impl GatewayError {
         match self {
             GatewayError::MissingModel
             | GatewayError::ModelNotFound(_)
+            | GatewayError::ModelNotAllowed(_)
             | GatewayError::EndpointUnsupported { .. } => Some("model"),
             GatewayError::InvalidJson(_)
             | GatewayError::BodyTooLarge { .. }
@@ -130,6 +166,9 @@ impl GatewayError {
             | GatewayError::RateLimited { .. }
             | GatewayError::AllFailed { .. }
             | GatewayError::DeadlineExceeded { .. }
+            | GatewayError::Unauthorized
+            | GatewayError::ClientRateLimited { .. }
+            | GatewayError::TooManyConcurrent { .. }
             | GatewayError::Internal { .. } => None,
         }
     }
@@ -143,9 +182,12 @@ impl GatewayError {
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound { .. }
             | GatewayError::EndpointUnsupported { .. } => false,
+            GatewayError::Unauthorized | GatewayError::ModelNotAllowed(_) => false,
+            GatewayError::ClientRateLimited { retry_after, .. } => retry_after.is_some(),
             GatewayError::RateLimited { .. }
             | GatewayError::AllFailed { .. }
             | GatewayError::DeadlineExceeded { .. }
+            | GatewayError::TooManyConcurrent { .. }
             | GatewayError::Internal { .. } => true,
         }
     }
@@ -162,6 +204,10 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::AllFailed { .. } => "all_failed",
             GatewayError::DeadlineExceeded { .. } => "deadline",
+            GatewayError::Unauthorized => "unauthorized",
+            GatewayError::ModelNotAllowed(_) => "model_not_allowed",
+            GatewayError::ClientRateLimited { .. } => "client_rate_limited",
+            GatewayError::TooManyConcurrent { .. } => "too_many_concurrent",
             GatewayError::Internal { .. } => "internal",
         }
     }
@@ -170,6 +216,8 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
+            GatewayError::ClientRateLimited { retry_after, .. } => *retry_after,
+            GatewayError::TooManyConcurrent { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -200,6 +248,13 @@ impl GatewayError {
             set_retry_after(headers, wait);
         }
         resp
+    }
+}
+
+fn retry_hint(wait: &Option<Duration>) -> String {
+    match wait {
+        Some(w) => format!("retry after {}ms", w.as_millis().max(1)),
+        None => "this request alone is larger than the limit".into(),
     }
 }
 

@@ -8,6 +8,7 @@
 
 use crate::config::{KeySettings, Secret};
 use crate::metrics::Metrics;
+use crate::rate_limit::Limits;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +62,8 @@ pub struct PoolPolicy {
 #[derive(Debug)]
 struct PoolKey {
     settings: KeySettings,
+    bucket: String,
+    limits: Limits,
     health: Mutex<Health>,
     inflight: AtomicU32,
     gauges: [IntGauge; 4],
@@ -120,6 +123,11 @@ impl KeyPool {
                 gauges[0].set(1);
                 PoolKey {
                     settings: k.clone(),
+                    bucket: format!("k:{provider}:{}", k.id),
+                    limits: Limits {
+                        rpm: k.rpm,
+                        tpm: k.tpm,
+                    },
                     health: Mutex::new(Health::Healthy),
                     inflight: AtomicU32::new(0),
                     gauges,
@@ -148,6 +156,17 @@ impl KeyPool {
     /// The id of key `idx`.
     pub fn key_id(&self, idx: usize) -> &str {
         &self.keys[idx].settings.id
+    }
+
+    /// The rate-limit bucket id and limits of key `idx`.
+    pub fn bucket(&self, idx: usize) -> (&str, Limits) {
+        let k = &self.keys[idx];
+        (&k.bucket, k.limits)
+    }
+
+    /// Whether any key declares a TPM limit.
+    pub fn has_tpm(&self) -> bool {
+        self.keys.iter().any(|k| k.limits.tpm.is_some())
     }
 
     /// The health of key `idx`.

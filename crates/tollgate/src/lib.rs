@@ -3,18 +3,21 @@
 //! `build_app` assembles the app from validated settings and swappable dependencies;
 //! `serve` runs it with graceful shutdown. See ARCHITECTURE.md for the request path.
 
+pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod key_pool;
 pub mod metrics;
 pub mod provider;
+pub mod rate_limit;
 pub mod request;
 pub mod server;
 pub mod stream;
 pub mod telemetry;
 pub mod units;
 pub mod upstream;
+pub mod usage;
 
 use config::Settings;
 use dispatch::Dispatcher;
@@ -50,14 +53,21 @@ impl Deps {
 
 /// The app and its state.
 pub fn build_app(settings: Arc<Settings>, deps: Deps) -> (axum::Router, AppState) {
+    let auth = Arc::new(auth::Auth::new(&settings.clients));
+    if auth.is_open() {
+        tracing::warn!("no [[clients]] configured: OPEN MODE, anyone who reaches this port can use the upstream keys");
+    }
+    let limiter = Arc::new(rate_limit::Limiter::new(&settings.state, &deps.metrics));
     let dispatcher = Arc::new(Dispatcher::new(
         settings,
         deps.upstream,
+        limiter,
         deps.metrics.clone(),
         deps.seed,
     ));
     let state = AppState {
         dispatcher,
+        auth,
         metrics: deps.metrics,
         ready: Arc::new(AtomicBool::new(false)),
     };

@@ -41,6 +41,16 @@ pub struct Metrics {
     pub key_cooldowns: IntCounterVec,
     /// `tollgate_stream_errors_total{provider, reason}`: streams cut after their first byte.
     pub stream_errors: IntCounterVec,
+    /// `tollgate_rate_limited_total{scope, dimension}`: requests refused or delayed by a bucket.
+    pub rate_limited: IntCounterVec,
+    /// `tollgate_ratelimit_wait_seconds`: time spent waiting for an upstream bucket to refill.
+    pub ratelimit_wait: Histogram,
+    /// `tollgate_tokens_total{provider, model, kind}`: real usage reported by upstreams.
+    pub tokens: IntCounterVec,
+    /// `tollgate_state_backend_degraded`: 1 while Redis is unreachable and limits are local.
+    pub state_degraded: IntGauge,
+    /// `tollgate_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
     /// `tollgate_build_info{version}`.
     pub build_info: IntGaugeVec,
     /// `tollgate_start_time_seconds`.
@@ -99,6 +109,19 @@ impl Metrics {
             "Unix time the gateway started.",
         )?;
         r.register(Box::new(start_time.clone()))?;
+        let state_degraded = IntGauge::new(
+            "tollgate_state_backend_degraded",
+            "1 while the shared state backend is unreachable.",
+        )?;
+        r.register(Box::new(state_degraded.clone()))?;
+        let ratelimit_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "tollgate_ratelimit_wait_seconds",
+                "Time waited for an upstream key's bucket.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(ratelimit_wait.clone()))?;
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -165,6 +188,26 @@ impl Metrics {
                 "tollgate_stream_errors_total",
                 "Streams that failed after their first byte.",
                 &["provider", "reason"],
+            )?,
+            rate_limited: counter(
+                &r,
+                "tollgate_rate_limited_total",
+                "Requests refused or delayed by a bucket.",
+                &["scope", "dimension"],
+            )?,
+            ratelimit_wait,
+            tokens: counter(
+                &r,
+                "tollgate_tokens_total",
+                "Tokens used, as reported by upstreams.",
+                &["provider", "model", "kind"],
+            )?,
+            state_degraded,
+            config_reloads: counter(
+                &r,
+                "tollgate_config_reloads_total",
+                "Config reloads by result.",
+                &["result"],
             )?,
             build_info: gauge_vec(
                 &r,

@@ -93,6 +93,12 @@ pub struct GatewayRequest {
     pub endpoint: Endpoint,
     /// When the gateway received it.
     pub received: Instant,
+    /// Estimated tokens (prompt + completion allowance) taken from TPM buckets.
+    pub tokens: u64,
+    /// The client's bucket, for reconciling with real usage.
+    pub client_bucket: Option<(String, crate::rate_limit::Limits)>,
+    /// The gateway added `include_usage` to a stream: remove the usage chunk before the client sees it.
+    pub strip_usage: bool,
     /// When the whole request must be done.
     pub deadline: Instant,
 }
@@ -113,6 +119,9 @@ impl GatewayRequest {
             endpoint: Endpoint::from_path(path),
             body,
             received: Instant::now(),
+            tokens: 0,
+            client_bucket: None,
+            strip_usage: false,
             deadline: Instant::now() + std::time::Duration::from_secs(600),
         }
     }

@@ -3,8 +3,10 @@
 //! error event (never a silent truncation, never a hang).
 
 use crate::upstream::{BodyStream, UpstreamError};
+use crate::usage::UsageTap;
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, Stream, StreamExt};
+use openai_types::Usage;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -133,20 +135,34 @@ impl StreamEnd {
     }
 }
 
-struct Guard<F: FnOnce(StreamEnd) + Send> {
+struct Guard<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     body: BodyStream,
     idle: Duration,
     expect_done: bool,
     saw_done: bool,
     tail: [u8; 8],
+    tap: Option<UsageTap>,
     on_end: Option<F>,
 }
 
-impl<F: FnOnce(StreamEnd) + Send> Guard<F> {
+impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
     fn finish(&mut self, end: StreamEnd) {
         if let Some(f) = self.on_end.take() {
-            f(end);
+            let usage = self.tap.as_mut().and_then(UsageTap::finish);
+            f(end, usage);
         }
+    }
+
+    fn pass(&mut self, chunk: Bytes) -> Bytes {
+        self.track_done(&chunk);
+        match self.tap.as_mut() {
+            Some(tap) => tap.chunk(chunk),
+            None => chunk,
+        }
+    }
+
+    fn flush(&mut self) -> Option<Bytes> {
+        self.tap.as_mut().and_then(UsageTap::flush)
     }
 
     fn track_done(&mut self, chunk: &[u8]) {
@@ -167,68 +183,79 @@ impl<F: FnOnce(StreamEnd) + Send> Guard<F> {
     }
 }
 
-/// Passes `prefix` then the rest of `body` through; a break, an idle gap longer than `idle` or,
-/// when `expect_done`, an end without `data: [DONE]` appends an error event and ends the stream.
-/// `on_end` runs once when the stream ends or the client goes away (as `Broken` then).
+/// How a guarded body reports a failure to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// An SSE stream: a failure appends an OpenAI-shaped error event; with `expect_done`, an
+    /// end without `data: [DONE]` counts as a failure too.
+    Sse {
+        /// The endpoint's streams end with `data: [DONE]`.
+        expect_done: bool,
+    },
+    /// Any other body: a failure aborts the response (the client sees a broken transfer).
+    Raw,
+}
+
+/// Passes `prefix` then the rest of `body` through, ending it cleanly on a break or an idle
+/// gap longer than `idle` (see `Framing`). `tap` reads (and may strip) the usage; `on_end`
+/// runs once with the usage seen, when the body ends or the client goes away (`Broken` then).
 pub fn guard(
     prefix: Bytes,
     body: BodyStream,
     idle: Duration,
-    expect_done: bool,
-    on_end: impl FnOnce(StreamEnd) + Send + 'static,
+    framing: Framing,
+    tap: Option<UsageTap>,
+    on_end: impl FnOnce(StreamEnd, Option<Usage>) + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let expect_done = framing == Framing::Sse { expect_done: true };
     let mut guard = Guard {
         body,
         idle,
         expect_done,
         saw_done: false,
         tail: [0; 8],
+        tap,
         on_end: Some(on_end),
     };
-    guard.track_done(&prefix);
+    let prefix = guard.pass(prefix);
     let head = stream::iter((!prefix.is_empty()).then_some(Ok(prefix)));
-    let rest = stream::unfold(Some(guard), |state| async move {
+    let rest = stream::unfold(Some(guard), move |state| async move {
         let mut g = state?;
-        match tokio::time::timeout(g.idle, g.body.next()).await {
+        let (end, message, code) = match tokio::time::timeout(g.idle, g.body.next()).await {
             Ok(Some(Ok(chunk))) => {
-                g.track_done(&chunk);
-                Some((Ok(chunk), Some(g)))
+                let chunk = g.pass(chunk);
+                return Some((Ok(chunk), Some(g)));
             }
             Ok(None) if g.saw_done || !g.expect_done => {
+                let rest = g.flush();
                 g.finish(StreamEnd::Complete);
-                None
+                return rest.map(|r| (Ok(r), None));
             }
-            Ok(None) => {
-                g.finish(StreamEnd::Truncated);
-                Some((
-                    Ok(error_event(
-                        "upstream closed the stream before it completed",
-                        "stream_truncated",
-                    )),
-                    None,
-                ))
-            }
-            Ok(Some(Err(e))) => {
-                g.finish(StreamEnd::Broken);
-                Some((
-                    Ok(error_event(
-                        &format!("upstream stream failed: {e}"),
-                        "stream_broken",
-                    )),
-                    None,
-                ))
-            }
+            Ok(None) => (
+                StreamEnd::Truncated,
+                "upstream closed the stream before it completed".to_owned(),
+                "stream_truncated",
+            ),
+            Ok(Some(Err(e))) => (
+                StreamEnd::Broken,
+                format!("upstream stream failed: {e}"),
+                "stream_broken",
+            ),
             Err(_) => {
-                g.finish(StreamEnd::Idle);
                 let msg = format!("upstream sent nothing for {}s", g.idle.as_secs_f64());
-                Some((Ok(error_event(&msg, "stream_idle_timeout")), None))
+                (StreamEnd::Idle, msg, "stream_idle_timeout")
             }
+        };
+        g.finish(end);
+        match framing {
+            Framing::Sse { .. } => Some((Ok(error_event(&message, code)), None)),
+            Framing::Raw => Some((Err(std::io::Error::other(message)), None)),
         }
     });
     head.chain(rest)
 }
 
-impl<F: FnOnce(StreamEnd) + Send> Drop for Guard<F> {
+impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Drop for Guard<F> {
     fn drop(&mut self) {
         self.finish(StreamEnd::Broken);
     }

@@ -2,9 +2,11 @@
 //! (struct defaults, then a TOML file or the zero-config environment, then `TOLLGATE_SECTION__FIELD`
 //! variables), and `validate()` into the typed `Settings` the gateway runs on.
 
+mod access;
 mod secret;
 mod settings;
 
+pub use access::{Backend, ClientSettings, LimitsSettings, StateSettings};
 pub use secret::Secret;
 pub use settings::{
     KeySettings, ModelRoute, ProviderKind, ProviderSettings, RetrySettings, ServerSettings,
@@ -28,6 +30,79 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// Model names clients send, each mapped to an ordered chain of targets.
     pub models: Vec<ModelConfig>,
+    /// Token estimation and queueing for rate limits.
+    pub limits: LimitsConfig,
+    /// Where buckets and key health live: this process, or Redis shared by replicas.
+    pub state: StateConfig,
+    /// Clients of the gateway and their keys; none means open mode.
+    pub clients: Vec<ClientConfig>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Completion tokens assumed when a request names no `max_tokens`.
+    pub default_max_tokens: u32,
+    /// Longest wait for an upstream key's bucket to refill before falling back or answering 429.
+    pub max_queue_wait: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            default_max_tokens: 1024,
+            max_queue_wait: "2s".into(),
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// `memory` or `redis`.
+    pub backend: String,
+    /// Redis URL for `backend = "redis"`.
+    pub redis_url: String,
+    /// Longest wait for one Redis call before degrading to local limits.
+    pub redis_timeout: String,
+    /// Number of gateway replicas sharing the limits: while Redis is down each takes 1/replicas.
+    pub replicas: u32,
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: "memory".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_timeout: "50ms".into(),
+            replicas: 1,
+            key_prefix: "tollgate".into(),
+        }
+    }
+}
+
+/// `[[clients]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Name in logs and metrics.
+    pub name: String,
+    /// The client's gateway key, or `${ENV_VAR}`.
+    pub key: Option<Secret>,
+    /// Hex SHA-256 of the key, so the file need not hold it.
+    pub key_sha256: Option<String>,
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute (prompt estimate + max completion, corrected by real usage).
+    pub tpm: Option<u32>,
+    /// Most requests in flight at once.
+    pub max_concurrent: Option<u32>,
+    /// Models the client may use (configured names or pass-through names); empty = all.
+    pub models: Vec<String>,
 }
 
 /// `[server]`.
@@ -223,7 +298,9 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         Figment::from(Toml::string(text))
             .extract::<Config>()
-            .map_err(|e| ConfigError { problems: e.into_iter().map(|e| e.to_string()).collect() })
+            .map_err(|e| ConfigError {
+                problems: e.into_iter().map(|e| e.to_string()).collect(),
+            })
     }
 
     fn load_with(

@@ -1,6 +1,7 @@
 //! `validate()`: the user's `Config` checked as a whole into typed `Settings`, every problem
 //! reported at once with its key path.
 
+use super::access::{ClientSettings, LimitsSettings, StateSettings};
 use super::secret::expand_env;
 use super::{Config, ConfigError, Secret};
 use crate::units::{parse_duration, parse_size};
@@ -22,6 +23,12 @@ pub struct Settings {
     pub models: Vec<ModelRoute>,
     /// Index of the provider that serves models not listed, if any.
     pub default_provider: Option<usize>,
+    /// Token estimation and queueing.
+    pub limits: LimitsSettings,
+    /// Shared-state backend.
+    pub state: StateSettings,
+    /// Gateway clients; empty means open mode.
+    pub clients: Vec<ClientSettings>,
     #[serde(skip)]
     model_index: HashMap<String, usize>,
 }
@@ -161,14 +168,14 @@ impl Settings {
 }
 
 /// Collects problems while walking the config.
-struct Problems(Vec<String>);
+pub(super) struct Problems(pub(super) Vec<String>);
 
 impl Problems {
-    fn push(&mut self, path: &str, msg: impl std::fmt::Display) {
+    pub(super) fn push(&mut self, path: &str, msg: impl std::fmt::Display) {
         self.0.push(format!("{path}: {msg}"));
     }
 
-    fn duration(&mut self, path: &str, raw: &str) -> Duration {
+    pub(super) fn duration(&mut self, path: &str, raw: &str) -> Duration {
         parse_duration(raw).unwrap_or_else(|| {
             self.push(
                 path,
@@ -252,6 +259,12 @@ impl Config {
         if retry.budget_window.is_zero() {
             p.push("retry.budget_window", "must be longer than zero");
         }
+        let limits = LimitsSettings {
+            default_max_tokens: self.limits.default_max_tokens,
+            max_queue_wait: p.duration("limits.max_queue_wait", &self.limits.max_queue_wait),
+        };
+        let state = super::access::validate_state(&self.state, &mut p);
+        let clients = super::access::validate_clients(&self.clients, &mut p, env);
         let providers = self.validate_providers(&mut p, env);
         let (models, model_index) = self.validate_models(&mut p, &providers);
         let defaults: Vec<usize> = providers
@@ -278,6 +291,9 @@ impl Config {
             providers,
             models,
             default_provider: defaults.first().copied(),
+            limits,
+            state,
+            clients,
             model_index,
         })
     }

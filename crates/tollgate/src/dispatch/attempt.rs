@@ -5,13 +5,17 @@ use super::classify::{classify, Kind, Outcome, Verdict};
 use super::{Answer, AttemptRecord, Dispatcher, Failure, Served, Step, Walk};
 use crate::key_pool::Lease;
 use crate::provider::{self, BuildError};
+use crate::rate_limit::{remaining_from_headers, Limits};
 use crate::request::GatewayRequest;
-use crate::stream::{guard, peek_first_event, FirstEvent};
+use crate::stream::{guard, peek_first_event, FirstEvent, Framing, StreamEnd};
 use crate::upstream::{BodyStream, UpstreamError, UpstreamResponse};
+use crate::usage::UsageTap;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
+use openai_types::Usage;
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::time::Instant;
 
@@ -49,6 +53,62 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
 }
 
 impl Dispatcher {
+    /// What runs when an answer's body ends: the key's lease is released, stream failures are
+    /// counted, real usage is counted and reconciled with the buckets' estimate.
+    fn on_end(
+        &self,
+        req: &GatewayRequest,
+        provider: usize,
+        lease: Lease,
+    ) -> impl FnOnce(StreamEnd, Option<Usage>) + Send + 'static {
+        let pname = self.settings.providers[provider].name.clone();
+        let model = self.model_label(req);
+        let counters = [
+            self.metrics
+                .tokens
+                .with_label_values(&[&pname, model, "prompt"]),
+            self.metrics
+                .tokens
+                .with_label_values(&[&pname, model, "completion"]),
+        ];
+        let stream_errors = self.metrics.stream_errors.clone();
+        let (bucket, limits) = self.pools[provider].bucket(lease.idx());
+        let key_bucket = (bucket.to_owned(), limits);
+        let client_bucket = req.client_bucket.clone();
+        let estimate = req.tokens;
+        let limiter = Arc::clone(&self.limiter);
+        let request_id = req.id.clone();
+        move |end, usage| {
+            drop(lease);
+            if end != StreamEnd::Complete {
+                stream_errors
+                    .with_label_values(&[&pname, end.label()])
+                    .inc();
+                tracing::warn!(request_id = %request_id, provider = %pname, reason = end.label(), "answer ended early");
+            }
+            let Some(u) = usage else { return };
+            counters[0].inc_by(u.prompt_tokens);
+            counters[1].inc_by(u.completion_tokens);
+            let actual = u.total_tokens.max(u.prompt_tokens + u.completion_tokens);
+            let buckets: Vec<(String, Limits)> = [Some(key_bucket), client_bucket]
+                .into_iter()
+                .flatten()
+                .filter(|(_, l)| l.tpm.is_some())
+                .collect();
+            if buckets.is_empty() || actual == estimate {
+                return;
+            }
+            let reconcile = async move {
+                for (id, limits) in buckets {
+                    limiter.reconcile(&id, limits, estimate, actual).await;
+                }
+            };
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(reconcile);
+            }
+        }
+    }
+
     async fn exchange(
         &self,
         req: &GatewayRequest,
@@ -152,6 +212,16 @@ impl Dispatcher {
                 (classify(Outcome::TransportError, wall), None)
             }
         };
+        let answered_headers = match &raw {
+            Raw::Ok(resp, _) => Some(&resp.headers),
+            Raw::Error { headers, .. } => Some(headers),
+            _ => None,
+        };
+        if let Some(headers) = answered_headers {
+            let (requests, tokens) = remaining_from_headers(headers);
+            let (bucket, limits) = self.pools[provider].bucket(lease.idx());
+            self.limiter.sync(bucket, limits, requests, tokens).await;
+        }
         let pname = &self.settings.providers[provider].name;
         self.metrics
             .upstream_attempts
@@ -265,31 +335,34 @@ impl Dispatcher {
     ) -> Answer {
         let key = lease.id().to_owned();
         let pname = self.settings.providers[provider].name.clone();
-        let body = if req.stream && is_event_stream(&resp.headers) {
-            let errors = self.metrics.stream_errors.clone();
-            let label = pname.clone();
-            let request_id = req.id.clone();
-            let on_end = move |end: crate::stream::StreamEnd| {
-                drop(lease);
-                if end != crate::stream::StreamEnd::Complete {
-                    errors.with_label_values(&[&label, end.label()]).inc();
-                    tracing::warn!(request_id = %request_id, provider = %label, reason = end.label(), "stream ended early");
-                }
-            };
-            Body::from_stream(guard(
-                prefix,
-                resp.body,
-                self.settings.server.idle_timeout,
-                req.endpoint.stream_ends_with_done(),
-                on_end,
-            ))
+        let sse = req.stream && is_event_stream(&resp.headers);
+        let json = resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let tap = if sse {
+            Some(UsageTap::stream(req.strip_usage))
         } else {
-            // The lease lives as long as the body: in-flight counts cover the whole transfer.
-            Body::from_stream(resp.body.map(move |chunk| {
-                let _held = &lease;
-                chunk.map_err(std::io::Error::other)
-            }))
+            json.then(UsageTap::body)
         };
+        let framing = if sse {
+            Framing::Sse {
+                expect_done: req.endpoint.stream_ends_with_done(),
+            }
+        } else {
+            Framing::Raw
+        };
+        let on_end = self.on_end(req, provider, lease);
+        let body = guard(
+            prefix,
+            resp.body,
+            self.settings.server.idle_timeout,
+            framing,
+            tap,
+            on_end,
+        );
+        let body = Body::from_stream(body);
         Answer {
             status: resp.status,
             headers: resp.headers,

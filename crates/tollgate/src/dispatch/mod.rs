@@ -12,6 +12,7 @@ use crate::error::GatewayError;
 use crate::key_pool::{KeyPool, Lease, PoolPolicy};
 use crate::metrics::Metrics;
 use crate::provider;
+use crate::rate_limit::Limiter;
 use crate::request::GatewayRequest;
 use crate::upstream::Upstream;
 use axum::body::Body;
@@ -129,6 +130,15 @@ impl Walk {
     }
 }
 
+/// Why no key could be picked.
+#[derive(Debug, Default)]
+struct NoKey {
+    /// When the earliest cooling or disabled key recovers.
+    earliest: Option<Instant>,
+    /// Shortest wait until a key's bucket can take the request.
+    refill: Option<Duration>,
+}
+
 /// What one target's loop ended with.
 enum Step {
     Done(Answer),
@@ -143,6 +153,7 @@ enum Step {
 /// The dispatcher: routes, retries and falls back.
 pub struct Dispatcher {
     settings: Arc<Settings>,
+    limiter: Arc<Limiter>,
     pools: Vec<Arc<KeyPool>>,
     upstream: Arc<dyn Upstream>,
     budget: RetryBudget,
@@ -164,6 +175,7 @@ impl Dispatcher {
     pub fn new(
         settings: Arc<Settings>,
         upstream: Arc<dyn Upstream>,
+        limiter: Arc<Limiter>,
         metrics: Metrics,
         seed: u64,
     ) -> Self {
@@ -191,6 +203,7 @@ impl Dispatcher {
             },
             pools,
             upstream,
+            limiter,
             metrics,
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             settings,
@@ -200,6 +213,16 @@ impl Dispatcher {
     /// The key pools, in provider order.
     pub fn pools(&self) -> &[Arc<KeyPool>] {
         &self.pools
+    }
+
+    /// The rate limiter.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// Whether any upstream key declares a TPM limit (usage must then be reconciled).
+    pub fn keys_have_tpm(&self) -> bool {
+        self.pools.iter().any(|p| p.has_tpm())
     }
 
     /// The settings this dispatcher runs on.
@@ -318,21 +341,76 @@ impl Dispatcher {
         }
     }
 
-    /// Picks a key: first never-tried keys, then keys that failed only transiently.
-    fn pick(&self, provider: usize, walk: &Walk, now: Instant) -> Result<Lease, Option<Instant>> {
+    /// Picks a key: first never-tried keys, then keys that failed only transiently; a key
+    /// whose RPM/TPM bucket cannot take this request is skipped like a cooling one.
+    async fn pick(
+        &self,
+        provider: usize,
+        walk: &Walk,
+        req: &GatewayRequest,
+        now: Instant,
+    ) -> Result<Lease, NoKey> {
         let pool = &self.pools[provider];
-        let hard = |i: usize| walk.hard.contains(&(provider, i));
-        let untried = pool.select(&|i| hard(i) || walk.soft.contains(&(provider, i)), now);
-        match untried {
-            Ok(lease) => Ok(lease),
-            Err(e1) => pool.select(&hard, now).map_err(|e2| match (e1, e2) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }),
+        let mut full: Vec<usize> = Vec::new();
+        let mut no_key = NoKey::default();
+        loop {
+            let hard = |i: usize| walk.hard.contains(&(provider, i)) || full.contains(&i);
+            let untried = pool.select(&|i| hard(i) || walk.soft.contains(&(provider, i)), now);
+            let lease = match untried {
+                Ok(lease) => lease,
+                Err(e1) => match pool.select(&hard, now) {
+                    Ok(lease) => lease,
+                    Err(e2) => {
+                        no_key.earliest = [e1, e2].into_iter().flatten().min();
+                        return Err(no_key);
+                    }
+                },
+            };
+            let (bucket, limits) = pool.bucket(lease.idx());
+            match self.limiter.take(bucket, limits, req.tokens).await {
+                Ok(_) => return Ok(lease),
+                Err(refused) => {
+                    self.metrics
+                        .rate_limited
+                        .with_label_values(&["upstream", refused.dimension.label()])
+                        .inc();
+                    if let Some(wait) = refused.wait {
+                        no_key.refill = Some(no_key.refill.map_or(wait, |w| w.min(wait)));
+                    }
+                    full.push(lease.idx());
+                }
+            }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// With no key available: waits for a bucket refill (up to `max_queue_wait`) or, on the
+    /// last target, for the earliest cooling key, when the deadline allows; `None` gives up.
+    async fn wait_for_key(
+        &self,
+        no_key: NoKey,
+        is_last: bool,
+        req: &GatewayRequest,
+        walk: &mut Walk,
+    ) -> Option<()> {
+        let now = Instant::now();
+        if let Some(refill) = no_key.refill {
+            walk.note_earliest(now + refill);
+            if refill <= self.settings.limits.max_queue_wait && now + refill < req.deadline {
+                self.metrics.ratelimit_wait.observe(refill.as_secs_f64());
+                tokio::time::sleep(refill).await;
+                return Some(());
+            }
+        }
+        let at = no_key.earliest?;
+        walk.note_earliest(at);
+        if is_last && at < req.deadline {
+            // Every key is cooling and nothing is left to fall back to: wait for the first.
+            tokio::time::sleep_until(at).await;
+            return Some(());
+        }
+        None
+    }
+
     async fn run_target(
         &self,
         req: &GatewayRequest,
@@ -353,19 +431,12 @@ impl Dispatcher {
                 walk.deadline_hit = true;
                 return Step::Stop;
             }
-            let lease = match self.pick(provider, walk, now) {
+            let lease = match self.pick(provider, walk, req, now).await {
                 Ok(lease) => lease,
-                Err(earliest) => {
-                    if let Some(at) = earliest {
-                        walk.note_earliest(at);
-                        if is_last && at < req.deadline {
-                            // Every key is cooling and nothing is left to fall back to: wait.
-                            tokio::time::sleep_until(at).await;
-                            continue;
-                        }
-                    }
-                    return Step::Next("no_key");
-                }
+                Err(no_key) => match self.wait_for_key(no_key, is_last, req, walk).await {
+                    Some(()) => continue,
+                    None => return Step::Next("no_key"),
+                },
             };
             if !walk.attempts.is_empty() {
                 if !self.budget.try_withdraw(now) {

@@ -27,10 +27,18 @@ struct Fake {
 
 impl Fake {
     fn script(&self, key: &str, replies: impl IntoIterator<Item = Reply>) {
-        self.scripts.lock().unwrap().entry(format!("Bearer {key}")).or_default().extend(replies);
+        self.scripts
+            .lock()
+            .unwrap()
+            .entry(format!("Bearer {key}"))
+            .or_default()
+            .extend(replies);
     }
     fn always(&self, key: &str, reply: Reply) {
-        self.always.lock().unwrap().insert(format!("Bearer {key}"), reply);
+        self.always
+            .lock()
+            .unwrap()
+            .insert(format!("Bearer {key}"), reply);
     }
     /// (key secret, url, time) of every request.
     fn log(&self) -> Vec<(String, String, Instant)> {
@@ -44,13 +52,32 @@ impl Fake {
 struct FakeUpstream(Arc<Fake>);
 
 impl Upstream for FakeUpstream {
-    fn send(&self, req: UpstreamRequest) -> BoxFuture<'static, Result<UpstreamResponse, UpstreamError>> {
-        let auth = req.headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    fn send(
+        &self,
+        req: UpstreamRequest,
+    ) -> BoxFuture<'static, Result<UpstreamResponse, UpstreamError>> {
+        let auth = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let fake = self.0.clone();
         Box::pin(async move {
-            fake.log.lock().unwrap().push((auth.trim_start_matches("Bearer ").to_owned(), req.url.clone(), Instant::now()));
-            let scripted = fake.scripts.lock().unwrap().get_mut(&auth).and_then(|q| q.pop_front());
-            let reply = scripted.or_else(|| fake.always.lock().unwrap().get(&auth).cloned()).unwrap_or(Reply::Ok);
+            fake.log.lock().unwrap().push((
+                auth.trim_start_matches("Bearer ").to_owned(),
+                req.url.clone(),
+                Instant::now(),
+            ));
+            let scripted = fake
+                .scripts
+                .lock()
+                .unwrap()
+                .get_mut(&auth)
+                .and_then(|q| q.pop_front());
+            let reply = scripted
+                .or_else(|| fake.always.lock().unwrap().get(&auth).cloned())
+                .unwrap_or(Reply::Ok);
             let mut headers = HeaderMap::new();
             let (status, body): (u16, Bytes) = match reply {
                 Reply::Ok => (200, Bytes::from_static(b"{\"ok\":true}")),
@@ -68,53 +95,108 @@ impl Upstream for FakeUpstream {
                 }
             };
             let body: crate::upstream::BodyStream = Box::pin(stream::iter([Ok(body)]));
-            Ok(UpstreamResponse { status: StatusCode::from_u16(status).unwrap(), headers, body })
+            Ok(UpstreamResponse {
+                status: StatusCode::from_u16(status).unwrap(),
+                headers,
+                body,
+            })
         })
     }
 }
 
-const LIMITED: Reply = Reply::Status(429, &[("retry-after", "2")], r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#);
-const UNAVAILABLE: Reply = Reply::Status(503, &[], r#"{"error":{"message":"down","type":"server_error"}}"#);
-const REVOKED: Reply = Reply::Status(401, &[], r#"{"error":{"message":"bad key","type":"invalid_request_error","code":"invalid_api_key"}}"#);
+const LIMITED: Reply = Reply::Status(
+    429,
+    &[("retry-after", "2")],
+    r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
+);
+const UNAVAILABLE: Reply = Reply::Status(
+    503,
+    &[],
+    r#"{"error":{"message":"down","type":"server_error"}}"#,
+);
+const REVOKED: Reply = Reply::Status(
+    401,
+    &[],
+    r#"{"error":{"message":"bad key","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+);
 
 fn setup(toml: &str) -> (Dispatcher, Arc<Fake>, Metrics) {
-    let settings = Arc::new(Config::from_toml(toml).unwrap().validate_with(&|_| None).unwrap());
+    let settings = Arc::new(
+        Config::from_toml(toml)
+            .unwrap()
+            .validate_with(&|_| None)
+            .unwrap(),
+    );
     let fake = Arc::new(Fake::default());
     let metrics = Metrics::new().unwrap();
-    let d = Dispatcher::new(settings, Arc::new(FakeUpstream(fake.clone())), metrics.clone(), 7);
+    let limiter = Arc::new(crate::rate_limit::Limiter::new(&settings.state, &metrics));
+    let d = Dispatcher::new(
+        settings,
+        Arc::new(FakeUpstream(fake.clone())),
+        limiter,
+        metrics.clone(),
+        7,
+    );
     (d, fake, metrics)
 }
 
 fn providers(retry: &str, pools: &[(&str, &[&str])]) -> String {
     let mut s = format!("[retry]\nbase_delay = \"100ms\"\nmax_delay = \"1s\"\n{retry}\n");
     for (i, (name, keys)) in pools.iter().enumerate() {
-        let keys: Vec<String> = keys.iter().map(|k| format!("{{ id = \"{k}\", secret = \"{k}\" }}")).collect();
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{{ id = \"{k}\", secret = \"{k}\" }}"))
+            .collect();
         s.push_str(&format!("[[providers]]\nname = \"{name}\"\nbase_url = \"http://{name}/v1\"\ndefault = {}\nkeys = [{}]\n", i == 0, keys.join(", ")));
     }
     s
 }
 
 fn chain(names: &[&str]) -> String {
-    let targets: Vec<String> = names.iter().map(|n| format!("{{ provider = \"{n}\" }}")).collect();
-    format!("[[models]]\nname = \"m\"\ntargets = [{}]\n", targets.join(", "))
+    let targets: Vec<String> = names
+        .iter()
+        .map(|n| format!("{{ provider = \"{n}\" }}"))
+        .collect();
+    format!(
+        "[[models]]\nname = \"m\"\ntargets = [{}]\n",
+        targets.join(", ")
+    )
 }
 
 fn chat() -> GatewayRequest {
-    GatewayRequest::for_test(Method::POST, "chat/completions", Bytes::from_static(br#"{"model":"m","messages":[]}"#))
+    GatewayRequest::for_test(
+        Method::POST,
+        "chat/completions",
+        Bytes::from_static(br#"{"model":"m","messages":[]}"#),
+    )
 }
 
 fn stream_chat() -> GatewayRequest {
-    GatewayRequest::for_test(Method::POST, "chat/completions", Bytes::from_static(br#"{"model":"m","stream":true}"#))
+    GatewayRequest::for_test(
+        Method::POST,
+        "chat/completions",
+        Bytes::from_static(br#"{"model":"m","stream":true}"#),
+    )
 }
 
 #[tokio::test(start_paused = true)]
 async fn transient_retry_on_the_same_key_waits_at_least_retry_after_to_the_millisecond() {
     let (d, fake, _) = setup(&providers("", &[("p", &["a"])]));
-    fake.script("a", [Reply::Status(503, &[("retry-after-ms", "1500")], "{}")]);
+    fake.script(
+        "a",
+        [Reply::Status(503, &[("retry-after-ms", "1500")], "{}")],
+    );
     let answer = d.dispatch(&chat()).await.unwrap();
-    assert_eq!((answer.status.as_u16(), answer.attempts, answer.served), (200, 2, Served::AfterRetry));
+    assert_eq!(
+        (answer.status.as_u16(), answer.attempts, answer.served),
+        (200, 2, Served::AfterRetry)
+    );
     let log = fake.log();
-    assert_eq!(log[1].2 - log[0].2, Duration::from_millis(1500), "jitter (≤100ms) never undercuts the asked 1.5s");
+    assert_eq!(
+        log[1].2 - log[0].2,
+        Duration::from_millis(1500),
+        "jitter (≤100ms) never undercuts the asked 1.5s"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -127,7 +209,10 @@ async fn backoff_sequence_is_bounded_by_base_times_two_to_the_n() {
     assert_eq!(times.len(), 4);
     for (n, pair) in times.windows(2).enumerate() {
         let wait = pair[1] - pair[0];
-        assert!(wait <= Duration::from_millis(100 << n), "retry {n} waited {wait:?}");
+        assert!(
+            wait <= Duration::from_millis(100 << n),
+            "retry {n} waited {wait:?}"
+        );
     }
 }
 
@@ -141,8 +226,14 @@ async fn a_rate_limited_key_is_skipped_at_once_and_rests_for_retry_after() {
     let err = d.dispatch(&chat()).await.unwrap_err();
     assert_eq!(err.status(), 429);
     assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
-    assert_eq!(Instant::now(), start, "the second key was tried at once, no wait");
-    assert!(metrics.render().contains(r#"tollgate_key_state{key="a",provider="p",state="cooling"} 1"#));
+    assert_eq!(
+        Instant::now(),
+        start,
+        "the second key was tried at once, no wait"
+    );
+    assert!(metrics
+        .render()
+        .contains(r#"tollgate_key_state{key="a",provider="p",state="cooling"} 1"#));
     // A new request waits for the earliest key (no fallback left) and goes exactly at 2 s.
     let answer = d.dispatch(&chat()).await.unwrap();
     assert_eq!(answer.status, 200);
@@ -151,7 +242,10 @@ async fn a_rate_limited_key_is_skipped_at_once_and_rests_for_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn a_revoked_key_is_disabled_and_never_tried_twice() {
-    let (d, fake, _) = setup(&providers("probe_interval = \"60s\"", &[("p", &["revoked", "limited", "good"])]));
+    let (d, fake, _) = setup(&providers(
+        "probe_interval = \"60s\"",
+        &[("p", &["revoked", "limited", "good"])],
+    ));
     fake.always("revoked", REVOKED);
     fake.script("limited", [LIMITED]);
     for _ in 0..50 {
@@ -165,7 +259,11 @@ async fn a_revoked_key_is_disabled_and_never_tried_twice() {
     for _ in 0..5 {
         assert_eq!(d.dispatch(&chat()).await.unwrap().status, 200);
     }
-    assert_eq!(fake.keys().iter().filter(|k| *k == "revoked").count(), 2, "exactly one probe");
+    assert_eq!(
+        fake.keys().iter().filter(|k| *k == "revoked").count(),
+        2,
+        "exactly one probe"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -177,7 +275,11 @@ async fn every_key_tried_once_then_a_502_that_names_them() {
     let err = d.dispatch(&chat()).await.unwrap_err();
     assert_eq!(err.status(), 502);
     let msg = err.to_string();
-    for k in ["p/a: key_rejected (401)", "p/b: key_rejected (401)", "p/c: key_rejected (401)"] {
+    for k in [
+        "p/a: key_rejected (401)",
+        "p/b: key_rejected (401)",
+        "p/c: key_rejected (401)",
+    ] {
         assert!(msg.contains(k), "{msg}");
     }
     let mut keys = fake.keys();
@@ -187,13 +289,21 @@ async fn every_key_tried_once_then_a_502_that_names_them() {
 
 #[tokio::test(start_paused = true)]
 async fn spent_budget_fails_fast_with_the_upstream_error() {
-    let (d, fake, metrics) = setup(&providers("budget_percent = 0\nbudget_min_per_sec = 0", &[("p", &["a", "b"])]));
+    let (d, fake, metrics) = setup(&providers(
+        "budget_percent = 0\nbudget_min_per_sec = 0",
+        &[("p", &["a", "b"])],
+    ));
     fake.always("a", UNAVAILABLE);
     fake.always("b", UNAVAILABLE);
     let answer = d.dispatch(&chat()).await.unwrap();
-    assert_eq!((answer.status.as_u16(), answer.served), (503, Served::Failed));
+    assert_eq!(
+        (answer.status.as_u16(), answer.served),
+        (503, Served::Failed)
+    );
     assert_eq!(fake.log().len(), 1);
-    assert!(metrics.render().contains("tollgate_retry_budget_exhausted_total 1"));
+    assert!(metrics
+        .render()
+        .contains("tollgate_retry_budget_exhausted_total 1"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -205,38 +315,74 @@ async fn no_wait_starts_that_would_end_past_the_deadline() {
     let start = Instant::now();
     let err = d.dispatch(&req).await.unwrap_err();
     assert_eq!(err.status(), 504);
-    assert_eq!(Instant::now(), start, "gave up at once instead of sleeping past the deadline");
+    assert_eq!(
+        Instant::now(),
+        start,
+        "gave up at once instead of sleeping past the deadline"
+    );
     assert_eq!(fake.log().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_upstream_times_out_per_attempt_and_then_falls_back() {
-    let toml = format!("[server]\nfirst_byte_timeout = \"2s\"\n{}{}", providers("max_attempts = 1", &[("p", &["a"]), ("q", &["b"])]), chain(&["p", "q"]));
+    let toml = format!(
+        "[server]\nfirst_byte_timeout = \"2s\"\n{}{}",
+        providers("max_attempts = 1", &[("p", &["a"]), ("q", &["b"])]),
+        chain(&["p", "q"])
+    );
     let (d, fake, metrics) = setup(&toml);
     fake.always("a", Reply::Hang);
     let start = Instant::now();
     let answer = d.dispatch(&chat()).await.unwrap();
-    assert_eq!((answer.provider.as_str(), answer.served), ("q", Served::AfterFallback));
+    assert_eq!(
+        (answer.provider.as_str(), answer.served),
+        ("q", Served::AfterFallback)
+    );
     assert_eq!(Instant::now() - start, Duration::from_secs(2));
-    assert!(metrics.render().contains(r#"tollgate_fallbacks_total{from="p",reason="timeout",to="q"} 1"#));
+    assert!(metrics
+        .render()
+        .contains(r#"tollgate_fallbacks_total{from="p",reason="timeout",to="q"} 1"#));
 }
 
 #[tokio::test(start_paused = true)]
 async fn outage_falls_back_to_the_next_provider() {
-    let toml = format!("{}{}", providers("max_attempts = 2", &[("p", &["a", "b"]), ("q", &["c"])]), chain(&["p", "q"]));
+    let toml = format!(
+        "{}{}",
+        providers("max_attempts = 2", &[("p", &["a", "b"]), ("q", &["c"])]),
+        chain(&["p", "q"])
+    );
     let (d, fake, metrics) = setup(&toml);
     fake.always("a", UNAVAILABLE);
     fake.always("b", Reply::Refused);
     let answer = d.dispatch(&chat()).await.unwrap();
-    assert_eq!((answer.provider.as_str(), answer.key.as_str(), answer.attempts), ("q", "c", 3));
+    assert_eq!(
+        (
+            answer.provider.as_str(),
+            answer.key.as_str(),
+            answer.attempts
+        ),
+        ("q", "c", 3)
+    );
     let text = metrics.render();
-    assert!(text.contains(r#"tollgate_upstream_attempts_total{key="a",outcome_kind="transient",provider="p"} 1"#), "{text}");
-    assert!(text.contains(r#"tollgate_retries_total{provider="q",reason="transient"} 1"#), "{text}");
+    assert!(
+        text.contains(
+            r#"tollgate_upstream_attempts_total{key="a",outcome_kind="transient",provider="p"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tollgate_retries_total{provider="q",reason="transient"} 1"#),
+        "{text}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn context_too_long_moves_to_the_next_target_without_retrying() {
-    let toml = format!("{}{}", providers("", &[("p", &["a", "b"]), ("q", &["c"])]), chain(&["p", "q"]));
+    let toml = format!(
+        "{}{}",
+        providers("", &[("p", &["a", "b"]), ("q", &["c"])]),
+        chain(&["p", "q"])
+    );
     let (d, fake, _) = setup(&toml);
     fake.always("a", Reply::Status(400, &[], r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#));
     fake.always("b", Reply::Status(400, &[], r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#));
@@ -250,7 +396,10 @@ async fn context_too_long_on_the_last_target_returns_the_upstream_400() {
     let (d, fake, _) = setup(&providers("", &[("p", &["a"])]));
     fake.always("a", Reply::Status(400, &[], r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#));
     let answer = d.dispatch(&chat()).await.unwrap();
-    assert_eq!((answer.status.as_u16(), answer.served), (400, Served::Failed));
+    assert_eq!(
+        (answer.status.as_u16(), answer.served),
+        (400, Served::Failed)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -261,7 +410,10 @@ async fn a_stream_failing_before_its_first_event_is_retried_on_another_key() {
     fake.always("a", Reply::Ok);
     let answer = d.dispatch(&stream_chat()).await.unwrap();
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.attempts, 3, "a and b failed with an error event, then a again after backoff");
+    assert_eq!(
+        answer.attempts, 3,
+        "a and b failed with an error event, then a again after backoff"
+    );
 }
 
 #[tokio::test(start_paused = true)]

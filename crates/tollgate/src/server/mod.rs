@@ -24,6 +24,8 @@ use std::sync::Arc;
 pub struct AppState {
     /// The dispatcher.
     pub dispatcher: Arc<Dispatcher>,
+    /// Client keys.
+    pub auth: Arc<crate::auth::Auth>,
     /// Metrics.
     pub metrics: Metrics,
     /// Set once listeners are up, cleared on shutdown.

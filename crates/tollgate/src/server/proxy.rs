@@ -1,19 +1,37 @@
-//! The `/v1/*` handler: parse once, dispatch, shape the answer, count and log it.
+//! The `/v1/*` handler: authenticate, parse once, take the client's buckets, dispatch, shape
+//! the answer, count and log it.
 
 use super::headers::{client_headers, upstream_headers};
 use super::AppState;
+use crate::auth::{Client, InflightGuard};
 use crate::dispatch::{Answer, Served};
 use crate::error::{set_retry_after, GatewayError};
 use crate::metrics::status_class;
+use crate::rate_limit::{estimate::estimate, Levels, Limits};
 use crate::request::{Endpoint, GatewayRequest};
+use crate::units::format_go_duration;
 use axum::body::Body;
 use axum::extract::State;
-use futures_util::FutureExt;
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use rand::Rng;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use tokio::time::Instant;
+
+/// A request that failed before or during dispatch, with its model label.
+type Failed = (GatewayError, String);
+
+/// What the handler produced besides the answer: labels, the client's levels, its slot.
+struct Served2 {
+    answer: Answer,
+    model_label: String,
+    levels: Levels,
+    slot: Option<InflightGuard>,
+}
 
 /// Handles every `/v1/*` request.
 pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> Response<Body> {
@@ -21,23 +39,28 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
     let request_id = request_id(req.headers());
     state.metrics.inflight.inc();
     let _inflight = scopeguard(&state.metrics.inflight);
-    let endpoint_path = req
+    let path = req
         .uri()
         .path()
         .strip_prefix("/v1/")
         .unwrap_or_default()
         .to_owned();
-    let endpoint = Endpoint::from_path(&endpoint_path);
+    let endpoint = Endpoint::from_path(&path);
     let method = req.method().clone();
     let handled = AssertUnwindSafe(handle(&state, req, &request_id, received))
         .catch_unwind()
         .await;
     let (mut resp, model_label, served) = match handled {
-        Ok(Ok((answer, model_label))) => {
-            let served = answer.served;
-            (answer_response(answer), model_label, served)
+        Ok(Ok(s)) => {
+            let served = s.answer.served;
+            (respond(s), "", served)
         }
-        Ok(Err((err, model_label))) => (err.to_response(), model_label, Served::Failed),
+        Ok(Err((err, label))) => {
+            tracing::debug!(request_id = %request_id, error = err.metric_label(), "request refused");
+            let mut resp = err.to_response();
+            resp.extensions_mut().insert(ModelLabel(label));
+            (resp, "", Served::Failed)
+        }
         Err(_) => {
             tracing::error!(request_id = %request_id, "handler panicked");
             (
@@ -45,11 +68,15 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
                     request_id: request_id.clone(),
                 }
                 .to_response(),
-                "other".to_owned(),
+                "other",
                 Served::Failed,
             )
         }
     };
+    let model_label = resp
+        .extensions_mut()
+        .remove::<ModelLabel>()
+        .map_or_else(|| model_label.to_owned(), |m| m.0);
     if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -60,9 +87,8 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
         served
     };
     let elapsed = received.elapsed();
-    state
-        .metrics
-        .requests
+    let m = &state.metrics;
+    m.requests
         .with_label_values(&[
             &model_label,
             endpoint.label(),
@@ -70,9 +96,7 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
             served.label(),
         ])
         .inc();
-    state
-        .metrics
-        .request_duration
+    m.request_duration
         .with_label_values(&[endpoint.label()])
         .observe(elapsed.as_secs_f64());
     let h = resp.headers();
@@ -85,7 +109,7 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
     tracing::info!(
         request_id = %request_id,
         method = %method,
-        path = %endpoint_path,
+        path = %path,
         model = %model_label,
         status,
         latency_ms = elapsed.as_secs_f64() * 1000.0,
@@ -97,46 +121,37 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
     resp
 }
 
-type Handled = Result<(Answer, String), (GatewayError, String)>;
+/// The model label travels with the response from `handle` to the metrics.
+#[derive(Clone)]
+struct ModelLabel(String);
 
 async fn handle(
     state: &AppState,
     req: Request<Body>,
     request_id: &str,
     received: Instant,
-) -> Handled {
-    let settings = state.dispatcher.settings();
-    let max_body = settings.server.max_body;
-    let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max_body) {
-        return Err((
-            GatewayError::BodyTooLarge { limit: max_body },
-            "other".to_owned(),
-        ));
-    }
-    let body = match Limited::new(body, max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err((
-                GatewayError::BodyTooLarge { limit: max_body },
-                "other".to_owned(),
-            ))
-        }
-        Err(e) => {
-            tracing::debug!(request_id, error = %e, "client body read failed");
-            return Err((
-                GatewayError::InvalidJson("the request body could not be read".into()),
-                "other".to_owned(),
-            ));
-        }
+) -> Result<Served2, Failed> {
+    let other = || "other".to_owned();
+    let client = state
+        .auth
+        .authenticate(req.headers())
+        .map_err(|_| (GatewayError::Unauthorized, other()))?;
+    let slot = match &client {
+        Some(c) => Some(c.enter().ok_or_else(|| {
+            (
+                GatewayError::TooManyConcurrent {
+                    limit: c.settings.max_concurrent.unwrap_or(0),
+                },
+                other(),
+            )
+        })?),
+        None => None,
     };
+    let settings = state.dispatcher.settings();
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts, body, settings.server.max_body)
+        .await
+        .map_err(|e| (e, other()))?;
     let path = parts
         .uri
         .path()
@@ -144,58 +159,190 @@ async fn handle(
         .unwrap_or_default()
         .to_owned();
     let endpoint = Endpoint::from_path(&path);
-    let is_json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map_or(!body.is_empty(), |ct| ct.starts_with("application/json"));
-    let (model, stream) = if is_json && !body.is_empty() && parts.method != Method::GET {
-        let meta: openai_types::RequestMeta<'_> = serde_json::from_slice(&body)
-            .map_err(|e| (GatewayError::InvalidJson(e.to_string()), "other".to_owned()))?;
-        (
-            meta.model.map(|m| m.into_owned()),
-            meta.stream.unwrap_or(false),
-        )
-    } else {
-        (None, false)
-    };
-    let needs_model = matches!(
-        endpoint,
-        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
-    );
-    if needs_model && parts.method == Method::POST && model.is_none() {
-        return Err((GatewayError::MissingModel, "other".to_owned()));
+    let meta = parse_meta(&parts, &body, endpoint).map_err(|e| (e, other()))?;
+    if let (Some(c), Some(model)) = (&client, meta.model.as_deref()) {
+        if !c.allows(model) {
+            return Err((GatewayError::ModelNotAllowed(model.to_owned()), other()));
+        }
     }
     if parts.method == Method::GET
         && (path == "models" || path.starts_with("models/"))
         && !settings.models.is_empty()
     {
-        return models_answer(state, &path)
-            .map(|a| (a, "other".to_owned()))
-            .map_err(|e| (e, "other".to_owned()));
+        let answer = models_answer(state, &path, client.as_deref()).map_err(|e| (e, other()))?;
+        return Ok(Served2 {
+            answer,
+            model_label: other(),
+            levels: Levels::default(),
+            slot,
+        });
     }
-    let gw = GatewayRequest {
+    let mut gw = GatewayRequest {
         id: request_id.to_owned(),
         method: parts.method,
         query: parts.uri.query().map(str::to_owned),
         headers: upstream_headers(&parts.headers, request_id),
         path,
         body,
-        model,
-        stream,
+        model: meta.model,
+        stream: meta.stream,
         endpoint,
         received,
+        tokens: 0,
+        client_bucket: None,
+        strip_usage: false,
         deadline: received + settings.server.request_timeout,
     };
     let label = state.dispatcher.model_label(&gw).to_owned();
+    let levels = take_client_buckets(state, client.as_ref(), &mut gw, meta.include_usage)
+        .await
+        .map_err(|e| (e, label.clone()))?;
     match state.dispatcher.dispatch(&gw).await {
-        Ok(answer) => Ok((answer, label)),
+        Ok(answer) => Ok(Served2 {
+            answer,
+            model_label: label,
+            levels,
+            slot,
+        }),
         Err(e) => Err((e, label)),
     }
 }
 
-fn answer_response(answer: Answer) -> Response<Body> {
-    let mut resp = Response::new(answer.body);
+/// The fields of the body the gateway routes on.
+struct Meta {
+    model: Option<String>,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn parse_meta(parts: &Parts, body: &Bytes, endpoint: Endpoint) -> Result<Meta, GatewayError> {
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let is_json = content_type.map_or(!body.is_empty(), |ct| ct.starts_with("application/json"));
+    let mut meta = Meta {
+        model: None,
+        stream: false,
+        include_usage: false,
+    };
+    if is_json && !body.is_empty() && parts.method != Method::GET {
+        let parsed: openai_types::RequestMeta<'_> =
+            serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+        meta.model = parsed.model.map(|m| m.into_owned());
+        meta.stream = parsed.stream.unwrap_or(false);
+        meta.include_usage = parsed
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+    }
+    let needs_model = matches!(
+        endpoint,
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+    );
+    if needs_model && parts.method == Method::POST && meta.model.is_none() {
+        return Err(GatewayError::MissingModel);
+    }
+    Ok(meta)
+}
+
+async fn read_body(parts: &Parts, body: Body, max_body: usize) -> Result<Bytes, GatewayError> {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(GatewayError::BodyTooLarge { limit: max_body });
+    }
+    match Limited::new(body, max_body).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(GatewayError::BodyTooLarge { limit: max_body })
+        }
+        Err(_) => Err(GatewayError::InvalidJson(
+            "the request body could not be read".into(),
+        )),
+    }
+}
+
+/// Estimates the request's tokens when any TPM limit needs them, asks a stream for usage when
+/// it must be reconciled, and takes the client's buckets.
+async fn take_client_buckets(
+    state: &AppState,
+    client: Option<&Arc<Client>>,
+    gw: &mut GatewayRequest,
+    client_asked_usage: bool,
+) -> Result<Levels, GatewayError> {
+    let limits = client.map_or_else(Limits::default, |c| Limits {
+        rpm: c.settings.rpm,
+        tpm: c.settings.tpm,
+    });
+    let tpm_somewhere = limits.tpm.is_some() || state.dispatcher.keys_have_tpm();
+    if tpm_somewhere {
+        let default_max = state.dispatcher.settings().limits.default_max_tokens;
+        let (prompt, completion) = estimate(&gw.body, gw.endpoint, default_max);
+        gw.tokens = prompt + completion;
+        let streams_usage = matches!(
+            gw.endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions
+        );
+        if gw.stream && streams_usage && !client_asked_usage {
+            if let Some(body) = crate::usage::with_include_usage(&gw.body) {
+                gw.body = body;
+                gw.strip_usage = true;
+            }
+        }
+    }
+    let Some(client) = client else {
+        return Ok(Levels::default());
+    };
+    if limits.is_none() {
+        return Ok(Levels::default());
+    }
+    let id = format!("c:{}", client.settings.name);
+    match state
+        .dispatcher
+        .limiter()
+        .take(&id, limits, gw.tokens)
+        .await
+    {
+        Ok(levels) => {
+            gw.client_bucket = Some((id, limits));
+            Ok(levels)
+        }
+        Err(refused) => {
+            state
+                .metrics
+                .rate_limited
+                .with_label_values(&["client", refused.dimension.label()])
+                .inc();
+            Err(GatewayError::ClientRateLimited {
+                dimension: refused.dimension.label(),
+                retry_after: refused.wait,
+            })
+        }
+    }
+}
+
+fn respond(s: Served2) -> Response<Body> {
+    let Served2 {
+        answer,
+        model_label,
+        levels,
+        slot,
+    } = s;
+    let body = match slot {
+        // The client's concurrency slot is held until its body has been sent.
+        Some(slot) => Body::from_stream(answer.body.into_data_stream().map(move |c| {
+            let _held = &slot;
+            c
+        })),
+        None => answer.body,
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = answer.status;
     let mut headers = answer.headers;
     client_headers(&mut headers);
@@ -206,6 +353,9 @@ fn answer_response(answer: Answer) -> Response<Body> {
     if matches!(status, 429 | 503) && !headers.contains_key(header::RETRY_AFTER) {
         set_retry_after(&mut headers, std::time::Duration::from_secs(1));
     }
+    if levels != Levels::default() {
+        ratelimit_headers(&mut headers, &levels);
+    }
     headers.insert("x-tollgate-attempts", HeaderValue::from(answer.attempts));
     if let Ok(v) = HeaderValue::try_from(answer.provider) {
         headers.insert("x-tollgate-provider", v);
@@ -214,17 +364,52 @@ fn answer_response(answer: Answer) -> Response<Body> {
         headers.insert("x-tollgate-key", v);
     }
     *resp.headers_mut() = headers;
+    resp.extensions_mut().insert(ModelLabel(model_label));
     resp
 }
 
-fn models_answer(state: &AppState, path: &str) -> Result<Answer, GatewayError> {
+/// The client's own limits in OpenAI's header format (replacing the upstream key's).
+fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
+    for dim in ["requests", "tokens"] {
+        for kind in ["limit", "remaining", "reset"] {
+            headers.remove(format!("x-ratelimit-{kind}-{dim}"));
+        }
+    }
+    for (dim, level) in [("requests", levels.requests), ("tokens", levels.tokens)] {
+        let Some(level) = level else { continue };
+        let set = |h: &mut HeaderMap, kind: &str, v: String| {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(format!("x-ratelimit-{kind}-{dim}")),
+                HeaderValue::try_from(v),
+            ) {
+                h.insert(name, value);
+            }
+        };
+        set(headers, "limit", level.limit.to_string());
+        set(headers, "remaining", level.remaining.to_string());
+        set(headers, "reset", format_go_duration(level.reset));
+    }
+}
+
+fn models_answer(
+    state: &AppState,
+    path: &str,
+    client: Option<&Client>,
+) -> Result<Answer, GatewayError> {
     let settings = state.dispatcher.settings();
+    let visible = |name: &str| client.is_none_or(|c| c.allows(name));
     let model = |name: &str| serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "tollgate"});
     let body = match path.strip_prefix("models/") {
         None => {
-            serde_json::json!({"object": "list", "data": settings.models.iter().map(|m| model(&m.name)).collect::<Vec<_>>()})
+            let data: Vec<_> = settings
+                .models
+                .iter()
+                .filter(|m| visible(&m.name))
+                .map(|m| model(&m.name))
+                .collect();
+            serde_json::json!({"object": "list", "data": data})
         }
-        Some(name) if settings.model(name).is_some() => model(name),
+        Some(name) if settings.model(name).is_some() && visible(name) => model(name),
         Some(name) => return Err(GatewayError::ModelNotFound(name.to_owned())),
     };
     let mut headers = HeaderMap::new();
@@ -250,10 +435,11 @@ fn request_id(headers: &HeaderMap) -> String {
             return id.to_owned();
         }
     }
+    let mut rng = rand::rng();
     format!(
         "req_{:016x}{:08x}",
-        rand::rng().random::<u64>(),
-        rand::rng().random::<u32>()
+        rng.random::<u64>(),
+        rng.random::<u32>()
     )
 }
 

@@ -86,8 +86,9 @@ async fn collect_guarded(b: BodyStream, expect_done: bool) -> (String, StreamEnd
         Bytes::from_static(b"data: 1\n\n"),
         b,
         Duration::from_secs(5),
-        expect_done,
-        move |e| *e2.lock().unwrap() = Some(e),
+        Framing::Sse { expect_done },
+        None,
+        move |e, _| *e2.lock().unwrap() = Some(e),
     );
     let parts: Vec<Bytes> = s.map(|r| r.unwrap()).collect().await;
     let text = parts

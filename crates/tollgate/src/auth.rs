@@ -1,0 +1,223 @@
+//! Client keys: who may use the gateway, which models, how many requests at once.
+//! Keys are kept only as SHA-256 digests and compared in constant time; upstream keys never
+//! come from the client.
+
+use crate::config::ClientSettings;
+use http::HeaderMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Equality that takes the same time wherever the inputs differ.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An authenticated client.
+#[derive(Debug)]
+pub struct Client {
+    /// Its settings.
+    pub settings: ClientSettings,
+    inflight: AtomicU32,
+}
+
+impl Client {
+    /// Whether the client may use `model` (configured name or pass-through name).
+    pub fn allows(&self, model: &str) -> bool {
+        self.settings.models.is_empty() || self.settings.models.iter().any(|m| m == model)
+    }
+
+    /// Counts one request in flight; `None` when the client is at its concurrency limit.
+    pub fn enter(self: &Arc<Self>) -> Option<InflightGuard> {
+        let limit = self.settings.max_concurrent.unwrap_or(u32::MAX);
+        let prev = self.inflight.fetch_add(1, Ordering::AcqRel);
+        if prev >= limit {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InflightGuard(Arc::clone(self)))
+    }
+}
+
+/// Releases a client's concurrency slot when dropped (at the end of the response body).
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Client>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a request was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No key or an unknown one.
+    BadKey,
+}
+
+/// The configured clients.
+#[derive(Debug, Default)]
+pub struct Auth {
+    clients: Vec<Arc<Client>>,
+}
+
+impl Auth {
+    /// Builds the table; empty means open mode.
+    pub fn new(clients: &[ClientSettings]) -> Self {
+        Auth {
+            clients: clients
+                .iter()
+                .map(|c| {
+                    Arc::new(Client {
+                        settings: c.clone(),
+                        inflight: AtomicU32::new(0),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether anyone may call without a key.
+    pub fn is_open(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// The client presenting `Authorization: Bearer <key>` or `api-key: <key>`; `Ok(None)` in open mode.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Arc<Client>>, Denied> {
+        if self.is_open() {
+            return Ok(None);
+        }
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(Denied::BadKey)?;
+        let digest = sha256(presented.as_bytes());
+        // Compare against every client so the time taken does not reveal which one matched.
+        let mut found = None;
+        for client in &self.clients {
+            if constant_time_eq(&client.settings.key_sha256, &digest) && found.is_none() {
+                found = Some(Arc::clone(client));
+            }
+        }
+        found.map(Some).ok_or(Denied::BadKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(
+        name: &str,
+        key: &str,
+        models: &[&str],
+        max_concurrent: Option<u32>,
+    ) -> ClientSettings {
+        ClientSettings {
+            name: name.into(),
+            key_sha256: sha256(key.as_bytes()),
+            rpm: None,
+            tpm: None,
+            max_concurrent,
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+        }
+    }
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_and_api_key_headers_authenticate() {
+        let auth = Auth::new(&[
+            client("a", "tg-a", &[], None),
+            client("b", "tg-b", &[], None),
+        ]);
+        let c = auth
+            .authenticate(&headers("authorization", "Bearer tg-b"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.settings.name, "b");
+        let c = auth
+            .authenticate(&headers("api-key", "tg-a"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.settings.name, "a");
+    }
+
+    #[test]
+    fn missing_or_wrong_keys_are_refused() {
+        let auth = Auth::new(&[client("a", "tg-a", &[], None)]);
+        assert_eq!(
+            auth.authenticate(&HeaderMap::new()).unwrap_err(),
+            Denied::BadKey
+        );
+        assert_eq!(
+            auth.authenticate(&headers("authorization", "Bearer tg-x"))
+                .unwrap_err(),
+            Denied::BadKey
+        );
+        assert_eq!(
+            auth.authenticate(&headers("authorization", "Basic dGc6YQ=="))
+                .unwrap_err(),
+            Denied::BadKey
+        );
+    }
+
+    #[test]
+    fn open_mode_lets_everyone_in() {
+        let auth = Auth::new(&[]);
+        assert!(auth.authenticate(&HeaderMap::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn model_allow_list() {
+        let auth = Auth::new(&[client("a", "k", &["gpt-4o-mini"], None)]);
+        let c = auth
+            .authenticate(&headers("api-key", "k"))
+            .unwrap()
+            .unwrap();
+        assert!(c.allows("gpt-4o-mini"));
+        assert!(!c.allows("gpt-4o"));
+    }
+
+    #[test]
+    fn concurrency_limit_is_released_on_drop() {
+        let auth = Auth::new(&[client("a", "k", &[], Some(2))]);
+        let c = auth
+            .authenticate(&headers("api-key", "k"))
+            .unwrap()
+            .unwrap();
+        let g1 = c.enter().unwrap();
+        let _g2 = c.enter().unwrap();
+        assert!(c.enter().is_none());
+        drop(g1);
+        assert!(c.enter().is_some());
+    }
+
+    #[test]
+    fn sha256_matches_the_standard_vector() {
+        let hex: String = sha256(b"abc").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! RPM/TPM limits for clients and upstream keys: token buckets in this process (`memory`) or
+//! in Redis shared by replicas (`redis`), with a local fallback while Redis is unreachable.
+//!
+//! A take is all-or-nothing over the request bucket (1) and the token bucket (the estimate);
+//! `reconcile` corrects the token bucket once real usage is known; `sync` lowers a key's
+//! buckets to what the provider's `x-ratelimit-remaining-*` headers report.
+
+pub mod bucket;
+pub mod estimate;
+mod memory;
+mod redis_store;
+
+use crate::config::{Backend, StateSettings};
+use crate::metrics::Metrics;
+use memory::MemoryStore;
+use redis_store::RedisStore;
+use std::time::Duration;
+
+/// The limits of one bucket pair (either may be absent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u32>,
+}
+
+impl Limits {
+    /// No limit at all.
+    pub fn is_none(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none()
+    }
+
+    fn share(self, replicas: u32) -> Limits {
+        let part = |v: Option<u32>| v.map(|v| (v / replicas.max(1)).max(1));
+        Limits {
+            rpm: part(self.rpm),
+            tpm: part(self.tpm),
+        }
+    }
+}
+
+/// Which limit refused a take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dimension {
+    /// Requests per minute.
+    Requests,
+    /// Tokens per minute.
+    Tokens,
+}
+
+impl Dimension {
+    /// Closed-set label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Dimension::Requests => "requests",
+            Dimension::Tokens => "tokens",
+        }
+    }
+}
+
+/// A refused take: which limit, and how long until it would pass (`None`: never, the take is
+/// larger than the limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// The binding limit.
+    pub dimension: Dimension,
+    /// Time until the take fits.
+    pub wait: Option<Duration>,
+}
+
+/// One bucket's level after a take, for `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Level {
+    /// The per-minute limit.
+    pub limit: u64,
+    /// What is left now.
+    pub remaining: u64,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+}
+
+/// Levels after a successful take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Levels {
+    /// Request bucket, when limited.
+    pub requests: Option<Level>,
+    /// Token bucket, when limited.
+    pub tokens: Option<Level>,
+}
+
+/// The limiter: memory, or Redis with a memory fallback.
+#[derive(Debug)]
+pub struct Limiter {
+    local: MemoryStore,
+    redis: Option<RedisStore>,
+    replicas: u32,
+}
+
+impl Limiter {
+    /// A limiter for the configured backend.
+    pub fn new(state: &StateSettings, metrics: &Metrics) -> Self {
+        let redis =
+            (state.backend == Backend::Redis).then(|| RedisStore::new(state, metrics.clone()));
+        Limiter {
+            local: MemoryStore::default(),
+            redis,
+            replicas: state.replicas,
+        }
+    }
+
+    fn degraded_limits(&self, limits: Limits) -> Limits {
+        if self.redis.is_some() {
+            limits.share(self.replicas)
+        } else {
+            limits
+        }
+    }
+
+    /// Takes one request and `tokens` tokens from bucket pair `id`.
+    pub async fn take(&self, id: &str, limits: Limits, tokens: u64) -> Result<Levels, Refused> {
+        if limits.is_none() {
+            return Ok(Levels::default());
+        }
+        if let Some(redis) = &self.redis {
+            if let Some(result) = redis.take(id, limits, tokens).await {
+                return result;
+            }
+        }
+        self.local.take(
+            id,
+            self.degraded_limits(limits),
+            tokens,
+            tokio::time::Instant::now(),
+        )
+    }
+
+    /// Whether `tokens` could be taken now from `id` (no change); the wait otherwise.
+    pub fn local_wait(&self, id: &str, limits: Limits, tokens: u64) -> Option<Duration> {
+        if limits.is_none() || self.redis.is_some() {
+            return Some(Duration::ZERO);
+        }
+        self.local
+            .wait(id, limits, tokens, tokio::time::Instant::now())
+    }
+
+    /// Corrects the token bucket by real usage: refunds `estimated - actual` (or charges).
+    pub async fn reconcile(&self, id: &str, limits: Limits, estimated: u64, actual: u64) {
+        if limits.tpm.is_none() || estimated == actual {
+            return;
+        }
+        if let Some(redis) = &self.redis {
+            if redis
+                .adjust(id, limits, estimated as i64 - actual as i64)
+                .await
+            {
+                return;
+            }
+        }
+        self.local.reconcile(
+            id,
+            self.degraded_limits(limits),
+            estimated,
+            actual,
+            tokio::time::Instant::now(),
+        );
+    }
+
+    /// Lowers the buckets to the provider's reported remaining requests/tokens.
+    pub async fn sync(&self, id: &str, limits: Limits, requests: Option<u64>, tokens: Option<u64>) {
+        let requests = requests.filter(|_| limits.rpm.is_some());
+        let tokens = tokens.filter(|_| limits.tpm.is_some());
+        if requests.is_none() && tokens.is_none() {
+            return;
+        }
+        if let Some(redis) = &self.redis {
+            if redis.sync(id, limits, requests, tokens).await {
+                return;
+            }
+        }
+        self.local.sync(
+            id,
+            self.degraded_limits(limits),
+            requests,
+            tokens,
+            tokio::time::Instant::now(),
+        );
+    }
+}
+
+/// Reads a provider's remaining requests and tokens from its headers (OpenAI's
+/// `x-ratelimit-remaining-*`, Anthropic's `anthropic-ratelimit-*-remaining`).
+pub fn remaining_from_headers(headers: &http::HeaderMap) -> (Option<u64>, Option<u64>) {
+    let num = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    // Azure sends -1/0 sentinels on some deployments: negative means unknown.
+    let known = |v: Option<i64>| v.filter(|v| *v >= 0).map(|v| v as u64);
+    let requests = known(
+        num("x-ratelimit-remaining-requests")
+            .or_else(|| num("anthropic-ratelimit-requests-remaining")),
+    );
+    let tokens = known(
+        num("x-ratelimit-remaining-tokens").or_else(|| num("anthropic-ratelimit-tokens-remaining")),
+    );
+    (requests, tokens)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! Buckets in Redis, shared by every replica: one atomic Lua script per operation (one round
+//! trip), keys namespaced under the configured prefix and expiring after two idle minutes.
+//! Any error or a call slower than `redis_timeout` marks the store degraded: callers fall back
+//! to local buckets, a warning is logged once per outage, the gauge shows it, and Redis is
+//! tried again at most once a second until it answers.
+
+use super::{Dimension, Level, Levels, Limits, Refused};
+use crate::config::StateSettings;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local mode = ARGV[1]
+local rpm = tonumber(ARGV[2])
+local tpm = tonumber(ARGV[3])
+local function load(key, cap)
+  local v = redis.call('HMGET', key, 'l', 't')
+  local level = tonumber(v[1])
+  if level == nil then return cap end
+  local elapsed = now - tonumber(v[2])
+  if elapsed < 0 then elapsed = 0 end
+  level = level + elapsed * cap / 60000
+  if level > cap then level = cap end
+  return level
+end
+local function save(key, level)
+  redis.call('HSET', key, 'l', tostring(level), 't', now)
+  redis.call('PEXPIRE', key, 120000)
+end
+local r = nil
+local k = nil
+if rpm > 0 then r = load(KEYS[1], rpm) end
+if tpm > 0 then k = load(KEYS[2], tpm) end
+if mode == 'take' then
+  local n = tonumber(ARGV[4])
+  local rw, kw = 0, 0
+  if r and r < 1 then rw = math.ceil((1 - r) * 60000 / rpm) end
+  if k then
+    if n > tpm then kw = -1 elseif k < n then kw = math.ceil((n - k) * 60000 / tpm) end
+  end
+  if rw ~= 0 or kw ~= 0 then return {0, rw, kw} end
+  if r then r = r - 1; save(KEYS[1], r) end
+  if k then k = k - n; save(KEYS[2], k) end
+  local rr, kk = -1, -1
+  if r then rr = math.floor(math.max(r, 0)) end
+  if k then kk = math.floor(math.max(k, 0)) end
+  return {1, rr, kk}
+elseif mode == 'adjust' then
+  if k then
+    k = k + tonumber(ARGV[4])
+    if k > tpm then k = tpm end
+    save(KEYS[2], k)
+  end
+  return {1}
+else
+  local rr = tonumber(ARGV[4])
+  local kk = tonumber(ARGV[5])
+  if r and rr >= 0 and rr < r then save(KEYS[1], rr) end
+  if k and kk >= 0 and kk < k then save(KEYS[2], kk) end
+  return {1}
+end
+"#;
+
+#[derive(Debug)]
+pub(super) struct RedisStore {
+    client: Option<redis::Client>,
+    conn: ArcSwapOption<MultiplexedConnection>,
+    connecting: tokio::sync::Mutex<()>,
+    timeout: Duration,
+    prefix: String,
+    degraded: AtomicBool,
+    retry_at: Mutex<Option<Instant>>,
+    metrics: Metrics,
+    script: redis::Script,
+}
+
+impl RedisStore {
+    pub(super) fn new(state: &StateSettings, metrics: Metrics) -> Self {
+        let client = redis::Client::open(state.redis_url.expose()).ok();
+        RedisStore {
+            client,
+            conn: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            timeout: state.redis_timeout,
+            prefix: state.key_prefix.clone(),
+            degraded: AtomicBool::new(false),
+            retry_at: Mutex::new(None),
+            metrics,
+            script: redis::Script::new(SCRIPT),
+        }
+    }
+
+    fn keys(&self, id: &str) -> [String; 2] {
+        [
+            format!("{}:rl:{id}:r", self.prefix),
+            format!("{}:rl:{id}:t", self.prefix),
+        ]
+    }
+
+    fn fail(&self, why: &str) {
+        self.conn.store(None);
+        *self.retry_at.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + Duration::from_secs(1));
+        if !self.degraded.swap(true, Ordering::AcqRel) {
+            self.metrics.state_degraded.set(1);
+            tracing::warn!(error = why, "redis unreachable: rate limits fall back to local buckets (each replica its share)");
+        }
+    }
+
+    fn recovered(&self) {
+        if self.degraded.swap(false, Ordering::AcqRel) {
+            self.metrics.state_degraded.set(0);
+            tracing::info!("redis reachable again: shared rate limits restored");
+        }
+    }
+
+    async fn connection(&self) -> Option<Arc<MultiplexedConnection>> {
+        if let Some(c) = self.conn.load_full() {
+            return Some(c);
+        }
+        let retry_at = *self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        if retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
+        // One request reconnects; the others use local buckets meanwhile.
+        let _guard = self.connecting.try_lock().ok()?;
+        if let Some(c) = self.conn.load_full() {
+            return Some(c);
+        }
+        let Some(client) = &self.client else {
+            self.fail("invalid redis_url");
+            return None;
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(self.timeout));
+        match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                self.conn.store(Some(conn.clone()));
+                Some(conn)
+            }
+            Err(e) => {
+                self.fail(&e.to_string());
+                None
+            }
+        }
+    }
+
+    async fn run(&self, id: &str, args: &[i64], mode: &str) -> Option<Vec<i64>> {
+        let conn = self.connection().await?;
+        let mut conn = (*conn).clone();
+        let [rk, tk] = self.keys(id);
+        let mut invocation = self.script.key(rk);
+        invocation.key(tk).arg(mode);
+        for a in args {
+            invocation.arg(*a);
+        }
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
+            .await
+        {
+            Ok(Ok(v)) => {
+                self.recovered();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.fail(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.fail("timed out");
+                None
+            }
+        }
+    }
+
+    /// `None` when Redis could not answer (use local buckets).
+    pub(super) async fn take(
+        &self,
+        id: &str,
+        limits: Limits,
+        tokens: u64,
+    ) -> Option<Result<Levels, Refused>> {
+        let rpm = i64::from(limits.rpm.unwrap_or(0));
+        let tpm = i64::from(limits.tpm.unwrap_or(0));
+        let v = self.run(id, &[rpm, tpm, tokens as i64], "take").await?;
+        let wait = |ms: i64| (ms >= 0).then(|| Duration::from_millis(ms as u64));
+        let level = |cap: i64, remaining: i64| {
+            (cap > 0 && remaining >= 0).then(|| Level {
+                limit: cap as u64,
+                remaining: remaining as u64,
+                reset: Duration::from_secs_f64((cap - remaining).max(0) as f64 * 60.0 / cap as f64),
+            })
+        };
+        Some(match v.as_slice() {
+            [1, r, t] => Ok(Levels {
+                requests: level(rpm, *r),
+                tokens: level(tpm, *t),
+            }),
+            [0, rw, tw] if *rw != 0 && (*tw == 0 || (*tw > 0 && rw >= tw)) => Err(Refused {
+                dimension: Dimension::Requests,
+                wait: wait(*rw),
+            }),
+            [0, _, tw] => Err(Refused {
+                dimension: Dimension::Tokens,
+                wait: wait(*tw),
+            }),
+            _ => return None,
+        })
+    }
+
+    /// Adds `delta` tokens (negative charges); `false` when Redis could not answer.
+    pub(super) async fn adjust(&self, id: &str, limits: Limits, delta: i64) -> bool {
+        let args = [
+            i64::from(limits.rpm.unwrap_or(0)),
+            i64::from(limits.tpm.unwrap_or(0)),
+            delta,
+        ];
+        self.run(id, &args, "adjust").await.is_some()
+    }
+
+    /// Lowers levels to reported remaining values; `false` when Redis could not answer.
+    pub(super) async fn sync(
+        &self,
+        id: &str,
+        limits: Limits,
+        requests: Option<u64>,
+        tokens: Option<u64>,
+    ) -> bool {
+        let known = |v: Option<u64>| v.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
+        let args = [
+            i64::from(limits.rpm.unwrap_or(0)),
+            i64::from(limits.tpm.unwrap_or(0)),
+            known(requests),
+            known(tokens),
+        ];
+        self.run(id, &args, "sync").await.is_some()
+    }
+}
