@@ -98,6 +98,13 @@ impl Dispatcher {
             if buckets.is_empty() || actual == estimate {
                 return;
             }
+            if !limiter.is_shared() {
+                // Memory buckets: correct them before the client can send its next request.
+                for (id, limits) in &buckets {
+                    limiter.reconcile_local(id, *limits, estimate, actual);
+                }
+                return;
+            }
             let reconcile = async move {
                 for (id, limits) in buckets {
                     limiter.reconcile(&id, limits, estimate, actual).await;

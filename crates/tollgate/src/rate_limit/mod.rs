@@ -144,6 +144,19 @@ impl Limiter {
             .wait(id, limits, tokens, tokio::time::Instant::now())
     }
 
+    /// Whether buckets live in Redis (calls may wait on the network).
+    pub fn is_shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// `reconcile` for the memory backend, without awaiting (a no-op with Redis).
+    pub fn reconcile_local(&self, id: &str, limits: Limits, estimated: u64, actual: u64) {
+        if self.redis.is_none() && limits.tpm.is_some() {
+            self.local
+                .reconcile(id, limits, estimated, actual, tokio::time::Instant::now());
+        }
+    }
+
     /// Corrects the token bucket by real usage: refunds `estimated - actual` (or charges).
     pub async fn reconcile(&self, id: &str, limits: Limits, estimated: u64, actual: u64) {
         if limits.tpm.is_none() || estimated == actual {

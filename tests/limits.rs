@@ -1,0 +1,334 @@
+//! Client keys and RPM/TPM buckets end to end, in memory and shared through a real Redis.
+
+use futures_util::future::join_all;
+use mock_upstream::{MockConfig, MockHandle};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tollgate_e2e::{metric, provider, Gateway, RedisServer};
+
+async fn mock() -> MockHandle {
+    mock_upstream::start(MockConfig::default()).await.unwrap()
+}
+
+fn chat() -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+fn client(name: &str, key: &str, extra: &str) -> String {
+    format!("[[clients]]\nname = \"{name}\"\nkey = \"{key}\"\n{extra}\n")
+}
+
+async fn post(c: &reqwest::Client, gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
+    c.post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn client_keys_are_required_and_checked() {
+    let m = mock().await;
+    let toml = format!(
+        "{}{}{}",
+        provider("openai", &m.base_url(), &["k1"], true),
+        client("search", "tg-search", "models = [\"gpt-4o-mini\"]"),
+        client("ops", "${E2E_OPS_KEY}", "")
+    );
+    let gw = Gateway::start(&toml, &[("E2E_OPS_KEY", "tg-ops")]).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert_eq!(post(&c, &gw, "tg-wrong", &chat()).await.status(), 401);
+    assert!(
+        m.requests().is_empty(),
+        "nothing is forwarded without a valid key"
+    );
+    assert_eq!(post(&c, &gw, "tg-search", &chat()).await.status(), 200);
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .header("api-key", "tg-ops")
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "Azure-style api-key header");
+    let r = post(
+        &c,
+        &gw,
+        "tg-search",
+        &json!({"model": "gpt-4o", "messages": []}),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_allowed");
+    assert_eq!(m.requests().len(), 2);
+    assert!(
+        !gw.logs().contains("tg-search") && !gw.logs().contains("tg-ops"),
+        "client keys never logged"
+    );
+}
+
+#[tokio::test]
+async fn a_client_at_60_rpm_gets_429_on_its_61st_request() {
+    let m = mock().await;
+    let toml = format!(
+        "{}{}",
+        provider("openai", &m.base_url(), &["k1"], true),
+        client("c", "tg-c", "rpm = 60")
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    let c = reqwest::Client::new();
+    let body = chat();
+    let burst = join_all((0..60).map(|_| post(&c, &gw, "tg-c", &body))).await;
+    let mut remaining: Vec<u64> = burst
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["x-ratelimit-limit-requests"], "60");
+            r.headers()["x-ratelimit-remaining-requests"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    remaining.sort();
+    assert_eq!(remaining, (0..60).collect::<Vec<u64>>());
+    let r = post(&c, &gw, "tg-c", &chat()).await;
+    assert_eq!(r.status(), 429);
+    let ms: u64 = r.headers()["retry-after-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ms > 0 && ms <= 1000, "{ms}");
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(m.requests().len(), 60);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"tollgate_rate_limited_total{dimension="requests",scope="client"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_key_at_5_rpm_never_gets_a_6th_request() {
+    let m = mock().await;
+    let toml = format!(
+        "[[providers]]\nname = \"openai\"\nbase_url = \"{}\"\ndefault = true\nkeys = [{{ id = \"small\", secret = \"sk-small\", rpm = 5 }}, {{ id = \"big\", secret = \"sk-big\" }}]\n",
+        m.base_url()
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    let c = reqwest::Client::new();
+    for _ in 0..30 {
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(m.requests_for_key("sk-small"), 5);
+    assert_eq!(m.requests_for_key("sk-big"), 25);
+    let metrics = gw.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            r#"tollgate_rate_limited_total{dimension="requests",scope="upstream"}"#
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_lone_key_out_of_capacity_answers_429_with_its_refill_time() {
+    let m = mock().await;
+    let toml = format!(
+        "[limits]\nmax_queue_wait = \"0s\"\n[[providers]]\nname = \"openai\"\nbase_url = \"{}\"\ndefault = true\nkeys = [{{ id = \"only\", secret = \"sk-only\", rpm = 2 }}]\n",
+        m.base_url()
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        assert_eq!(
+            c.post(gw.url("/v1/chat/completions"))
+                .json(&chat())
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let ms: u64 = r.headers()["retry-after-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (29_000..=30_000).contains(&ms),
+        "one request per 30 s refills: {ms}"
+    );
+    assert_eq!(m.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn tpm_is_reconciled_from_real_usage_plain_and_streaming() {
+    let m = mock().await;
+    // Each request reserves ~900 tokens up front; real usage is ~20. Without reconciliation the
+    // third request would not fit in 2000 TPM.
+    let toml = format!(
+        "{}{}",
+        provider("openai", &m.base_url(), &["k1"], true),
+        client("c", "tg-c", "tpm = 2000")
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    let c = reqwest::Client::new();
+    let plain =
+        json!({"model": "m", "max_tokens": 900, "messages": [{"role": "user", "content": "hi"}]});
+    let stream = json!({"model": "m", "max_tokens": 900, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    for i in 0..6 {
+        let body = if i % 2 == 0 { &plain } else { &stream };
+        let r = post(&c, &gw, "tg-c", body).await;
+        assert_eq!(r.status(), 200, "request {i}");
+        let remaining: u64 = r.headers()["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // This request's own ~907-token reservation plus the real usage (~20 each) of the earlier ones.
+        assert!(
+            remaining > 700,
+            "request {i}: only {remaining} left: usage was not reconciled"
+        );
+        let text = r.text().await.unwrap();
+        if i % 2 == 1 {
+            assert!(
+                !text.contains("\"choices\":[]"),
+                "the usage chunk the client did not ask for is stripped: {text}"
+            );
+            assert!(text.contains("[DONE]"));
+        }
+    }
+    let streamed: Value = serde_json::from_slice(&m.requests()[1].body).unwrap();
+    assert_eq!(
+        streamed["stream_options"]["include_usage"], true,
+        "the gateway asked the upstream for usage"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            r#"tollgate_tokens_total{kind="completion",model="other",provider="openai"}"#
+        ) >= 6.0
+    );
+}
+
+async fn shared_gateways(m: &MockHandle, redis: &RedisServer, rpm: u32) -> Vec<Gateway> {
+    let toml = format!(
+        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"200ms\"\nreplicas = 3\nkey_prefix = \"e2e{}\"\n{}{}",
+        redis.url(),
+        redis.port,
+        provider("openai", &m.base_url(), &["k1"], true),
+        client("c", "tg-c", &format!("rpm = {rpm}"))
+    );
+    join_all((0..3).map(|_| Gateway::start(&toml, &[]))).await
+}
+
+#[tokio::test]
+async fn three_replicas_on_one_redis_share_one_limit() {
+    let Some(redis) = RedisServer::start("three_replicas_on_one_redis_share_one_limit").await
+    else {
+        return;
+    };
+    let m = mock().await;
+    let gws = shared_gateways(&m, &redis, 30).await;
+    let c = reqwest::Client::new();
+    let mut ok = 0;
+    for i in 0..90 {
+        let r = post(&c, &gws[i % 3], "tg-c", &chat()).await;
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    // 30 per minute across all three replicas; the run takes well under 2 s (≤ 1 token refilled).
+    assert!(
+        (30..=31).contains(&ok),
+        "{ok} requests passed a shared 30 RPM limit"
+    );
+    for gw in &gws {
+        assert_eq!(
+            metric(&gw.metrics().await, "tollgate_state_backend_degraded"),
+            0.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_redis_outage_degrades_to_local_limits_and_recovers() {
+    let Some(mut redis) =
+        RedisServer::start("a_redis_outage_degrades_to_local_limits_and_recovers").await
+    else {
+        return;
+    };
+    let m = mock().await;
+    let gws = shared_gateways(&m, &redis, 600).await;
+    let c = reqwest::Client::new();
+    for gw in &gws {
+        assert_eq!(post(&c, gw, "tg-c", &chat()).await.status(), 200);
+    }
+    redis.kill();
+    for i in 0..30 {
+        let r = post(&c, &gws[i % 3], "tg-c", &chat()).await;
+        assert_eq!(r.status(), 200, "no request fails while Redis is down");
+    }
+    for gw in &gws {
+        assert_eq!(
+            metric(&gw.metrics().await, "tollgate_state_backend_degraded"),
+            1.0
+        );
+        assert_eq!(
+            gw.logs().matches("redis unreachable").count(),
+            1,
+            "one warning per outage"
+        );
+    }
+    redis.restart().await;
+    // Redis is tried again at most once a second: keep traffic flowing until every replica is back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for gw in &gws {
+        while metric(&gw.metrics().await, "tollgate_state_backend_degraded") != 0.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica did not return to Redis"
+            );
+            assert_eq!(post(&c, gw, "tg-c", &chat()).await.status(), 200);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gw.logs().contains("redis reachable again"));
+    }
+}
