@@ -1,5 +1,10 @@
 //! The foundation, end to end: pass-through of every endpoint shape, streaming without
 //! buffering, error envelopes, timeouts, secrets, zero-config mode, check-config, shutdown.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
 
 use futures_util::StreamExt;
 use mock_upstream::{Fault, MockConfig, MockHandle};

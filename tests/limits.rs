@@ -1,4 +1,9 @@
 //! Client keys and RPM/TPM buckets end to end, in memory and shared through a real Redis.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
 
 use futures_util::future::join_all;
 use mock_upstream::{MockConfig, MockHandle};

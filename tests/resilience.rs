@@ -1,4 +1,9 @@
 //! Resilience end to end: the key pool, retries and fallback against scripted upstream faults.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
 
 use futures_util::StreamExt;
 use mock_upstream::{Fault, MockConfig, MockHandle};

@@ -34,7 +34,8 @@ pub enum Fault {
     BreakAfter(usize),
     /// Status 200 whose first and only SSE event is an `{"error": ...}` object,
     /// then a clean end of stream. A non-streaming request gets the same
-    /// error object as a 200 JSON body.
+    /// error object as a 200 JSON body. On Anthropic's `/v1/messages` the
+    /// event is `event: error` with an `overloaded_error`.
     StreamErrorFirst,
     /// Send the first body piece, then wait for `MockHandle::release_holds`
     /// before sending the rest.
@@ -44,7 +45,10 @@ pub enum Fault {
 impl Fault {
     /// An OpenAI-shaped error answer for `status`: 429 is `rate_limit_exceeded`
     /// (type `requests`), 401 `invalid_api_key`, other 4xx
-    /// `invalid_request_error`, 5xx `server_error`.
+    /// `invalid_request_error`, 5xx `server_error`. On Anthropic's
+    /// `/v1/messages` the body is Anthropic-shaped instead: 429
+    /// `rate_limit_error`, 401 `authentication_error`, 529 `overloaded_error`,
+    /// other 5xx `api_error`, other 4xx `invalid_request_error`...
     pub fn status(status: u16) -> Fault {
         Fault::Status {
             status,

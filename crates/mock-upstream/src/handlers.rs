@@ -3,6 +3,8 @@
 //!
 //! Routing matches path suffixes, so `/v1/chat/completions` and an Azure-style
 //! `/openai/deployments/d/chat/completions` both reach the chat answer.
+//! `/v1/messages` speaks the Anthropic dialect: its error bodies and stream
+//! error events are Anthropic-shaped (see [`Dialect`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde_json::json;
 
 use crate::answers::{self, Answer, Knobs};
+use crate::anthropic;
 use crate::faults::{self, Fault};
 use crate::sse::{self, Pieces, StreamKind};
 use crate::{Recorded, Shared};
@@ -28,6 +31,8 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
     Chat,
+    /// Anthropic's `POST /v1/messages`.
+    Messages,
     Completions,
     Embeddings,
     Models,
@@ -41,6 +46,8 @@ pub(crate) fn route(method: &Method, path: &str) -> Route {
     let post = method == Method::POST;
     if post && path.ends_with("/chat/completions") {
         Route::Chat
+    } else if post && path.ends_with("/v1/messages") {
+        Route::Messages
     } else if post && path.ends_with("/completions") {
         Route::Completions
     } else if post && path.ends_with("/embeddings") {
@@ -51,6 +58,24 @@ pub(crate) fn route(method: &Method, path: &str) -> Route {
         Route::Speech
     } else {
         Route::Echo
+    }
+}
+
+/// The API family whose error shapes an answer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// `{"error": {"message", "type", "param", "code"}}`, `data:`-only streams.
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}}`, named SSE events.
+    Anthropic,
+}
+
+impl Route {
+    pub(crate) fn dialect(self) -> Dialect {
+        match self {
+            Route::Messages => Dialect::Anthropic,
+            _ => Dialect::OpenAi,
+        }
     }
 }
 
@@ -81,11 +106,21 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 /// The one axum handler behind every path.
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    let route = route(&parts.method, parts.uri.path());
+    let dialect = route.dialect();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
         Err(_) => {
-            let answer = Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "request body unreadable");
-            return respond(answer, None, Duration::ZERO);
+            let answer = match dialect {
+                Dialect::OpenAi => {
+                    Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "request body unreadable")
+                }
+                Dialect::Anthropic => Answer::json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &anthropic::error_body_for_status(413),
+                ),
+            };
+            return respond(answer, None, Duration::ZERO, dialect);
         }
     };
     let key = request_key(&parts.headers);
@@ -110,8 +145,8 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             .map_or(shared.config.chunk_delay, Duration::from_millis),
         prompt_tokens: body.len() / 4,
     };
-    let route = route(&parts.method, parts.uri.path());
     let content_type = header_str(&parts.headers, "content-type").map(str::to_owned);
+    let version = header_str(&parts.headers, "anthropic-version").map(str::to_owned);
     let method = parts.method.to_string();
     let path = parts.uri.path().to_owned();
 
@@ -139,12 +174,13 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             status,
             body,
             headers,
-        }) => return status_response(status, body, &headers),
+        }) => return status_response(status, dialect_body(dialect, status, body), &headers),
         other => other,
     };
 
     let answer = match route {
         Route::Chat => answers::completion(&body, &knobs, StreamKind::Chat),
+        Route::Messages => anthropic::messages(&body, version.as_deref(), &knobs),
         Route::Completions => answers::completion(&body, &knobs, StreamKind::Completion),
         Route::Embeddings => answers::embeddings(&body, &knobs),
         Route::Models => answers::models(),
@@ -161,7 +197,21 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         }
     };
     let fault = fault.map(|f| (f, hold));
-    respond(answer, fault, knobs.chunk_delay)
+    respond(answer, fault, knobs.chunk_delay, dialect)
+}
+
+/// The body of a status fault: the default OpenAI body of [`Fault::status`]
+/// becomes the Anthropic one on Anthropic paths; a custom body is kept as is.
+fn dialect_body(dialect: Dialect, status: u16, body: String) -> String {
+    let is_default = || {
+        serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|value| value == faults::error_body_for_status(status))
+    };
+    if dialect == Dialect::Anthropic && is_default() {
+        anthropic::error_body_for_status(status).to_string()
+    } else {
+        body
+    }
 }
 
 /// Builds the exact response a [`Fault::Status`] asks for.
@@ -191,6 +241,7 @@ fn respond(
     mut answer: Answer,
     fault: Option<(Fault, tokio::sync::watch::Receiver<u64>)>,
     chunk_delay: Duration,
+    dialect: Dialect,
 ) -> Response {
     let delay = if answer.streaming {
         chunk_delay
@@ -201,13 +252,17 @@ fn respond(
         None if !answer.streaming => Body::from(answer.pieces.concat()),
         None => Body::from_stream(Pieces::new(answer.pieces.clone(), delay).into_stream()),
         Some((Fault::StreamErrorFirst, _)) => {
-            let error = faults::stream_error_body();
             answer.status = StatusCode::OK;
-            if answer.streaming {
-                answer.pieces = vec![sse::data_event(&error)];
-            } else {
+            answer.pieces = vec![match (dialect, answer.streaming) {
+                (Dialect::OpenAi, true) => sse::data_event(&faults::stream_error_body()),
+                (Dialect::Anthropic, true) => anthropic::stream_error_event(),
+                (Dialect::OpenAi, false) => Bytes::from(faults::stream_error_body().to_string()),
+                (Dialect::Anthropic, false) => {
+                    Bytes::from(anthropic::overloaded_body().to_string())
+                }
+            }];
+            if !answer.streaming {
                 answer.content_type = "application/json";
-                answer.pieces = vec![Bytes::from(error.to_string())];
             }
             Body::from(answer.pieces.concat())
         }
@@ -250,6 +305,12 @@ mod tests {
     #[test]
     fn routes_by_suffix() {
         assert_eq!(route(&Method::POST, "/v1/chat/completions"), Route::Chat);
+        assert_eq!(route(&Method::POST, "/v1/messages"), Route::Messages);
+        assert_eq!(
+            route(&Method::POST, "/anthropic/v1/messages/"),
+            Route::Messages
+        );
+        assert_eq!(route(&Method::GET, "/v1/messages"), Route::Echo);
         assert_eq!(
             route(&Method::POST, "/openai/deployments/d/chat/completions"),
             Route::Chat

@@ -1,4 +1,4 @@
-//! A fake OpenAI-compatible upstream with scripted faults, for end-to-end
+//! A fake OpenAI-compatible (and Anthropic) upstream with scripted faults, for end-to-end
 //! tests (in process, on an ephemeral port) and benchmarks (the
 //! `mock-upstream` binary).
 //!
@@ -9,6 +9,7 @@
 //! | route                        | answer                                                 |
 //! |------------------------------|--------------------------------------------------------|
 //! | `POST /v1/chat/completions`  | `chat.completion`, or SSE chunks with `"stream": true` |
+//! | `POST /v1/messages`          | Anthropic `message`, or its named SSE events           |
 //! | `POST /v1/completions`       | `text_completion`, streamed the same way               |
 //! | `POST /v1/embeddings`        | one `[0.1, 0.2, 0.3]` embedding per input item         |
 //! | `GET /v1/models`             | a single `mock-model`                                  |
@@ -17,6 +18,16 @@
 //!
 //! Routes match on path suffix, so Azure-style deployment paths work too.
 //!
+//! `/v1/messages` speaks Anthropic's dialect and validates strictly like the
+//! real API (an `anthropic-version` header, `max_tokens`, alternating
+//! `user`/`assistant` roles, no unknown top-level fields, no sampling
+//! parameters with version `2026-10-21`), answering 400
+//! `invalid_request_error` otherwise. Faults there are Anthropic-shaped:
+//! [`Fault::status`] bodies (`529` → `overloaded_error`, `429` →
+//! `rate_limit_error`, `401` → `authentication_error`...) and an
+//! `event: error` for [`Fault::StreamErrorFirst`]. A request with `tools`
+//! whose last user message says "use a tool" gets a `tool_use` answer.
+//!
 //! Per request, the headers `x-mock-fault` (`status=503`, `rate-limited=2`,
 //! `delay-ms=200`, `break-after=2`, `error-first`, `hold`), `x-mock-chunks`
 //! and `x-mock-chunk-delay-ms` override the defaults; faults scripted for the
@@ -24,6 +35,7 @@
 #![warn(missing_docs)]
 
 mod answers;
+mod anthropic;
 mod faults;
 mod handlers;
 mod sse;

@@ -45,6 +45,19 @@ pub(crate) fn data_event(value: &Value) -> Bytes {
     Bytes::from(out)
 }
 
+/// Frames one JSON value as a named SSE event (`event: NAME` then `data:`),
+/// as Anthropic streams do.
+pub(crate) fn named_event(name: &str, value: &Value) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    // Serializing a `Value` into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, value);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
 /// The terminating `data: [DONE]` event.
 pub(crate) fn done_event() -> Bytes {
     Bytes::from_static(b"data: [DONE]\n\n")

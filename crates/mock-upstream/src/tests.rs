@@ -1,6 +1,8 @@
 //! End-to-end tests of the server over real sockets, with a tiny raw HTTP/1.1
 //! client (this crate has no HTTP client dependency).
 
+mod anthropic;
+
 use std::time::Duration;
 
 use serde_json::Value;

@@ -25,7 +25,6 @@ use metrics::Metrics;
 use server::AppState;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use upstream::{HttpUpstream, Upstream};
 
 /// What tests swap: the upstream client, the metrics registry, the RNG seed.
@@ -121,7 +120,7 @@ pub async fn serve(settings: Arc<Settings>, deps: Deps) -> std::io::Result<()> {
     };
     tokio::select! {
         result = server => result?,
-        () = drain_deadline => tracing::warn!(after = ?Duration::from(drain), "drain timeout: closing remaining connections"),
+        () = drain_deadline => tracing::warn!(after = ?drain, "drain timeout: closing remaining connections"),
     }
     tracing::info!("stopped");
     Ok(())

@@ -170,3 +170,5 @@ mod tests {
         ));
     }
 }
+
+pub mod anthropic;

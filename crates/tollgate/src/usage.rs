@@ -148,12 +148,10 @@ mod tests {
     fn run(tap: &mut UsageTap, parts: &[&str]) -> String {
         let mut out = String::new();
         for p in parts {
-            out.push_str(
-                &String::from_utf8(tap.chunk(Bytes::from(p.to_string())).to_vec()).unwrap(),
-            );
+            out.push_str(std::str::from_utf8(&tap.chunk(Bytes::from(p.to_string()))).unwrap());
         }
         if let Some(rest) = tap.flush() {
-            out.push_str(&String::from_utf8(rest.to_vec()).unwrap());
+            out.push_str(std::str::from_utf8(&rest).unwrap());
         }
         out
     }

@@ -1,3 +1,7 @@
+#![allow(
+    clippy::result_large_err,
+    reason = "figment::Jail closures return figment::Error"
+)]
 use super::*;
 use figment::Jail;
 use std::path::PathBuf;

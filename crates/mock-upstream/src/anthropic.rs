@@ -1,0 +1,348 @@
+//! The Anthropic Messages dialect (`POST .../v1/messages`): strict request
+//! validation like the real API, the answers (plain and streamed as named SSE
+//! events), and Anthropic-shaped error bodies for faults.
+//!
+//! Validation answers 400 `invalid_request_error` when the `anthropic-version`
+//! header is missing, the body is not a JSON object, a top-level field is not
+//! in [`ALLOWED_FIELDS`], `model` or `max_tokens` is missing, `messages` is
+//! missing or empty, a role is not `user`/`assistant`, roles do not alternate
+//! starting with `user`, a tool's `input_schema.type` is not `"object"`, or
+//! `temperature`/`top_p`/`top_k` is sent with version `2026-10-21` (or later).
+//!
+//! A valid request gets a `text` block `"Hello from mock"` (streamed as
+//! `tok0 `, `tok1 `, ... deltas); when it has `tools` and its last user
+//! message contains "use a tool", a `tool_use` block calling the first tool
+//! with `{"city":"Paris"}` instead.
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::{json, Map, Value};
+
+use crate::answers::{Answer, Knobs};
+use crate::sse;
+
+/// The top-level fields the mock accepts; any other is a 400, as on the real API.
+pub(crate) const ALLOWED_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "max_tokens",
+    "stop_sequences",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "metadata",
+    "stream",
+    "thinking",
+];
+
+/// The first API version that rejects sampling parameters.
+const SAMPLING_REJECTED_FROM: &str = "2026-10-21";
+
+/// The text that makes a request with tools get a `tool_use` answer.
+const TOOL_TRIGGER: &str = "use a tool";
+
+/// `{"type":"error","error":{"type","message"},"request_id"}`.
+pub(crate) fn error_body(kind: &str, message: &str) -> Value {
+    json!({
+        "type": "error",
+        "error": { "type": kind, "message": message },
+        "request_id": "req_mock",
+    })
+}
+
+/// The error body Anthropic would send with `status`.
+pub(crate) fn error_body_for_status(status: u16) -> Value {
+    let (kind, message) = match status {
+        401 => ("authentication_error", "invalid x-api-key (mock)"),
+        402 => ("billing_error", "Your credit balance is too low (mock)."),
+        403 => (
+            "permission_error",
+            "Your API key does not have permission to use the specified resource (mock).",
+        ),
+        404 => ("not_found_error", "model: not found (mock)"),
+        413 => (
+            "request_too_large",
+            "Request exceeds the maximum size (mock).",
+        ),
+        429 => (
+            "rate_limit_error",
+            "Number of requests has exceeded your rate limit (mock).",
+        ),
+        504 => ("timeout_error", "Request timed out (mock)."),
+        529 => ("overloaded_error", "Overloaded"),
+        400..=499 => ("invalid_request_error", "Invalid request (mock)."),
+        _ => ("api_error", "Internal server error (mock)."),
+    };
+    error_body(kind, message)
+}
+
+/// The 400 answer for a request the real API would refuse.
+pub(crate) fn invalid(message: &str) -> Answer {
+    Answer::json(
+        StatusCode::BAD_REQUEST,
+        &error_body("invalid_request_error", message),
+    )
+}
+
+/// The body of a non-streaming answer to a stream-error fault.
+pub(crate) fn overloaded_body() -> Value {
+    error_body_for_status(529)
+}
+
+/// The single event of a stream-error fault: `event: error` with `overloaded_error`.
+pub(crate) fn stream_error_event() -> Bytes {
+    let mut error = overloaded_body();
+    if let Some(map) = error.as_object_mut() {
+        map.remove("request_id");
+    }
+    sse::named_event("error", &error)
+}
+
+/// Answers `POST /v1/messages`; `version` is the `anthropic-version` header.
+pub(crate) fn messages(body: &Bytes, version: Option<&str>, knobs: &Knobs) -> Answer {
+    let Some(version) = version else {
+        return invalid("anthropic-version: header is required");
+    };
+    let request = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return invalid("The request body must be a JSON object (mock)."),
+        Err(err) => return invalid(&format!("There was an error parsing the body: {err}")),
+    };
+    if let Err(message) = validate(&request, version) {
+        return invalid(&message);
+    }
+    let spec = Spec {
+        id: format!("msg_mock_{}", knobs.seq),
+        model: request
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        tool: tool_to_call(&request),
+        chunks: knobs.chunks,
+        input_tokens: knobs.prompt_tokens,
+    };
+    if request.get("stream").and_then(Value::as_bool) == Some(true) {
+        Answer {
+            status: StatusCode::OK,
+            content_type: "text/event-stream",
+            pieces: stream_events(&spec),
+            streaming: true,
+        }
+    } else {
+        Answer::json(StatusCode::OK, &message(&spec))
+    }
+}
+
+/// Checks a request like the real API; the error names the offending field.
+pub(crate) fn validate(request: &Map<String, Value>, version: &str) -> Result<(), String> {
+    if let Some(field) = request
+        .keys()
+        .find(|k| !ALLOWED_FIELDS.contains(&k.as_str()))
+    {
+        return Err(format!("{field}: Extra inputs are not permitted"));
+    }
+    for field in ["model", "max_tokens", "messages"] {
+        if !request.contains_key(field) {
+            return Err(format!("{field}: Field required"));
+        }
+    }
+    match request.get("max_tokens").and_then(Value::as_u64) {
+        Some(n) if n >= 1 => {}
+        _ => return Err("max_tokens: Input should be a positive integer".to_owned()),
+    }
+    validate_messages(request.get("messages"))?;
+    if version >= SAMPLING_REJECTED_FROM {
+        if let Some(field) = ["temperature", "top_p", "top_k"]
+            .into_iter()
+            .find(|f| request.contains_key(*f))
+        {
+            return Err(format!(
+                "{field}: is not supported with anthropic-version {version}"
+            ));
+        }
+    }
+    validate_tools(request.get("tools"))
+}
+
+fn validate_messages(messages: Option<&Value>) -> Result<(), String> {
+    let messages = match messages {
+        Some(Value::Array(messages)) if messages.is_empty() => {
+            return Err("messages: at least one message is required".to_owned())
+        }
+        Some(Value::Array(messages)) => messages,
+        _ => return Err("messages: Input should be a valid list".to_owned()),
+    };
+    let mut previous: Option<&str> = None;
+    for (i, message) in messages.iter().enumerate() {
+        let role = match message.get("role").and_then(Value::as_str) {
+            Some(role @ ("user" | "assistant")) => role,
+            _ => {
+                return Err(format!(
+                    "messages.{i}.role: Input should be 'user' or 'assistant'"
+                ))
+            }
+        };
+        if previous.is_none() && role != "user" {
+            return Err(r#"messages: first message must use the "user" role"#.to_owned());
+        }
+        if previous == Some(role) {
+            return Err(format!(
+                r#"messages: roles must alternate between "user" and "assistant", but found multiple "{role}" roles in a row"#
+            ));
+        }
+        if !matches!(
+            message.get("content"),
+            Some(Value::String(_) | Value::Array(_))
+        ) {
+            return Err(format!("messages.{i}.content: Field required"));
+        }
+        previous = Some(role);
+    }
+    Ok(())
+}
+
+fn validate_tools(tools: Option<&Value>) -> Result<(), String> {
+    let Some(tools) = tools else { return Ok(()) };
+    let Some(tools) = tools.as_array() else {
+        return Err("tools: Input should be a valid list".to_owned());
+    };
+    for (i, tool) in tools.iter().enumerate() {
+        if tool.get("name").and_then(Value::as_str).is_none() {
+            return Err(format!("tools.{i}.name: Field required"));
+        }
+        if tool.pointer("/input_schema/type") != Some(&Value::from("object")) {
+            return Err(format!(
+                "tools.{i}.input_schema.type: Input should be 'object'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first tool's name, when the request has tools and its last user message
+/// asks to "use a tool".
+fn tool_to_call(request: &Map<String, Value>) -> Option<String> {
+    let first_tool = request.get("tools")?.get(0)?.get("name")?.as_str()?;
+    let last_user = request
+        .get("messages")?
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
+    let asks = match last_user.get("content")? {
+        Value::String(text) => text.contains(TOOL_TRIGGER),
+        Value::Array(blocks) => blocks.iter().any(|b| {
+            b.get("type").and_then(Value::as_str) == Some("text")
+                && b.get("text")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.contains(TOOL_TRIGGER))
+        }),
+        _ => false,
+    };
+    asks.then(|| first_tool.to_owned())
+}
+
+/// What one answer says, plain or streamed.
+struct Spec {
+    id: String,
+    model: String,
+    /// `Some(name)`: answer with a `tool_use` block for this tool.
+    tool: Option<String>,
+    chunks: usize,
+    input_tokens: usize,
+}
+
+impl Spec {
+    fn stop_reason(&self) -> &'static str {
+        if self.tool.is_some() {
+            "tool_use"
+        } else {
+            "end_turn"
+        }
+    }
+}
+
+const TOOL_USE_ID: &str = "toolu_mock_1";
+
+/// The plain `message` answer.
+fn message(spec: &Spec) -> Value {
+    let block = match &spec.tool {
+        Some(name) => json!({
+            "type": "tool_use", "id": TOOL_USE_ID, "name": name, "input": { "city": "Paris" },
+        }),
+        None => json!({ "type": "text", "text": "Hello from mock" }),
+    };
+    json!({
+        "id": spec.id,
+        "type": "message",
+        "role": "assistant",
+        "model": spec.model,
+        "content": [block],
+        "stop_reason": spec.stop_reason(),
+        "stop_sequence": null,
+        "usage": { "input_tokens": spec.input_tokens, "output_tokens": spec.chunks },
+    })
+}
+
+/// The named events of a streamed answer, in the real API's order.
+fn stream_events(spec: &Spec) -> Vec<Bytes> {
+    let mut events = Vec::with_capacity(spec.chunks + 7);
+    let start = json!({
+        "id": spec.id, "type": "message", "role": "assistant", "model": spec.model,
+        "content": [], "stop_reason": null, "stop_sequence": null,
+        "usage": { "input_tokens": spec.input_tokens, "output_tokens": 1 },
+    });
+    events.push(event("message_start", json!({ "message": start })));
+    let (block, deltas) = match &spec.tool {
+        Some(name) => (
+            json!({ "type": "tool_use", "id": TOOL_USE_ID, "name": name, "input": {} }),
+            // Like the real API: an empty first piece, then the JSON in pieces.
+            ["", r#"{"city": "#, r#""Paris"}"#]
+                .iter()
+                .map(|p| json!({ "type": "input_json_delta", "partial_json": p }))
+                .collect::<Vec<_>>(),
+        ),
+        None => (
+            json!({ "type": "text", "text": "" }),
+            (0..spec.chunks)
+                .map(|i| json!({ "type": "text_delta", "text": format!("tok{i} ") }))
+                .collect(),
+        ),
+    };
+    events.push(event(
+        "content_block_start",
+        json!({ "index": 0, "content_block": block }),
+    ));
+    events.push(event("ping", json!({})));
+    for delta in deltas {
+        events.push(event(
+            "content_block_delta",
+            json!({ "index": 0, "delta": delta }),
+        ));
+    }
+    events.push(event("content_block_stop", json!({ "index": 0 })));
+    events.push(event(
+        "message_delta",
+        json!({
+            "delta": { "stop_reason": spec.stop_reason(), "stop_sequence": null },
+            "usage": { "output_tokens": spec.chunks },
+        }),
+    ));
+    events.push(event("message_stop", json!({})));
+    events
+}
+
+/// A named event whose data carries the same name as its `type`.
+fn event(name: &str, mut data: Value) -> Bytes {
+    if let Some(map) = data.as_object_mut() {
+        map.insert("type".to_owned(), Value::from(name));
+    }
+    sse::named_event(name, &data)
+}
+
+#[cfg(test)]
+mod tests;
