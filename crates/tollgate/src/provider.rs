@@ -1,17 +1,32 @@
 //! Providers turn a `GatewayRequest` into the request one upstream dialect expects: URL, auth
-//! header and (when the upstream model name differs) the body. Pure functions, no I/O.
+//! header and body (the model renamed for the target, or translated for Anthropic). Pure
+//! functions, no I/O.
+
+pub mod anthropic;
 
 use crate::config::{ProviderKind, ProviderSettings, Secret};
 use crate::request::{Endpoint, GatewayRequest};
 use crate::upstream::UpstreamRequest;
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+
+/// One element of a request's chain.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Index of the provider.
+    pub provider: usize,
+    /// Upstream model (or Azure deployment) name; `None` passes the client's through.
+    pub model: Option<String>,
+    /// `max_tokens` for dialects that require one (Anthropic) when the client names none.
+    pub max_tokens: u32,
+}
 
 /// Whether a provider of `kind` can serve `endpoint`.
 pub fn supports(kind: ProviderKind, endpoint: Endpoint) -> bool {
     match kind {
         ProviderKind::OpenAi => true,
         ProviderKind::Azure => azure_operation(endpoint).is_some(),
+        ProviderKind::Anthropic => endpoint == Endpoint::ChatCompletions,
     }
 }
 
@@ -35,27 +50,53 @@ pub enum BuildError {
     BadKey,
 }
 
-/// Builds the upstream request for one attempt. `model` is the target's upstream model name
-/// (`None` for requests without a model, which pass through unchanged).
+/// The body sent to `target`, computed once per target: unchanged when the model name is the
+/// same, the model renamed otherwise, or translated for Anthropic.
+pub fn prepare_body(
+    provider: &ProviderSettings,
+    req: &GatewayRequest,
+    target: &Target,
+) -> Result<Bytes, anthropic::TranslateError> {
+    let model = target.model.as_deref();
+    match provider.kind {
+        ProviderKind::Anthropic => {
+            let opts = anthropic::RequestOptions {
+                upstream_model: model.or(req.model.as_deref()).unwrap_or_default(),
+                default_max_tokens: target.max_tokens,
+                version: provider.api_version.as_deref().unwrap_or("2023-06-01"),
+            };
+            anthropic::translate_request(&req.body, &opts).map(Bytes::from)
+        }
+        ProviderKind::OpenAi | ProviderKind::Azure => Ok(match (model, req.model.as_deref()) {
+            (Some(upstream), Some(asked)) if upstream != asked => {
+                with_model(&req.body, upstream).unwrap_or_else(|| req.body.clone())
+            }
+            _ => req.body.clone(),
+        }),
+    }
+}
+
+fn sensitive(value: &str) -> Result<HeaderValue, BuildError> {
+    let mut v = HeaderValue::try_from(value).map_err(|_| BuildError::BadKey)?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Builds the upstream request for one attempt with the target's prepared `body`.
 pub fn build(
     provider: &ProviderSettings,
     req: &GatewayRequest,
-    model: Option<&str>,
+    target: &Target,
+    body: Bytes,
     key: &Secret,
 ) -> Result<UpstreamRequest, BuildError> {
     let mut headers = req.headers.clone();
-    let body = match (model, req.model.as_deref()) {
-        (Some(upstream), Some(asked)) if upstream != asked => {
-            with_model(&req.body, upstream).unwrap_or_else(|| req.body.clone())
-        }
-        _ => req.body.clone(),
-    };
     let url = match provider.kind {
         ProviderKind::OpenAi => {
-            let mut v = HeaderValue::try_from(format!("Bearer {}", key.expose()))
-                .map_err(|_| BuildError::BadKey)?;
-            v.set_sensitive(true);
-            headers.insert(AUTHORIZATION, v);
+            headers.insert(
+                AUTHORIZATION,
+                sensitive(&format!("Bearer {}", key.expose()))?,
+            );
             let mut url = String::with_capacity(provider.base_url.len() + req.path.len() + 2);
             url.push_str(&provider.base_url);
             url.push('/');
@@ -68,15 +109,31 @@ pub fn build(
         }
         ProviderKind::Azure => {
             let op = azure_operation(req.endpoint).ok_or(BuildError::Unsupported)?;
-            let mut v = HeaderValue::try_from(key.expose()).map_err(|_| BuildError::BadKey)?;
-            v.set_sensitive(true);
-            headers.insert("api-key", v);
-            let deployment = model.or(req.model.as_deref()).unwrap_or_default();
+            headers.insert("api-key", sensitive(key.expose())?);
+            let deployment = target
+                .model
+                .as_deref()
+                .or(req.model.as_deref())
+                .unwrap_or_default();
             let version = provider.api_version.as_deref().unwrap_or("2024-10-21");
             format!(
                 "{}/openai/deployments/{deployment}/{op}?api-version={version}",
                 provider.base_url
             )
+        }
+        ProviderKind::Anthropic => {
+            if req.endpoint != Endpoint::ChatCompletions {
+                return Err(BuildError::Unsupported);
+            }
+            headers.insert("x-api-key", sensitive(key.expose())?);
+            let version = provider.api_version.as_deref().unwrap_or("2023-06-01");
+            headers.insert(
+                "anthropic-version",
+                HeaderValue::try_from(version).map_err(|_| BuildError::Unsupported)?,
+            );
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.remove(CONTENT_LENGTH);
+            format!("{}/v1/messages", provider.base_url)
         }
     };
     Ok(UpstreamRequest {
@@ -117,6 +174,42 @@ mod tests {
         }
     }
 
+    fn build_for(
+        p: &ProviderSettings,
+        req: &GatewayRequest,
+        model: Option<&str>,
+        key: &str,
+    ) -> Result<UpstreamRequest, BuildError> {
+        let target = Target {
+            provider: 0,
+            model: model.map(str::to_owned),
+            max_tokens: 64,
+        };
+        let body = prepare_body(p, req, &target).unwrap();
+        build(p, req, &target, body, &Secret::new(key))
+    }
+
+    #[test]
+    fn anthropic_gets_a_translated_body_and_its_headers() {
+        let req = request(
+            "chat/completions",
+            r#"{"model":"alias","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#,
+        );
+        let mut p = provider(ProviderKind::Anthropic);
+        p.base_url = "https://api.anthropic.com".into();
+        p.api_version = Some("2023-06-01".into());
+        let up = build_for(&p, &req, Some("claude-x"), "ant-key").unwrap();
+        assert_eq!(up.url, "https://api.anthropic.com/v1/messages");
+        assert_eq!(up.headers["x-api-key"], "ant-key");
+        assert_eq!(up.headers["anthropic-version"], "2023-06-01");
+        assert!(up.headers.get(AUTHORIZATION).is_none());
+        let body: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(body["model"], "claude-x");
+        assert_eq!(body["system"], "be brief");
+        assert_eq!(body["max_tokens"], 64);
+        assert!(!supports(ProviderKind::Anthropic, Endpoint::Embeddings));
+    }
+
     fn request(path: &str, body: &str) -> GatewayRequest {
         let mut r = GatewayRequest::for_test(Method::POST, path, Bytes::from(body.to_owned()));
         r.headers = HeaderMap::new();
@@ -126,13 +219,7 @@ mod tests {
     #[test]
     fn openai_keeps_the_body_when_the_model_is_the_same() {
         let req = request("chat/completions", r#"{"model":"m","messages":[]}"#);
-        let up = build(
-            &provider(ProviderKind::OpenAi),
-            &req,
-            Some("m"),
-            &Secret::new("sk-1"),
-        )
-        .unwrap();
+        let up = build_for(&provider(ProviderKind::OpenAi), &req, Some("m"), "sk-1").unwrap();
         assert_eq!(up.url, "https://host/v1/chat/completions");
         assert_eq!(up.headers[AUTHORIZATION], "Bearer sk-1");
         assert!(up.headers[AUTHORIZATION].is_sensitive());
@@ -142,13 +229,7 @@ mod tests {
     #[test]
     fn openai_rewrites_the_model_for_the_target() {
         let req = request("chat/completions", r#"{"model":"alias","messages":[]}"#);
-        let up = build(
-            &provider(ProviderKind::OpenAi),
-            &req,
-            Some("real"),
-            &Secret::new("sk-1"),
-        )
-        .unwrap();
+        let up = build_for(&provider(ProviderKind::OpenAi), &req, Some("real"), "sk-1").unwrap();
         let body: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
         assert_eq!(body["model"], "real");
         assert_eq!(body["messages"], serde_json::json!([]));
@@ -159,16 +240,14 @@ mod tests {
         let req = request("chat/completions", r#"{"model":"alias"}"#);
         let mut p = provider(ProviderKind::Azure);
         p.base_url = "https://res.openai.azure.com".into();
-        let up = build(&p, &req, Some("dep-1"), &Secret::new("az-key")).unwrap();
+        let up = build_for(&p, &req, Some("dep-1"), "az-key").unwrap();
         assert_eq!(up.url, "https://res.openai.azure.com/openai/deployments/dep-1/chat/completions?api-version=2024-10-21");
         assert_eq!(up.headers["api-key"], "az-key");
         assert!(up.headers.get(AUTHORIZATION).is_none());
         let files = request("files", "");
         assert!(matches!(
-            build(&p, &files, None, &Secret::new("k")),
+            build_for(&p, &files, None, "k"),
             Err(BuildError::Unsupported)
         ));
     }
 }
-
-pub mod anthropic;

@@ -99,6 +99,8 @@ pub struct GatewayRequest {
     pub client_bucket: Option<(String, crate::rate_limit::Limits)>,
     /// The gateway added `include_usage` to a stream: remove the usage chunk before the client sees it.
     pub strip_usage: bool,
+    /// The stream must carry a usage chunk (the client asked, or the gateway did).
+    pub include_usage: bool,
     /// When the whole request must be done.
     pub deadline: Instant,
 }
@@ -122,6 +124,7 @@ impl GatewayRequest {
             tokens: 0,
             client_bucket: None,
             strip_usage: false,
+            include_usage: false,
             deadline: Instant::now() + std::time::Duration::from_secs(600),
         }
     }

@@ -191,11 +191,11 @@ impl Default for RetryConfig {
 pub struct ProviderConfig {
     /// Name used in routes, logs and metrics.
     pub name: String,
-    /// `openai` (any OpenAI-compatible server) or `azure`.
+    /// `openai` (any OpenAI-compatible server), `azure` or `anthropic`.
     pub kind: String,
     /// Base URL; for `openai` it includes `/v1`, for `azure` it is the resource endpoint.
     pub base_url: String,
-    /// Azure's `api-version`.
+    /// Azure's `api-version`, or Anthropic's `anthropic-version` (default `2023-06-01`).
     pub api_version: Option<String>,
     /// Models not listed in `[[models]]` pass through to this provider.
     pub default: bool,
@@ -239,6 +239,8 @@ pub struct TargetConfig {
     pub model: Option<String>,
     /// The target's context window, for documentation and context-length fallback ordering.
     pub context_window: Option<u32>,
+    /// For Anthropic targets: `max_tokens` when the client names none (default `limits.default_max_tokens`).
+    pub max_tokens: Option<u32>,
 }
 
 /// Where the config comes from.

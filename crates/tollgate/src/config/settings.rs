@@ -98,6 +98,8 @@ pub enum ProviderKind {
     OpenAi,
     /// Azure OpenAI (deployment URLs, `api-key` header).
     Azure,
+    /// Anthropic's Messages API, translated both ways.
+    Anthropic,
 }
 
 /// A validated provider.
@@ -150,6 +152,8 @@ pub struct TargetSettings {
     pub model: String,
     /// Declared context window.
     pub context_window: Option<u32>,
+    /// `max_tokens` for Anthropic targets when the client names none.
+    pub max_tokens: Option<u32>,
 }
 
 mod secs {
@@ -318,10 +322,11 @@ impl Config {
             let kind = match pc.kind.as_str() {
                 "openai" | "" => ProviderKind::OpenAi,
                 "azure" => ProviderKind::Azure,
+                "anthropic" => ProviderKind::Anthropic,
                 other => {
                     p.push(
                         &format!("{path}.kind"),
-                        format_args!("`{other}` is not one of openai, azure"),
+                        format_args!("`{other}` is not one of openai, azure, anthropic"),
                     );
                     ProviderKind::OpenAi
                 }
@@ -384,7 +389,10 @@ impl Config {
                 name: pc.name.clone(),
                 kind,
                 base_url,
-                api_version: pc.api_version.clone(),
+                api_version: match (kind, &pc.api_version) {
+                    (ProviderKind::Anthropic, None) => Some("2023-06-01".to_owned()),
+                    (_, v) => v.clone(),
+                },
                 default: pc.default,
                 keys,
             });
@@ -431,6 +439,7 @@ impl Config {
                         provider: provider?,
                         model: tc.model.clone().unwrap_or_else(|| mc.name.clone()),
                         context_window: tc.context_window,
+                        max_tokens: tc.max_tokens,
                     })
                 })
                 .collect();

@@ -143,7 +143,7 @@ fn every_problem_is_reported_with_its_path() {
             .problems;
         let expected = [
             "server.request_timeout: `soon` is not a duration",
-            "providers[1].kind: `gemini` is not one of openai, azure",
+            "providers[1].kind: `gemini` is not one of openai, azure, anthropic",
             "providers[1].base_url: `ftp://b` is not an http(s) URL",
             "providers[1].keys[0].secret: environment variable OPENAI_KEY_B_UNSET is not set",
             "models[0].targets[0].provider: no provider named `nobody`",

@@ -3,8 +3,9 @@
 
 use super::classify::{classify, Kind, Outcome, Verdict};
 use super::{Answer, AttemptRecord, Dispatcher, Failure, Served, Step, Walk};
+use crate::config::ProviderKind;
 use crate::key_pool::Lease;
-use crate::provider::{self, BuildError};
+use crate::provider::{self, anthropic, BuildError, Target};
 use crate::rate_limit::{remaining_from_headers, Limits};
 use crate::request::GatewayRequest;
 use crate::stream::{guard, peek_first_event, FirstEvent, Framing, StreamEnd};
@@ -50,6 +51,33 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// Anthropic's named events, translated to `chat.completion.chunk` events as they arrive.
+fn translate_stream(req: &GatewayRequest, prefix: Bytes, body: BodyStream) -> (Bytes, BodyStream) {
+    let created = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut translator = anthropic::StreamTranslator::new(
+        req.model.as_deref().unwrap_or_default(),
+        req.include_usage,
+        created,
+    );
+    let mut first = Vec::new();
+    translator.push(&prefix, &mut first);
+    let rest = body.filter_map(move |chunk| {
+        let out = chunk.map(|c| {
+            let mut out = Vec::new();
+            translator.push(&c, &mut out);
+            Bytes::from(out)
+        });
+        // Events still incomplete produce nothing yet: send no empty frames.
+        std::future::ready(match out {
+            Ok(b) if b.is_empty() => None,
+            other => Some(other),
+        })
+    });
+    (Bytes::from(first), Box::pin(rest))
 }
 
 impl Dispatcher {
@@ -119,12 +147,12 @@ impl Dispatcher {
     async fn exchange(
         &self,
         req: &GatewayRequest,
-        provider: usize,
-        model: Option<&str>,
+        target: &Target,
+        body: &Bytes,
         lease: &Lease,
     ) -> Raw {
-        let settings = &self.settings.providers[provider];
-        let up = match provider::build(settings, req, model, lease.secret()) {
+        let settings = &self.settings.providers[target.provider];
+        let up = match provider::build(settings, req, target, body.clone(), lease.secret()) {
             Ok(up) => up,
             Err(BuildError::BadKey | BuildError::Unsupported) => {
                 return Raw::Transport(UpstreamError::Connect(
@@ -154,6 +182,9 @@ impl Dispatcher {
             };
         }
         if !(req.stream && is_event_stream(&resp.headers)) {
+            if settings.kind == ProviderKind::Anthropic {
+                return self.translate_message(req, resp, deadline).await;
+            }
             return Raw::Ok(resp, Bytes::new());
         }
         match peek_first_event(&mut resp.body, deadline).await {
@@ -171,17 +202,51 @@ impl Dispatcher {
         }
     }
 
+    /// An Anthropic message answer, read whole (it is one JSON object) and turned into a
+    /// `chat.completion`; an answer that does not translate counts as a transport failure.
+    async fn translate_message(
+        &self,
+        req: &GatewayRequest,
+        mut resp: UpstreamResponse,
+        deadline: Instant,
+    ) -> Raw {
+        let body = read_bounded(&mut resp.body, deadline).await;
+        let created = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match anthropic::translate_response(
+            &body,
+            req.model.as_deref().unwrap_or_default(),
+            created,
+        ) {
+            Ok(json) => {
+                resp.headers.remove(header::CONTENT_LENGTH);
+                resp.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp.body = Box::pin(futures_util::stream::iter([Ok(Bytes::from(json))]));
+                Raw::Ok(resp, Bytes::new())
+            }
+            Err(e) => Raw::Transport(UpstreamError::Transport(format!(
+                "untranslatable answer: {e}"
+            ))),
+        }
+    }
+
     /// Runs one attempt. `Ok` is the answer; `Err(Some)` ends this target; `Err(None)` tries again.
     pub(super) async fn attempt(
         &self,
         req: &GatewayRequest,
-        provider: usize,
-        model: Option<&str>,
+        target: &Target,
+        body: &Bytes,
         mut lease: Lease,
         walk: &mut Walk,
         served: Served,
     ) -> Result<Answer, Option<Step>> {
-        let raw = self.exchange(req, provider, model, &lease).await;
+        let provider = target.provider;
+        let anthropic = self.settings.providers[provider].kind == ProviderKind::Anthropic;
+        let raw = self.exchange(req, target, body, &lease).await;
         let now = Instant::now();
         let wall = SystemTime::now();
         let (verdict, status) = match &raw {
@@ -252,6 +317,26 @@ impl Dispatcher {
                 status,
                 headers,
                 body,
+            } if anthropic => {
+                // The client speaks OpenAI: give it the error in OpenAI's shape.
+                let mut headers = headers.clone();
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Some(Failure {
+                    status: *status,
+                    headers,
+                    body: Bytes::from(anthropic::translate_error(body)),
+                    provider,
+                    key: lease.id().to_owned(),
+                })
+            }
+            Raw::Error {
+                status,
+                headers,
+                body,
             } => Some(Failure {
                 status: *status,
                 headers: headers.clone(),
@@ -260,6 +345,11 @@ impl Dispatcher {
                 key: lease.id().to_owned(),
             }),
             Raw::StreamError(json) => {
+                let json = if anthropic {
+                    Bytes::from(anthropic::translate_error(json))
+                } else {
+                    json.clone()
+                };
                 let mut headers = HeaderMap::new();
                 headers.insert(
                     header::CONTENT_TYPE,
@@ -268,7 +358,7 @@ impl Dispatcher {
                 Some(Failure {
                     status: StatusCode::BAD_GATEWAY,
                     headers,
-                    body: json.clone(),
+                    body: json,
                     provider,
                     key: lease.id().to_owned(),
                 })
@@ -361,9 +451,15 @@ impl Dispatcher {
             Framing::Raw
         };
         let on_end = self.on_end(req, provider, lease);
+        let (prefix, upstream_body) =
+            if sse && self.settings.providers[provider].kind == ProviderKind::Anthropic {
+                translate_stream(req, prefix, resp.body)
+            } else {
+                (prefix, resp.body)
+            };
         let body = guard(
             prefix,
-            resp.body,
+            upstream_body,
             self.settings.server.idle_timeout,
             framing,
             tap,

@@ -11,7 +11,7 @@ use crate::config::Settings;
 use crate::error::GatewayError;
 use crate::key_pool::{KeyPool, Lease, PoolPolicy};
 use crate::metrics::Metrics;
-use crate::provider;
+use crate::provider::{self, Target};
 use crate::rate_limit::Limiter;
 use crate::request::GatewayRequest;
 use crate::upstream::Upstream;
@@ -87,6 +87,34 @@ struct Failure {
     body: Bytes,
     provider: usize,
     key: String,
+}
+
+impl Failure {
+    /// The 400 for a request a target's dialect cannot express.
+    fn refused(e: &provider::anthropic::TranslateError, provider: usize) -> Self {
+        let param = match e {
+            provider::anthropic::TranslateError::Unsupported { param, .. } => param.as_deref(),
+            provider::anthropic::TranslateError::Invalid(_) => None,
+        };
+        let envelope = openai_types::ErrorEnvelope::new(
+            e.to_string(),
+            "invalid_request_error",
+            param,
+            Some("unsupported_parameter"),
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        Failure {
+            status: StatusCode::BAD_REQUEST,
+            headers,
+            body: Bytes::from(envelope.to_json()),
+            provider,
+            key: "-".into(),
+        }
+    }
 }
 
 /// Per-request state shared by every attempt and target.
@@ -239,31 +267,43 @@ impl Dispatcher {
     }
 
     /// The chain for a request: configured targets, the default provider, or 404.
-    fn route(&self, req: &GatewayRequest) -> Result<Vec<(usize, Option<String>)>, GatewayError> {
+    fn route(&self, req: &GatewayRequest) -> Result<Vec<Target>, GatewayError> {
+        let default_max = self.settings.limits.default_max_tokens;
+        let pass_through = |provider| Target {
+            provider,
+            model: None,
+            max_tokens: default_max,
+        };
         if let Some(model) = req.model.as_deref() {
             if let Some(route) = self.settings.model(model) {
                 return Ok(route
                     .targets
                     .iter()
-                    .map(|t| (t.provider, Some(t.model.clone())))
+                    .map(|t| Target {
+                        provider: t.provider,
+                        model: Some(t.model.clone()),
+                        max_tokens: t.max_tokens.unwrap_or(default_max),
+                    })
                     .collect());
             }
             return match self.settings.default_provider {
-                Some(p) => Ok(vec![(p, None)]),
+                Some(p) => Ok(vec![pass_through(p)]),
                 None => Err(GatewayError::ModelNotFound(model.to_owned())),
             };
         }
         // No model (GET /models/…, files, multipart uploads): the default provider, else the first.
-        Ok(vec![(self.settings.default_provider.unwrap_or(0), None)])
+        Ok(vec![pass_through(
+            self.settings.default_provider.unwrap_or(0),
+        )])
     }
 
     /// Serves one request: walks the chain until an answer or a final error.
     pub async fn dispatch(&self, req: &GatewayRequest) -> Result<Answer, GatewayError> {
         self.budget.deposit(Instant::now());
-        let chain: Vec<_> = self
+        let chain: Vec<Target> = self
             .route(req)?
             .into_iter()
-            .filter(|(p, _)| provider::supports(self.settings.providers[*p].kind, req.endpoint))
+            .filter(|t| provider::supports(self.settings.providers[t.provider].kind, req.endpoint))
             .collect();
         if chain.is_empty() {
             return Err(GatewayError::EndpointUnsupported {
@@ -272,18 +312,22 @@ impl Dispatcher {
             });
         }
         let mut walk = Walk::default();
-        for (i, (provider, model)) in chain.iter().enumerate() {
+        for (i, target) in chain.iter().enumerate() {
             if i > 0 {
-                let from = &self.settings.providers[chain[i - 1].0].name;
+                let from = &self.settings.providers[chain[i - 1].provider].name;
                 let reason = walk.last_kind.map_or("no_key", Kind::label);
                 self.metrics
                     .fallbacks
-                    .with_label_values(&[from, &self.settings.providers[*provider].name, reason])
+                    .with_label_values(&[
+                        from,
+                        &self.settings.providers[target.provider].name,
+                        reason,
+                    ])
                     .inc();
             }
             let is_last = i + 1 == chain.len();
             match self
-                .run_target(req, *provider, model.as_deref(), is_last, i > 0, &mut walk)
+                .run_target(req, target, is_last, i > 0, &mut walk)
                 .await
             {
                 Step::Done(answer) => return Ok(answer),
@@ -299,7 +343,12 @@ impl Dispatcher {
 
     fn final_error(&self, mut walk: Walk) -> Result<Answer, GatewayError> {
         let summary = walk.summary(self);
-        let keep_upstream_error = walk.budget_spent || walk.last_kind == Some(Kind::ContextTooLong);
+        // The upstream's own error says more than ours: when the budget stopped retries, when the
+        // last target also found the context too long, or when no attempt could be made at all
+        // (every target refused the request).
+        let keep_upstream_error = walk.budget_spent
+            || walk.last_kind == Some(Kind::ContextTooLong)
+            || walk.attempts.is_empty();
         if keep_upstream_error {
             if let Some(f) = walk.last_failure.take() {
                 return Ok(self.pass_through(f, &walk));
@@ -414,12 +463,22 @@ impl Dispatcher {
     async fn run_target(
         &self,
         req: &GatewayRequest,
-        provider: usize,
-        model: Option<&str>,
+        target: &Target,
         is_last: bool,
         fallback: bool,
         walk: &mut Walk,
     ) -> Step {
+        let provider = target.provider;
+        let settings = &self.settings.providers[provider];
+        let body = match provider::prepare_body(settings, req, target) {
+            Ok(body) => body,
+            Err(e) => {
+                // This target cannot express the request: skip it; if none can, the client gets the 400.
+                tracing::debug!(request_id = %req.id, provider = %settings.name, error = %e, "request not translatable");
+                walk.last_failure = Some(Failure::refused(&e, provider));
+                return Step::Next("untranslatable");
+            }
+        };
         let max_attempts = self.settings.retry.max_attempts;
         let mut made = 0;
         loop {
@@ -469,10 +528,7 @@ impl Dispatcher {
                 (false, true) => Served::FirstTry,
                 (false, false) => Served::AfterRetry,
             };
-            match self
-                .attempt(req, provider, model, lease, walk, served)
-                .await
-            {
+            match self.attempt(req, target, &body, lease, walk, served).await {
                 Ok(answer) => return Step::Done(answer),
                 Err(Some(step)) => return step,
                 Err(None) => continue,

@@ -191,6 +191,7 @@ async fn handle(
         tokens: 0,
         client_bucket: None,
         strip_usage: false,
+        include_usage: meta.include_usage,
         deadline: received + settings.server.request_timeout,
     };
     let label = state.dispatcher.model_label(&gw).to_owned();
@@ -293,6 +294,7 @@ async fn take_client_buckets(
             if let Some(body) = crate::usage::with_include_usage(&gw.body) {
                 gw.body = body;
                 gw.strip_usage = true;
+                gw.include_usage = true;
             }
         }
     }
