@@ -67,7 +67,7 @@ struct PoolKey {
     health: Mutex<Health>,
     inflight: AtomicU32,
     gauges: [IntGauge; 4],
-    cooldowns: prometheus::IntCounter,
+    cooldowns: prometheus::Counter,
 }
 
 impl PoolKey {
@@ -115,12 +115,40 @@ impl KeyPool {
         policy: PoolPolicy,
         metrics: &Metrics,
     ) -> Arc<Self> {
+        Self::carry_over(provider, keys, policy, metrics, None)
+    }
+
+    /// A pool for a reloaded config: keys with the same id and secret as in `previous` keep
+    /// their health (a cooling key stays cooling); new keys start healthy.
+    pub fn carry_over(
+        provider: &str,
+        keys: &[KeySettings],
+        policy: PoolPolicy,
+        metrics: &Metrics,
+        previous: Option<&KeyPool>,
+    ) -> Arc<Self> {
+        let kept = |k: &KeySettings| {
+            let old = previous?
+                .keys
+                .iter()
+                .find(|o| o.settings.id == k.id && o.settings.secret == k.secret)?;
+            Some(match *old.health() {
+                // A probe in flight belongs to the old pool: let the new one probe again.
+                Health::Probing => Health::Disabled {
+                    probe_at: Instant::now(),
+                },
+                h => h,
+            })
+        };
         let keys = keys
             .iter()
             .map(|k| {
+                let health = kept(k).unwrap_or(Health::Healthy);
                 let gauges =
                     STATES.map(|s| metrics.key_state.with_label_values(&[provider, &k.id, s]));
-                gauges[0].set(1);
+                for (g, s) in gauges.iter().zip(STATES) {
+                    g.set(i64::from(s == health.label()));
+                }
                 PoolKey {
                     settings: k.clone(),
                     bucket: format!("k:{provider}:{}", k.id),
@@ -128,7 +156,7 @@ impl KeyPool {
                         rpm: k.rpm,
                         tpm: k.tpm,
                     },
-                    health: Mutex::new(Health::Healthy),
+                    health: Mutex::new(health),
                     inflight: AtomicU32::new(0),
                     gauges,
                     cooldowns: metrics.key_cooldowns.with_label_values(&[provider, &k.id]),
@@ -141,6 +169,11 @@ impl KeyPool {
             next: AtomicUsize::new(0),
             policy,
         })
+    }
+
+    /// Ids of the keys.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.settings.id.as_str())
     }
 
     /// Number of keys.
@@ -314,7 +347,9 @@ impl Lease {
         let wait = asked
             .unwrap_or(policy.cooldown_default)
             .min(policy.cooldown_max);
-        self.pool.keys[self.idx].cooldowns.inc();
+        self.pool.keys[self.idx]
+            .cooldowns
+            .inc_by(wait.as_secs_f64());
         self.update(|h| match h {
             Health::Disabled { .. } => h,
             Health::Cooling { until } => Health::Cooling {

@@ -11,6 +11,7 @@ pub mod key_pool;
 pub mod metrics;
 pub mod provider;
 pub mod rate_limit;
+pub mod reload;
 pub mod request;
 pub mod server;
 pub mod stream;
@@ -20,7 +21,6 @@ pub mod upstream;
 pub mod usage;
 
 use config::Settings;
-use dispatch::Dispatcher;
 use metrics::Metrics;
 use server::AppState;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,35 +50,39 @@ impl Deps {
     }
 }
 
-/// The app and its state.
-pub fn build_app(settings: Arc<Settings>, deps: Deps) -> (axum::Router, AppState) {
-    let auth = Arc::new(auth::Auth::new(&settings.clients));
-    if auth.is_open() {
-        tracing::warn!("no [[clients]] configured: OPEN MODE, anyone who reaches this port can use the upstream keys");
-    }
-    let limiter = Arc::new(rate_limit::Limiter::new(&settings.state, &deps.metrics));
-    let dispatcher = Arc::new(Dispatcher::new(
+/// The app and its state. `sources` is where config reloads read from (`None`: no reloads).
+pub fn build_app(
+    settings: Arc<Settings>,
+    deps: Deps,
+    sources: Option<config::Sources>,
+) -> (axum::Router, AppState) {
+    let separate_admin = settings.server.admin_listen.is_some();
+    let reloader = Arc::new(reload::Reloader::new(
         settings,
+        sources,
         deps.upstream,
-        limiter,
         deps.metrics.clone(),
         deps.seed,
     ));
     let state = AppState {
-        dispatcher,
-        auth,
+        reloader,
         metrics: deps.metrics,
         ready: Arc::new(AtomicBool::new(false)),
     };
-    (server::router(state.clone()), state)
+    (server::router(state.clone(), !separate_admin), state)
 }
 
 /// Binds the listeners, serves until SIGTERM/SIGINT, then drains for up to `drain_timeout`.
-pub async fn serve(settings: Arc<Settings>, deps: Deps) -> std::io::Result<()> {
+pub async fn serve(
+    settings: Arc<Settings>,
+    deps: Deps,
+    sources: Option<config::Sources>,
+) -> std::io::Result<()> {
     let drain = settings.server.drain_timeout;
     let listen = settings.server.listen;
     let admin = settings.server.admin_listen;
-    let (app, state) = build_app(settings, deps);
+    let (app, state) = build_app(settings, deps, sources);
+    state.reloader.spawn_watchers();
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -90,7 +94,7 @@ pub async fn serve(settings: Arc<Settings>, deps: Deps) -> std::io::Result<()> {
     if let Some(addr) = admin {
         let admin_listener = tokio::net::TcpListener::bind(addr).await?;
         tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
-        let ops = server::ops_router().with_state(state.clone());
+        let ops = server::ops_router(true).with_state(state.clone());
         let stop = stopped();
         tokio::spawn(async move {
             axum::serve(admin_listener, ops)

@@ -138,7 +138,7 @@ fn run(sources: Sources) -> ExitCode {
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             let deps = tollgate::Deps::production(&settings).map_err(std::io::Error::other)?;
-            tollgate::serve(settings, deps).await
+            tollgate::serve(settings, deps, Some(sources)).await
         })
     });
     match result {

@@ -3,8 +3,8 @@
 //! provider, model and key names, enum labels and status classes.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets for LLM calls: milliseconds to ten minutes.
@@ -37,8 +37,8 @@ pub struct Metrics {
     pub budget_exhausted: IntCounter,
     /// `tollgate_key_state{provider, key, state}`: 1 for the key's current state.
     pub key_state: IntGaugeVec,
-    /// `tollgate_key_cooldowns_total{provider, key}`.
-    pub key_cooldowns: IntCounterVec,
+    /// `tollgate_key_cooldown_seconds_total{provider, key}`: cooldown time imposed by 429s.
+    pub key_cooldowns: CounterVec,
     /// `tollgate_stream_errors_total{provider, reason}`: streams cut after their first byte.
     pub stream_errors: IntCounterVec,
     /// `tollgate_rate_limited_total{scope, dimension}`: requests refused or delayed by a bucket.
@@ -55,6 +55,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `tollgate_start_time_seconds`.
     pub start_time: IntGauge,
+    /// `tollgate_uptime_seconds`, refreshed on each scrape.
+    pub uptime: IntGauge,
 }
 
 fn counter(
@@ -109,6 +111,11 @@ impl Metrics {
             "Unix time the gateway started.",
         )?;
         r.register(Box::new(start_time.clone()))?;
+        let uptime = IntGauge::new(
+            "tollgate_uptime_seconds",
+            "Seconds since the gateway started.",
+        )?;
+        r.register(Box::new(uptime.clone()))?;
         let state_degraded = IntGauge::new(
             "tollgate_state_backend_degraded",
             "1 while the shared state backend is unreachable.",
@@ -177,12 +184,17 @@ impl Metrics {
                 "1 for each key's current health state.",
                 &["provider", "key", "state"],
             )?,
-            key_cooldowns: counter(
-                &r,
-                "tollgate_key_cooldowns_total",
-                "Times a key was put into cooldown.",
-                &["provider", "key"],
-            )?,
+            key_cooldowns: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "tollgate_key_cooldown_seconds_total",
+                        "Seconds of cooldown imposed on a key by rate-limit answers.",
+                    ),
+                    &["provider", "key"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             stream_errors: counter(
                 &r,
                 "tollgate_stream_errors_total",
@@ -216,21 +228,19 @@ impl Metrics {
                 &["version"],
             )?,
             start_time,
+            uptime,
             registry: r,
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        m.start_time.set(now as i64);
+        m.start_time.set(unix_now());
         Ok(m)
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.uptime.set(unix_now() - self.start_time.get());
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on invalid metric data, which registration rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
@@ -252,4 +262,10 @@ pub fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -36,6 +36,18 @@ pub struct Config {
     pub state: StateConfig,
     /// Clients of the gateway and their keys; none means open mode.
     pub clients: Vec<ClientConfig>,
+    /// The admin API (`/admin/*`).
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/*`, or `${ENV_VAR}`; no token, no admin API.
+    pub token: Option<Secret>,
+    /// How often the config file is checked for changes (`0s` turns the watch off).
+    pub watch_interval: Option<String>,
 }
 
 /// `[limits]`.

@@ -29,6 +29,12 @@ pub struct Settings {
     pub state: StateSettings,
     /// Gateway clients; empty means open mode.
     pub clients: Vec<ClientSettings>,
+    /// SHA-256 of the admin token; `None` turns `/admin/*` off.
+    #[serde(skip)]
+    pub admin_token_sha256: Option<[u8; 32]>,
+    /// How often the config file is checked for changes (zero: never).
+    #[serde(with = "secs")]
+    pub watch_interval: Duration,
     #[serde(skip)]
     model_index: HashMap<String, usize>,
 }
@@ -269,6 +275,22 @@ impl Config {
         };
         let state = super::access::validate_state(&self.state, &mut p);
         let clients = super::access::validate_clients(&self.clients, &mut p, env);
+        let admin_token_sha256 =
+            self.admin
+                .token
+                .as_ref()
+                .and_then(|t| match expand_env(t.expose(), env) {
+                    Ok(t) if t.is_empty() => None,
+                    Ok(t) => Some(crate::auth::sha256(t.as_bytes())),
+                    Err(e) => {
+                        p.push("admin.token", e);
+                        None
+                    }
+                });
+        let watch_interval = p.duration(
+            "admin.watch_interval",
+            self.admin.watch_interval.as_deref().unwrap_or("2s"),
+        );
         let providers = self.validate_providers(&mut p, env);
         let (models, model_index) = self.validate_models(&mut p, &providers);
         let defaults: Vec<usize> = providers
@@ -298,6 +320,8 @@ impl Config {
             limits,
             state,
             clients,
+            admin_token_sha256,
+            watch_interval,
             model_index,
         })
     }

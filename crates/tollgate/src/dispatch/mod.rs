@@ -207,6 +207,18 @@ impl Dispatcher {
         metrics: Metrics,
         seed: u64,
     ) -> Self {
+        Self::reloaded(settings, upstream, limiter, metrics, seed, None)
+    }
+
+    /// A dispatcher for a reloaded config; unchanged keys keep their health from `previous`.
+    pub fn reloaded(
+        settings: Arc<Settings>,
+        upstream: Arc<dyn Upstream>,
+        limiter: Arc<Limiter>,
+        metrics: Metrics,
+        seed: u64,
+        previous: Option<&Dispatcher>,
+    ) -> Self {
         let r = &settings.retry;
         let policy = PoolPolicy {
             cooldown_default: r.cooldown_default,
@@ -216,7 +228,10 @@ impl Dispatcher {
         let pools = settings
             .providers
             .iter()
-            .map(|p| KeyPool::new(&p.name, &p.keys, policy, &metrics))
+            .map(|p| {
+                let old = previous.and_then(|d| d.pools.iter().find(|o| o.provider() == p.name));
+                KeyPool::carry_over(&p.name, &p.keys, policy, &metrics, old.map(|o| &**o))
+            })
             .collect();
         Dispatcher {
             budget: RetryBudget::new(

@@ -110,6 +110,10 @@ impl MemoryStore {
         })
     }
 
+    pub(super) fn peek(&self, id: &str, limits: Limits, now: Instant) -> Levels {
+        self.with(id, limits, now, |pair| pair.levels(now))
+    }
+
     pub(super) fn wait(
         &self,
         id: &str,

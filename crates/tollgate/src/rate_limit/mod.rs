@@ -144,6 +144,14 @@ impl Limiter {
             .wait(id, limits, tokens, tokio::time::Instant::now())
     }
 
+    /// Current levels of a local bucket pair, without taking anything (`None` with Redis or no limit).
+    pub fn peek(&self, id: &str, limits: Limits) -> Option<Levels> {
+        if limits.is_none() || self.redis.is_some() {
+            return None;
+        }
+        Some(self.local.peek(id, limits, tokio::time::Instant::now()))
+    }
+
     /// Whether buckets live in Redis (calls may wait on the network).
     pub fn is_shared(&self) -> bool {
         self.redis.is_some()

@@ -5,10 +5,10 @@
 //! stream) → dispatch (route → fallback → retry → key select → provider → upstream) → answer
 //! headers. A panic inside becomes a 500 in OpenAI's shape; the server keeps serving.
 
+mod admin;
 mod headers;
 mod proxy;
 
-use crate::dispatch::Dispatcher;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use axum::body::Body;
@@ -22,32 +22,35 @@ use std::sync::Arc;
 /// Shared state of the handlers.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    /// The dispatcher.
-    pub dispatcher: Arc<Dispatcher>,
-    /// Client keys.
-    pub auth: Arc<crate::auth::Auth>,
+    /// The live config and what runs on it.
+    pub reloader: Arc<crate::reload::Reloader>,
     /// Metrics.
     pub metrics: Metrics,
     /// Set once listeners are up, cleared on shutdown.
     pub ready: Arc<AtomicBool>,
 }
 
-/// The main router: `/v1/*`, health, metrics.
-pub fn router(state: AppState) -> Router {
+/// The main router: `/v1/*`, health, and (unless they have their own listener) metrics and admin.
+pub fn router(state: AppState, with_admin: bool) -> Router {
     Router::new()
         .route("/v1/{*path}", any(proxy::proxy))
         .route("/v1", any(not_found))
-        .merge(ops_router())
+        .merge(ops_router(with_admin))
         .fallback(not_found)
         .with_state(state)
 }
 
-/// Health and metrics routes (also served alone on `server.admin_listen`).
-pub fn ops_router() -> Router<AppState> {
-    Router::new()
+/// Health routes, plus metrics and `/admin/*` when `with_admin` (served alone on `server.admin_listen`).
+pub fn ops_router(with_admin: bool) -> Router<AppState> {
+    let health = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    if !with_admin {
+        return health;
+    }
+    health
         .route("/metrics", get(metrics))
+        .merge(admin::router())
 }
 
 async fn healthz() -> Response<Body> {

@@ -8,6 +8,7 @@ use crate::dispatch::{Answer, Served};
 use crate::error::{set_retry_after, GatewayError};
 use crate::metrics::status_class;
 use crate::rate_limit::{estimate::estimate, Levels, Limits};
+use crate::reload::Runtime;
 use crate::request::{Endpoint, GatewayRequest};
 use crate::units::format_go_duration;
 use axum::body::Body;
@@ -132,7 +133,9 @@ async fn handle(
     received: Instant,
 ) -> Result<Served2, Failed> {
     let other = || "other".to_owned();
-    let client = state
+    // One runtime for the whole request, even if the config is reloaded meanwhile.
+    let rt = state.reloader.current();
+    let client = rt
         .auth
         .authenticate(req.headers())
         .map_err(|_| (GatewayError::Unauthorized, other()))?;
@@ -147,7 +150,7 @@ async fn handle(
         })?),
         None => None,
     };
-    let settings = state.dispatcher.settings();
+    let settings = rt.dispatcher.settings();
     let (parts, body) = req.into_parts();
     let body = read_body(&parts, body, settings.server.max_body)
         .await
@@ -169,7 +172,7 @@ async fn handle(
         && (path == "models" || path.starts_with("models/"))
         && !settings.models.is_empty()
     {
-        let answer = models_answer(state, &path, client.as_deref()).map_err(|e| (e, other()))?;
+        let answer = models_answer(&rt, &path, client.as_deref()).map_err(|e| (e, other()))?;
         return Ok(Served2 {
             answer,
             model_label: other(),
@@ -194,11 +197,11 @@ async fn handle(
         include_usage: meta.include_usage,
         deadline: received + settings.server.request_timeout,
     };
-    let label = state.dispatcher.model_label(&gw).to_owned();
-    let levels = take_client_buckets(state, client.as_ref(), &mut gw, meta.include_usage)
+    let label = rt.dispatcher.model_label(&gw).to_owned();
+    let levels = take_client_buckets(state, &rt, client.as_ref(), &mut gw, meta.include_usage)
         .await
         .map_err(|e| (e, label.clone()))?;
-    match state.dispatcher.dispatch(&gw).await {
+    match rt.dispatcher.dispatch(&gw).await {
         Ok(answer) => Ok(Served2 {
             answer,
             model_label: label,
@@ -273,6 +276,7 @@ async fn read_body(parts: &Parts, body: Body, max_body: usize) -> Result<Bytes, 
 /// it must be reconciled, and takes the client's buckets.
 async fn take_client_buckets(
     state: &AppState,
+    rt: &Runtime,
     client: Option<&Arc<Client>>,
     gw: &mut GatewayRequest,
     client_asked_usage: bool,
@@ -281,9 +285,9 @@ async fn take_client_buckets(
         rpm: c.settings.rpm,
         tpm: c.settings.tpm,
     });
-    let tpm_somewhere = limits.tpm.is_some() || state.dispatcher.keys_have_tpm();
+    let tpm_somewhere = limits.tpm.is_some() || rt.dispatcher.keys_have_tpm();
     if tpm_somewhere {
-        let default_max = state.dispatcher.settings().limits.default_max_tokens;
+        let default_max = rt.dispatcher.settings().limits.default_max_tokens;
         let (prompt, completion) = estimate(&gw.body, gw.endpoint, default_max);
         gw.tokens = prompt + completion;
         let streams_usage = matches!(
@@ -305,12 +309,7 @@ async fn take_client_buckets(
         return Ok(Levels::default());
     }
     let id = format!("c:{}", client.settings.name);
-    match state
-        .dispatcher
-        .limiter()
-        .take(&id, limits, gw.tokens)
-        .await
-    {
+    match rt.dispatcher.limiter().take(&id, limits, gw.tokens).await {
         Ok(levels) => {
             gw.client_bucket = Some((id, limits));
             Ok(levels)
@@ -394,11 +393,11 @@ fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
 }
 
 fn models_answer(
-    state: &AppState,
+    rt: &Runtime,
     path: &str,
     client: Option<&Client>,
 ) -> Result<Answer, GatewayError> {
-    let settings = state.dispatcher.settings();
+    let settings = rt.dispatcher.settings();
     let visible = |name: &str| client.is_none_or(|c| c.allows(name));
     let model = |name: &str| serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "tollgate"});
     let body = match path.strip_prefix("models/") {

@@ -1,0 +1,213 @@
+//! Live config: the `Runtime` (settings, dispatcher, client keys) behind an `ArcSwap`, and the
+//! `Reloader` that replaces it on SIGHUP, on a change of the config file, or on
+//! `POST /admin/reload`. In-flight requests finish on the runtime they started with; keys
+//! that did not change keep their health, and buckets keep their level while their limits
+//! stay the same. A config that fails validation is refused with one log line and a metric,
+//! and the old one keeps serving.
+
+use crate::auth::Auth;
+use crate::config::{Config, ConfigError, Settings, Sources};
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::rate_limit::Limiter;
+use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Everything a request needs from the config, swapped as one.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The validated config.
+    pub settings: Arc<Settings>,
+    /// Routing, retries, fallback, key pools.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Client keys.
+    pub auth: Arc<Auth>,
+}
+
+/// Builds runtimes and swaps them in.
+pub struct Reloader {
+    sources: Option<Sources>,
+    upstream: Arc<dyn Upstream>,
+    limiter: Arc<Limiter>,
+    metrics: Metrics,
+    seed: u64,
+    current: Arc<ArcSwap<Runtime>>,
+    lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("sources", &self.sources)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// The first runtime from `settings`; `sources` is where reloads read from (`None`: no reloads).
+    pub fn new(
+        settings: Arc<Settings>,
+        sources: Option<Sources>,
+        upstream: Arc<dyn Upstream>,
+        metrics: Metrics,
+        seed: u64,
+    ) -> Self {
+        let limiter = Arc::new(Limiter::new(&settings.state, &metrics));
+        let runtime = build(settings, &upstream, &limiter, &metrics, seed, None);
+        Reloader {
+            sources,
+            upstream,
+            limiter,
+            metrics,
+            seed,
+            current: Arc::new(ArcSwap::from_pointee(runtime)),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The live runtime.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// Reads and validates the config again and swaps it in; on failure the old one stays.
+    pub fn reload(&self, trigger: &str) -> Result<(), ConfigError> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self
+            .sources
+            .as_ref()
+            .ok_or_else(|| ConfigError {
+                problems: vec!["this gateway was started without a reloadable config".into()],
+            })
+            .and_then(|s| Config::load(s))
+            .and_then(|c| c.validate());
+        let settings = match result {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(trigger, problems = %e.problems.join("; "), "config reload refused: the previous config keeps serving");
+                return Err(e);
+            }
+        };
+        let old = self.current();
+        warn_on_restart_only_changes(&old.settings, &settings);
+        let runtime = build(
+            settings,
+            &self.upstream,
+            &self.limiter,
+            &self.metrics,
+            self.seed,
+            Some(&old.dispatcher),
+        );
+        forget_removed_keys(&self.metrics, &old.settings, &runtime.settings);
+        self.current.store(Arc::new(runtime));
+        self.metrics
+            .config_reloads
+            .with_label_values(&["success"])
+            .inc();
+        tracing::info!(trigger, "config reloaded");
+        Ok(())
+    }
+
+    /// Reloads on SIGHUP and when the config file's modification time changes.
+    pub fn spawn_watchers(self: &Arc<Self>) {
+        #[cfg(unix)]
+        {
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                let Ok(mut hup) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    let _ = me.reload("SIGHUP");
+                }
+            });
+        }
+        let interval = self.current().settings.watch_interval;
+        let Some(path) = self.sources.as_ref().and_then(|s| s.path.clone()) else {
+            return;
+        };
+        if interval.is_zero() {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let modified =
+                |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut seen: Option<SystemTime> = modified(&path);
+            loop {
+                tokio::time::sleep(interval.max(Duration::from_millis(100))).await;
+                let now = modified(&path);
+                if now.is_some() && now != seen {
+                    seen = now;
+                    let _ = me.reload("file change");
+                }
+            }
+        });
+    }
+}
+
+fn build(
+    settings: Arc<Settings>,
+    upstream: &Arc<dyn Upstream>,
+    limiter: &Arc<Limiter>,
+    metrics: &Metrics,
+    seed: u64,
+    previous: Option<&Dispatcher>,
+) -> Runtime {
+    let auth = Arc::new(Auth::new(&settings.clients));
+    if auth.is_open() {
+        tracing::warn!("no [[clients]] configured: OPEN MODE, anyone who reaches this port can use the upstream keys");
+    }
+    let dispatcher = Arc::new(Dispatcher::reloaded(
+        Arc::clone(&settings),
+        Arc::clone(upstream),
+        Arc::clone(limiter),
+        metrics.clone(),
+        seed,
+        previous,
+    ));
+    Runtime {
+        settings,
+        dispatcher,
+        auth,
+    }
+}
+
+fn key_set(s: &Settings) -> HashSet<(String, String)> {
+    s.providers
+        .iter()
+        .flat_map(|p| p.keys.iter().map(|k| (p.name.clone(), k.id.clone())))
+        .collect()
+}
+
+/// Drops the metric series of keys that are gone, so dashboards do not show them forever.
+fn forget_removed_keys(metrics: &Metrics, old: &Settings, new: &Settings) {
+    let kept = key_set(new);
+    for (provider, key) in key_set(old).difference(&kept) {
+        for state in ["healthy", "cooling", "disabled", "probing"] {
+            let _ = metrics
+                .key_state
+                .remove_label_values(&[provider, key, state]);
+        }
+        let _ = metrics.key_cooldowns.remove_label_values(&[provider, key]);
+    }
+}
+
+fn warn_on_restart_only_changes(old: &Settings, new: &Settings) {
+    if old.server.listen != new.server.listen || old.server.admin_listen != new.server.admin_listen
+    {
+        tracing::warn!("listen addresses changed: they take effect after a restart");
+    }
+    if old.state.backend != new.state.backend || old.state.redis_url != new.state.redis_url {
+        tracing::warn!("state backend changed: it takes effect after a restart");
+    }
+}

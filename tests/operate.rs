@@ -1,0 +1,328 @@
+//! Operating the gateway: the admin API, live config reloads, the separate admin listener,
+//! and secrets kept out of everything an operator can read.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
+
+use mock_upstream::{Fault, MockConfig, MockHandle};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_e2e::{metric, Gateway};
+
+async fn mock() -> MockHandle {
+    mock_upstream::start(MockConfig::default()).await.unwrap()
+}
+
+fn config(m: &MockHandle, keys: &[&str], extra: &str) -> String {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{{ id = \"{k}\", secret = \"sk-{k}\" }}"))
+        .collect();
+    format!(
+        "[admin]\ntoken = \"${{E2E_ADMIN_TOKEN}}\"\n{extra}\n[[providers]]\nname = \"openai\"\nbase_url = \"{}\"\ndefault = true\nkeys = [{}]\n",
+        m.base_url(),
+        keys.join(", ")
+    )
+}
+
+const ADMIN: (&str, &str) = ("E2E_ADMIN_TOKEN", "admin-secret-token");
+
+fn chat() -> Value {
+    json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+async fn admin(gw: &Gateway, method: &str, path: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(method.parse().unwrap(), gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn admin_api_shows_keys_and_config_without_secrets() {
+    let m = mock().await;
+    let gw = Gateway::start(&config(&m, &["a", "b"], ""), &[ADMIN]).await;
+    m.script("sk-a", [Fault::rate_limited(30)]);
+    let c = reqwest::Client::new();
+    for _ in 0..3 {
+        assert_eq!(
+            c.post(gw.url("/v1/chat/completions"))
+                .json(&chat())
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        admin(&gw, "GET", "/admin/keys", "wrong").await.status(),
+        401
+    );
+    let keys: Value = admin(&gw, "GET", "/admin/keys", ADMIN.1)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed = &keys["providers"][0]["keys"];
+    assert_eq!(listed[0]["id"], "a");
+    assert_eq!(listed[0]["state"], "cooling");
+    assert!(listed[0]["remaining_ms"].as_u64().unwrap() > 25_000);
+    assert_eq!(listed[1]["state"], "healthy");
+    let config = admin(&gw, "GET", "/admin/config", ADMIN.1)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(config.contains("\"secret\":\"***\""), "{config}");
+    let mut everything = config + &keys.to_string() + &gw.metrics().await + &gw.logs();
+    everything.push_str(
+        &admin(&gw, "POST", "/admin/reload", ADMIN.1)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    for secret in ["sk-a", "sk-b", ADMIN.1] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
+}
+
+#[tokio::test]
+async fn admin_api_is_off_without_a_token() {
+    let m = mock().await;
+    let gw = Gateway::start(
+        &config(&m, &["a"], "").replace("token = \"${E2E_ADMIN_TOKEN}\"", ""),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        admin(&gw, "GET", "/admin/keys", "anything").await.status(),
+        404
+    );
+    assert_eq!(admin(&gw, "POST", "/admin/reload", "").await.status(), 404);
+}
+
+/// Sends requests in a loop until stopped; counts successes and failures.
+fn traffic(
+    gw: &Gateway,
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let url = gw.url("/v1/chat/completions");
+    let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+    let task = tokio::spawn(async move {
+        let c = reqwest::Client::new();
+        while !s.load(Ordering::Relaxed) {
+            match c.post(&url).json(&chat()).send().await {
+                Ok(r) if r.status() == 200 => o.fetch_add(1, Ordering::Relaxed),
+                _ => f.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    });
+    (stop, ok, failed, task)
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn keys_rotate_by_reload_while_requests_flow() {
+    let m = mock().await;
+    let gw = Gateway::start(
+        &config(&m, &["a", "b"], "watch_interval = \"0s\""),
+        &[ADMIN],
+    )
+    .await;
+    // Cool key b first: its health must survive the reload.
+    m.script("sk-b", [Fault::rate_limited(60)]);
+    let (stop, ok, failed, task) = traffic(&gw);
+    until("traffic on both keys", || {
+        m.requests_for_key("sk-a") > 5 && m.requests_for_key("sk-b") >= 1
+    })
+    .await;
+    std::fs::write(
+        &gw.config_path,
+        config(&m, &["b", "c"], "watch_interval = \"0s\""),
+    )
+    .unwrap();
+    let r = admin(&gw, "POST", "/admin/reload", ADMIN.1).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let a_at_reload = m.requests_for_key("sk-a");
+    until("traffic on the new key", || m.requests_for_key("sk-c") > 20).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed across the reload"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 25);
+    assert!(
+        m.requests_for_key("sk-a") <= a_at_reload + 2,
+        "the removed key gets no new traffic (in-flight ones may finish)"
+    );
+    assert_eq!(
+        m.requests_for_key("sk-b"),
+        1,
+        "key b kept its cooldown across the reload"
+    );
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(&text, r#"tollgate_config_reloads_total{result="success"}"#),
+        1.0
+    );
+    assert!(
+        !text.contains(r#"tollgate_key_state{key="a""#),
+        "the removed key's state series are gone"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"tollgate_key_state{key="b",provider="openai",state="cooling"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
+    let m = mock().await;
+    let gw = Gateway::start(&config(&m, &["a"], "watch_interval = \"0s\""), &[ADMIN]).await;
+    std::fs::write(
+        &gw.config_path,
+        config(&m, &["a"], "watch_interval = \"0s\"\nbogus = 1")
+            .replace("sk-a", "${E2E_UNSET_KEY}"),
+    )
+    .unwrap();
+    let r = admin(&gw, "POST", "/admin/reload", ADMIN.1).await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("bogus"),
+        "{body}"
+    );
+    assert_eq!(
+        reqwest::Client::new()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        metric(
+            &gw.metrics().await,
+            r#"tollgate_config_reloads_total{result="failure"}"#
+        ),
+        1.0
+    );
+    assert_eq!(gw.logs().matches("config reload refused").count(), 1);
+}
+
+#[tokio::test]
+async fn a_changed_file_and_sighup_both_reload() {
+    let m = mock().await;
+    let gw = Gateway::start(&config(&m, &["a"], "watch_interval = \"100ms\""), &[ADMIN]).await;
+    let c = reqwest::Client::new();
+    std::fs::write(
+        &gw.config_path,
+        config(&m, &["b"], "watch_interval = \"100ms\""),
+    )
+    .unwrap();
+    until("the watcher to reload", || {
+        gw.logs().contains("\"trigger\":\"file change\"")
+    })
+    .await;
+    c.post(gw.url("/v1/chat/completions"))
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.requests_for_key("sk-b"), 1);
+    std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    until("SIGHUP to reload", || {
+        gw.logs().contains("\"trigger\":\"SIGHUP\"")
+    })
+    .await;
+    assert_eq!(
+        c.post(gw.url("/v1/chat/completions"))
+            .json(&chat())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_separate_admin_listener_serves_metrics_and_admin() {
+    let m = mock().await;
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = config(&m, &["a"], "").replace(
+        "[admin]",
+        &format!("[server]\nadmin_listen = \"127.0.0.1:{admin_port}\"\n[admin]"),
+    );
+    let gw = Gateway::start(&toml, &[ADMIN]).await;
+    let c = reqwest::Client::new();
+    assert_eq!(
+        c.get(gw.url("/metrics")).send().await.unwrap().status(),
+        404,
+        "not on the public listener"
+    );
+    let text = c
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("tollgate_build_info"));
+    let r = c
+        .get(format!("http://127.0.0.1:{admin_port}/admin/keys"))
+        .bearer_auth(ADMIN.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        c.get(format!("http://127.0.0.1:{admin_port}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
