@@ -33,6 +33,19 @@ pub fn binary() -> PathBuf {
                 .to_path_buf();
             let release = profile_dir.file_name().is_some_and(|n| n == "release");
             let mut cmd = Command::new(env!("CARGO"));
+            // Build scripts (ring's) watch CARGO_MANIFEST_DIR: a value that differs from the
+            // outer build would mark half the tree stale on every test run.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy().into_owned();
+                if name.starts_with("CARGO_MANIFEST")
+                    || name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_CRATE")
+                    || name == "CARGO_PRIMARY_PACKAGE"
+                    || name == "CARGO_TARGET_TMPDIR"
+                {
+                    cmd.env_remove(name);
+                }
+            }
             cmd.args(["build", "--quiet", "-p", "tollgate", "--bin", "tollgate"])
                 .current_dir(workspace());
             if release {

@@ -31,43 +31,52 @@ def exception(e):
     }
 
 
-def chat():
-    raw = client().chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=MESSAGES
-    )
+HEADERS = ("x-tollgate-provider", "x-tollgate-key", "x-tollgate-attempts")
+
+
+def headers(raw):
+    """The gateway's headers on a `with_raw_response` answer."""
+    return {name: raw.headers.get(name) for name in HEADERS}
+
+
+def chat(model="gpt-4o-mini"):
+    raw = client().chat.completions.with_raw_response.create(model=model, messages=MESSAGES)
     completion = raw.parse()
     return {
         "content": completion.choices[0].message.content,
+        "finish_reason": completion.choices[0].finish_reason,
         "model": completion.model,
         "usage": completion.usage.model_dump() if completion.usage else None,
-        "headers": {
-            name: raw.headers.get(name)
-            for name in ("x-tollgate-provider", "x-tollgate-key", "x-tollgate-attempts")
-        },
+        "headers": headers(raw),
     }
 
 
-def stream_chunks(observed, **extra):
-    """Iterates a streamed chat completion, recording chunks as they arrive."""
+def stream_chunks(observed, model="gpt-4o-mini", **extra):
+    """Iterates a streamed chat completion, recording headers and chunks as they arrive."""
     chunks = observed["chunks"] = []
-    stream = client().chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True, **extra
+    raw = client().chat.completions.with_raw_response.create(
+        model=model, messages=MESSAGES, stream=True, **extra
     )
-    for chunk in stream:
+    observed["headers"] = headers(raw)
+    for chunk in raw.parse():
         chunks.append(
             {
                 "content": chunk.choices[0].delta.content if chunk.choices else None,
                 "finish_reason": chunk.choices[0].finish_reason if chunk.choices else None,
                 "choices": len(chunk.choices),
+                "model": chunk.model,
                 "usage": chunk.usage.model_dump() if chunk.usage else None,
             }
         )
 
 
-def stream():
+def stream(model="gpt-4o-mini", **extra):
     observed = {}
-    stream_chunks(observed, stream_options={"include_usage": True})
+    stream_chunks(observed, model, **extra)
     observed["content"] = "".join(c["content"] or "" for c in observed["chunks"])
+    observed["finish_reasons"] = [
+        c["finish_reason"] for c in observed["chunks"] if c["finish_reason"]
+    ]
     return observed
 
 
@@ -110,13 +119,119 @@ def pool():
     return {"results": results}
 
 
+# ---- the fallback chain: model "smart" served by whichever provider is up ----------------------
+
+CHAIN_MODEL = "smart"
+INCLUDE_USAGE = {"include_usage": True}
+TOOL_MESSAGES = [{"role": "user", "content": "please use a tool"}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def parsed(arguments):
+    """A tool call's arguments as JSON, or what could not be parsed."""
+    try:
+        return json.loads(arguments)
+    except (TypeError, ValueError):
+        return {"unparsable": arguments}
+
+
+def tools():
+    """A tool call, then its result sent back the way an application would."""
+    c = client()
+    raw = c.chat.completions.with_raw_response.create(
+        model=CHAIN_MODEL, messages=TOOL_MESSAGES, tools=TOOLS
+    )
+    completion = raw.parse()
+    choice = completion.choices[0]
+    calls = [
+        {"id": t.id, "type": t.type, "name": t.function.name, "arguments": t.function.arguments}
+        for t in choice.message.tool_calls or []
+    ]
+    observed = {
+        "headers": headers(raw),
+        "model": completion.model,
+        "finish_reason": choice.finish_reason,
+        "content": choice.message.content,
+        "tool_calls": calls,
+        "arguments": [parsed(t["arguments"]) for t in calls],
+    }
+    if not calls:
+        return observed
+    call = calls[0]
+    assistant = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": call["arguments"]},
+            }
+        ],
+    }
+    result = {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}
+    raw = c.chat.completions.with_raw_response.create(
+        model=CHAIN_MODEL, messages=TOOL_MESSAGES + [assistant, result], tools=TOOLS
+    )
+    answer = raw.parse()
+    observed["follow_up"] = {
+        "headers": headers(raw),
+        "content": answer.choices[0].message.content,
+        "finish_reason": answer.choices[0].finish_reason,
+        "tool_calls": len(answer.choices[0].message.tool_calls or []),
+    }
+    return observed
+
+
+def tools_stream():
+    """A streamed tool call, its pieces accumulated by index as SDK users do."""
+    raw = client().chat.completions.with_raw_response.create(
+        model=CHAIN_MODEL, messages=TOOL_MESSAGES, tools=TOOLS, stream=True
+    )
+    calls = {}
+    finish_reasons = []
+    chunks = 0
+    for chunk in raw.parse():
+        chunks += 1
+        for choice in chunk.choices:
+            if choice.finish_reason:
+                finish_reasons.append(choice.finish_reason)
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+                call["id"] = delta.id or call["id"]
+                if delta.function:
+                    call["name"] += delta.function.name or ""
+                    call["arguments"] += delta.function.arguments or ""
+    ordered = [calls[i] for i in sorted(calls)]
+    return {
+        "headers": headers(raw),
+        "chunks": chunks,
+        "indexes": sorted(calls),
+        "tool_calls": ordered,
+        "arguments": [parsed(t["arguments"]) for t in ordered],
+        "finish_reasons": finish_reasons,
+    }
+
+
 SCENARIOS = {
     "chat": chat,
-    "stream": stream,
+    "stream": lambda: stream(stream_options=INCLUDE_USAGE),
     "stream_catching": stream_catching,
     "embeddings": embeddings,
     "unknown_model": unknown_model,
     "pool": pool,
+    "chain_chat": lambda: chat(CHAIN_MODEL),
+    "chain_stream": lambda: stream(CHAIN_MODEL, stream_options=INCLUDE_USAGE),
+    "chain_tools": tools,
+    "chain_tools_stream": tools_stream,
 }
 
 

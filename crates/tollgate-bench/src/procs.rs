@@ -1,0 +1,254 @@
+//! The processes under test: building them, starting `mock-upstream` and `tollgate` on ephemeral
+//! ports, and reading their CPU time and memory from `/proc`.
+
+use std::collections::VecDeque;
+use std::error::Error;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Boxed error used throughout the tool.
+pub(crate) type BoxError = Box<dyn Error + Send + Sync>;
+
+/// How many of a child's last output lines are kept for error messages.
+const KEPT_LINES: usize = 50;
+
+/// The workspace root (this crate lives in `crates/tollgate-bench`).
+pub(crate) fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Builds `tollgate` and `mock-upstream` in the profile this tool was built in (release when it
+/// runs from `target/release`) and returns the directory holding them.
+pub(crate) fn build_binaries() -> Result<PathBuf, BoxError> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or("cannot tell the directory of the running executable")?
+        .to_path_buf();
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    if !release {
+        eprintln!("warning: not a release build: measuring debug binaries (use --release)");
+    }
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "tollgate", "-p", "mock-upstream"])
+        .current_dir(workspace());
+    if release {
+        cmd.arg("--release");
+    }
+    eprintln!("building tollgate and mock-upstream ...");
+    let status = cmd.status()?;
+    if !status.success() {
+        return Err(format!("cargo build failed: {status}").into());
+    }
+    Ok(dir)
+}
+
+/// A child process that is killed when dropped, with its last output lines kept.
+pub(crate) struct Proc {
+    child: Child,
+    name: &'static str,
+    lines: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with piped output; returns it with the first output line that contains
+    /// `marker`, or an error with its output if none comes within `limit`.
+    fn spawn(
+        name: &'static str,
+        mut cmd: Command,
+        marker: &'static str,
+        limit: Duration,
+    ) -> Result<(Proc, String), BoxError> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
+        let lines = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, rx) = mpsc::channel();
+        let pipes: [Option<Box<dyn Read + Send>>; 2] = [
+            child.stdout.take().map(|s| Box::new(s) as _),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ];
+        for pipe in pipes.into_iter().flatten() {
+            let (lines, tx) = (lines.clone(), tx.clone());
+            // Draining both pipes for the whole run keeps the child from blocking on a full pipe.
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if line.contains(marker) {
+                        let _ = tx.send(line.clone());
+                    }
+                    let mut kept = lines.lock().unwrap_or_else(PoisonError::into_inner);
+                    if kept.len() == KEPT_LINES {
+                        kept.pop_front();
+                    }
+                    kept.push_back(line);
+                }
+            });
+        }
+        drop(tx);
+        let proc = Proc { child, name, lines };
+        match rx.recv_timeout(limit) {
+            Ok(line) => Ok((proc, line)),
+            Err(_) => Err(format!("{name} did not start; output:\n{}", proc.output()).into()),
+        }
+    }
+
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its last output lines.
+    pub(crate) fn output(&self) -> String {
+        let kept = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Fails if the process has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<(), BoxError> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(format!(
+                "{} exited ({status}); output:\n{}",
+                self.name,
+                self.output()
+            )
+            .into()),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `mock-upstream` (recording off, its default) on an ephemeral port.
+pub(crate) fn start_mock(bin_dir: &Path) -> Result<(Proc, SocketAddr), BoxError> {
+    let mut cmd = Command::new(bin_dir.join("mock-upstream"));
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let (proc, line) = Proc::spawn(
+        "mock-upstream",
+        cmd,
+        "mock-upstream listening on ",
+        Duration::from_secs(30),
+    )?;
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("no address in mock-upstream's line `{line}`"))?;
+    Ok((proc, addr))
+}
+
+/// The gateway config: one client key, one model with a two-target chain over two providers
+/// (3 keys + 1 key) that both point at the mock, limits far above what the load can reach.
+pub(crate) fn gateway_config(mock: SocketAddr) -> String {
+    let base = format!("http://{mock}/v1");
+    let key = |id: &str| {
+        format!("{{ id = \"{id}\", secret = \"sk-{id}\", rpm = 1000000, tpm = 1000000000 }}")
+    };
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\n\n\
+         [[clients]]\nname = \"bench\"\nkey = \"tg-bench\"\nrpm = 1000000000\ntpm = 4000000000\n\n\
+         [[providers]]\nname = \"primary\"\nkind = \"openai\"\nbase_url = \"{base}\"\n\
+         keys = [{}, {}, {}]\n\n\
+         [[providers]]\nname = \"secondary\"\nkind = \"openai\"\nbase_url = \"{base}\"\n\
+         keys = [{}]\n\n\
+         [[models]]\nname = \"bench-model\"\n\
+         targets = [{{ provider = \"primary\" }}, {{ provider = \"secondary\" }}]\n",
+        key("p1"),
+        key("p2"),
+        key("p3"),
+        key("s1"),
+    )
+}
+
+/// Starts `tollgate` with `config` and returns it with the address from its `listening` log line.
+///
+/// `RUST_LOG` keeps only the crate root's startup lines at info (the address is logged there);
+/// everything per request is at warn, so logging does not dominate the profile.
+pub(crate) fn start_gateway(bin_dir: &Path, config: &Path) -> Result<(Proc, SocketAddr), BoxError> {
+    let mut cmd = Command::new(bin_dir.join("tollgate"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_API_KEYS")
+        .env_remove("TOLLGATE_CONFIG")
+        .env(
+            "RUST_LOG",
+            "warn,tollgate=info,tollgate::server=warn,tollgate::dispatch=warn",
+        )
+        .env("TOLLGATE_SERVER__LOG_FORMAT", "json");
+    let (proc, line) = Proc::spawn(
+        "tollgate",
+        cmd,
+        "\"message\":\"listening\"",
+        Duration::from_secs(30),
+    )?;
+    let log: serde_json::Value = serde_json::from_str(&line)?;
+    let addr = log
+        .get("addr")
+        .and_then(|a| a.as_str())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("no address in tollgate's line `{line}`"))?;
+    Ok((proc, addr))
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`, else 100).
+pub(crate) fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// Reads `utime + stime` of a process in clock ticks (`pid` 0 means this process).
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64, BoxError> {
+    let path = if pid == 0 {
+        "/proc/self/stat".to_owned()
+    } else {
+        format!("/proc/{pid}/stat")
+    };
+    let stat = std::fs::read_to_string(path)?;
+    // The command name may contain spaces; the fields after its closing parenthesis do not.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("bad stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After `)`: state is field 3, so utime (14) and stime (15) are at indices 11 and 12.
+    let field = |i: usize| -> Result<u64, BoxError> {
+        Ok(fields.get(i).ok_or("short stat")?.parse::<u64>()?)
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// Resident memory of a process in KiB: (current `VmRSS`, peak `VmHWM`).
+pub(crate) fn rss_kib(pid: u32) -> Result<(u64, u64), BoxError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64, BoxError> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))?;
+        let kib = line[name.len()..].trim().trim_end_matches("kB").trim();
+        Ok(kib.parse()?)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Resets the process's peak RSS (`VmHWM`) to its current RSS; false when the kernel refuses.
+pub(crate) fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}

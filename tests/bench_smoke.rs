@@ -1,0 +1,89 @@
+//! Runs the overhead benchmark (`tollgate-bench --smoke`, about two seconds of load) so it does
+//! not rot. Asserts that it works end to end, never how fast anything is.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use tollgate_e2e::workspace;
+
+/// `target/<profile>` of this test binary.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("profile dir")
+        .to_path_buf()
+}
+
+/// Builds `packages` in this test's profile.
+fn build(dir: &std::path::Path, packages: &[&str]) {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet"]).current_dir(workspace());
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build of {packages:?} failed");
+}
+
+#[test]
+fn the_benchmark_runs_in_smoke_mode_and_writes_its_results() {
+    let dir = profile_dir();
+    // The same build the benchmark itself does, then the benchmark.
+    build(&dir, &["tollgate", "mock-upstream"]);
+    build(&dir, &["tollgate-bench"]);
+    let tmp = dir.join("..").join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = tmp.join(format!("bench-smoke-{}.json", std::process::id()));
+    let output = Command::new(dir.join("tollgate-bench"))
+        .arg("--smoke")
+        .arg("--bin-dir")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run tollgate-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tollgate-bench failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("| immediate ")),
+        "no table row for the immediate scenario:\n{stdout}"
+    );
+
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let runs = doc["runs"].as_array().expect("runs array");
+    for mode in ["direct", "gateway"] {
+        let run = runs
+            .iter()
+            .find(|r| r["mode"] == mode)
+            .unwrap_or_else(|| panic!("no {mode} run in {doc}"));
+        assert!(run["requests"].as_u64().unwrap() > 0, "{mode}: {run}");
+        assert_eq!(run["errors"], 0, "{mode}: {run}");
+    }
+    assert_eq!(doc["summary"][0]["errors"], 0, "{doc}");
+    assert!(doc["summary"][0]["gateway_cpu_us_per_req"]
+        .as_f64()
+        .is_some());
+    let csv = std::fs::read_to_string(out.with_extension("csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        3,
+        "header + one direct + one gateway run:\n{csv}"
+    );
+
+    let _ = std::fs::remove_file(out.with_extension("csv"));
+    let _ =
+        std::fs::remove_file(tmp.join(format!("bench-smoke-{}-summary.csv", std::process::id())));
+    let _ = std::fs::remove_file(&out);
+}
