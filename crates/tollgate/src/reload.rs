@@ -82,7 +82,7 @@ impl Reloader {
             .ok_or_else(|| ConfigError {
                 problems: vec!["this gateway was started without a reloadable config".into()],
             })
-            .and_then(|s| Config::load(s))
+            .and_then(Config::load)
             .and_then(|c| c.validate());
         let settings = match result {
             Ok(s) => Arc::new(s),

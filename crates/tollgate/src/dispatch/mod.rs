@@ -3,13 +3,16 @@
 //! in this request), classifies each outcome with the pure `classify`, and bounds retries by
 //! attempts per target, the request deadline and the shared retry budget.
 
+mod answer;
 mod attempt;
 pub mod backoff;
 pub mod classify;
+mod select;
+mod walk;
 
 use crate::config::Settings;
 use crate::error::GatewayError;
-use crate::key_pool::{KeyPool, Lease, PoolPolicy};
+use crate::key_pool::{KeyPool, PoolPolicy};
 use crate::metrics::Metrics;
 use crate::provider::{self, Target};
 use crate::rate_limit::Limiter;
@@ -17,14 +20,13 @@ use crate::request::GatewayRequest;
 use crate::upstream::Upstream;
 use axum::body::Body;
 use backoff::{Backoff, RetryBudget};
-use bytes::Bytes;
 use classify::Kind;
 use http::{HeaderMap, StatusCode};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::time::Instant;
+use walk::{Failure, Step, Walk};
 
 /// How a request was finally answered, for `tollgate_requests_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,114 +70,6 @@ pub struct Answer {
     pub attempts: u32,
     /// How it was served.
     pub served: Served,
-}
-
-/// One finished attempt, for the failure summary.
-#[derive(Debug, Clone)]
-struct AttemptRecord {
-    provider: usize,
-    key: String,
-    kind: Kind,
-    status: Option<u16>,
-}
-
-/// An upstream error answer kept to return as is.
-#[derive(Debug, Clone)]
-struct Failure {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-    provider: usize,
-    key: String,
-}
-
-impl Failure {
-    /// The 400 for a request a target's dialect cannot express.
-    fn refused(e: &provider::anthropic::TranslateError, provider: usize) -> Self {
-        let param = match e {
-            provider::anthropic::TranslateError::Unsupported { param, .. } => param.as_deref(),
-            provider::anthropic::TranslateError::Invalid(_) => None,
-        };
-        let envelope = openai_types::ErrorEnvelope::new(
-            e.to_string(),
-            "invalid_request_error",
-            param,
-            Some("unsupported_parameter"),
-        );
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        Failure {
-            status: StatusCode::BAD_REQUEST,
-            headers,
-            body: Bytes::from(envelope.to_json()),
-            provider,
-            key: "-".into(),
-        }
-    }
-}
-
-/// Per-request state shared by every attempt and target.
-#[derive(Debug, Default)]
-struct Walk {
-    attempts: Vec<AttemptRecord>,
-    /// (provider, key) pairs excluded for the rest of the request.
-    hard: Vec<(usize, usize)>,
-    /// (provider, key) pairs that failed transiently: reused only after backoff.
-    soft: Vec<(usize, usize)>,
-    last_failure: Option<Failure>,
-    last_kind: Option<Kind>,
-    last_wait: Option<Duration>,
-    earliest: Option<Instant>,
-    deadline_hit: bool,
-    budget_spent: bool,
-    backoffs: u32,
-}
-
-impl Walk {
-    fn note_earliest(&mut self, at: Instant) {
-        self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
-    }
-
-    fn summary(&self, d: &Dispatcher) -> String {
-        if self.attempts.is_empty() {
-            return "no attempt could be made".into();
-        }
-        let parts: Vec<String> = self
-            .attempts
-            .iter()
-            .map(|a| {
-                let provider = &d.settings.providers[a.provider].name;
-                match a.status {
-                    Some(s) => format!("{provider}/{}: {} ({s})", a.key, a.kind.label()),
-                    None => format!("{provider}/{}: {}", a.key, a.kind.label()),
-                }
-            })
-            .collect();
-        parts.join(", ")
-    }
-}
-
-/// Why no key could be picked.
-#[derive(Debug, Default)]
-struct NoKey {
-    /// When the earliest cooling or disabled key recovers.
-    earliest: Option<Instant>,
-    /// Shortest wait until a key's bucket can take the request.
-    refill: Option<Duration>,
-}
-
-/// What one target's loop ended with.
-enum Step {
-    Done(Answer),
-    /// Return this upstream error to the client as is.
-    PassThrough(Failure),
-    /// Move to the next target for this reason.
-    Next(&'static str),
-    /// Stop walking (deadline or budget).
-    Stop,
 }
 
 /// The dispatcher: routes, retries and falls back.
@@ -354,125 +248,6 @@ impl Dispatcher {
             }
         }
         self.final_error(walk)
-    }
-
-    fn final_error(&self, mut walk: Walk) -> Result<Answer, GatewayError> {
-        let summary = walk.summary(self);
-        // The upstream's own error says more than ours: when the budget stopped retries, when the
-        // last target also found the context too long, or when no attempt could be made at all
-        // (every target refused the request).
-        let keep_upstream_error = walk.budget_spent
-            || walk.last_kind == Some(Kind::ContextTooLong)
-            || walk.attempts.is_empty();
-        if keep_upstream_error {
-            if let Some(f) = walk.last_failure.take() {
-                return Ok(self.pass_through(f, &walk));
-            }
-        }
-        if walk.deadline_hit {
-            return Err(GatewayError::DeadlineExceeded { summary });
-        }
-        let all_limited = walk.attempts.iter().all(|a| a.kind == Kind::RateLimited);
-        if all_limited {
-            if let Some(at) = walk.earliest {
-                let retry_after = at
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1));
-                return Err(GatewayError::RateLimited {
-                    retry_after,
-                    summary,
-                });
-            }
-        }
-        let timed_out = walk.attempts.iter().any(|a| a.kind == Kind::Timeout);
-        let status = if timed_out {
-            StatusCode::GATEWAY_TIMEOUT
-        } else {
-            StatusCode::BAD_GATEWAY
-        };
-        Err(GatewayError::AllFailed { status, summary })
-    }
-
-    fn pass_through(&self, f: Failure, walk: &Walk) -> Answer {
-        Answer {
-            status: f.status,
-            headers: f.headers,
-            body: Body::from(f.body),
-            provider: self.settings.providers[f.provider].name.clone(),
-            key: f.key,
-            attempts: walk.attempts.len() as u32,
-            served: Served::Failed,
-        }
-    }
-
-    /// Picks a key: first never-tried keys, then keys that failed only transiently; a key
-    /// whose RPM/TPM bucket cannot take this request is skipped like a cooling one.
-    async fn pick(
-        &self,
-        provider: usize,
-        walk: &Walk,
-        req: &GatewayRequest,
-        now: Instant,
-    ) -> Result<Lease, NoKey> {
-        let pool = &self.pools[provider];
-        let mut full: Vec<usize> = Vec::new();
-        let mut no_key = NoKey::default();
-        loop {
-            let hard = |i: usize| walk.hard.contains(&(provider, i)) || full.contains(&i);
-            let untried = pool.select(&|i| hard(i) || walk.soft.contains(&(provider, i)), now);
-            let lease = match untried {
-                Ok(lease) => lease,
-                Err(e1) => match pool.select(&hard, now) {
-                    Ok(lease) => lease,
-                    Err(e2) => {
-                        no_key.earliest = [e1, e2].into_iter().flatten().min();
-                        return Err(no_key);
-                    }
-                },
-            };
-            let (bucket, limits) = pool.bucket(lease.idx());
-            match self.limiter.take(bucket, limits, req.tokens).await {
-                Ok(_) => return Ok(lease),
-                Err(refused) => {
-                    self.metrics
-                        .rate_limited
-                        .with_label_values(&["upstream", refused.dimension.label()])
-                        .inc();
-                    if let Some(wait) = refused.wait {
-                        no_key.refill = Some(no_key.refill.map_or(wait, |w| w.min(wait)));
-                    }
-                    full.push(lease.idx());
-                }
-            }
-        }
-    }
-
-    /// With no key available: waits for a bucket refill (up to `max_queue_wait`) or, on the
-    /// last target, for the earliest cooling key, when the deadline allows; `None` gives up.
-    async fn wait_for_key(
-        &self,
-        no_key: NoKey,
-        is_last: bool,
-        req: &GatewayRequest,
-        walk: &mut Walk,
-    ) -> Option<()> {
-        let now = Instant::now();
-        if let Some(refill) = no_key.refill {
-            walk.note_earliest(now + refill);
-            if refill <= self.settings.limits.max_queue_wait && now + refill < req.deadline {
-                self.metrics.ratelimit_wait.observe(refill.as_secs_f64());
-                tokio::time::sleep(refill).await;
-                return Some(());
-            }
-        }
-        let at = no_key.earliest?;
-        walk.note_earliest(at);
-        if is_last && at < req.deadline {
-            // Every key is cooling and nothing is left to fall back to: wait for the first.
-            tokio::time::sleep_until(at).await;
-            return Some(());
-        }
-        None
     }
 
     async fn run_target(

@@ -2,6 +2,8 @@
 //! waits to the millisecond, budget, deadline, fallback, probing.
 
 use super::*;
+use bytes::Bytes;
+use std::time::Duration;
 use crate::config::Config;
 use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
 use futures_util::future::BoxFuture;

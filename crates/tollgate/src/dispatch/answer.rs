@@ -1,0 +1,171 @@
+//! A successful attempt's answer on its way to the client: the body guarded (idle timeout,
+//! error event on a break), usage tapped for the buckets and the tokens metric, Anthropic
+//! streams translated, and the key's lease held until the last byte.
+
+use super::attempt::is_event_stream;
+use super::{Answer, Dispatcher, Served};
+use crate::config::ProviderKind;
+use crate::key_pool::Lease;
+use crate::provider::anthropic;
+use crate::rate_limit::Limits;
+use crate::request::GatewayRequest;
+use crate::stream::{guard, Framing, StreamEnd};
+use crate::upstream::{BodyStream, UpstreamResponse};
+use crate::usage::UsageTap;
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header;
+use openai_types::Usage;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Anthropic's named events, translated to `chat.completion.chunk` events as they arrive.
+fn translate_stream(req: &GatewayRequest, prefix: Bytes, body: BodyStream) -> (Bytes, BodyStream) {
+    let created = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut translator = anthropic::StreamTranslator::new(
+        req.model.as_deref().unwrap_or_default(),
+        req.include_usage,
+        created,
+    );
+    let mut first = Vec::new();
+    translator.push(&prefix, &mut first);
+    let rest = body.filter_map(move |chunk| {
+        let out = chunk.map(|c| {
+            let mut out = Vec::new();
+            translator.push(&c, &mut out);
+            Bytes::from(out)
+        });
+        // Events still incomplete produce nothing yet: send no empty frames.
+        std::future::ready(match out {
+            Ok(b) if b.is_empty() => None,
+            other => Some(other),
+        })
+    });
+    (Bytes::from(first), Box::pin(rest))
+}
+
+impl Dispatcher {
+    /// What runs when an answer's body ends: the key's lease is released, stream failures are
+    /// counted, real usage is counted and reconciled with the buckets' estimate.
+    pub(super) fn on_end(
+        &self,
+        req: &GatewayRequest,
+        provider: usize,
+        lease: Lease,
+    ) -> impl FnOnce(StreamEnd, Option<Usage>) + Send + 'static {
+        let pname = self.settings.providers[provider].name.clone();
+        let model = self.model_label(req);
+        let counters = [
+            self.metrics
+                .tokens
+                .with_label_values(&[&pname, model, "prompt"]),
+            self.metrics
+                .tokens
+                .with_label_values(&[&pname, model, "completion"]),
+        ];
+        let stream_errors = self.metrics.stream_errors.clone();
+        let (bucket, limits) = self.pools[provider].bucket(lease.idx());
+        let key_bucket = (bucket.to_owned(), limits);
+        let client_bucket = req.client_bucket.clone();
+        let estimate = req.tokens;
+        let limiter = Arc::clone(&self.limiter);
+        let request_id = req.id.clone();
+        move |end, usage| {
+            drop(lease);
+            if end != StreamEnd::Complete {
+                stream_errors
+                    .with_label_values(&[&pname, end.label()])
+                    .inc();
+                tracing::warn!(request_id = %request_id, provider = %pname, reason = end.label(), "answer ended early");
+            }
+            let Some(u) = usage else { return };
+            counters[0].inc_by(u.prompt_tokens);
+            counters[1].inc_by(u.completion_tokens);
+            let actual = u.total_tokens.max(u.prompt_tokens + u.completion_tokens);
+            let buckets: Vec<(String, Limits)> = [Some(key_bucket), client_bucket]
+                .into_iter()
+                .flatten()
+                .filter(|(_, l)| l.tpm.is_some())
+                .collect();
+            if buckets.is_empty() || actual == estimate {
+                return;
+            }
+            if !limiter.is_shared() {
+                // Memory buckets: correct them before the client can send its next request.
+                for (id, limits) in &buckets {
+                    limiter.reconcile_local(id, *limits, estimate, actual);
+                }
+                return;
+            }
+            let reconcile = async move {
+                for (id, limits) in buckets {
+                    limiter.reconcile(&id, limits, estimate, actual).await;
+                }
+            };
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(reconcile);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn answer(
+        &self,
+        req: &GatewayRequest,
+        provider: usize,
+        lease: Lease,
+        resp: UpstreamResponse,
+        prefix: Bytes,
+        attempts: u32,
+        served: Served,
+    ) -> Answer {
+        let key = lease.id().to_owned();
+        let pname = self.settings.providers[provider].name.clone();
+        let sse = req.stream && is_event_stream(&resp.headers);
+        let json = resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let tap = if sse {
+            Some(UsageTap::stream(req.strip_usage))
+        } else {
+            json.then(UsageTap::body)
+        };
+        let framing = if sse {
+            Framing::Sse {
+                expect_done: req.endpoint.stream_ends_with_done(),
+            }
+        } else {
+            Framing::Raw
+        };
+        let on_end = self.on_end(req, provider, lease);
+        let (prefix, upstream_body) =
+            if sse && self.settings.providers[provider].kind == ProviderKind::Anthropic {
+                translate_stream(req, prefix, resp.body)
+            } else {
+                (prefix, resp.body)
+            };
+        let body = guard(
+            prefix,
+            upstream_body,
+            self.settings.server.idle_timeout,
+            framing,
+            tap,
+            on_end,
+        );
+        let body = Body::from_stream(body);
+        Answer {
+            status: resp.status,
+            headers: resp.headers,
+            body,
+            provider: pname,
+            key,
+            attempts,
+            served,
+        }
+    }
+}
