@@ -103,6 +103,10 @@ async fn a_pool_with_a_revoked_and_a_rate_limited_key_serves_every_request() {
         r#"tollgate_requests_total{endpoint="chat_completions",model="other",outcome="after_retry",status_class="2xx"}"#,
     );
     assert_eq!(first + retried, 200.0);
+    assert!(
+        !text.contains("tollgate_stream_errors_total{"),
+        "plain answers read to their length are complete, not broken"
+    );
     // The two failing keys cost one retry each: in one request or in two.
     assert!((1.0..=2.0).contains(&retried), "{retried}");
     assert_eq!(

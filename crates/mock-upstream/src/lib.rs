@@ -47,6 +47,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use tokio::net::TcpListener;
@@ -220,7 +221,14 @@ pub async fn start_on(addr: SocketAddr, config: MockConfig) -> std::io::Result<M
     let app = Router::new()
         .fallback(handlers::handle)
         .with_state(Arc::clone(&shared));
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = axum::serve(
+        listener.tap_io(|tcp| {
+            // Streamed chunks go out at once: no Nagle delay against the client's delayed ACK.
+            let _ = tcp.set_nodelay(true);
+        }),
+        app,
+    )
+    .with_graceful_shutdown(async move {
         // An error means every handle is gone; keep serving until the runtime ends.
         if stop.wait_for(|stopped| *stopped).await.is_err() {
             std::future::pending::<()>().await;

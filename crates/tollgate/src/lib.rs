@@ -20,6 +20,7 @@ pub mod units;
 pub mod upstream;
 pub mod usage;
 
+use axum::serve::ListenerExt;
 use config::Settings;
 use metrics::Metrics;
 use server::AppState;
@@ -66,7 +67,7 @@ pub fn build_app(
     ));
     let state = AppState {
         reloader,
-        metrics: deps.metrics,
+        metrics: Arc::new(deps.metrics),
         ready: Arc::new(AtomicBool::new(false)),
     };
     (server::router(state.clone(), !separate_admin), state)
@@ -97,7 +98,7 @@ pub async fn serve(
         let ops = server::ops_router(true).with_state(state.clone());
         let stop = stopped();
         tokio::spawn(async move {
-            axum::serve(admin_listener, ops)
+            axum::serve(admin_listener.tap_io(no_delay), ops)
                 .with_graceful_shutdown(stop)
                 .await
         });
@@ -114,7 +115,8 @@ pub async fn serve(
         );
         let _ = stop_tx.send(true);
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped());
+    // Small writes (SSE chunks) must not wait for Nagle's algorithm and the peer's delayed ACK.
+    let server = axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(stopped());
     let drain_deadline = {
         let stop = stopped();
         async move {
@@ -128,6 +130,10 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
 }
 
 async fn shutdown_signal() {

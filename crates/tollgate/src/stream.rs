@@ -142,6 +142,9 @@ struct Guard<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     saw_done: bool,
     tail: [u8; 8],
     tap: Option<UsageTap>,
+    /// Bytes still expected when the upstream declared a length: a client that stops reading
+    /// at that point (hyper does) has the whole answer.
+    remaining: Option<u64>,
     on_end: Option<F>,
 }
 
@@ -155,10 +158,18 @@ impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
 
     fn pass(&mut self, chunk: Bytes) -> Bytes {
         self.track_done(&chunk);
-        match self.tap.as_mut() {
+        let len = chunk.len() as u64;
+        let out = match self.tap.as_mut() {
             Some(tap) => tap.chunk(chunk),
             None => chunk,
+        };
+        if let Some(remaining) = self.remaining.as_mut() {
+            *remaining = remaining.saturating_sub(len);
+            if *remaining == 0 {
+                self.finish(StreamEnd::Complete);
+            }
         }
+        out
     }
 
     fn flush(&mut self) -> Option<Bytes> {
@@ -169,11 +180,12 @@ impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
         if self.saw_done || !self.expect_done {
             return;
         }
-        let mut window = Vec::with_capacity(16);
-        window.extend_from_slice(&self.tail);
-        window.extend_from_slice(&chunk[..chunk.len().min(8)]);
+        let head = chunk.len().min(8);
+        let mut window = [0u8; 16];
+        window[..8].copy_from_slice(&self.tail);
+        window[8..8 + head].copy_from_slice(&chunk[..head]);
         if memchr::memmem::find(chunk, b"[DONE]").is_some()
-            || memchr::memmem::find(&window, b"[DONE]").is_some()
+            || memchr::memmem::find(&window[..8 + head], b"[DONE]").is_some()
         {
             self.saw_done = true;
         }
@@ -193,7 +205,10 @@ pub enum Framing {
         expect_done: bool,
     },
     /// Any other body: a failure aborts the response (the client sees a broken transfer).
-    Raw,
+    Raw {
+        /// The upstream's `content-length`, when it sent one.
+        length: Option<u64>,
+    },
 }
 
 /// Passes `prefix` then the rest of `body` through, ending it cleanly on a break or an idle
@@ -208,6 +223,10 @@ pub fn guard(
     on_end: impl FnOnce(StreamEnd, Option<Usage>) + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let expect_done = framing == Framing::Sse { expect_done: true };
+    let remaining = match framing {
+        Framing::Raw { length } => length,
+        Framing::Sse { .. } => None,
+    };
     let mut guard = Guard {
         body,
         idle,
@@ -215,6 +234,7 @@ pub fn guard(
         saw_done: false,
         tail: [0; 8],
         tap,
+        remaining,
         on_end: Some(on_end),
     };
     let prefix = guard.pass(prefix);
@@ -249,7 +269,7 @@ pub fn guard(
         g.finish(end);
         match framing {
             Framing::Sse { .. } => Some((Ok(error_event(&message, code)), None)),
-            Framing::Raw => Some((Err(std::io::Error::other(message)), None)),
+            Framing::Raw { .. } => Some((Err(std::io::Error::other(message)), None)),
         }
     });
     head.chain(rest)

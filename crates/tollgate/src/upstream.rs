@@ -5,6 +5,11 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyDataStream, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -65,31 +70,45 @@ pub trait Upstream: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<UpstreamResponse, UpstreamError>>;
 }
 
-/// The production upstream: one pooled reqwest client (HTTP/1.1 and HTTP/2, rustls).
-#[derive(Debug, Clone)]
+/// The production upstream: one pooled hyper client (HTTP/1.1 and HTTP/2 over rustls with the
+/// Mozilla roots, plain HTTP too), no redirects followed, bodies passed through undecoded.
+#[derive(Clone)]
 pub struct HttpUpstream {
-    client: reqwest::Client,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpUpstream").finish_non_exhaustive()
+    }
 }
 
 impl HttpUpstream {
     /// Builds the pooled client.
-    pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
+    pub fn new(connect_timeout: Duration) -> Result<Self, rustls::Error> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .tcp_keepalive(Duration::from_secs(30))
-            .build()?;
+            .build(https);
         Ok(HttpUpstream { client })
     }
 }
 
-fn describe(err: &reqwest::Error) -> String {
-    // reqwest's Display names the URL; the error chain says why. Neither contains header values.
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    // The error chain says why; none of it contains header values (keys live only there).
     let mut msg = err.to_string();
-    let mut source = std::error::Error::source(err);
+    let mut source = err.source();
     while let Some(s) = source {
         msg.push_str(": ");
         msg.push_str(&s.to_string());
@@ -103,30 +122,34 @@ impl Upstream for HttpUpstream {
         &self,
         req: UpstreamRequest,
     ) -> BoxFuture<'static, Result<UpstreamResponse, UpstreamError>> {
-        let builder = self
-            .client
-            .request(req.method, &req.url)
-            .headers(req.headers)
-            .body(req.body);
+        let uri = match http::Uri::try_from(req.url.as_str()) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Box::pin(std::future::ready(Err(UpstreamError::Connect(format!(
+                    "invalid upstream URL: {e}"
+                )))))
+            }
+        };
+        let mut request = http::Request::new(Full::new(req.body));
+        *request.method_mut() = req.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = req.headers;
+        let sent = self.client.request(request);
         Box::pin(async move {
-            let resp = builder.send().await.map_err(|e| {
+            let resp = sent.await.map_err(|e| {
                 if e.is_connect() {
                     UpstreamError::Connect(describe(&e))
-                } else if e.is_timeout() {
-                    UpstreamError::Timeout("connect")
                 } else {
                     UpstreamError::Transport(describe(&e))
                 }
             })?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = resp
-                .bytes_stream()
+            let (parts, body) = resp.into_parts();
+            let body = BodyDataStream::new(body)
                 .map_err(|e| UpstreamError::Transport(describe(&e)))
                 .boxed();
             Ok(UpstreamResponse {
-                status,
-                headers,
+                status: parts.status,
+                headers: parts.headers,
                 body,
             })
         })

@@ -140,7 +140,11 @@ impl Dispatcher {
                 expect_done: req.endpoint.stream_ends_with_done(),
             }
         } else {
-            Framing::Raw
+            let length = resp
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            Framing::Raw { length }
         };
         let on_end = self.on_end(req, provider, lease);
         let (prefix, upstream_body) =

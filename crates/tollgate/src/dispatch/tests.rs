@@ -2,14 +2,14 @@
 //! waits to the millisecond, budget, deadline, fallback, probing.
 
 use super::*;
-use bytes::Bytes;
-use std::time::Duration;
 use crate::config::Config;
 use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream;
 use http::Method;
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 enum Reply {

@@ -24,8 +24,8 @@ use std::sync::Arc;
 pub struct AppState {
     /// The live config and what runs on it.
     pub reloader: Arc<crate::reload::Reloader>,
-    /// Metrics.
-    pub metrics: Metrics,
+    /// Metrics (behind an `Arc`: axum clones the state for every request).
+    pub metrics: Arc<Metrics>,
     /// Set once listeners are up, cleared on shutdown.
     pub ready: Arc<AtomicBool>,
 }

@@ -145,3 +145,41 @@ async fn idle_stream_ends_with_an_error_event_instead_of_hanging() {
     assert!(text.contains("stream_idle_timeout"), "{text}");
     assert_eq!(end, StreamEnd::Idle);
 }
+
+#[tokio::test]
+async fn a_body_read_to_its_declared_length_is_complete_even_if_never_polled_to_the_end() {
+    let end = Arc::new(Mutex::new(None));
+    let e2 = end.clone();
+    let body: BodyStream =
+        Box::pin(stream::iter(vec![Ok(Bytes::from_static(b"{\"a\":1}"))]).chain(stream::pending()));
+    let mut s = Box::pin(guard(
+        Bytes::new(),
+        body,
+        Duration::from_secs(5),
+        Framing::Raw { length: Some(7) },
+        None,
+        move |e, _| *e2.lock().unwrap() = Some(e),
+    ));
+    assert_eq!(s.next().await.unwrap().unwrap(), "{\"a\":1}");
+    drop(s);
+    assert_eq!(*end.lock().unwrap(), Some(StreamEnd::Complete));
+}
+
+#[tokio::test]
+async fn a_body_cut_before_its_declared_length_is_broken() {
+    let end = Arc::new(Mutex::new(None));
+    let e2 = end.clone();
+    let body: BodyStream =
+        Box::pin(stream::iter(vec![Ok(Bytes::from_static(b"{\"a\""))]).chain(stream::pending()));
+    let mut s = Box::pin(guard(
+        Bytes::new(),
+        body,
+        Duration::from_secs(5),
+        Framing::Raw { length: Some(7) },
+        None,
+        move |e, _| *e2.lock().unwrap() = Some(e),
+    ));
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    assert_eq!(*end.lock().unwrap(), Some(StreamEnd::Broken));
+}
