@@ -25,6 +25,8 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 pub struct Client {
     /// Its settings.
     pub settings: ClientSettings,
+    /// Its rate-limit bucket id (`c:<name>`), shared rather than rebuilt per request.
+    pub bucket: Arc<str>,
     inflight: AtomicU32,
 }
 
@@ -78,6 +80,7 @@ impl Auth {
                 .map(|c| {
                     Arc::new(Client {
                         settings: c.clone(),
+                        bucket: Arc::from(format!("c:{}", c.name)),
                         inflight: AtomicU32::new(0),
                     })
                 })

@@ -322,6 +322,16 @@ impl Lease {
         &self.pool.keys[self.idx].settings.id
     }
 
+    /// The key's rate-limit bucket id and limits.
+    pub fn bucket(&self) -> (&str, Limits) {
+        self.pool.bucket(self.idx)
+    }
+
+    /// The name of the key's provider.
+    pub fn provider(&self) -> &str {
+        &self.pool.provider
+    }
+
     /// The key's secret, to put in the upstream request.
     pub fn secret(&self) -> &Secret {
         &self.pool.keys[self.idx].settings.secret

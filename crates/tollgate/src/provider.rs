@@ -16,7 +16,7 @@ pub struct Target {
     /// Index of the provider.
     pub provider: usize,
     /// Upstream model (or Azure deployment) name; `None` passes the client's through.
-    pub model: Option<String>,
+    pub model: Option<std::sync::Arc<str>>,
     /// `max_tokens` for dialects that require one (Anthropic) when the client names none.
     pub max_tokens: u32,
 }
@@ -182,7 +182,7 @@ mod tests {
     ) -> Result<UpstreamRequest, BuildError> {
         let target = Target {
             provider: 0,
-            model: model.map(str::to_owned),
+            model: model.map(Into::into),
             max_tokens: 64,
         };
         let body = prepare_body(p, req, &target).unwrap();

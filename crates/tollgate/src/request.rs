@@ -96,7 +96,7 @@ pub struct GatewayRequest {
     /// Estimated tokens (prompt + completion allowance) taken from TPM buckets.
     pub tokens: u64,
     /// The client's bucket, for reconciling with real usage.
-    pub client_bucket: Option<(String, crate::rate_limit::Limits)>,
+    pub client_bucket: Option<(std::sync::Arc<str>, crate::rate_limit::Limits)>,
     /// The gateway added `include_usage` to a stream: remove the usage chunk before the client sees it.
     pub strip_usage: bool,
     /// The stream must carry a usage chunk (the client asked, or the gateway did).

@@ -155,7 +155,7 @@ pub struct TargetSettings {
     /// Index into `Settings::providers`.
     pub provider: usize,
     /// Model (or deployment) name sent upstream.
-    pub model: String,
+    pub model: std::sync::Arc<str>,
     /// Declared context window.
     pub context_window: Option<u32>,
     /// `max_tokens` for Anthropic targets when the client names none.
@@ -171,6 +171,11 @@ mod secs {
 }
 
 impl Settings {
+    /// The position of a configured model in `models`.
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.model_index.get(name).copied()
+    }
+
     /// The route of a configured model.
     pub fn model(&self, name: &str) -> Option<&ModelRoute> {
         self.model_index.get(name).map(|&i| &self.models[i])
@@ -461,7 +466,7 @@ impl Config {
                     }
                     Some(TargetSettings {
                         provider: provider?,
-                        model: tc.model.clone().unwrap_or_else(|| mc.name.clone()),
+                        model: tc.model.as_deref().unwrap_or(&mc.name).into(),
                         context_window: tc.context_window,
                         max_tokens: tc.max_tokens,
                     })

@@ -56,40 +56,30 @@ impl Dispatcher {
         provider: usize,
         lease: Lease,
     ) -> impl FnOnce(StreamEnd, Option<Usage>) + Send + 'static {
-        let pname = self.settings.providers[provider].name.clone();
-        let model = self.model_label(req);
-        let counters = [
-            self.metrics
-                .tokens
-                .with_label_values(&[&pname, model, "prompt"]),
-            self.metrics
-                .tokens
-                .with_label_values(&[&pname, model, "completion"]),
-        ];
+        let counters = self.handles.tokens(provider, self.model_index(req));
         let stream_errors = self.metrics.stream_errors.clone();
-        let (bucket, limits) = self.pools[provider].bucket(lease.idx());
-        let key_bucket = (bucket.to_owned(), limits);
         let client_bucket = req.client_bucket.clone();
         let estimate = req.tokens;
         let limiter = Arc::clone(&self.limiter);
         let request_id = req.id.clone();
         move |end, usage| {
-            drop(lease);
             if end != StreamEnd::Complete {
-                stream_errors
-                    .with_label_values(&[&pname, end.label()])
-                    .inc();
+                let pname = lease.provider();
+                stream_errors.with_label_values(&[pname, end.label()]).inc();
                 tracing::warn!(request_id = %request_id, provider = %pname, reason = end.label(), "answer ended early");
             }
             let Some(u) = usage else { return };
             counters[0].inc_by(u.prompt_tokens);
             counters[1].inc_by(u.completion_tokens);
             let actual = u.total_tokens.max(u.prompt_tokens + u.completion_tokens);
-            let buckets: Vec<(String, Limits)> = [Some(key_bucket), client_bucket]
+            let (key_bucket, key_limits) = lease.bucket();
+            let key_bucket: Arc<str> = Arc::from(key_bucket);
+            let buckets: Vec<(Arc<str>, Limits)> = [Some((key_bucket, key_limits)), client_bucket]
                 .into_iter()
                 .flatten()
                 .filter(|(_, l)| l.tpm.is_some())
                 .collect();
+            drop(lease);
             if buckets.is_empty() || actual == estimate {
                 return;
             }

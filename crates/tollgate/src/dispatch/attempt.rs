@@ -71,9 +71,8 @@ impl Dispatcher {
         let deadline = first_byte.min(req.deadline);
         let started = Instant::now();
         let sent = tokio::time::timeout_at(deadline, self.upstream.send(up)).await;
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[&settings.name])
+        self.handles
+            .upstream_duration(target.provider)
             .observe(started.elapsed().as_secs_f64());
         let mut resp = match sent {
             Err(_) => return Raw::Transport(UpstreamError::Timeout("response headers")),
@@ -202,9 +201,8 @@ impl Dispatcher {
             self.limiter.sync(bucket, limits, requests, tokens).await;
         }
         let pname = &self.settings.providers[provider].name;
-        self.metrics
-            .upstream_attempts
-            .with_label_values(&[pname, lease.id(), verdict.kind.label()])
+        self.handles
+            .attempt(provider, lease.idx(), verdict.kind)
             .inc();
         if let Raw::Transport(e) = &raw {
             tracing::warn!(request_id = %req.id, provider = %pname, key = lease.id(), attempt = walk.attempts.len() + 1, error = %e, "upstream attempt failed");

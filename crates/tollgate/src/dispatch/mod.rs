@@ -7,6 +7,7 @@ mod answer;
 mod attempt;
 pub mod backoff;
 pub mod classify;
+mod handles;
 mod select;
 mod walk;
 
@@ -75,6 +76,7 @@ pub struct Answer {
 /// The dispatcher: routes, retries and falls back.
 pub struct Dispatcher {
     settings: Arc<Settings>,
+    handles: handles::Handles,
     limiter: Arc<Limiter>,
     pools: Vec<Arc<KeyPool>>,
     upstream: Arc<dyn Upstream>,
@@ -128,6 +130,7 @@ impl Dispatcher {
             })
             .collect();
         Dispatcher {
+            handles: handles::Handles::new(&settings, &metrics),
             budget: RetryBudget::new(
                 r.budget_percent,
                 r.budget_min_per_sec,
@@ -165,6 +168,13 @@ impl Dispatcher {
     /// The settings this dispatcher runs on.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The index of a request's configured model, `None` for pass-through.
+    pub(super) fn model_index(&self, req: &GatewayRequest) -> Option<usize> {
+        req.model
+            .as_deref()
+            .and_then(|m| self.settings.model_index(m))
     }
 
     /// The metric label of a request's model: its configured name, else "other".

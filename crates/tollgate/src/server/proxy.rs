@@ -16,7 +16,7 @@ use axum::extract::State;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use rand::Rng;
 use std::panic::AssertUnwindSafe;
@@ -308,10 +308,14 @@ async fn take_client_buckets(
     if limits.is_none() {
         return Ok(Levels::default());
     }
-    let id = format!("c:{}", client.settings.name);
-    match rt.dispatcher.limiter().take(&id, limits, gw.tokens).await {
+    match rt
+        .dispatcher
+        .limiter()
+        .take(&client.bucket, limits, gw.tokens)
+        .await
+    {
         Ok(levels) => {
-            gw.client_bucket = Some((id, limits));
+            gw.client_bucket = Some((Arc::clone(&client.bucket), limits));
             Ok(levels)
         }
         Err(refused) => {
@@ -371,24 +375,30 @@ fn respond(s: Served2) -> Response<Body> {
 
 /// The client's own limits in OpenAI's header format (replacing the upstream key's).
 fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
-    for dim in ["requests", "tokens"] {
-        for kind in ["limit", "remaining", "reset"] {
-            headers.remove(format!("x-ratelimit-{kind}-{dim}"));
+    // [limit, remaining, reset] names per dimension, built once: this runs on every answer.
+    const NAMES: [[HeaderName; 3]; 2] = [
+        [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+    ];
+    for (names, level) in NAMES.iter().zip([levels.requests, levels.tokens]) {
+        for name in names {
+            headers.remove(name);
         }
-    }
-    for (dim, level) in [("requests", levels.requests), ("tokens", levels.tokens)] {
         let Some(level) = level else { continue };
-        let set = |h: &mut HeaderMap, kind: &str, v: String| {
-            if let (Ok(name), Ok(value)) = (
-                http::HeaderName::try_from(format!("x-ratelimit-{kind}-{dim}")),
-                HeaderValue::try_from(v),
-            ) {
-                h.insert(name, value);
-            }
-        };
-        set(headers, "limit", level.limit.to_string());
-        set(headers, "remaining", level.remaining.to_string());
-        set(headers, "reset", format_go_duration(level.reset));
+        let [limit, remaining, reset] = names;
+        headers.insert(limit.clone(), HeaderValue::from(level.limit));
+        headers.insert(remaining.clone(), HeaderValue::from(level.remaining));
+        if let Ok(v) = HeaderValue::try_from(format_go_duration(level.reset)) {
+            headers.insert(reset.clone(), v);
+        }
     }
 }
 

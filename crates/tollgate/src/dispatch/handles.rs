@@ -1,0 +1,95 @@
+//! Metric handles resolved once per dispatcher (per config), so the request path increments
+//! counters without hashing label strings: labels come from closed sets (configured providers,
+//! keys, models, outcome kinds), so every series can be created up front.
+
+use super::classify::Kind;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use prometheus::{Histogram, IntCounter};
+
+/// Pre-resolved series.
+#[derive(Debug)]
+pub(super) struct Handles {
+    /// `[provider][model or "other"][prompt, completion]`.
+    tokens: Vec<Vec<[IntCounter; 2]>>,
+    /// `[provider][key][kind]`.
+    attempts: Vec<Vec<Vec<IntCounter>>>,
+    /// `[provider]`.
+    upstream_duration: Vec<Histogram>,
+}
+
+impl Handles {
+    pub(super) fn new(settings: &Settings, metrics: &Metrics) -> Self {
+        let models: Vec<&str> = settings
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .chain(["other"])
+            .collect();
+        let tokens = settings
+            .providers
+            .iter()
+            .map(|p| {
+                models
+                    .iter()
+                    .map(|m| {
+                        ["prompt", "completion"].map(|kind| {
+                            metrics
+                                .tokens
+                                .with_label_values(&[p.name.as_str(), m, kind])
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let attempts = settings
+            .providers
+            .iter()
+            .map(|p| {
+                p.keys
+                    .iter()
+                    .map(|k| {
+                        Kind::ALL
+                            .iter()
+                            .map(|kind| {
+                                metrics.upstream_attempts.with_label_values(&[
+                                    &p.name,
+                                    &k.id,
+                                    kind.label(),
+                                ])
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let upstream_duration = settings
+            .providers
+            .iter()
+            .map(|p| metrics.upstream_duration.with_label_values(&[&p.name]))
+            .collect();
+        Handles {
+            tokens,
+            attempts,
+            upstream_duration,
+        }
+    }
+
+    /// Token counters of a provider and a model index (`None`: a pass-through model).
+    pub(super) fn tokens(&self, provider: usize, model: Option<usize>) -> [IntCounter; 2] {
+        let row = &self.tokens[provider];
+        let idx = model.unwrap_or(row.len() - 1).min(row.len() - 1);
+        row[idx].clone()
+    }
+
+    /// The attempt counter of one key and outcome kind.
+    pub(super) fn attempt(&self, provider: usize, key: usize, kind: Kind) -> &IntCounter {
+        let pos = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        &self.attempts[provider][key][pos]
+    }
+
+    /// The upstream latency histogram of a provider.
+    pub(super) fn upstream_duration(&self, provider: usize) -> &Histogram {
+        &self.upstream_duration[provider]
+    }
+}
