@@ -63,7 +63,7 @@ fn the_benchmark_runs_in_smoke_mode_and_writes_its_results() {
 
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let runs = doc["runs"].as_array().expect("runs array");
-    for mode in ["direct", "gateway"] {
+    for mode in ["direct", "bare", "gateway"] {
         let run = runs
             .iter()
             .find(|r| r["mode"] == mode)
@@ -72,14 +72,18 @@ fn the_benchmark_runs_in_smoke_mode_and_writes_its_results() {
         assert_eq!(run["errors"], 0, "{mode}: {run}");
     }
     assert_eq!(doc["summary"][0]["errors"], 0, "{doc}");
-    assert!(doc["summary"][0]["gateway_cpu_us_per_req"]
-        .as_f64()
-        .is_some());
+    for key in [
+        "gateway_cpu_us_per_req",
+        "bare_cpu_us_per_req",
+        "ratio_vs_bare",
+    ] {
+        assert!(doc["summary"][0][key].as_f64().is_some(), "{key}: {doc}");
+    }
     let csv = std::fs::read_to_string(out.with_extension("csv")).unwrap();
     assert_eq!(
         csv.lines().count(),
-        3,
-        "header + one direct + one gateway run:\n{csv}"
+        4,
+        "header + one direct, one bare and one gateway run:\n{csv}"
     );
 
     let _ = std::fs::remove_file(out.with_extension("csv"));

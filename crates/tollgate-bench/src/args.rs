@@ -11,7 +11,7 @@ usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
                       [--bin-dir DIR] [--smoke]
 
   --duration D        measured time of one run (suffix ms or s; a bare number is seconds)
-  --reps N            repetitions of every direct/gateway pair (medians are over these)
+  --reps N            repetitions of every direct/bare/gateway triple (medians are over these)
   --concurrency A,B   concurrent connections of the load generator
   --scenarios S,...   immediate (plain answer at once), delay20 (20 ms before headers),
                       stream20 (SSE answer of 20 chunks); `none` runs no load matrix
@@ -69,7 +69,7 @@ pub(crate) struct Args {
     pub(crate) duration: Duration,
     /// Discarded load before each measured run.
     pub(crate) warmup: Duration,
-    /// Repetitions of each direct/gateway pair.
+    /// Repetitions of each direct/bare/gateway triple.
     pub(crate) reps: u32,
     /// Concurrency levels.
     pub(crate) concurrency: Vec<usize>,

@@ -7,18 +7,26 @@
 //! ```
 //!
 //! It builds `tollgate` and `mock-upstream` (same profile as itself, unless `--bin-dir`), starts
-//! the mock and the gateway on ephemeral ports (the gateway with a realistic config: one client
-//! key, one model with a two-target chain, 3 + 1 upstream keys with limits that never bind), then
-//! for every scenario × concurrency × repetition measures a run straight at the mock and one
-//! through the gateway (the order alternates per repetition), each after a discarded warmup.
-//! It prints a table of medians over repetitions (ratios and deltas are taken within each
-//! direct/gateway pair, then the median), and writes every run as JSON and CSV. See
-//! `benches/README.md`.
+//! the mock, a bare hyper pass-through proxy in front of it (this binary re-run as
+//! `--serve-bare-proxy`, see `bare`) and the gateway on ephemeral ports (the gateway with a
+//! realistic config: one client key, one model with a two-target chain, 3 + 1 upstream keys with
+//! limits that never bind), then for every scenario × concurrency × repetition measures a run
+//! straight at the mock, one through the bare proxy and one through the gateway (the order
+//! rotates per repetition), each after a discarded warmup. It prints a table of medians over
+//! repetitions (ratios and deltas are taken within each repetition, then the median), and writes
+//! every run as JSON and CSV. See `benches/README.md`.
 #![allow(clippy::print_stdout, reason = "a CLI that prints its report")]
 
+/// The same allocator as the gateway, so the bare proxy baseline differs only in what it does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod args;
+mod bare;
 mod load;
+mod measure;
 mod open_streams;
+mod output;
 mod procs;
 mod report;
 
@@ -27,14 +35,18 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
-use crate::args::{Args, Scenario};
-use crate::procs::{cpu_ticks, reset_peak_rss, rss_kib, BoxError, Proc};
-use crate::report::{Mode, RunRecord};
+use crate::args::Args;
+use crate::measure::Setup;
+use crate::procs::{reset_peak_rss, rss_kib, BoxError};
+use crate::report::Mode;
 
 fn main() -> ExitCode {
-    let args = match args::parse(std::env::args().skip(1)) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().is_some_and(|a| a == bare::FLAG) {
+        return bare::main(argv.get(1).map(String::as_str));
+    }
+    let args = match args::parse(argv.into_iter()) {
         Ok(args) => args,
         Err(message) => {
             eprintln!("{message}");
@@ -62,15 +74,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The processes under test and how to read them.
-struct Setup {
-    mock: Proc,
-    mock_addr: SocketAddr,
-    gateway: Proc,
-    gateway_addr: SocketAddr,
-    clock_ticks: u64,
-}
-
 /// Runs everything; returns the number of failed requests.
 async fn run(args: Args) -> Result<u64, BoxError> {
     let bin_dir = match &args.bin_dir {
@@ -78,6 +81,7 @@ async fn run(args: Args) -> Result<u64, BoxError> {
         None => tokio::task::spawn_blocking(procs::build_binaries).await??,
     };
     let (mock, mock_addr) = procs::start_mock(&bin_dir)?;
+    let (bare, bare_addr) = procs::start_bare(mock_addr)?;
     let config_path =
         std::env::temp_dir().join(format!("tollgate-bench-{}.toml", std::process::id()));
     std::fs::write(&config_path, procs::gateway_config(mock_addr))?;
@@ -87,6 +91,8 @@ async fn run(args: Args) -> Result<u64, BoxError> {
             let mut setup = Setup {
                 mock,
                 mock_addr,
+                bare,
+                bare_addr,
                 gateway,
                 gateway_addr,
                 clock_ticks: procs::clock_ticks(),
@@ -108,24 +114,24 @@ async fn measure_all(
     wait_ready(setup.gateway_addr).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (idle_rss, _) = rss_kib(setup.gateway.pid())?;
+    let (bare_idle_rss, _) = rss_kib(setup.bare.pid())?;
     eprintln!(
-        "mock-upstream on {}, tollgate on {} (idle RSS {:.1} MB)",
+        "mock-upstream on {}, bare proxy on {} (idle RSS {:.1} MB), tollgate on {} \
+         (idle RSS {:.1} MB)",
         setup.mock_addr,
+        setup.bare_addr,
+        bare_idle_rss as f64 / 1024.0,
         setup.gateway_addr,
         idle_rss as f64 / 1024.0
     );
-    let peak_reset = reset_peak_rss(setup.gateway.pid());
+    let peak_reset = reset_peak_rss(setup.gateway.pid()) && reset_peak_rss(setup.bare.pid());
     let mut runs = Vec::new();
     for &scenario in &args.scenarios {
         for &concurrency in &args.concurrency {
             for rep in 1..=args.reps {
-                let order = if rep % 2 == 1 {
-                    [Mode::Direct, Mode::Gateway]
-                } else {
-                    [Mode::Gateway, Mode::Direct]
-                };
-                for mode in order {
-                    let record = measure_run(args, setup, scenario, concurrency, rep, mode).await?;
+                for mode in Mode::order(rep) {
+                    let record =
+                        measure::run(args, setup, scenario, concurrency, rep, mode).await?;
                     eprintln!(
                         "{:<9} c={:<4} rep {rep}/{} {:<7} {:>9.0} req/s  p50 {:>7.2} ms  \
                          p99 {:>7.2} ms  errors {}",
@@ -139,17 +145,20 @@ async fn measure_all(
                         record.errors
                     );
                     runs.push(record);
-                    setup.mock.check_alive()?;
-                    setup.gateway.check_alive()?;
+                    setup.check_alive()?;
                 }
             }
         }
     }
     let summary = report::summarize(&runs);
     if !summary.is_empty() {
-        println!("{}", report::table(&summary));
+        println!("{}", output::table(&summary));
     }
-    println!("tollgate idle RSS: {:.1} MB", idle_rss as f64 / 1024.0);
+    println!(
+        "tollgate idle RSS: {:.1} MB, bare proxy idle RSS: {:.1} MB",
+        idle_rss as f64 / 1024.0,
+        bare_idle_rss as f64 / 1024.0
+    );
     let open = match args.open_streams {
         Some(n) => {
             let v = open_streams::measure(setup.gateway_addr, setup.gateway.pid(), n).await?;
@@ -159,8 +168,9 @@ async fn measure_all(
         }
         None => None,
     };
-    let meta = meta(args, setup, bin_dir, idle_rss, peak_reset, loadavg);
-    for path in report::write_files(&args.out, meta, &runs, &summary, open)? {
+    let idle = [idle_rss, bare_idle_rss];
+    let meta = meta(args, setup, bin_dir, idle, peak_reset, loadavg);
+    for path in output::write_files(&args.out, meta, &runs, &summary, open)? {
         eprintln!("wrote {path}");
     }
     Ok(runs.iter().map(|r| r.errors).sum())
@@ -181,94 +191,12 @@ async fn wait_ready(addr: SocketAddr) -> Result<(), BoxError> {
     Err(format!("tollgate on {addr} never became ready").into())
 }
 
-/// CPU ticks of (gateway, mock, this process) between `start` and `end`.
-async fn cpu_window(pids: [u32; 3], start: Instant, end: Instant) -> Result<[u64; 3], BoxError> {
-    let sample = || -> Result<[u64; 3], BoxError> {
-        Ok([
-            cpu_ticks(pids[0])?,
-            cpu_ticks(pids[1])?,
-            cpu_ticks(pids[2])?,
-        ])
-    };
-    tokio::time::sleep_until(start).await;
-    let before = sample()?;
-    tokio::time::sleep_until(end).await;
-    let after = sample()?;
-    Ok([0, 1, 2].map(|i| after[i].saturating_sub(before[i])))
-}
-
-/// One measured run (with its warmup) against the mock or the gateway.
-async fn measure_run(
-    args: &Args,
-    setup: &Setup,
-    scenario: Scenario,
-    concurrency: usize,
-    rep: u32,
-    mode: Mode,
-) -> Result<RunRecord, BoxError> {
-    let target = match mode {
-        Mode::Direct => setup.mock_addr,
-        Mode::Gateway => setup.gateway_addr,
-    };
-    let gw_pid = setup.gateway.pid();
-    if mode == Mode::Gateway {
-        reset_peak_rss(gw_pid);
-    }
-    let now = Instant::now();
-    let spec = load::RunSpec {
-        uri: load::url(target, "/v1/chat/completions")?,
-        scenario,
-        concurrency,
-        start: now + args.warmup,
-        end: now + args.warmup + args.duration,
-    };
-    let pids = [gw_pid, setup.mock.pid(), 0];
-    let (result, cpu) = tokio::join!(load::run(&spec), cpu_window(pids, spec.start, spec.end));
-    let (result, cpu) = (result?, cpu?);
-    let seconds = args.duration.as_secs_f64();
-    let per_req = |ticks: u64| {
-        if result.requests == 0 {
-            0.0
-        } else {
-            ticks as f64 * 1e6 / setup.clock_ticks as f64 / result.requests as f64
-        }
-    };
-    let ms = |q: f64| result.latency.value_at_quantile(q) as f64 / 1000.0;
-    let rss = if mode == Mode::Gateway {
-        Some(rss_kib(gw_pid)?)
-    } else {
-        None
-    };
-    Ok(RunRecord {
-        scenario,
-        concurrency,
-        rep,
-        mode,
-        requests: result.requests,
-        errors: result.errors,
-        first_error: result.first_error,
-        seconds,
-        rps: result.requests as f64 / seconds,
-        mean_ms: result.latency.mean() / 1000.0,
-        p50_ms: ms(0.5),
-        p90_ms: ms(0.9),
-        p99_ms: ms(0.99),
-        p999_ms: ms(0.999),
-        max_ms: result.latency.max() as f64 / 1000.0,
-        gateway_cpu_us_per_req: (mode == Mode::Gateway).then(|| per_req(cpu[0])),
-        mock_cpu_us_per_req: per_req(cpu[1]),
-        loadgen_cpu_us_per_req: per_req(cpu[2]),
-        gateway_rss_kib: rss.map(|r| r.0),
-        gateway_peak_rss_kib: rss.map(|r| r.1),
-    })
-}
-
 /// Facts about the run that make two result files comparable.
 fn meta(
     args: &Args,
     setup: &Setup,
     bin_dir: &std::path::Path,
-    idle: u64,
+    idle: [u64; 2],
     reset: bool,
     loadavg: Option<String>,
 ) -> Value {
@@ -298,7 +226,8 @@ fn meta(
         "loadavg_at_start": loadavg.map(|s| s.trim().to_owned()),
         "clock_ticks": setup.clock_ticks,
         "bin_dir": bin_dir.display().to_string(),
-        "idle_rss_kib": idle,
+        "idle_rss_kib": idle[0],
+        "bare_idle_rss_kib": idle[1],
         "peak_rss_reset_per_run": reset,
         "smoke": args.smoke,
     })

@@ -1,5 +1,5 @@
-//! The processes under test: building them, starting `mock-upstream` and `tollgate` on ephemeral
-//! ports, and reading their CPU time and memory from `/proc`.
+//! The processes under test: building them, starting `mock-upstream`, the bare proxy and
+//! `tollgate` on ephemeral ports, and reading their CPU time and memory from `/proc`.
 
 use std::collections::VecDeque;
 use std::error::Error;
@@ -146,6 +146,25 @@ pub(crate) fn start_mock(bin_dir: &Path) -> Result<(Proc, SocketAddr), BoxError>
         .next()
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| format!("no address in mock-upstream's line `{line}`"))?;
+    Ok((proc, addr))
+}
+
+/// Starts the bare proxy (this executable re-run as `--serve-bare-proxy <upstream>`) in front of
+/// `upstream` and returns it with the address from its `listening` line.
+pub(crate) fn start_bare(upstream: SocketAddr) -> Result<(Proc, SocketAddr), BoxError> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg(crate::bare::FLAG).arg(upstream.to_string());
+    let (proc, line) = Proc::spawn(
+        "bare-proxy",
+        cmd,
+        crate::bare::LISTENING,
+        Duration::from_secs(10),
+    )?;
+    let addr = line
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("no address in bare-proxy's line `{line}`"))?;
     Ok((proc, addr))
 }
 

@@ -146,6 +146,8 @@ struct Guard<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     /// at that point (hyper does) has the whole answer.
     remaining: Option<u64>,
     on_end: Option<F>,
+    /// One idle timer for the whole body, pushed forward on every chunk (no timer per chunk).
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
@@ -236,12 +238,20 @@ pub fn guard(
         tap,
         remaining,
         on_end: Some(on_end),
+        timer: Box::pin(tokio::time::sleep(idle)),
     };
     let prefix = guard.pass(prefix);
     let head = stream::iter((!prefix.is_empty()).then_some(Ok(prefix)));
     let rest = stream::unfold(Some(guard), move |state| async move {
         let mut g = state?;
-        let (end, message, code) = match tokio::time::timeout(g.idle, g.body.next()).await {
+        let deadline = tokio::time::Instant::now() + g.idle;
+        g.timer.as_mut().reset(deadline);
+        let next = tokio::select! {
+            biased;
+            next = g.body.next() => Ok(next),
+            () = g.timer.as_mut() => Err(()),
+        };
+        let (end, message, code) = match next {
             Ok(Some(Ok(chunk))) => {
                 let chunk = g.pass(chunk);
                 return Some((Ok(chunk), Some(g)));

@@ -68,6 +68,9 @@ pub fn format_go_duration(d: Duration) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
     }
+    if ms.is_multiple_of(1000) && ms < 60_000 {
+        return format!("{}s", ms / 1000);
+    }
     let secs = d.as_secs_f64();
     let (h, rem) = ((secs / 3600.0).floor(), secs % 3600.0);
     let (m, s) = ((rem / 60.0).floor(), rem % 60.0);

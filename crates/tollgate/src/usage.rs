@@ -14,6 +14,9 @@ pub struct UsageTap {
     stream: bool,
     strip: bool,
     buf: BytesMut,
+    /// A JSON body's chunks, shared rather than copied (usually there is just one).
+    parts: Vec<Bytes>,
+    seen: usize,
     usage: Option<Usage>,
     overflow: bool,
 }
@@ -25,6 +28,8 @@ impl UsageTap {
             stream: true,
             strip,
             buf: BytesMut::new(),
+            parts: Vec::new(),
+            seen: 0,
             usage: None,
             overflow: false,
         }
@@ -36,6 +41,8 @@ impl UsageTap {
             stream: false,
             strip: false,
             buf: BytesMut::new(),
+            parts: Vec::new(),
+            seen: 0,
             usage: None,
             overflow: false,
         }
@@ -44,11 +51,12 @@ impl UsageTap {
     /// Sees one chunk; returns what goes to the client (the chunk itself unless stripping).
     pub fn chunk(&mut self, chunk: Bytes) -> Bytes {
         if !self.stream {
-            if !self.overflow && self.buf.len() + chunk.len() <= MAX_SCAN {
-                self.buf.extend_from_slice(&chunk);
+            self.seen += chunk.len();
+            if !self.overflow && self.seen <= MAX_SCAN {
+                self.parts.push(chunk.clone());
             } else {
                 self.overflow = true;
-                self.buf.clear();
+                self.parts.clear();
             }
             return chunk;
         }
@@ -110,13 +118,37 @@ impl UsageTap {
 
     /// The usage seen, once the answer is complete.
     pub fn finish(&mut self) -> Option<Usage> {
-        if !self.stream && !self.overflow && !self.buf.is_empty() {
-            self.usage = serde_json::from_slice::<openai_types::Probe>(&self.buf)
-                .ok()
-                .and_then(|p| p.usage);
+        if !self.stream && !self.overflow && !self.parts.is_empty() {
+            let joined;
+            let body: &[u8] = if self.parts.len() == 1 {
+                &self.parts[0]
+            } else {
+                joined = self.parts.concat();
+                &joined
+            };
+            self.usage = usage_in_body(body);
+            self.parts.clear();
         }
         self.usage
     }
+}
+
+/// The top-level `usage` of a JSON answer. OpenAI puts it last, so the search starts from the
+/// end and only that object is parsed; the whole body is parsed only if that fails.
+fn usage_in_body(body: &[u8]) -> Option<Usage> {
+    if let Some(at) = memchr::memmem::rfind(body, b"\"usage\"") {
+        let rest = &body[at + 7..];
+        let start = rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b':'))?;
+        let mut de = serde_json::Deserializer::from_slice(&rest[start..]);
+        if let Ok(u) = <Usage as serde::Deserialize>::deserialize(&mut de) {
+            return Some(u);
+        }
+    }
+    serde_json::from_slice::<openai_types::Probe>(body)
+        .ok()
+        .and_then(|p| p.usage)
 }
 
 #[derive(serde::Deserialize)]
@@ -197,6 +229,15 @@ mod tests {
             b"\"completion_tokens\":2,\"total_tokens\":3}}",
         ));
         assert_eq!(tap.finish().map(|u| u.total_tokens), Some(3));
+    }
+
+    #[test]
+    fn finds_usage_at_the_end_or_anywhere() {
+        let last = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": field"}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        assert_eq!(usage_in_body(last).map(|u| u.total_tokens), Some(3));
+        let first = br#"{"usage": {"prompt_tokens":4,"completion_tokens":5,"total_tokens":9},"choices":[]}"#;
+        assert_eq!(usage_in_body(first).map(|u| u.total_tokens), Some(9));
+        assert_eq!(usage_in_body(br#"{"choices":[]}"#), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::units::format_go_duration;
 use axum::body::Body;
 use axum::extract::State;
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -341,10 +341,10 @@ fn respond(s: Served2) -> Response<Body> {
     } = s;
     let body = match slot {
         // The client's concurrency slot is held until its body has been sent.
-        Some(slot) => Body::from_stream(answer.body.into_data_stream().map(move |c| {
-            let _held = &slot;
-            c
-        })),
+        Some(slot) => Body::new(Holding {
+            body: answer.body,
+            _slot: slot,
+        }),
         None => answer.body,
     };
     let mut resp = Response::new(body);
@@ -437,6 +437,35 @@ fn models_answer(
         attempts: 0,
         served: Served::FirstTry,
     })
+}
+
+pin_project_lite::pin_project! {
+    /// A body that keeps the client's concurrency slot until it has been sent or dropped.
+    struct Holding {
+        #[pin]
+        body: Body,
+        _slot: InflightGuard,
+    }
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Takes the client's `x-request-id` when it is short and printable, else makes one.
