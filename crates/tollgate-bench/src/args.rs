@@ -8,7 +8,7 @@ pub(crate) const USAGE: &str = "\
 usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
                       [--scenarios immediate,delay20,stream20] [--out target/bench/results.json]
                       [--warmup 500ms] [--client-threads 2] [--open-streams N]
-                      [--bin-dir DIR] [--smoke]
+                      [--bin-dir DIR] [--redis URL] [--smoke]
 
   --duration D        measured time of one run (suffix ms or s; a bare number is seconds)
   --reps N            repetitions of every direct/bare/gateway triple (medians are over these)
@@ -20,6 +20,7 @@ usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
   --client-threads N  worker threads of the load generator's runtime
   --open-streams N    also hold N streams open through Tollgate and report its RSS
   --bin-dir DIR       use tollgate and mock-upstream from DIR instead of building them
+  --redis URL         run the gateway with its buckets in Redis at URL (cost of a shared take)
   --smoke             immediate only, concurrency 4, 1 s, 1 rep (for the test suite)";
 
 /// One kind of upstream answer, selected per request with mock-upstream's headers.
@@ -83,6 +84,8 @@ pub(crate) struct Args {
     pub(crate) open_streams: Option<usize>,
     /// Where prebuilt binaries are; `None` builds them.
     pub(crate) bin_dir: Option<PathBuf>,
+    /// Redis URL: run the gateway with `state.backend = "redis"` (buckets shared through it).
+    pub(crate) redis: Option<String>,
     /// Smoke mode (tiny run).
     pub(crate) smoke: bool,
 }
@@ -99,6 +102,7 @@ impl Default for Args {
             client_threads: 2,
             open_streams: None,
             bin_dir: None,
+            redis: None,
             smoke: false,
         }
     }
@@ -172,6 +176,7 @@ pub(crate) fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, Stri
             "--client-threads" => out.client_threads = parse_count(&flag, &value)?,
             "--open-streams" => out.open_streams = Some(parse_count(&flag, &value)?),
             "--bin-dir" => out.bin_dir = Some(PathBuf::from(value)),
+            "--redis" => out.redis = Some(value),
             _ => return Err(format!("unknown argument `{flag}`\n{USAGE}")),
         }
     }

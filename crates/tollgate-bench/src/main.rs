@@ -84,7 +84,10 @@ async fn run(args: Args) -> Result<u64, BoxError> {
     let (bare, bare_addr) = procs::start_bare(mock_addr)?;
     let config_path =
         std::env::temp_dir().join(format!("tollgate-bench-{}.toml", std::process::id()));
-    std::fs::write(&config_path, procs::gateway_config(mock_addr))?;
+    std::fs::write(
+        &config_path,
+        procs::gateway_config(mock_addr, args.redis.as_deref()),
+    )?;
     let started = procs::start_gateway(&bin_dir, &config_path);
     let result = match started {
         Ok((gateway, gateway_addr)) => {

@@ -170,7 +170,17 @@ pub(crate) fn start_bare(upstream: SocketAddr) -> Result<(Proc, SocketAddr), Box
 
 /// The gateway config: one client key, one model with a two-target chain over two providers
 /// (3 keys + 1 key) that both point at the mock, limits far above what the load can reach.
-pub(crate) fn gateway_config(mock: SocketAddr) -> String {
+pub(crate) fn gateway_config(mock: SocketAddr, redis: Option<&str>) -> String {
+    let state = redis.map_or_else(String::new, |url| {
+        format!(
+            "[state]\nbackend = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"bench{}\"\n\n",
+            std::process::id()
+        )
+    });
+    state + &gateway_config_memory(mock)
+}
+
+fn gateway_config_memory(mock: SocketAddr) -> String {
     let base = format!("http://{mock}/v1");
     let key = |id: &str| {
         format!("{{ id = \"{id}\", secret = \"sk-{id}\", rpm = 1000000, tpm = 1000000000 }}")

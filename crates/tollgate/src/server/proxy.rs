@@ -52,15 +52,14 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
         .catch_unwind()
         .await;
     let (mut resp, model_label, served) = match handled {
-        Ok(Ok(s)) => {
+        Ok(Ok(mut s)) => {
             let served = s.answer.served;
-            (respond(s), "", served)
+            let label = std::mem::take(&mut s.model_label);
+            (respond(s), label, served)
         }
         Ok(Err((err, label))) => {
             tracing::debug!(request_id = %request_id, error = err.metric_label(), "request refused");
-            let mut resp = err.to_response();
-            resp.extensions_mut().insert(ModelLabel(label));
-            (resp, "", Served::Failed)
+            (err.to_response(), label, Served::Failed)
         }
         Err(_) => {
             tracing::error!(request_id = %request_id, "handler panicked");
@@ -69,15 +68,11 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
                     request_id: request_id.clone(),
                 }
                 .to_response(),
-                "other",
+                "other".to_owned(),
                 Served::Failed,
             )
         }
     };
-    let model_label = resp
-        .extensions_mut()
-        .remove::<ModelLabel>()
-        .map_or_else(|| model_label.to_owned(), |m| m.0);
     if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -121,10 +116,6 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
     );
     resp
 }
-
-/// The model label travels with the response from `handle` to the metrics.
-#[derive(Clone)]
-struct ModelLabel(String);
 
 async fn handle(
     state: &AppState,
@@ -335,9 +326,9 @@ async fn take_client_buckets(
 fn respond(s: Served2) -> Response<Body> {
     let Served2 {
         answer,
-        model_label,
         levels,
         slot,
+        ..
     } = s;
     let body = match slot {
         // The client's concurrency slot is held until its body has been sent.
@@ -369,7 +360,6 @@ fn respond(s: Served2) -> Response<Body> {
         headers.insert("x-tollgate-key", v);
     }
     *resp.headers_mut() = headers;
-    resp.extensions_mut().insert(ModelLabel(model_label));
     resp
 }
 
