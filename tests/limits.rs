@@ -337,3 +337,61 @@ async fn a_redis_outage_degrades_to_local_limits_and_recovers() {
         assert!(gw.logs().contains("redis reachable again"));
     }
 }
+
+#[tokio::test]
+async fn one_replicas_429_cools_the_key_for_the_others() {
+    let Some(redis) = RedisServer::start("one_replicas_429_cools_the_key_for_the_others").await
+    else {
+        return;
+    };
+    let m = mock().await;
+    let toml = format!(
+        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"200ms\"\nkey_prefix = \"e2e-health{}\"\n{}",
+        redis.url(),
+        redis.port,
+        provider("openai", &m.base_url(), &["k1", "k2"], true)
+    );
+    let (a, b) = (
+        Gateway::start(&toml, &[]).await,
+        Gateway::start(&toml, &[]).await,
+    );
+    m.script("sk-k1", [mock_upstream::Fault::rate_limited(30)]);
+    let c = reqwest::Client::new();
+    let r = c
+        .post(a.url("/v1/chat/completions"))
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        m.requests_for_key("sk-k1"),
+        1,
+        "replica a tried k1 first and got the 429"
+    );
+    let cooling = r#"tollgate_key_state{key="k1",provider="openai",state="cooling"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&b.metrics().await, cooling) != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica b never learned of k1's cooldown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            c.post(b.url("/v1/chat/completions"))
+                .json(&chat())
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        m.requests_for_key("sk-k1"),
+        1,
+        "replica b sent nothing to the cooling key"
+    );
+}

@@ -271,6 +271,31 @@ impl KeyPool {
         })
     }
 
+    /// Applies what another replica recorded about key `idx`: a longer cooldown or a
+    /// disablement replaces a healthy or shorter state; a probe in flight is left alone.
+    pub fn apply_shared(&self, idx: usize, shared: crate::rate_limit::SharedHealth, now: Instant) {
+        use crate::rate_limit::SharedHealth;
+        let (disabled, unix_ms) = match shared {
+            SharedHealth::Cooling(ms) => (false, ms),
+            SharedHealth::Disabled(ms) => (true, ms),
+        };
+        let left = unix_ms.saturating_sub(crate::rate_limit::unix_ms());
+        if left == 0 {
+            return;
+        }
+        let at = now + Duration::from_millis(left);
+        let key = &self.keys[idx];
+        let mut health = key.health();
+        let next = match (*health, disabled) {
+            (Health::Probing, _) | (Health::Disabled { .. }, false) => return,
+            (Health::Cooling { until }, false) if until >= at => return,
+            (Health::Disabled { probe_at }, true) if probe_at >= at => return,
+            (_, false) => Health::Cooling { until: at },
+            (_, true) => Health::Disabled { probe_at: at },
+        };
+        key.set(&mut health, next);
+    }
+
     /// Current state of every key.
     pub fn view(&self, now: Instant) -> Vec<KeyView> {
         self.keys

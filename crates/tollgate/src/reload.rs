@@ -115,8 +115,36 @@ impl Reloader {
         Ok(())
     }
 
+    /// With Redis, pulls the key health other replicas recorded (cooldowns, disablements)
+    /// into the local pools once a second, so one replica's 429 protects the others.
+    pub fn spawn_health_sync(self: &Arc<Self>) {
+        if !self.limiter.is_shared() {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let runtime = me.current();
+                for pool in runtime.dispatcher.pools() {
+                    let ids: Vec<&str> = (0..pool.len()).map(|i| pool.bucket(i).0).collect();
+                    let Some(shared) = me.limiter.shared_health(&ids).await else {
+                        continue;
+                    };
+                    let now = tokio::time::Instant::now();
+                    for (idx, health) in shared.into_iter().enumerate() {
+                        if let Some(h) = health {
+                            pool.apply_shared(idx, h, now);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// Reloads on SIGHUP and when the config file's modification time changes.
     pub fn spawn_watchers(self: &Arc<Self>) {
+        self.spawn_health_sync();
         #[cfg(unix)]
         {
             let me = Arc::clone(self);

@@ -194,3 +194,38 @@ fn example_configs_parse() {
     }
     assert!(seen > 0);
 }
+
+#[test]
+fn client_keys_may_be_given_as_sha256() {
+    let toml = r#"
+        [[providers]]
+        name = "p"
+        base_url = "http://p/v1"
+        keys = [{ id = "k", secret = "sk" }]
+        [[clients]]
+        name = "hashed"
+        key_sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        [[clients]]
+        name = "both"
+        key = "x"
+        key_sha256 = "00"
+    "#;
+    let problems = Config::from_toml(toml)
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap_err()
+        .problems;
+    assert_eq!(
+        problems,
+        ["clients[1]: set exactly one of `key` and `key_sha256`"]
+    );
+    let ok = toml
+        .split("[[clients]]\n        name = \"both\"")
+        .next()
+        .unwrap();
+    let settings = Config::from_toml(ok)
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap();
+    assert_eq!(settings.clients[0].key_sha256, crate::auth::sha256(b"abc"));
+}

@@ -7,7 +7,7 @@ use super::{Answer, Dispatcher, Served};
 use crate::config::ProviderKind;
 use crate::key_pool::Lease;
 use crate::provider::{self, anthropic, BuildError, Target};
-use crate::rate_limit::remaining_from_headers;
+use crate::rate_limit::{remaining_from_headers, unix_ms, SharedHealth};
 use crate::request::GatewayRequest;
 use crate::stream::{peek_first_event, FirstEvent};
 use crate::upstream::{BodyStream, UpstreamError, UpstreamResponse};
@@ -298,11 +298,17 @@ impl Dispatcher {
                     .min(self.settings.retry.cooldown_max);
                 walk.note_earliest(now + policy_wait);
                 walk.hard.push(key);
+                let until = unix_ms() + policy_wait.as_millis() as u64;
+                self.limiter
+                    .publish_health(lease.bucket().0, SharedHealth::Cooling(until));
                 Err(None)
             }
             Kind::KeyRejected | Kind::QuotaExhausted => {
                 lease.disable(now);
                 walk.hard.push(key);
+                let until = unix_ms() + self.settings.retry.probe_interval.as_millis() as u64;
+                self.limiter
+                    .publish_health(lease.bucket().0, SharedHealth::Disabled(until));
                 Err(None)
             }
             Kind::KeyTooSmall => {

@@ -429,3 +429,36 @@ async fn unknown_model_without_default_is_404_and_unknown_model_with_default_pas
     assert_eq!(d.dispatch(&req).await.unwrap().status, 200);
     assert_eq!(fake.log()[0].1, "http://p/v1/chat/completions");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_without_capacity_is_waited_for_up_to_max_queue_wait() {
+    let toml = "[limits]\nmax_queue_wait = \"2s\"\n[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\ndefault = true\nkeys = [{ id = \"a\", secret = \"a\", rpm = 60 }]\n";
+    let (d, fake, metrics) = setup(toml);
+    let start = Instant::now();
+    for _ in 0..60 {
+        assert_eq!(d.dispatch(&chat()).await.unwrap().status, 200);
+    }
+    assert_eq!(Instant::now(), start, "the burst fits in the bucket");
+    assert_eq!(d.dispatch(&chat()).await.unwrap().status, 200);
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_secs(1),
+        "the 61st waited exactly one refill"
+    );
+    assert_eq!(fake.log().len(), 61);
+    assert!(metrics
+        .render()
+        .contains("tollgate_ratelimit_wait_seconds_count 1"));
+    let slow = "[limits]\nmax_queue_wait = \"500ms\"\n[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\ndefault = true\nkeys = [{ id = \"a\", secret = \"a\", rpm = 60 }]\n";
+    let (d, _, _) = setup(slow);
+    for _ in 0..60 {
+        d.dispatch(&chat()).await.unwrap();
+    }
+    let err = d.dispatch(&chat()).await.unwrap_err();
+    assert_eq!(
+        err.status(),
+        429,
+        "a refill longer than max_queue_wait is not waited for"
+    );
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+}

@@ -177,3 +177,27 @@ async fn weights_share_traffic() {
     let big = held.iter().filter(|l| l.id() == "big").count();
     assert_eq!(big, 6, "3:1 weights split 8 concurrent leases 6:2");
 }
+
+#[tokio::test(start_paused = true)]
+async fn another_replicas_cooldown_and_disablement_apply_here() {
+    use crate::rate_limit::{unix_ms, SharedHealth};
+    let (pool, _) = pool(&["a", "b"]);
+    let now = Instant::now();
+    pool.apply_shared(0, SharedHealth::Cooling(unix_ms() + 30_000), now);
+    assert!(matches!(pool.health(0), Health::Cooling { .. }));
+    for _ in 0..5 {
+        assert_eq!(pool.select(NONE, now).unwrap().id(), "b");
+    }
+    pool.apply_shared(1, SharedHealth::Disabled(unix_ms() + 60_000), now);
+    assert!(matches!(pool.health(1), Health::Disabled { .. }));
+    pool.apply_shared(1, SharedHealth::Cooling(unix_ms() + 90_000), now);
+    assert!(
+        matches!(pool.health(1), Health::Disabled { .. }),
+        "a cooldown does not undo a disablement"
+    );
+    pool.apply_shared(0, SharedHealth::Cooling(unix_ms().saturating_sub(1)), now);
+    assert!(
+        matches!(pool.health(0), Health::Cooling { .. }),
+        "an expired record changes nothing"
+    );
+}

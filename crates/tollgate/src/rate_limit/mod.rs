@@ -14,6 +14,7 @@ use crate::config::{Backend, StateSettings};
 use crate::metrics::Metrics;
 use memory::MemoryStore;
 use redis_store::RedisStore;
+pub use redis_store::SharedHealth;
 use std::time::Duration;
 
 /// The limits of one bucket pair (either may be absent).
@@ -152,6 +153,28 @@ impl Limiter {
         Some(self.local.peek(id, limits, tokio::time::Instant::now()))
     }
 
+    /// Tells the other replicas (through Redis) that a key is cooling or disabled; a no-op in
+    /// memory. Runs in the background: the request does not wait for it.
+    pub fn publish_health(self: &std::sync::Arc<Self>, id: &str, health: SharedHealth) {
+        if self.redis.is_none() {
+            return;
+        }
+        let (me, id) = (std::sync::Arc::clone(self), id.to_owned());
+        let now_ms = unix_ms();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Some(redis) = &me.redis {
+                    redis.publish_health(&id, health, now_ms).await;
+                }
+            });
+        }
+    }
+
+    /// What the other replicas recorded about `ids` (`None` in memory or when Redis is down).
+    pub async fn shared_health(&self, ids: &[&str]) -> Option<Vec<Option<SharedHealth>>> {
+        self.redis.as_ref()?.fetch_health(ids).await
+    }
+
     /// Whether buckets live in Redis (calls may wait on the network).
     pub fn is_shared(&self) -> bool {
         self.redis.is_some()
@@ -207,6 +230,13 @@ impl Limiter {
             tokio::time::Instant::now(),
         );
     }
+}
+
+/// Milliseconds since the Unix epoch (the clock replicas share through Redis).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Reads a provider's remaining requests and tokens from its headers (OpenAI's

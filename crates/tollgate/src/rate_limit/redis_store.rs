@@ -247,3 +247,77 @@ impl RedisStore {
         self.run(id, &args, "sync").await.is_some()
     }
 }
+
+/// What one replica tells the others about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedHealth {
+    /// Rate limited until the Unix time (ms).
+    Cooling(u64),
+    /// Rejected; the next probe may go at the Unix time (ms).
+    Disabled(u64),
+}
+
+impl RedisStore {
+    async fn command<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
+        let conn = self.connection().await?;
+        let mut conn = (*conn).clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => {
+                self.recovered();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.fail(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.fail("timed out");
+                None
+            }
+        }
+    }
+
+    fn health_key(&self, id: &str) -> String {
+        format!("{}:kh:{id}", self.prefix)
+    }
+
+    /// Records a key's cooldown or disablement for the other replicas (expires with it).
+    pub(super) async fn publish_health(&self, id: &str, health: SharedHealth, now_ms: u64) {
+        let (value, until) = match health {
+            SharedHealth::Cooling(until) => (format!("cooling:{until}"), until),
+            SharedHealth::Disabled(until) => (format!("disabled:{until}"), until),
+        };
+        let ttl = until.saturating_sub(now_ms).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.health_key(id)).arg(value).arg("PX").arg(ttl);
+        let _: Option<()> = self.command(cmd).await;
+    }
+
+    /// The shared health of `ids`, in order (`None` where nothing is recorded).
+    pub(super) async fn fetch_health(&self, ids: &[&str]) -> Option<Vec<Option<SharedHealth>>> {
+        if ids.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for id in ids {
+            cmd.arg(self.health_key(id));
+        }
+        let values: Vec<Option<String>> = self.command(cmd).await?;
+        Some(
+            values
+                .into_iter()
+                .map(|v| v.as_deref().and_then(parse_health))
+                .collect(),
+        )
+    }
+}
+
+fn parse_health(value: &str) -> Option<SharedHealth> {
+    let (kind, until) = value.split_once(':')?;
+    let until = until.parse().ok()?;
+    match kind {
+        "cooling" => Some(SharedHealth::Cooling(until)),
+        "disabled" => Some(SharedHealth::Disabled(until)),
+        _ => None,
+    }
+}

@@ -116,3 +116,6 @@ pub async fn probe(url: &str) -> bool {
         .flatten()
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests;
