@@ -148,6 +148,8 @@ struct Guard<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     on_end: Option<F>,
     /// One idle timer for the whole body, pushed forward on every chunk (no timer per chunk).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// What the upstream said after the chunks coalesced into the last write (end or error).
+    stash: Option<Option<Result<Bytes, UpstreamError>>>,
 }
 
 impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
@@ -172,6 +174,26 @@ impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
             }
         }
         out
+    }
+
+    /// Appends the chunks the upstream already has ready, so several SSE events go out in one
+    /// write (up to 64 KiB); an end or error seen meanwhile is kept for the next turn.
+    fn coalesce(&mut self, first: Bytes) -> Bytes {
+        use futures_util::FutureExt;
+        let mut merged: Option<BytesMut> = None;
+        while merged.as_ref().map_or(first.len(), BytesMut::len) < 64 * 1024 {
+            match self.body.next().now_or_never() {
+                None => break,
+                Some(Some(Ok(more))) => merged
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&more),
+                Some(other) => {
+                    self.stash = Some(other);
+                    break;
+                }
+            }
+        }
+        merged.map_or(first, BytesMut::freeze)
     }
 
     fn flush(&mut self) -> Option<Bytes> {
@@ -239,20 +261,27 @@ pub fn guard(
         remaining,
         on_end: Some(on_end),
         timer: Box::pin(tokio::time::sleep(idle)),
+        stash: None,
     };
     let prefix = guard.pass(prefix);
     let head = stream::iter((!prefix.is_empty()).then_some(Ok(prefix)));
     let rest = stream::unfold(Some(guard), move |state| async move {
         let mut g = state?;
-        let deadline = tokio::time::Instant::now() + g.idle;
-        g.timer.as_mut().reset(deadline);
-        let next = tokio::select! {
-            biased;
-            next = g.body.next() => Ok(next),
-            () = g.timer.as_mut() => Err(()),
+        let next = match g.stash.take() {
+            Some(stashed) => Ok(stashed),
+            None => {
+                let deadline = tokio::time::Instant::now() + g.idle;
+                g.timer.as_mut().reset(deadline);
+                tokio::select! {
+                    biased;
+                    next = g.body.next() => Ok(next),
+                    () = g.timer.as_mut() => Err(()),
+                }
+            }
         };
         let (end, message, code) = match next {
             Ok(Some(Ok(chunk))) => {
+                let chunk = g.coalesce(chunk);
                 let chunk = g.pass(chunk);
                 return Some((Ok(chunk), Some(g)));
             }

@@ -183,3 +183,25 @@ async fn a_body_cut_before_its_declared_length_is_broken() {
     drop(s);
     assert_eq!(*end.lock().unwrap(), Some(StreamEnd::Broken));
 }
+
+#[tokio::test]
+async fn chunks_already_available_go_out_in_one_write() {
+    let ready: Vec<Result<Bytes, UpstreamError>> = (0..5)
+        .map(|i| Ok(Bytes::from(format!("data: {i}\n\n"))))
+        .chain([Ok(Bytes::from_static(b"data: [DONE]\n\n"))])
+        .collect();
+    let s = guard(
+        Bytes::new(),
+        Box::pin(stream::iter(ready)),
+        Duration::from_secs(5),
+        Framing::Sse { expect_done: true },
+        None,
+        |_, _| {},
+    );
+    let parts: Vec<Bytes> = s.map(|r| r.unwrap()).collect().await;
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    assert_eq!(
+        parts[0],
+        "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\ndata: [DONE]\n\n"
+    );
+}
