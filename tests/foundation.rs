@@ -7,14 +7,10 @@
 )]
 
 use futures_util::StreamExt;
-use mock_upstream::{Fault, MockConfig, MockHandle};
+use mock_upstream::{Fault, MockHandle};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tollgate_e2e::{provider, Gateway};
-
-async fn mock() -> MockHandle {
-    mock_upstream::start(MockConfig::default()).await.unwrap()
-}
+use tollgate_e2e::{mock, provider, Gateway};
 
 /// One default provider with one key "k1" (secret "sk-k1").
 async fn simple() -> (MockHandle, Gateway) {

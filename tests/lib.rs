@@ -244,6 +244,13 @@ impl Drop for Gateway {
     }
 }
 
+/// A fresh fake upstream with default answers on an ephemeral port.
+pub async fn mock() -> mock_upstream::MockHandle {
+    mock_upstream::start(mock_upstream::MockConfig::default())
+        .await
+        .expect("start mock-upstream")
+}
+
 /// One `[[providers]]` block of kind openai.
 pub fn provider(name: &str, base_url: &str, keys: &[&str], default: bool) -> String {
     let keys: Vec<String> = keys

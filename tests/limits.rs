@@ -6,14 +6,10 @@
 )]
 
 use futures_util::future::join_all;
-use mock_upstream::{MockConfig, MockHandle};
+use mock_upstream::MockHandle;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tollgate_e2e::{metric, provider, Gateway, RedisServer};
-
-async fn mock() -> MockHandle {
-    mock_upstream::start(MockConfig::default()).await.unwrap()
-}
+use tollgate_e2e::{metric, mock, provider, Gateway, RedisServer};
 
 fn chat() -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})

@@ -6,16 +6,12 @@
     reason = "tests: a failed step is a failed test"
 )]
 
-use mock_upstream::{Fault, MockConfig, MockHandle};
+use mock_upstream::{Fault, MockHandle};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_e2e::{metric, Gateway};
-
-async fn mock() -> MockHandle {
-    mock_upstream::start(MockConfig::default()).await.unwrap()
-}
+use tollgate_e2e::{metric, mock, Gateway};
 
 fn config(m: &MockHandle, keys: &[&str], extra: &str) -> String {
     let keys: Vec<String> = keys

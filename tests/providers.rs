@@ -6,13 +6,9 @@
     reason = "tests: a failed step is a failed test"
 )]
 
-use mock_upstream::{Fault, MockConfig, MockHandle};
+use mock_upstream::{Fault, MockHandle};
 use serde_json::{json, Value};
-use tollgate_e2e::{metric, Gateway};
-
-async fn mock() -> MockHandle {
-    mock_upstream::start(MockConfig::default()).await.unwrap()
-}
+use tollgate_e2e::{metric, mock, Gateway};
 
 /// A chain: an OpenAI-compatible provider (key "o1"), Azure ("az1"), Anthropic ("an1", "an2").
 fn chain_config(

@@ -6,14 +6,10 @@
 )]
 
 use futures_util::StreamExt;
-use mock_upstream::{Fault, MockConfig, MockHandle};
+use mock_upstream::Fault;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use tollgate_e2e::{provider, Gateway};
-
-async fn mock() -> MockHandle {
-    mock_upstream::start(MockConfig::default()).await.unwrap()
-}
+use tollgate_e2e::{mock, provider, Gateway};
 
 fn chat() -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})

@@ -166,9 +166,16 @@ impl RedisStore {
         for a in args {
             invocation.arg(*a);
         }
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
+        self.settle(invocation.invoke_async::<Vec<i64>>(&mut conn))
             .await
-        {
+    }
+
+    /// Awaits one Redis call within `redis_timeout`, recording an outage or a recovery.
+    async fn settle<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => {
                 self.recovered();
                 Some(v)
@@ -261,20 +268,7 @@ impl RedisStore {
     async fn command<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
         let conn = self.connection().await?;
         let mut conn = (*conn).clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => {
-                self.recovered();
-                Some(v)
-            }
-            Ok(Err(e)) => {
-                self.fail(&e.to_string());
-                None
-            }
-            Err(_) => {
-                self.fail("timed out");
-                None
-            }
-        }
+        self.settle(cmd.query_async::<T>(&mut conn)).await
     }
 
     fn health_key(&self, id: &str) -> String {
