@@ -9,18 +9,10 @@ use futures_util::StreamExt;
 use mock_upstream::Fault;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use tollgate_e2e::{mock, provider, Gateway};
+use tollgate_e2e::{metric, mock, provider, Gateway};
 
 fn chat() -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -304,4 +296,34 @@ async fn every_key_rate_limited_answers_429_with_retry_after() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     assert_eq!(m.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn with_the_budget_spent_the_upstreams_503_comes_back_with_both_retry_headers() {
+    let m = mock().await;
+    let toml = format!(
+        "[retry]\nbudget_percent = 0\nbudget_min_per_sec = 0\n{}",
+        provider("openai", &m.base_url(), &["a", "b"], true)
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    m.script("sk-a", [Fault::status(503).with_header("retry-after", "7")]);
+    m.script("sk-b", [Fault::status(503).with_header("retry-after", "7")]);
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "no retry allowed: the upstream's own error, at once"
+    );
+    assert_eq!(r.headers()["retry-after"], "7");
+    assert_eq!(r.headers()["retry-after-ms"], "7000");
+    assert_eq!(m.requests().len(), 1);
+    assert_eq!(
+        metric(&gw.metrics().await, "tollgate_retry_budget_exhausted_total"),
+        1.0
+    );
 }

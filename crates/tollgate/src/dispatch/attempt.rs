@@ -209,11 +209,16 @@ impl Dispatcher {
         } else if verdict.kind != Kind::Success {
             tracing::info!(request_id = %req.id, provider = %pname, key = lease.id(), attempt = walk.attempts.len() + 1, status, kind = verdict.kind.label(), "upstream attempt failed");
         }
+        let detail = match &raw {
+            Raw::Transport(e) => Some(e.to_string()),
+            _ => None,
+        };
         walk.attempts.push(AttemptRecord {
             provider,
             key: lease.id().to_owned(),
             kind: verdict.kind,
             status,
+            detail,
         });
         walk.last_kind = Some(verdict.kind);
         walk.last_wait = verdict.wait;

@@ -18,6 +18,8 @@ pub(super) struct AttemptRecord {
     pub(super) key: String,
     pub(super) kind: Kind,
     pub(super) status: Option<u16>,
+    /// Why a transport failure failed (connect refused, timeout), for the client's message.
+    pub(super) detail: Option<String>,
 }
 
 /// An upstream error answer kept to return as is.
@@ -91,7 +93,10 @@ impl Walk {
                 let provider = &d.settings.providers[a.provider].name;
                 match a.status {
                     Some(s) => format!("{provider}/{}: {} ({s})", a.key, a.kind.label()),
-                    None => format!("{provider}/{}: {}", a.key, a.kind.label()),
+                    None => match &a.detail {
+                        Some(d) => format!("{provider}/{}: {} ({d})", a.key, a.kind.label()),
+                        None => format!("{provider}/{}: {}", a.key, a.kind.label()),
+                    },
                 }
             })
             .collect();

@@ -346,8 +346,27 @@ fn respond(s: Served2) -> Response<Body> {
     if answer.served == Served::Failed && !matches!(status, 408 | 409 | 429 | 500..=599) {
         headers.insert("x-should-retry", HeaderValue::from_static("false"));
     }
-    if matches!(status, 429 | 503) && !headers.contains_key(header::RETRY_AFTER) {
-        set_retry_after(&mut headers, std::time::Duration::from_secs(1));
+    if matches!(status, 429 | 503) {
+        // Both forms, so every SDK reads the same wait: derive the missing one.
+        let secs = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        let ms = headers
+            .get("retry-after-ms")
+            .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok());
+        match (secs, ms) {
+            (_, Some(ms)) if !headers.contains_key(header::RETRY_AFTER) => set_retry_after(
+                &mut headers,
+                std::time::Duration::from_millis(ms.max(0.0) as u64),
+            ),
+            (Some(secs), None) => {
+                set_retry_after(&mut headers, std::time::Duration::from_secs(secs))
+            }
+            (None, None) if !headers.contains_key(header::RETRY_AFTER) => {
+                set_retry_after(&mut headers, std::time::Duration::from_secs(1))
+            }
+            _ => {}
+        }
     }
     if levels != Levels::default() {
         ratelimit_headers(&mut headers, &levels);
