@@ -62,7 +62,7 @@ pub struct PoolPolicy {
 #[derive(Debug)]
 struct PoolKey {
     settings: KeySettings,
-    bucket: String,
+    bucket: Arc<str>,
     limits: Limits,
     health: Mutex<Health>,
     inflight: AtomicU32,
@@ -151,7 +151,7 @@ impl KeyPool {
                 }
                 PoolKey {
                     settings: k.clone(),
-                    bucket: format!("k:{provider}:{}", k.id),
+                    bucket: Arc::from(format!("k:{provider}:{}", k.id)),
                     limits: Limits {
                         rpm: k.rpm,
                         tpm: k.tpm,
@@ -350,6 +350,11 @@ impl Lease {
     /// The key's rate-limit bucket id and limits.
     pub fn bucket(&self) -> (&str, Limits) {
         self.pool.bucket(self.idx)
+    }
+
+    /// The key's bucket id, shared (for work that outlives the lease).
+    pub fn bucket_id(&self) -> Arc<str> {
+        Arc::clone(&self.pool.keys[self.idx].bucket)
     }
 
     /// The name of the key's provider.

@@ -7,7 +7,6 @@ use super::{Answer, Dispatcher, Served};
 use crate::config::ProviderKind;
 use crate::key_pool::Lease;
 use crate::provider::anthropic;
-use crate::rate_limit::Limits;
 use crate::request::GatewayRequest;
 use crate::stream::{guard, Framing, StreamEnd};
 use crate::upstream::{BodyStream, UpstreamResponse};
@@ -72,26 +71,22 @@ impl Dispatcher {
             counters[0].inc_by(u.prompt_tokens);
             counters[1].inc_by(u.completion_tokens);
             let actual = u.total_tokens.max(u.prompt_tokens + u.completion_tokens);
-            let (key_bucket, key_limits) = lease.bucket();
-            let key_bucket: Arc<str> = Arc::from(key_bucket);
-            let buckets: Vec<(Arc<str>, Limits)> = [Some((key_bucket, key_limits)), client_bucket]
-                .into_iter()
-                .flatten()
-                .filter(|(_, l)| l.tpm.is_some())
-                .collect();
+            let key_limits = lease.bucket().1;
+            let key_bucket = key_limits.tpm.map(|_| (lease.bucket_id(), key_limits));
             drop(lease);
-            if buckets.is_empty() || actual == estimate {
+            let buckets = [key_bucket, client_bucket.filter(|(_, l)| l.tpm.is_some())];
+            if actual == estimate || buckets.iter().all(Option::is_none) {
                 return;
             }
             if !limiter.is_shared() {
                 // Memory buckets: correct them before the client can send its next request.
-                for (id, limits) in &buckets {
+                for (id, limits) in buckets.iter().flatten() {
                     limiter.reconcile_local(id, *limits, estimate, actual);
                 }
                 return;
             }
             let reconcile = async move {
-                for (id, limits) in buckets {
+                for (id, limits) in buckets.into_iter().flatten() {
                     limiter.reconcile(&id, limits, estimate, actual).await;
                 }
             };
