@@ -272,6 +272,14 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError {
+            problems: e.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+}
+
 impl ConfigError {
     fn one(msg: impl Into<String>) -> Self {
         ConfigError {
@@ -310,11 +318,7 @@ impl Config {
 
     /// Parses a TOML document alone (no environment overrides); for tests and tools.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Figment::from(Toml::string(text))
-            .extract::<Config>()
-            .map_err(|e| ConfigError {
-                problems: e.into_iter().map(|e| e.to_string()).collect(),
-            })
+        Ok(Figment::from(Toml::string(text)).extract::<Config>()?)
     }
 
     fn load_with(
@@ -347,9 +351,7 @@ impl Config {
         if let Some(listen) = &sources.listen {
             figment = figment.merge(("server.listen", listen.as_str()));
         }
-        figment.extract::<Config>().map_err(|e| ConfigError {
-            problems: e.into_iter().map(|e| e.to_string()).collect(),
-        })
+        Ok(figment.extract::<Config>()?)
     }
 }
 

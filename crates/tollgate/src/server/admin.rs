@@ -2,7 +2,7 @@
 //! reloads. Behind the admin token (constant-time compare); off, as 404, when none is set.
 
 use super::AppState;
-use crate::auth::sha256;
+use crate::auth::{constant_time_eq, sha256};
 use crate::error::GatewayError;
 use axum::body::Body;
 use axum::extract::State;
@@ -46,11 +46,7 @@ fn check(state: &AppState, headers: &HeaderMap, path: &str) -> Option<Response<B
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     let digest = sha256(presented.as_bytes());
-    let same = expected
-        .iter()
-        .zip(digest.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0;
+    let same = constant_time_eq(&expected, &digest);
     (!same || presented.is_empty()).then(|| {
         let envelope = ErrorEnvelope::new(
             "invalid admin token",

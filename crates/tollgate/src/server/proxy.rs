@@ -48,7 +48,7 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
         .to_owned();
     let endpoint = Endpoint::from_path(&path);
     let method = req.method().clone();
-    let handled = AssertUnwindSafe(handle(&state, req, &request_id, received))
+    let handled = AssertUnwindSafe(handle(&state, req, path.clone(), &request_id, received))
         .catch_unwind()
         .await;
     let (mut resp, model_label, served) = match handled {
@@ -120,6 +120,7 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
 async fn handle(
     state: &AppState,
     req: Request<Body>,
+    path: String,
     request_id: &str,
     received: Instant,
 ) -> Result<Served2, Failed> {
@@ -146,12 +147,6 @@ async fn handle(
     let body = read_body(&parts, body, settings.server.max_body)
         .await
         .map_err(|e| (e, other()))?;
-    let path = parts
-        .uri
-        .path()
-        .strip_prefix("/v1/")
-        .unwrap_or_default()
-        .to_owned();
     let endpoint = Endpoint::from_path(&path);
     let meta = parse_meta(&parts, &body, endpoint).map_err(|e| (e, other()))?;
     if let (Some(c), Some(model)) = (&client, meta.model.as_deref()) {
