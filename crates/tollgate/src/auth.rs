@@ -1,24 +1,18 @@
-//! Client keys: who may use the gateway, which models, how many requests at once.
+//! Client keys: who may use the gateway, which models, how many requests at once; and the
+//! gateway stack's first layer, [`ClientAuthLayer`].
 //! Keys are kept only as SHA-256 digests and compared in constant time; upstream keys never
 //! come from the client.
 
 use crate::config::ClientSettings;
+use crate::digest::{constant_time_eq, sha256};
+use crate::error::GatewayError;
+use crate::request::{Answer, GatewayRequest};
+use futures_util::future::{ready, Either, Ready};
 use http::HeaderMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
-/// Equality that takes the same time wherever the inputs differ.
-pub(crate) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
 
 /// An authenticated client.
 #[derive(Debug)]
@@ -95,20 +89,15 @@ impl Auth {
 
     /// The client presenting `Authorization: Bearer <key>` or `api-key: <key>`; `Ok(None)` in open mode.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Arc<Client>>, Denied> {
+        self.authenticate_key(presented_key(headers))
+    }
+
+    /// The client whose key is `presented` (see [`presented_key`]); `Ok(None)` in open mode.
+    pub fn authenticate_key(&self, presented: Option<&str>) -> Result<Option<Arc<Client>>, Denied> {
         if self.is_open() {
             return Ok(None);
         }
-        let presented = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or(Denied::BadKey)?;
+        let presented = presented.ok_or(Denied::BadKey)?;
         let digest = sha256(presented.as_bytes());
         // Compare against every client so the time taken does not reveal which one matched.
         let mut found = None;
@@ -118,6 +107,79 @@ impl Auth {
             }
         }
         found.map(Some).ok_or(Denied::BadKey)
+    }
+}
+
+/// The gateway key a request presents: `Authorization: Bearer <key>`, else `api-key: <key>`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// The client-auth layer: the gateway key → the [`Client`] (401 when it is missing or
+/// unknown), and the client's model allow-list (403). Never waits.
+#[derive(Clone, Debug)]
+pub struct ClientAuthLayer {
+    auth: Arc<Auth>,
+}
+
+impl ClientAuthLayer {
+    /// Authenticates against `auth`.
+    pub fn new(auth: Arc<Auth>) -> Self {
+        ClientAuthLayer { auth }
+    }
+}
+
+impl<S> Layer<S> for ClientAuthLayer {
+    type Service = ClientAuth<S>;
+    fn layer(&self, inner: S) -> ClientAuth<S> {
+        ClientAuth {
+            inner,
+            auth: Arc::clone(&self.auth),
+        }
+    }
+}
+
+/// See [`ClientAuthLayer`].
+#[derive(Clone, Debug)]
+pub struct ClientAuth<S> {
+    inner: S,
+    auth: Arc<Auth>,
+}
+
+impl<S> Service<GatewayRequest> for ClientAuth<S>
+where
+    S: Service<GatewayRequest, Response = Answer, Error = GatewayError>,
+{
+    type Response = Answer;
+    type Error = GatewayError;
+    type Future = Either<Ready<Result<Answer, GatewayError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
+        let client = match self.auth.authenticate_key(req.credential.as_deref()) {
+            Ok(client) => client,
+            Err(Denied::BadKey) => return Either::Left(ready(Err(GatewayError::Unauthorized))),
+        };
+        if let (Some(c), Some(model)) = (&client, req.model.as_deref()) {
+            if !c.allows(model) {
+                let refused = GatewayError::ModelNotAllowed(model.to_owned());
+                return Either::Left(ready(Err(refused)));
+            }
+        }
+        req.client = client;
+        Either::Right(self.inner.call(req))
     }
 }
 

@@ -1,10 +1,14 @@
 //! Upstream keys of one provider, their health and the choice of a key per attempt.
 //!
-//! Health is a small state machine fed by outcomes: healthy → cooling (429, until an instant) →
-//! healthy; healthy → disabled (401/403/quota) → probing (one request after `probe_interval`) →
-//! healthy on success, disabled again otherwise. Selection takes, among keys the request has
-//! not excluded and whose state accepts traffic, the least loaded by in-flight count per weight,
-//! ties broken round-robin from a rotating start.
+//! Health is a pure state machine, [`Health::on`], fed by events: healthy → cooling (429, until
+//! an instant) → healthy; healthy → disabled (401/403/quota) → probing (one request after
+//! `probe_interval`) → healthy on success, disabled again otherwise. Every change goes through
+//! one place (`PoolKey::apply`), which also keeps the `tollgate_key_state` gauges. What other
+//! replicas record is read through a [`store::HealthStore`]. Selection takes, among keys the
+//! request has not excluded and whose state accepts traffic, the least loaded by in-flight
+//! count per weight, ties broken round-robin from a rotating start.
+
+pub mod store;
 
 use crate::config::{KeySettings, Secret};
 use crate::metrics::Metrics;
@@ -46,6 +50,73 @@ impl Health {
     }
 }
 
+/// What happens to a key; [`Health::on`] says what state it leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthEvent {
+    /// Time passed: a cooldown that is over ends.
+    Tick,
+    /// A request takes the probe of a disabled key whose probe is due.
+    ProbeStarted,
+    /// The key answered.
+    Succeeded,
+    /// The provider rate limited the key until the instant.
+    RateLimited {
+        /// When it may take traffic again.
+        until: Instant,
+    },
+    /// The provider rejected the key (auth, quota): no traffic until a probe at the instant.
+    Rejected {
+        /// When the next probe may go.
+        probe_at: Instant,
+    },
+    /// A transient failure: fails a probe (disabled again until the instant).
+    Failed {
+        /// When the next probe may go if this was a probe.
+        probe_at: Instant,
+    },
+    /// A probe ended without a verdict (the client went away): the next request may probe.
+    ProbeAbandoned,
+    /// Another replica recorded a cooldown until the instant.
+    SharedCooling {
+        /// When it ends.
+        until: Instant,
+    },
+    /// Another replica recorded a disablement until the instant.
+    SharedDisabled {
+        /// When the next probe may go.
+        probe_at: Instant,
+    },
+}
+
+impl Health {
+    /// The state after `event` at `now`. Pure: the whole key-health policy is this table.
+    pub fn on(self, event: HealthEvent, now: Instant) -> Health {
+        use Health::{Cooling, Disabled, Healthy, Probing};
+        use HealthEvent as E;
+        match (self, event) {
+            (Cooling { until }, E::Tick) if until <= now => Healthy,
+            (Disabled { probe_at }, E::ProbeStarted) if probe_at <= now => Probing,
+            (Probing, E::Succeeded) => Healthy,
+            (Disabled { .. }, E::RateLimited { .. }) => self,
+            (Cooling { until }, E::RateLimited { until: next }) => Cooling {
+                until: until.max(next),
+            },
+            (Healthy | Probing, E::RateLimited { until }) => Cooling { until },
+            (_, E::Rejected { probe_at }) => Disabled { probe_at },
+            (Probing, E::Failed { probe_at }) => Disabled { probe_at },
+            (Probing, E::ProbeAbandoned) => Disabled { probe_at: now },
+            // A probe in flight decides for itself; a disablement outranks a shared cooldown.
+            (Probing, E::SharedCooling { .. } | E::SharedDisabled { .. }) => self,
+            (Disabled { .. }, E::SharedCooling { .. }) => self,
+            (Cooling { until }, E::SharedCooling { until: at }) if until >= at => self,
+            (Disabled { probe_at }, E::SharedDisabled { probe_at: at }) if probe_at >= at => self,
+            (_, E::SharedCooling { until }) => Cooling { until },
+            (_, E::SharedDisabled { probe_at }) => Disabled { probe_at },
+            _ => self,
+        }
+    }
+}
+
 const STATES: [&str; 4] = ["healthy", "cooling", "disabled", "probing"];
 
 /// Timing policy of a pool.
@@ -71,6 +142,14 @@ struct PoolKey {
 }
 
 impl PoolKey {
+    /// Applies `event` to the key's health: the one place its state (and gauge) changes.
+    fn apply(&self, event: HealthEvent, now: Instant) -> Health {
+        let mut health = self.health();
+        let next = health.on(event, now);
+        self.set(&mut health, next);
+        next
+    }
+
     fn set(&self, health: &mut Health, next: Health) {
         if health.label() != next.label() {
             for (g, s) in self.gauges.iter().zip(STATES) {
@@ -171,11 +250,6 @@ impl KeyPool {
         })
     }
 
-    /// Ids of the keys.
-    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|k| k.settings.id.as_str())
-    }
-
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -184,11 +258,6 @@ impl KeyPool {
     /// Whether the pool has no key.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
-    }
-
-    /// The id of key `idx`.
-    pub fn key_id(&self, idx: usize) -> &str {
-        &self.keys[idx].settings.id
     }
 
     /// The rate-limit bucket id and limits of key `idx`.
@@ -205,6 +274,33 @@ impl KeyPool {
     /// The health of key `idx`.
     pub fn health(&self, idx: usize) -> Health {
         *self.keys[idx].health()
+    }
+
+    /// Whether [`KeyPool::select`] would find a key among those `excluded` does not reject,
+    /// without taking it or changing any state; `Err` carries the earliest recovery.
+    pub fn available(
+        &self,
+        excluded: &dyn Fn(usize) -> bool,
+        now: Instant,
+    ) -> Result<(), Option<Instant>> {
+        let mut earliest: Option<Instant> = None;
+        for (idx, key) in self.keys.iter().enumerate() {
+            if excluded(idx) {
+                continue;
+            }
+            let at = match *key.health() {
+                Health::Healthy => return Ok(()),
+                Health::Cooling { until } | Health::Disabled { probe_at: until }
+                    if until <= now =>
+                {
+                    return Ok(())
+                }
+                Health::Cooling { until } | Health::Disabled { probe_at: until } => until,
+                Health::Probing => continue,
+            };
+            earliest = Some(earliest.map_or(at, |e| e.min(at)));
+        }
+        Err(earliest)
     }
 
     /// Picks a key for one attempt among those `excluded` does not reject. `Err` carries the
@@ -224,9 +320,7 @@ impl KeyPool {
                 continue;
             }
             let key = &self.keys[idx];
-            let mut health = key.health();
-            match *health {
-                Health::Cooling { until } if until <= now => key.set(&mut health, Health::Healthy),
+            match key.apply(HealthEvent::Tick, now) {
                 Health::Cooling { until } => {
                     earliest = Some(earliest.map_or(until, |e| e.min(until)));
                     continue;
@@ -248,20 +342,15 @@ impl KeyPool {
             return Err(earliest);
         };
         let key = &self.keys[idx];
-        let mut health = key.health();
-        let probing = match *health {
-            Health::Disabled { probe_at } if probe_at <= now => {
-                key.set(&mut health, Health::Probing);
-                true
-            }
+        let probing = match *key.health() {
+            Health::Disabled { probe_at } if probe_at <= now => true,
             Health::Healthy => false,
             // Lost a race to another request (took the probe, or cooled it): try again.
-            _ => {
-                drop(health);
-                return self.select(&|i| i == idx || excluded(i), now);
-            }
+            _ => return self.select(&|i| i == idx || excluded(i), now),
         };
-        drop(health);
+        if probing && key.apply(HealthEvent::ProbeStarted, now) != Health::Probing {
+            return self.select(&|i| i == idx || excluded(i), now);
+        }
         key.inflight.fetch_add(1, Ordering::Relaxed);
         Ok(Lease {
             pool: Arc::clone(self),
@@ -275,25 +364,19 @@ impl KeyPool {
     /// disablement replaces a healthy or shorter state; a probe in flight is left alone.
     pub fn apply_shared(&self, idx: usize, shared: crate::rate_limit::SharedHealth, now: Instant) {
         use crate::rate_limit::SharedHealth;
-        let (disabled, unix_ms) = match shared {
-            SharedHealth::Cooling(ms) => (false, ms),
-            SharedHealth::Disabled(ms) => (true, ms),
+        let unix_ms = match shared {
+            SharedHealth::Cooling(ms) | SharedHealth::Disabled(ms) => ms,
         };
         let left = unix_ms.saturating_sub(crate::rate_limit::unix_ms());
         if left == 0 {
             return;
         }
         let at = now + Duration::from_millis(left);
-        let key = &self.keys[idx];
-        let mut health = key.health();
-        let next = match (*health, disabled) {
-            (Health::Probing, _) | (Health::Disabled { .. }, false) => return,
-            (Health::Cooling { until }, false) if until >= at => return,
-            (Health::Disabled { probe_at }, true) if probe_at >= at => return,
-            (_, false) => Health::Cooling { until: at },
-            (_, true) => Health::Disabled { probe_at: at },
+        let event = match shared {
+            SharedHealth::Cooling(_) => HealthEvent::SharedCooling { until: at },
+            SharedHealth::Disabled(_) => HealthEvent::SharedDisabled { probe_at: at },
         };
-        key.set(&mut health, next);
+        self.keys[idx].apply(event, now);
     }
 
     /// Current state of every key.
@@ -367,22 +450,27 @@ impl Lease {
         &self.pool.keys[self.idx].settings.secret
     }
 
-    fn update(&mut self, f: impl FnOnce(Health) -> Health) {
+    /// A handle on the key that outlives nothing: what an attempt needs to build its request.
+    pub fn key_ref(&self) -> KeyRef {
+        KeyRef {
+            pool: Arc::clone(&self.pool),
+            idx: self.idx,
+        }
+    }
+
+    fn update(&mut self, event: HealthEvent, now: Instant) {
         self.settled = true;
-        let key = &self.pool.keys[self.idx];
-        let mut health = key.health();
-        let next = f(*health);
-        key.set(&mut health, next);
+        self.pool.keys[self.idx].apply(event, now);
     }
 
     /// The key answered: a probe restores it.
-    pub fn success(&mut self) {
-        let probing = self.probing;
-        self.update(|h| if probing { Health::Healthy } else { h });
+    pub fn success(&mut self, now: Instant) {
+        self.update(HealthEvent::Succeeded, now);
     }
 
     /// The provider rate limited the key: cool it for `asked` (or the default), clamped.
-    pub fn cool(&mut self, asked: Option<Duration>, now: Instant) {
+    /// Returns how long it cools.
+    pub fn cool(&mut self, asked: Option<Duration>, now: Instant) -> Duration {
         let policy = self.pool.policy;
         let wait = asked
             .unwrap_or(policy.cooldown_default)
@@ -390,32 +478,46 @@ impl Lease {
         self.pool.keys[self.idx]
             .cooldowns
             .inc_by(wait.as_secs_f64());
-        self.update(|h| match h {
-            Health::Disabled { .. } => h,
-            Health::Cooling { until } => Health::Cooling {
-                until: until.max(now + wait),
-            },
-            Health::Healthy | Health::Probing => Health::Cooling { until: now + wait },
-        });
+        self.update(HealthEvent::RateLimited { until: now + wait }, now);
+        wait
     }
 
-    /// The provider rejected the key (auth, quota): no traffic until a probe after `probe_interval`.
-    pub fn disable(&mut self, now: Instant) {
-        let probe_at = now + self.pool.policy.probe_interval;
-        self.update(|_| Health::Disabled { probe_at });
+    /// The provider rejected the key (auth, quota): no traffic until a probe after
+    /// `probe_interval`. Returns that interval.
+    pub fn disable(&mut self, now: Instant) -> Duration {
+        let interval = self.pool.policy.probe_interval;
+        self.update(
+            HealthEvent::Rejected {
+                probe_at: now + interval,
+            },
+            now,
+        );
+        interval
     }
 
     /// A transient failure: a failed probe keeps the key disabled; a healthy key stays healthy.
     pub fn transient(&mut self, now: Instant) {
-        let probing = self.probing;
         let probe_at = now + self.pool.policy.probe_interval;
-        self.update(|h| {
-            if probing {
-                Health::Disabled { probe_at }
-            } else {
-                h
-            }
-        });
+        self.update(HealthEvent::Failed { probe_at }, now);
+    }
+}
+
+/// A key of a pool, for building one attempt's request (its secret never leaves it otherwise).
+#[derive(Debug, Clone)]
+pub struct KeyRef {
+    pool: Arc<KeyPool>,
+    idx: usize,
+}
+
+impl KeyRef {
+    /// The key's secret, to put in the upstream request.
+    pub fn secret(&self) -> &Secret {
+        &self.pool.keys[self.idx].settings.secret
+    }
+
+    /// The key's id.
+    pub fn id(&self) -> &str {
+        &self.pool.keys[self.idx].settings.id
     }
 }
 
@@ -425,15 +527,7 @@ impl Drop for Lease {
         key.inflight.fetch_sub(1, Ordering::Relaxed);
         if self.probing && !self.settled {
             // The probe ended without a verdict (client went away): let the next request probe.
-            let mut health = key.health();
-            if *health == Health::Probing {
-                key.set(
-                    &mut health,
-                    Health::Disabled {
-                        probe_at: Instant::now(),
-                    },
-                );
-            }
+            key.apply(HealthEvent::ProbeAbandoned, Instant::now());
         }
     }
 }

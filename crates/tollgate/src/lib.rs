@@ -5,7 +5,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod digest;
 pub mod dispatch;
+pub mod endpoint;
 pub mod error;
 pub mod key_pool;
 pub mod metrics;
@@ -14,6 +16,7 @@ pub mod rate_limit;
 pub mod reload;
 pub mod request;
 pub mod server;
+pub mod stack;
 pub mod stream;
 pub mod telemetry;
 pub mod units;

@@ -7,9 +7,9 @@
 
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError, Settings, Sources};
-use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::rate_limit::Limiter;
+use crate::stack::{Gateway, Parts};
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::collections::HashSet;
@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime};
 pub struct Runtime {
     /// The validated config.
     pub settings: Arc<Settings>,
-    /// Routing, retries, fallback, key pools.
-    pub dispatcher: Arc<Dispatcher>,
+    /// The gateway stack built from them, and its key pools.
+    pub gateway: Gateway,
     /// Client keys.
     pub auth: Arc<Auth>,
 }
@@ -30,10 +30,7 @@ pub struct Runtime {
 /// Builds runtimes and swaps them in.
 pub struct Reloader {
     sources: Option<Sources>,
-    upstream: Arc<dyn Upstream>,
-    limiter: Arc<Limiter>,
-    metrics: Metrics,
-    seed: u64,
+    parts: Parts,
     current: Arc<ArcSwap<Runtime>>,
     lock: Mutex<()>,
 }
@@ -56,16 +53,25 @@ impl Reloader {
         seed: u64,
     ) -> Self {
         let limiter = Arc::new(Limiter::new(&settings.state, &metrics));
-        let runtime = build(settings, &upstream, &limiter, &metrics, seed, None);
-        Reloader {
-            sources,
+        let parts = Parts {
             upstream,
+            health: crate::key_pool::store::for_limiter(&limiter),
             limiter,
             metrics,
             seed,
+        };
+        let runtime = build(settings, &parts, None);
+        Reloader {
+            sources,
+            parts,
             current: Arc::new(ArcSwap::from_pointee(runtime)),
             lock: Mutex::new(()),
         }
+    }
+
+    /// The buckets (they live across reloads).
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.parts.limiter
     }
 
     /// The live runtime.
@@ -87,7 +93,8 @@ impl Reloader {
         let settings = match result {
             Ok(s) => Arc::new(s),
             Err(e) => {
-                self.metrics
+                self.parts
+                    .metrics
                     .config_reloads
                     .with_label_values(&["failure"])
                     .inc();
@@ -97,17 +104,11 @@ impl Reloader {
         };
         let old = self.current();
         warn_on_restart_only_changes(&old.settings, &settings);
-        let runtime = build(
-            settings,
-            &self.upstream,
-            &self.limiter,
-            &self.metrics,
-            self.seed,
-            Some(&old.dispatcher),
-        );
-        forget_removed_keys(&self.metrics, &old.settings, &runtime.settings);
+        let runtime = build(settings, &self.parts, Some(&old.gateway));
+        forget_removed_keys(&self.parts.metrics, &old.settings, &runtime.settings);
         self.current.store(Arc::new(runtime));
-        self.metrics
+        self.parts
+            .metrics
             .config_reloads
             .with_label_values(&["success"])
             .inc();
@@ -118,7 +119,7 @@ impl Reloader {
     /// With Redis, pulls the key health other replicas recorded (cooldowns, disablements)
     /// into the local pools once a second, so one replica's 429 protects the others.
     pub fn spawn_health_sync(self: &Arc<Self>) {
-        if !self.limiter.is_shared() {
+        if !self.parts.health.is_shared() {
             return;
         }
         let me = Arc::clone(self);
@@ -126,9 +127,9 @@ impl Reloader {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let runtime = me.current();
-                for pool in runtime.dispatcher.pools() {
+                for pool in runtime.gateway.pools.iter() {
                     let ids: Vec<&str> = (0..pool.len()).map(|i| pool.bucket(i).0).collect();
-                    let Some(shared) = me.limiter.shared_health(&ids).await else {
+                    let Some(shared) = me.parts.health.fetch(&ids).await else {
                         continue;
                     };
                     let now = tokio::time::Instant::now();
@@ -183,29 +184,15 @@ impl Reloader {
     }
 }
 
-fn build(
-    settings: Arc<Settings>,
-    upstream: &Arc<dyn Upstream>,
-    limiter: &Arc<Limiter>,
-    metrics: &Metrics,
-    seed: u64,
-    previous: Option<&Dispatcher>,
-) -> Runtime {
+fn build(settings: Arc<Settings>, parts: &Parts, previous: Option<&Gateway>) -> Runtime {
     let auth = Arc::new(Auth::new(&settings.clients));
     if auth.is_open() {
         tracing::warn!("no [[clients]] configured: OPEN MODE, anyone who reaches this port can use the upstream keys");
     }
-    let dispatcher = Arc::new(Dispatcher::reloaded(
-        Arc::clone(&settings),
-        Arc::clone(upstream),
-        Arc::clone(limiter),
-        metrics.clone(),
-        seed,
-        previous,
-    ));
+    let gateway = crate::stack::gateway(&settings, Arc::clone(&auth), parts, previous);
     Runtime {
         settings,
-        dispatcher,
+        gateway,
         auth,
     }
 }
@@ -234,6 +221,9 @@ fn warn_on_restart_only_changes(old: &Settings, new: &Settings) {
     if old.server.listen != new.server.listen || old.server.admin_listen != new.server.admin_listen
     {
         tracing::warn!("listen addresses changed: they take effect after a restart");
+    }
+    if old.server.max_body != new.server.max_body {
+        tracing::warn!("server.max_body changed: it takes effect after a restart");
     }
     if old.state.backend != new.state.backend || old.state.redis_url != new.state.redis_url {
         tracing::warn!("state backend changed: it takes effect after a restart");

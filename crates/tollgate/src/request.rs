@@ -1,76 +1,15 @@
 //! `GatewayRequest`: a client request parsed once (endpoint, model, stream flag) with its body
 //! kept as shared bytes so every attempt resends the same data.
 
+use crate::auth::Client;
+pub use crate::endpoint::Endpoint;
+use crate::rate_limit::Limits;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
+use std::sync::Arc;
 use tokio::time::Instant;
 
-/// The OpenAI endpoints, as a closed set for routing and metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `chat/completions`.
-    ChatCompletions,
-    /// `completions`.
-    Completions,
-    /// `embeddings`.
-    Embeddings,
-    /// `responses…`.
-    Responses,
-    /// `models…`.
-    Models,
-    /// `moderations`.
-    Moderations,
-    /// `images/…`.
-    Images,
-    /// `audio/…`.
-    Audio,
-    /// `files…`, `uploads…`, `batches…`.
-    Files,
-    /// Anything else.
-    Other,
-}
-
-impl Endpoint {
-    /// Classifies a path relative to `/v1/`.
-    pub fn from_path(path: &str) -> Endpoint {
-        let first = path.split('/').next().unwrap_or_default();
-        match first {
-            "chat" if path.starts_with("chat/completions") => Endpoint::ChatCompletions,
-            "completions" => Endpoint::Completions,
-            "embeddings" => Endpoint::Embeddings,
-            "responses" => Endpoint::Responses,
-            "models" => Endpoint::Models,
-            "moderations" => Endpoint::Moderations,
-            "images" => Endpoint::Images,
-            "audio" => Endpoint::Audio,
-            "files" | "uploads" | "batches" => Endpoint::Files,
-            _ => Endpoint::Other,
-        }
-    }
-
-    /// Closed-set label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "chat_completions",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-            Endpoint::Responses => "responses",
-            Endpoint::Models => "models",
-            Endpoint::Moderations => "moderations",
-            Endpoint::Images => "images",
-            Endpoint::Audio => "audio",
-            Endpoint::Files => "files",
-            Endpoint::Other => "other",
-        }
-    }
-
-    /// Whether its streams end with `data: [DONE]`.
-    pub fn stream_ends_with_done(self) -> bool {
-        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
-    }
-}
-
-/// A parsed client request.
+/// A parsed client request: what the gateway stack's layers read and annotate on the way in.
 #[derive(Debug, Clone)]
 pub struct GatewayRequest {
     /// Request id (from the client's `x-request-id` or generated).
@@ -83,20 +22,26 @@ pub struct GatewayRequest {
     pub query: Option<String>,
     /// Headers to forward (hop-by-hop and client auth already removed).
     pub headers: HeaderMap,
+    /// The gateway key the client presented (read by the client-auth layer, never forwarded).
+    pub credential: Option<Box<str>>,
     /// Body bytes.
     pub body: Bytes,
     /// `model` from a JSON body.
     pub model: Option<String>,
+    /// Index of the configured model `model` names (`None`: pass-through or no model).
+    pub model_index: Option<usize>,
     /// `stream: true`.
     pub stream: bool,
     /// Which endpoint.
     pub endpoint: Endpoint,
     /// When the gateway received it.
     pub received: Instant,
+    /// The authenticated client (set by the client-auth layer; `None` in open mode).
+    pub client: Option<Arc<Client>>,
     /// Estimated tokens (prompt + completion allowance) taken from TPM buckets.
     pub tokens: u64,
     /// The client's bucket, for reconciling with real usage.
-    pub client_bucket: Option<(std::sync::Arc<str>, crate::rate_limit::Limits)>,
+    pub client_bucket: Option<(Arc<str>, Limits)>,
     /// The gateway added `include_usage` to a stream: remove the usage chunk before the client sees it.
     pub strip_usage: bool,
     /// The stream must carry a usage chunk (the client asked, or the gateway did).
@@ -116,11 +61,14 @@ impl GatewayRequest {
             path: path.into(),
             query: None,
             headers: HeaderMap::new(),
+            credential: None,
             model: meta.model.map(|m| m.into_owned()),
+            model_index: None,
             stream: meta.stream.unwrap_or(false),
             endpoint: Endpoint::from_path(path),
             body,
             received: Instant::now(),
+            client: None,
             tokens: 0,
             client_bucket: None,
             strip_usage: false,
@@ -128,4 +76,72 @@ impl GatewayRequest {
             deadline: Instant::now() + std::time::Duration::from_secs(600),
         }
     }
+}
+
+/// One element of a request's chain: a provider and the model it is asked for.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Index of the provider.
+    pub provider: usize,
+    /// Upstream model (or Azure deployment) name; `None` passes the client's through.
+    pub model: Option<Arc<str>>,
+    /// `max_tokens` for dialects that require one (Anthropic) when the client names none.
+    pub max_tokens: u32,
+}
+
+/// How an answer came about, for `tollgate_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The first attempt answered.
+    FirstTry,
+    /// A later attempt on the first target answered.
+    AfterRetry,
+    /// A later target answered.
+    AfterFallback,
+    /// An error: the gateway's own, or an upstream error returned as is.
+    Failed,
+}
+
+impl Served {
+    /// Closed-set label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Served::FirstTry => "first_try",
+            Served::AfterRetry => "after_retry",
+            Served::AfterFallback => "after_fallback",
+            Served::Failed => "failed",
+        }
+    }
+}
+
+/// One attempt on one target with one key: what the provider layer gets from key selection.
+#[derive(Debug, Clone)]
+pub struct KeyedCall {
+    /// The client's request.
+    pub req: Arc<GatewayRequest>,
+    /// The target tried.
+    pub target: Target,
+    /// The body prepared for the target's dialect.
+    pub body: Bytes,
+    /// The key chosen for this attempt.
+    pub key: crate::key_pool::KeyRef,
+}
+
+/// An answer on its way to the client: what the gateway stack returns.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status to send.
+    pub status: http::StatusCode,
+    /// Upstream headers (hop-by-hop removed by the server).
+    pub headers: HeaderMap,
+    /// Streamed body.
+    pub body: axum::body::Body,
+    /// Name of the provider that answered.
+    pub provider: String,
+    /// Id of the key used.
+    pub key: String,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// How it was served.
+    pub served: Served,
 }

@@ -1,5 +1,5 @@
-//! The one pooled upstream HTTP client, behind a small trait tests can replace: the only
-//! upstream I/O in the gateway. It follows no redirects and does not decompress.
+//! The one pooled upstream HTTP client, behind a small trait tests can replace, and as a tower
+//! service ([`UpstreamService`]): the only upstream I/O in the gateway. It follows no redirects and does not decompress.
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -68,6 +68,35 @@ pub trait Upstream: Send + Sync + 'static {
         &self,
         req: UpstreamRequest,
     ) -> BoxFuture<'static, Result<UpstreamResponse, UpstreamError>>;
+}
+
+/// Any [`Upstream`] as the tower service at the bottom of the gateway stack.
+#[derive(Clone)]
+pub struct UpstreamService(std::sync::Arc<dyn Upstream>);
+
+impl UpstreamService {
+    /// The service sending through `upstream`.
+    pub fn new(upstream: std::sync::Arc<dyn Upstream>) -> Self {
+        UpstreamService(upstream)
+    }
+}
+
+impl tower::Service<UpstreamRequest> for UpstreamService {
+    type Response = UpstreamResponse;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'static, Result<UpstreamResponse, UpstreamError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), UpstreamError>> {
+        // The pooled client queues on its own: always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        self.0.send(req)
+    }
 }
 
 /// The production upstream: one pooled hyper client (HTTP/1.1 and HTTP/2 over rustls with the

@@ -120,7 +120,7 @@ pub(super) fn validate_clients(
                         p.push(&format!("{path}.key"), "is empty");
                         [0; 32]
                     }
-                    Ok(k) => crate::auth::sha256(k.as_bytes()),
+                    Ok(k) => crate::digest::sha256(k.as_bytes()),
                     Err(e) => {
                         p.push(&format!("{path}.key"), e);
                         [0; 32]

@@ -286,7 +286,7 @@ impl Config {
                 .as_ref()
                 .and_then(|t| match expand_env(t.expose(), env) {
                     Ok(t) if t.is_empty() => None,
-                    Ok(t) => Some(crate::auth::sha256(t.as_bytes())),
+                    Ok(t) => Some(crate::digest::sha256(t.as_bytes())),
                     Err(e) => {
                         p.push("admin.token", e);
                         None

@@ -227,5 +227,8 @@ fn client_keys_may_be_given_as_sha256() {
         .unwrap()
         .validate_with(&|_| None)
         .unwrap();
-    assert_eq!(settings.clients[0].key_sha256, crate::auth::sha256(b"abc"));
+    assert_eq!(
+        settings.clients[0].key_sha256,
+        crate::digest::sha256(b"abc")
+    );
 }

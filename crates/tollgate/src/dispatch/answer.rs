@@ -1,52 +1,21 @@
 //! A successful attempt's answer on its way to the client: the body guarded (idle timeout,
-//! error event on a break), usage tapped for the buckets and the tokens metric, Anthropic
-//! streams translated, and the key's lease held until the last byte.
+//! error event on a break), usage tapped for the buckets and the tokens metric, and the key's
+//! lease held until the last byte. (The provider layer already translated the stream.)
 
-use super::attempt::is_event_stream;
-use super::{Answer, Dispatcher, Served};
-use crate::config::ProviderKind;
+use super::select::SelectShared;
 use crate::key_pool::Lease;
-use crate::provider::anthropic;
-use crate::request::GatewayRequest;
+use crate::provider::is_event_stream;
+use crate::request::{Answer, GatewayRequest, Served};
 use crate::stream::{guard, Framing, StreamEnd};
-use crate::upstream::{BodyStream, UpstreamResponse};
+use crate::upstream::UpstreamResponse;
 use crate::usage::UsageTap;
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::header;
 use openai_types::Usage;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-/// Anthropic's named events, translated to `chat.completion.chunk` events as they arrive.
-fn translate_stream(req: &GatewayRequest, prefix: Bytes, body: BodyStream) -> (Bytes, BodyStream) {
-    let created = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut translator = anthropic::StreamTranslator::new(
-        req.model.as_deref().unwrap_or_default(),
-        req.include_usage,
-        created,
-    );
-    let mut first = Vec::new();
-    translator.push(&prefix, &mut first);
-    let rest = body.filter_map(move |chunk| {
-        let out = chunk.map(|c| {
-            let mut out = Vec::new();
-            translator.push(&c, &mut out);
-            Bytes::from(out)
-        });
-        // Events still incomplete produce nothing yet: send no empty frames.
-        std::future::ready(match out {
-            Ok(b) if b.is_empty() => None,
-            other => Some(other),
-        })
-    });
-    (Bytes::from(first), Box::pin(rest))
-}
-
-impl Dispatcher {
+impl SelectShared {
     /// What runs when an answer's body ends: the key's lease is released, stream failures are
     /// counted, real usage is counted and reconciled with the buckets' estimate.
     pub(super) fn on_end(
@@ -55,7 +24,7 @@ impl Dispatcher {
         provider: usize,
         lease: Lease,
     ) -> impl FnOnce(StreamEnd, Option<Usage>) + Send + 'static {
-        let counters = self.handles.tokens(provider, self.model_index(req));
+        let counters = self.handles.tokens(provider, req.model_index);
         let stream_errors = self.metrics.stream_errors.clone();
         let client_bucket = req.client_bucket.clone();
         let estimate = req.tokens;
@@ -96,7 +65,10 @@ impl Dispatcher {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one answer's parts, each used once"
+    )]
     pub(super) fn answer(
         &self,
         req: &GatewayRequest,
@@ -108,7 +80,7 @@ impl Dispatcher {
         served: Served,
     ) -> Answer {
         let key = lease.id().to_owned();
-        let pname = self.settings.providers[provider].name.clone();
+        let pname = lease.provider().to_owned();
         let sse = req.stream && is_event_stream(&resp.headers);
         let json = resp
             .headers
@@ -132,20 +104,7 @@ impl Dispatcher {
             Framing::Raw { length }
         };
         let on_end = self.on_end(req, provider, lease);
-        let (prefix, upstream_body) =
-            if sse && self.settings.providers[provider].kind == ProviderKind::Anthropic {
-                translate_stream(req, prefix, resp.body)
-            } else {
-                (prefix, resp.body)
-            };
-        let body = guard(
-            prefix,
-            upstream_body,
-            self.settings.server.idle_timeout,
-            framing,
-            tap,
-            on_end,
-        );
+        let body = guard(prefix, resp.body, self.idle_timeout, framing, tap, on_end);
         let body = Body::from_stream(body);
         Answer {
             status: resp.status,

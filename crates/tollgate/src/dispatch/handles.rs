@@ -2,24 +2,22 @@
 //! counters without hashing label strings: labels come from closed sets (configured providers,
 //! keys, models, outcome kinds), so every series can be created up front.
 
-use super::classify::Kind;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use prometheus::{Histogram, IntCounter};
+use crate::provider::classify::Kind;
+use prometheus::IntCounter;
 
 /// Pre-resolved series.
 #[derive(Debug)]
-pub(super) struct Handles {
+pub(crate) struct Handles {
     /// `[provider][model or "other"][prompt, completion]`.
     tokens: Vec<Vec<[IntCounter; 2]>>,
     /// `[provider][key][kind]`.
     attempts: Vec<Vec<Vec<IntCounter>>>,
-    /// `[provider]`.
-    upstream_duration: Vec<Histogram>,
 }
 
 impl Handles {
-    pub(super) fn new(settings: &Settings, metrics: &Metrics) -> Self {
+    pub(crate) fn new(settings: &Settings, metrics: &Metrics) -> Self {
         let models: Vec<&str> = settings
             .models
             .iter()
@@ -63,16 +61,7 @@ impl Handles {
                     .collect()
             })
             .collect();
-        let upstream_duration = settings
-            .providers
-            .iter()
-            .map(|p| metrics.upstream_duration.with_label_values(&[&p.name]))
-            .collect();
-        Handles {
-            tokens,
-            attempts,
-            upstream_duration,
-        }
+        Handles { tokens, attempts }
     }
 
     /// Token counters of a provider and a model index (`None`: a pass-through model).
@@ -86,10 +75,5 @@ impl Handles {
     pub(super) fn attempt(&self, provider: usize, key: usize, kind: Kind) -> &IntCounter {
         let pos = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         &self.attempts[provider][key][pos]
-    }
-
-    /// The upstream latency histogram of a provider.
-    pub(super) fn upstream_duration(&self, provider: usize) -> &Histogram {
-        &self.upstream_duration[provider]
     }
 }

@@ -1,27 +1,156 @@
-//! Key selection for one attempt, and waiting when no key is available.
+//! The key-selection layer: for each attempt, a key of the target's provider that is healthy,
+//! has room in its RPM/TPM bucket, and is not excluded by the request's trail (keys not yet
+//! tried first, then keys that failed only transiently). After the exchange it applies the
+//! key's part of the decision table (health, shared health, exclusion), records the attempt,
+//! and on success hands the answer on with the key's lease held until its last byte.
 
-use super::walk::{NoKey, Walk};
-use super::Dispatcher;
-use crate::key_pool::Lease;
-use crate::request::GatewayRequest;
+use super::decision::{decide, Exclude, KeyEffect, Then};
+use super::handles::Handles;
+use super::trail::{AttemptRecord, Failure, Trail};
+use crate::key_pool::store::HealthStore;
+use crate::key_pool::{KeyPool, Lease};
+use crate::metrics::Metrics;
+use crate::provider::classify::Kind;
+use crate::provider::{Exchange, Raw};
+use crate::rate_limit::{remaining_from_headers, unix_ms, Limiter, SharedHealth};
+use crate::request::{Answer, GatewayRequest, KeyedCall, Served, Target};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
 
-impl Dispatcher {
+/// One attempt on one target (retry layer → key selection).
+#[derive(Debug, Clone)]
+pub struct AttemptCall {
+    /// The client's request.
+    pub req: Arc<GatewayRequest>,
+    /// The target.
+    pub target: Target,
+    /// The body prepared for the target.
+    pub body: Bytes,
+    /// The request's walk state.
+    pub trail: Trail,
+    /// How an answer from this attempt counts.
+    pub served: Served,
+}
+
+/// Why no key could be picked.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoKey {
+    /// When the earliest cooling or disabled key recovers.
+    pub earliest: Option<Instant>,
+    /// Shortest wait until a key's bucket can take the request.
+    pub refill: Option<Duration>,
+}
+
+/// An attempt that produced no answer for the client.
+#[derive(Debug, Clone, Copy)]
+pub enum Missed {
+    /// No key could be picked: nothing was sent.
+    NoKey(NoKey),
+    /// The attempt was made and failed; the decision table says what comes next.
+    Failed(Then),
+}
+
+pub(crate) struct SelectShared {
+    pub(crate) pools: Arc<[Arc<KeyPool>]>,
+    pub(crate) limiter: Arc<Limiter>,
+    pub(crate) health: Arc<dyn HealthStore>,
+    pub(crate) handles: Arc<Handles>,
+    pub(crate) metrics: Metrics,
+    pub(crate) idle_timeout: Duration,
+}
+
+/// Builds [`KeySelect`] services.
+#[derive(Clone)]
+pub struct KeySelectLayer {
+    shared: Arc<SelectShared>,
+}
+
+impl std::fmt::Debug for KeySelectLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySelectLayer").finish_non_exhaustive()
+    }
+}
+
+impl KeySelectLayer {
+    pub(crate) fn new(shared: SelectShared) -> Self {
+        KeySelectLayer {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl<S> Layer<S> for KeySelectLayer {
+    type Service = KeySelect<S>;
+    fn layer(&self, inner: S) -> KeySelect<S> {
+        KeySelect {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Picks a key per attempt and applies what its outcome means for the key.
+#[derive(Clone)]
+pub struct KeySelect<S> {
+    inner: S,
+    shared: Arc<SelectShared>,
+}
+
+impl<S> Service<AttemptCall> for KeySelect<S>
+where
+    S: Service<KeyedCall, Response = Exchange, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Answer;
+    type Error = Missed;
+    type Future = BoxFuture<'static, Result<Answer, Missed>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Missed>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: AttemptCall) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let lease = shared
+                .pick(&call, Instant::now())
+                .await
+                .map_err(Missed::NoKey)?;
+            let keyed = KeyedCall {
+                req: Arc::clone(&call.req),
+                target: call.target.clone(),
+                body: call.body.clone(),
+                key: lease.key_ref(),
+            };
+            let exchange = match inner.oneshot(keyed).await {
+                Ok(exchange) => exchange,
+                Err(never) => match never {},
+            };
+            shared.settle(&call, lease, exchange).await
+        })
+    }
+}
+
+impl SelectShared {
     /// Picks a key: first never-tried keys, then keys that failed only transiently; a key
     /// whose RPM/TPM bucket cannot take this request is skipped like a cooling one.
-    pub(super) async fn pick(
-        &self,
-        provider: usize,
-        walk: &Walk,
-        req: &GatewayRequest,
-        now: Instant,
-    ) -> Result<Lease, NoKey> {
+    async fn pick(&self, call: &AttemptCall, now: Instant) -> Result<Lease, NoKey> {
+        let provider = call.target.provider;
         let pool = &self.pools[provider];
+        let (hard, soft) = call.trail.lock().exclusions(provider);
         let mut full: Vec<usize> = Vec::new();
         let mut no_key = NoKey::default();
         loop {
-            let hard = |i: usize| walk.hard.contains(&(provider, i)) || full.contains(&i);
-            let untried = pool.select(&|i| hard(i) || walk.soft.contains(&(provider, i)), now);
+            let hard = |i: usize| hard.contains(&i) || full.contains(&i);
+            let untried = pool.select(&|i| hard(i) || soft.contains(&i), now);
             let lease = match untried {
                 Ok(lease) => lease,
                 Err(e1) => match pool.select(&hard, now) {
@@ -33,7 +162,7 @@ impl Dispatcher {
                 },
             };
             let (bucket, limits) = pool.bucket(lease.idx());
-            match self.limiter.take(bucket, limits, req.tokens).await {
+            match self.limiter.take(bucket, limits, call.req.tokens).await {
                 Ok(_) => return Ok(lease),
                 Err(refused) => {
                     self.metrics
@@ -49,31 +178,131 @@ impl Dispatcher {
         }
     }
 
-    /// With no key available: waits for a bucket refill (up to `max_queue_wait`) or, on the
-    /// last target, for the earliest cooling key, when the deadline allows; `None` gives up.
-    pub(super) async fn wait_for_key(
+    /// Applies the outcome to the key and the trail; the answer on success.
+    async fn settle(
         &self,
-        no_key: NoKey,
-        is_last: bool,
-        req: &GatewayRequest,
-        walk: &mut Walk,
-    ) -> Option<()> {
+        call: &AttemptCall,
+        mut lease: Lease,
+        exchange: Exchange,
+    ) -> Result<Answer, Missed> {
+        let provider = call.target.provider;
         let now = Instant::now();
-        if let Some(refill) = no_key.refill {
-            walk.note_earliest(now + refill);
-            if refill <= self.settings.limits.max_queue_wait && now + refill < req.deadline {
-                self.metrics.ratelimit_wait.observe(refill.as_secs_f64());
-                tokio::time::sleep(refill).await;
-                return Some(());
+        let kind = exchange.verdict.kind;
+        if let Some(headers) = exchange.headers() {
+            let (requests, tokens) = remaining_from_headers(headers);
+            let (bucket, limits) = lease.bucket();
+            self.limiter.sync(bucket, limits, requests, tokens).await;
+        }
+        self.handles.attempt(provider, lease.idx(), kind).inc();
+        let attempt_no = call.trail.attempts() + 1;
+        let pname = lease.provider();
+        if let Raw::Transport(e) = &exchange.raw {
+            tracing::warn!(request_id = %call.req.id, provider = %pname, key = lease.id(), attempt = attempt_no, error = %e, "upstream attempt failed");
+        } else if kind != Kind::Success {
+            tracing::info!(request_id = %call.req.id, provider = %pname, key = lease.id(), attempt = attempt_no, status = exchange.status, kind = kind.label(), "upstream attempt failed");
+        }
+        let decision = decide(kind);
+        let key = (provider, lease.idx());
+        {
+            let mut walk = call.trail.lock();
+            walk.attempts.push(AttemptRecord {
+                provider,
+                key: lease.id().to_owned(),
+                kind,
+                status: exchange.status,
+                detail: match &exchange.raw {
+                    Raw::Transport(e) => Some(e.to_string()),
+                    _ => None,
+                },
+            });
+            walk.last_kind = Some(kind);
+            walk.last_wait = exchange.verdict.wait;
+            if let Some(f) = failure(&exchange.raw, provider, lease.id()) {
+                walk.last_failure = Some(f);
+            }
+            match decision.exclude {
+                Exclude::No => {}
+                Exclude::ForRequest => walk.hard.push(key),
+                Exclude::UntilBackoff if walk.soft.contains(&key) => {}
+                Exclude::UntilBackoff => walk.soft.push(key),
             }
         }
-        let at = no_key.earliest?;
-        walk.note_earliest(at);
-        if is_last && at < req.deadline {
-            // Every key is cooling and nothing is left to fall back to: wait for the first.
-            tokio::time::sleep_until(at).await;
-            return Some(());
+        self.apply_key_effect(decision.key, &mut lease, exchange.verdict.wait, call, now);
+        match (decision.then, exchange.raw) {
+            (Then::Answer, Raw::Ok(resp, prefix)) => {
+                let attempts = call.trail.attempts();
+                Ok(self.answer(
+                    &call.req,
+                    provider,
+                    lease,
+                    resp,
+                    prefix,
+                    attempts,
+                    call.served,
+                ))
+            }
+            (Then::Answer, _) => Err(Missed::Failed(Then::Retry)),
+            (then, _) => Err(Missed::Failed(then)),
         }
-        None
+    }
+
+    fn apply_key_effect(
+        &self,
+        effect: KeyEffect,
+        lease: &mut Lease,
+        asked: Option<Duration>,
+        call: &AttemptCall,
+        now: Instant,
+    ) {
+        match effect {
+            KeyEffect::Restore => lease.success(now),
+            KeyEffect::Cool => {
+                let wait = lease.cool(asked, now);
+                call.trail.lock().note_earliest(now + wait);
+                let until = unix_ms() + wait.as_millis() as u64;
+                self.health
+                    .publish(lease.bucket().0, SharedHealth::Cooling(until));
+            }
+            KeyEffect::Disable => {
+                let interval = lease.disable(now);
+                let until = unix_ms() + interval.as_millis() as u64;
+                self.health
+                    .publish(lease.bucket().0, SharedHealth::Disabled(until));
+            }
+            KeyEffect::Fail => lease.transient(now),
+            KeyEffect::Keep => {}
+        }
+    }
+}
+
+/// The upstream error worth returning as is, if the attempt produced one.
+fn failure(raw: &Raw, provider: usize, key: &str) -> Option<Failure> {
+    match raw {
+        Raw::Error {
+            status,
+            headers,
+            body,
+        } => Some(Failure {
+            status: *status,
+            headers: headers.clone(),
+            body: body.clone(),
+            provider,
+            key: key.to_owned(),
+        }),
+        Raw::StreamError(json) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Some(Failure {
+                status: StatusCode::BAD_GATEWAY,
+                headers,
+                body: json.clone(),
+                provider,
+                key: key.to_owned(),
+            })
+        }
+        Raw::Ok(..) | Raw::Transport(_) => None,
     }
 }

@@ -1,15 +1,22 @@
 //! Dispatch policies under paused time with a scripted in-process upstream: attempt order,
 //! waits to the millisecond, budget, deadline, fallback, probing.
 
-use super::*;
 use crate::config::Config;
-use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::request::{Answer, GatewayRequest, Served};
+use crate::stack::{GatewayService, Parts};
+use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream;
 use http::Method;
+use http::{HeaderMap, StatusCode};
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
+use tower::ServiceExt;
 
 #[derive(Clone, Debug)]
 enum Reply {
@@ -122,7 +129,19 @@ const REVOKED: Reply = Reply::Status(
     r#"{"error":{"message":"bad key","type":"invalid_request_error","code":"invalid_api_key"}}"#,
 );
 
-fn setup(toml: &str) -> (Dispatcher, Arc<Fake>, Metrics) {
+/// The stack from the route down, as the dispatch tests drive it.
+struct Dispatch(GatewayService, Arc<crate::config::Settings>);
+
+impl Dispatch {
+    /// Serves `req` as the handler would: its model resolved against the settings first.
+    async fn dispatch(&self, req: &GatewayRequest) -> Result<Answer, GatewayError> {
+        let mut req = req.clone();
+        req.model_index = req.model.as_deref().and_then(|m| self.1.model_index(m));
+        self.0.clone().oneshot(req).await
+    }
+}
+
+fn setup(toml: &str) -> (Dispatch, Arc<Fake>, Metrics) {
     let settings = Arc::new(
         Config::from_toml(toml)
             .unwrap()
@@ -132,14 +151,16 @@ fn setup(toml: &str) -> (Dispatcher, Arc<Fake>, Metrics) {
     let fake = Arc::new(Fake::default());
     let metrics = Metrics::new().unwrap();
     let limiter = Arc::new(crate::rate_limit::Limiter::new(&settings.state, &metrics));
-    let d = Dispatcher::new(
-        settings,
-        Arc::new(FakeUpstream(fake.clone())),
+    let parts = Parts {
+        upstream: Arc::new(FakeUpstream(fake.clone())),
+        health: crate::key_pool::store::for_limiter(&limiter),
         limiter,
-        metrics.clone(),
-        7,
-    );
-    (d, fake, metrics)
+        metrics: metrics.clone(),
+        seed: 7,
+    };
+    let auth = Arc::new(crate::auth::Auth::new(&settings.clients));
+    let gateway = crate::stack::gateway(&settings, auth, &parts, None);
+    (Dispatch(gateway.dispatch, settings), fake, metrics)
 }
 
 fn providers(retry: &str, pools: &[(&str, &[&str])]) -> String {
@@ -166,19 +187,21 @@ fn chain(names: &[&str]) -> String {
 }
 
 fn chat() -> GatewayRequest {
-    GatewayRequest::for_test(
+    let req = GatewayRequest::for_test(
         Method::POST,
         "chat/completions",
         Bytes::from_static(br#"{"model":"m","messages":[]}"#),
-    )
+    );
+    req
 }
 
 fn stream_chat() -> GatewayRequest {
-    GatewayRequest::for_test(
+    let req = GatewayRequest::for_test(
         Method::POST,
         "chat/completions",
         Bytes::from_static(br#"{"model":"m","stream":true}"#),
-    )
+    );
+    req
 }
 
 #[tokio::test(start_paused = true)]

@@ -120,7 +120,7 @@ async fn disabled_key_gets_one_probe_and_a_success_restores_it() {
         pool.select(&|i| i != 0, probe_time).is_err(),
         "one probe at a time"
     );
-    probe.success();
+    probe.success(probe_time);
     drop(probe);
     assert_eq!(pool.health(0), Health::Healthy);
 }
@@ -200,4 +200,55 @@ async fn another_replicas_cooldown_and_disablement_apply_here() {
         matches!(pool.health(0), Health::Cooling { .. }),
         "an expired record changes nothing"
     );
+}
+
+#[test]
+fn health_state_machine_table() {
+    use HealthEvent as E;
+    let now = Instant::now();
+    let later = now + Duration::from_secs(5);
+    let past = now - Duration::from_millis(1);
+    let (healthy, cooling, disabled, probing) = (
+        Health::Healthy,
+        Health::Cooling { until: later },
+        Health::Disabled { probe_at: later },
+        Health::Probing,
+    );
+    let rows: [(Health, E, Health); 20] = [
+        (Health::Cooling { until: past }, E::Tick, healthy),
+        (cooling, E::Tick, cooling),
+        (
+            Health::Disabled { probe_at: past },
+            E::ProbeStarted,
+            probing,
+        ),
+        (disabled, E::ProbeStarted, disabled),
+        (probing, E::Succeeded, healthy),
+        (healthy, E::Succeeded, healthy),
+        (healthy, E::RateLimited { until: later }, cooling),
+        (
+            Health::Cooling { until: now },
+            E::RateLimited { until: later },
+            cooling,
+        ),
+        (cooling, E::RateLimited { until: now }, cooling),
+        (disabled, E::RateLimited { until: now }, disabled),
+        (healthy, E::Rejected { probe_at: later }, disabled),
+        (cooling, E::Rejected { probe_at: later }, disabled),
+        (probing, E::Failed { probe_at: later }, disabled),
+        (healthy, E::Failed { probe_at: later }, healthy),
+        (
+            probing,
+            E::ProbeAbandoned,
+            Health::Disabled { probe_at: now },
+        ),
+        (probing, E::SharedDisabled { probe_at: later }, probing),
+        (disabled, E::SharedCooling { until: later }, disabled),
+        (healthy, E::SharedCooling { until: later }, cooling),
+        (cooling, E::SharedCooling { until: now }, cooling),
+        (healthy, E::SharedDisabled { probe_at: later }, disabled),
+    ];
+    for (from, event, to) in rows {
+        assert_eq!(from.on(event, now), to, "{from:?} on {event:?}");
+    }
 }

@@ -7,7 +7,7 @@
 //! configured default. A byte-based count is within a few percent of a tokenizer for English
 //! and costs nothing to load; `reconcile` removes the error once `usage` arrives.
 
-use crate::request::Endpoint;
+use crate::endpoint::Endpoint;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 

@@ -114,19 +114,6 @@ impl MemoryStore {
         self.with(id, limits, now, |pair| pair.levels(now))
     }
 
-    pub(super) fn wait(
-        &self,
-        id: &str,
-        limits: Limits,
-        tokens: u64,
-        now: Instant,
-    ) -> Option<Duration> {
-        self.with(id, limits, now, |pair| match pair.refused(tokens, now) {
-            None => Some(Duration::ZERO),
-            Some(r) => r.wait,
-        })
-    }
-
     pub(super) fn reconcile(
         &self,
         id: &str,

@@ -7,14 +7,16 @@
 
 pub mod bucket;
 pub mod estimate;
+pub mod layer;
 mod memory;
-mod redis_store;
+pub mod redis_store;
 
 use crate::config::{Backend, StateSettings};
 use crate::metrics::Metrics;
 use memory::MemoryStore;
 use redis_store::RedisStore;
 pub use redis_store::SharedHealth;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The limits of one bucket pair (either may be absent).
@@ -94,15 +96,15 @@ pub struct Levels {
 #[derive(Debug)]
 pub struct Limiter {
     local: MemoryStore,
-    redis: Option<RedisStore>,
+    redis: Option<Arc<RedisStore>>,
     replicas: u32,
 }
 
 impl Limiter {
     /// A limiter for the configured backend.
     pub fn new(state: &StateSettings, metrics: &Metrics) -> Self {
-        let redis =
-            (state.backend == Backend::Redis).then(|| RedisStore::new(state, metrics.clone()));
+        let redis = (state.backend == Backend::Redis)
+            .then(|| Arc::new(RedisStore::new(state, metrics.clone())));
         Limiter {
             local: MemoryStore::default(),
             redis,
@@ -136,15 +138,6 @@ impl Limiter {
         )
     }
 
-    /// Whether `tokens` could be taken now from `id` (no change); the wait otherwise.
-    pub fn local_wait(&self, id: &str, limits: Limits, tokens: u64) -> Option<Duration> {
-        if limits.is_none() || self.redis.is_some() {
-            return Some(Duration::ZERO);
-        }
-        self.local
-            .wait(id, limits, tokens, tokio::time::Instant::now())
-    }
-
     /// Current levels of a local bucket pair, without taking anything (`None` with Redis or no limit).
     pub fn peek(&self, id: &str, limits: Limits) -> Option<Levels> {
         if limits.is_none() || self.redis.is_some() {
@@ -153,26 +146,9 @@ impl Limiter {
         Some(self.local.peek(id, limits, tokio::time::Instant::now()))
     }
 
-    /// Tells the other replicas (through Redis) that a key is cooling or disabled; a no-op in
-    /// memory. Runs in the background: the request does not wait for it.
-    pub fn publish_health(self: &std::sync::Arc<Self>, id: &str, health: SharedHealth) {
-        if self.redis.is_none() {
-            return;
-        }
-        let (me, id) = (std::sync::Arc::clone(self), id.to_owned());
-        let now_ms = unix_ms();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Some(redis) = &me.redis {
-                    redis.publish_health(&id, health, now_ms).await;
-                }
-            });
-        }
-    }
-
-    /// What the other replicas recorded about `ids` (`None` in memory or when Redis is down).
-    pub async fn shared_health(&self, ids: &[&str]) -> Option<Vec<Option<SharedHealth>>> {
-        self.redis.as_ref()?.fetch_health(ids).await
+    /// The Redis store, when buckets (and key health) are shared through Redis.
+    pub fn redis(&self) -> Option<Arc<RedisStore>> {
+        self.redis.clone()
     }
 
     /// Whether buckets live in Redis (calls may wait on the network).

@@ -69,7 +69,7 @@ end
 "#;
 
 #[derive(Debug)]
-pub(super) struct RedisStore {
+pub struct RedisStore {
     client: Option<redis::Client>,
     conn: ArcSwapOption<MultiplexedConnection>,
     connecting: tokio::sync::Mutex<()>,
@@ -276,7 +276,7 @@ impl RedisStore {
     }
 
     /// Records a key's cooldown or disablement for the other replicas (expires with it).
-    pub(super) async fn publish_health(&self, id: &str, health: SharedHealth, now_ms: u64) {
+    pub(crate) async fn publish_health(&self, id: &str, health: SharedHealth, now_ms: u64) {
         let (value, until) = match health {
             SharedHealth::Cooling(until) => (format!("cooling:{until}"), until),
             SharedHealth::Disabled(until) => (format!("disabled:{until}"), until),
@@ -288,7 +288,7 @@ impl RedisStore {
     }
 
     /// The shared health of `ids`, in order (`None` where nothing is recorded).
-    pub(super) async fn fetch_health(&self, ids: &[&str]) -> Option<Vec<Option<SharedHealth>>> {
+    pub(crate) async fn fetch_health(&self, ids: &[&str]) -> Option<Vec<Option<SharedHealth>>> {
         if ids.is_empty() {
             return Some(Vec::new());
         }

@@ -2,7 +2,7 @@
 //! reloads. Behind the admin token (constant-time compare); off, as 404, when none is set.
 
 use super::AppState;
-use crate::auth::{constant_time_eq, sha256};
+use crate::digest::{constant_time_eq, sha256};
 use crate::error::GatewayError;
 use axum::body::Body;
 use axum::extract::State;
@@ -64,10 +64,10 @@ async fn keys(State(state): State<AppState>, req: Request<Body>) -> Response<Bod
     }
     let runtime = state.reloader.current();
     let now = tokio::time::Instant::now();
-    let limiter = runtime.dispatcher.limiter();
+    let limiter = state.reloader.limiter();
     let providers: Vec<serde_json::Value> = runtime
-        .dispatcher
-        .pools()
+        .gateway
+        .pools
         .iter()
         .map(|pool| {
             let keys: Vec<serde_json::Value> = pool

@@ -1,10 +1,10 @@
 //! The axum app: routes, the `/v1/*` proxy handler, health and metrics endpoints, listeners
 //! and graceful shutdown.
 //!
-//! Request path (see ARCHITECTURE.md): request id → body limit → parse (endpoint, model,
-//! stream) → dispatch (route → fallback → retry → key select → provider → upstream) → answer
-//! headers. A panic inside becomes a 500 in OpenAI's shape; the server keeps serving.
+//! The `/v1/*` route runs behind the edge stack and calls the gateway stack, both assembled
+//! in `crate::stack` (see ARCHITECTURE.md).
 
+pub mod access;
 mod admin;
 mod headers;
 mod proxy;
@@ -32,8 +32,9 @@ pub struct AppState {
 
 /// The main router: `/v1/*`, health, and (unless they have their own listener) metrics and admin.
 pub fn router(state: AppState, with_admin: bool) -> Router {
-    Router::new()
-        .route("/v1/{*path}", any(proxy::proxy))
+    let max_body = state.reloader.current().settings.server.max_body;
+    let v1 = Router::new().route("/v1/{*path}", any(proxy::proxy));
+    crate::stack::edge(v1, Arc::clone(&state.metrics), max_body)
         .route("/v1", any(not_found))
         .merge(ops_router(with_admin))
         .fallback(not_found)

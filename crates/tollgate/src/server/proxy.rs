@@ -1,201 +1,99 @@
-//! The `/v1/*` handler: authenticate, parse once, take the client's buckets, dispatch, shape
-//! the answer, count and log it.
+//! The `/v1/*` handler: reads the body once into a [`GatewayRequest`], calls the live gateway
+//! stack (see `crate::stack`), shapes the answer's headers and leaves an [`AnswerRecord`] on it
+//! for the access layer. Request ids, spans, panics, the body limit, metrics and the access log
+//! are the edge stack's.
 
+use super::access::AnswerRecord;
 use super::headers::{client_headers, upstream_headers};
 use super::AppState;
-use crate::auth::{Client, InflightGuard};
-use crate::dispatch::{Answer, Served};
 use crate::error::{set_retry_after, GatewayError};
-use crate::metrics::status_class;
-use crate::rate_limit::{estimate::estimate, Levels, Limits};
 use crate::reload::Runtime;
-use crate::request::{Endpoint, GatewayRequest};
-use crate::units::format_go_duration;
+use crate::request::{Answer, Endpoint, GatewayRequest, Served};
 use axum::body::Body;
 use axum::extract::State;
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use rand::Rng;
-use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use http::{header, HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
-
-/// A request that failed before or during dispatch, with its model label.
-type Failed = (GatewayError, String);
-
-/// What the handler produced besides the answer: labels, the client's levels, its slot.
-struct Served2 {
-    answer: Answer,
-    model_label: String,
-    levels: Levels,
-    slot: Option<InflightGuard>,
-}
+use tower::ServiceExt;
 
 /// Handles every `/v1/*` request.
 pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> Response<Body> {
     let received = Instant::now();
-    let request_id = request_id(req.headers());
-    state.metrics.inflight.inc();
-    let _inflight = scopeguard(&state.metrics.inflight);
-    let path = req
-        .uri()
+    // One runtime for the whole request, even if the config is reloaded meanwhile.
+    let rt = state.reloader.current();
+    let gw = match parse(&rt, req, received).await {
+        Ok(gw) => gw,
+        Err(e) => return failed(e, "other"),
+    };
+    let model = gw
+        .model_index
+        .map_or("other", |i| rt.settings.models[i].name.as_str());
+    match rt.gateway.service.clone().oneshot(gw).await {
+        Ok(answer) => respond(answer, model),
+        Err(e) => failed(e, model),
+    }
+}
+
+/// The gateway's own error, with its record.
+fn failed(e: GatewayError, model: &str) -> Response<Body> {
+    tracing::debug!(error = e.metric_label(), "request refused");
+    let mut resp = e.to_response();
+    resp.extensions_mut().insert(AnswerRecord {
+        model: model.to_owned(),
+        provider: "-".into(),
+        key: "-".into(),
+        attempts: 0,
+        served: Served::Failed,
+    });
+    resp
+}
+
+/// Reads the body (the edge's body limit applies) and the fields the gateway routes on.
+async fn parse(
+    rt: &Runtime,
+    req: Request<Body>,
+    received: Instant,
+) -> Result<GatewayRequest, GatewayError> {
+    let settings = &rt.settings;
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
         .path()
         .strip_prefix("/v1/")
         .unwrap_or_default()
         .to_owned();
+    let body = read_body(body, settings.server.max_body).await?;
     let endpoint = Endpoint::from_path(&path);
-    let method = req.method().clone();
-    let handled = AssertUnwindSafe(handle(&state, req, path.clone(), &request_id, received))
-        .catch_unwind()
-        .await;
-    let (mut resp, model_label, served) = match handled {
-        Ok(Ok(mut s)) => {
-            let served = s.answer.served;
-            let label = std::mem::take(&mut s.model_label);
-            (respond(s), label, served)
-        }
-        Ok(Err((err, label))) => {
-            tracing::debug!(request_id = %request_id, error = err.metric_label(), "request refused");
-            (err.to_response(), label, Served::Failed)
-        }
-        Err(_) => {
-            tracing::error!(request_id = %request_id, "handler panicked");
-            (
-                GatewayError::Internal {
-                    request_id: request_id.clone(),
-                }
-                .to_response(),
-                "other".to_owned(),
-                Served::Failed,
-            )
-        }
-    };
-    if let Ok(v) = HeaderValue::try_from(request_id.as_str()) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    let status = resp.status().as_u16();
-    let served = if status >= 400 {
-        Served::Failed
-    } else {
-        served
-    };
-    let elapsed = received.elapsed();
-    let m = &state.metrics;
-    m.requests
-        .with_label_values(&[
-            &model_label,
-            endpoint.label(),
-            status_class(status),
-            served.label(),
-        ])
-        .inc();
-    m.request_duration
-        .with_label_values(&[endpoint.label()])
-        .observe(elapsed.as_secs_f64());
-    let h = resp.headers();
-    let text = |name: &str| {
-        h.get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_owned()
-    };
-    tracing::info!(
-        request_id = %request_id,
-        method = %method,
-        path = %path,
-        model = %model_label,
-        status,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        provider = %text("x-tollgate-provider"),
-        key = %text("x-tollgate-key"),
-        attempts = %text("x-tollgate-attempts"),
-        "request"
-    );
-    resp
-}
-
-async fn handle(
-    state: &AppState,
-    req: Request<Body>,
-    path: String,
-    request_id: &str,
-    received: Instant,
-) -> Result<Served2, Failed> {
-    let other = || "other".to_owned();
-    // One runtime for the whole request, even if the config is reloaded meanwhile.
-    let rt = state.reloader.current();
-    let client = rt
-        .auth
-        .authenticate(req.headers())
-        .map_err(|_| (GatewayError::Unauthorized, other()))?;
-    let slot = match &client {
-        Some(c) => Some(c.enter().ok_or_else(|| {
-            (
-                GatewayError::TooManyConcurrent {
-                    limit: c.settings.max_concurrent.unwrap_or(0),
-                },
-                other(),
-            )
-        })?),
-        None => None,
-    };
-    let settings = rt.dispatcher.settings();
-    let (parts, body) = req.into_parts();
-    let body = read_body(&parts, body, settings.server.max_body)
-        .await
-        .map_err(|e| (e, other()))?;
-    let endpoint = Endpoint::from_path(&path);
-    let meta = parse_meta(&parts, &body, endpoint).map_err(|e| (e, other()))?;
-    if let (Some(c), Some(model)) = (&client, meta.model.as_deref()) {
-        if !c.allows(model) {
-            return Err((GatewayError::ModelNotAllowed(model.to_owned()), other()));
-        }
-    }
-    if parts.method == Method::GET
-        && (path == "models" || path.starts_with("models/"))
-        && !settings.models.is_empty()
-    {
-        let answer = models_answer(&rt, &path, client.as_deref()).map_err(|e| (e, other()))?;
-        return Ok(Served2 {
-            answer,
-            model_label: other(),
-            levels: Levels::default(),
-            slot,
-        });
-    }
-    let mut gw = GatewayRequest {
-        id: request_id.to_owned(),
+    let meta = parse_meta(&parts, &body, endpoint)?;
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let model_index = meta.model.as_deref().and_then(|m| settings.model_index(m));
+    Ok(GatewayRequest {
+        headers: upstream_headers(&parts.headers, &request_id),
+        credential: crate::auth::presented_key(&parts.headers).map(Box::from),
+        id: request_id,
         method: parts.method,
         query: parts.uri.query().map(str::to_owned),
-        headers: upstream_headers(&parts.headers, request_id),
         path,
         body,
         model: meta.model,
+        model_index,
         stream: meta.stream,
         endpoint,
         received,
+        client: None,
         tokens: 0,
         client_bucket: None,
         strip_usage: false,
         include_usage: meta.include_usage,
         deadline: received + settings.server.request_timeout,
-    };
-    let label = rt.dispatcher.model_label(&gw).to_owned();
-    let levels = take_client_buckets(state, &rt, client.as_ref(), &mut gw, meta.include_usage)
-        .await
-        .map_err(|e| (e, label.clone()))?;
-    match rt.dispatcher.dispatch(&gw).await {
-        Ok(answer) => Ok(Served2 {
-            answer,
-            model_label: label,
-            levels,
-            slot,
-        }),
-        Err(e) => Err((e, label)),
-    }
+    })
 }
 
 /// The fields of the body the gateway routes on.
@@ -236,104 +134,32 @@ fn parse_meta(parts: &Parts, body: &Bytes, endpoint: Endpoint) -> Result<Meta, G
     Ok(meta)
 }
 
-async fn read_body(parts: &Parts, body: Body, max_body: usize) -> Result<Bytes, GatewayError> {
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max_body) {
-        return Err(GatewayError::BodyTooLarge { limit: max_body });
-    }
-    match Limited::new(body, max_body).collect().await {
+async fn read_body(body: Body, max_body: usize) -> Result<Bytes, GatewayError> {
+    match body.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(GatewayError::BodyTooLarge { limit: max_body })
-        }
+        Err(e) if is_length_limit(&e) => Err(GatewayError::BodyTooLarge { limit: max_body }),
         Err(_) => Err(GatewayError::InvalidJson(
             "the request body could not be read".into(),
         )),
     }
 }
 
-/// Estimates the request's tokens when any TPM limit needs them, asks a stream for usage when
-/// it must be reconciled, and takes the client's buckets.
-async fn take_client_buckets(
-    state: &AppState,
-    rt: &Runtime,
-    client: Option<&Arc<Client>>,
-    gw: &mut GatewayRequest,
-    client_asked_usage: bool,
-) -> Result<Levels, GatewayError> {
-    let limits = client.map_or_else(Limits::default, |c| Limits {
-        rpm: c.settings.rpm,
-        tpm: c.settings.tpm,
-    });
-    let tpm_somewhere = limits.tpm.is_some() || rt.dispatcher.keys_have_tpm();
-    if tpm_somewhere {
-        let default_max = rt.dispatcher.settings().limits.default_max_tokens;
-        let (prompt, completion) = estimate(&gw.body, gw.endpoint, default_max);
-        gw.tokens = prompt + completion;
-        let streams_usage = matches!(
-            gw.endpoint,
-            Endpoint::ChatCompletions | Endpoint::Completions
-        );
-        if gw.stream && streams_usage && !client_asked_usage {
-            if let Some(body) = crate::usage::with_include_usage(&gw.body) {
-                gw.body = body;
-                gw.strip_usage = true;
-                gw.include_usage = true;
-            }
+/// Whether reading failed at the edge's body limit (the error comes wrapped by axum).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
         }
+        source = err.source();
     }
-    let Some(client) = client else {
-        return Ok(Levels::default());
-    };
-    if limits.is_none() {
-        return Ok(Levels::default());
-    }
-    match rt
-        .dispatcher
-        .limiter()
-        .take(&client.bucket, limits, gw.tokens)
-        .await
-    {
-        Ok(levels) => {
-            gw.client_bucket = Some((Arc::clone(&client.bucket), limits));
-            Ok(levels)
-        }
-        Err(refused) => {
-            state
-                .metrics
-                .rate_limited
-                .with_label_values(&["client", refused.dimension.label()])
-                .inc();
-            Err(GatewayError::ClientRateLimited {
-                dimension: refused.dimension.label(),
-                retry_after: refused.wait,
-            })
-        }
-    }
+    false
 }
 
-fn respond(s: Served2) -> Response<Body> {
-    let Served2 {
-        answer,
-        levels,
-        slot,
-        ..
-    } = s;
-    let body = match slot {
-        // The client's concurrency slot is held until its body has been sent.
-        Some(slot) => Body::new(Holding {
-            body: answer.body,
-            _slot: slot,
-        }),
-        None => answer.body,
-    };
-    let mut resp = Response::new(body);
+/// The answer as the client gets it: hop-by-hop headers removed, `x-should-retry: false` on
+/// errors retrying cannot fix, both retry-after forms on 429/503, and the gateway's headers.
+fn respond(answer: Answer, model: &str) -> Response<Body> {
+    let mut resp = Response::new(answer.body);
     *resp.status_mut() = answer.status;
     let mut headers = answer.headers;
     client_headers(&mut headers);
@@ -363,137 +189,21 @@ fn respond(s: Served2) -> Response<Body> {
             _ => {}
         }
     }
-    if levels != Levels::default() {
-        ratelimit_headers(&mut headers, &levels);
-    }
     headers.insert("x-tollgate-attempts", HeaderValue::from(answer.attempts));
-    if let Ok(v) = HeaderValue::try_from(answer.provider) {
+    if let Ok(v) = HeaderValue::try_from(answer.provider.as_str()) {
         headers.insert("x-tollgate-provider", v);
     }
-    if let Ok(v) = HeaderValue::try_from(answer.key) {
+    if let Ok(v) = HeaderValue::try_from(answer.key.as_str()) {
         headers.insert("x-tollgate-key", v);
     }
     *resp.headers_mut() = headers;
+    let served = answer.served;
+    resp.extensions_mut().insert(AnswerRecord {
+        model: model.to_owned(),
+        provider: answer.provider,
+        key: answer.key,
+        attempts: answer.attempts,
+        served,
+    });
     resp
-}
-
-/// The client's own limits in OpenAI's header format (replacing the upstream key's).
-fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
-    // [limit, remaining, reset] names per dimension, built once: this runs on every answer.
-    const NAMES: [[HeaderName; 3]; 2] = [
-        [
-            HeaderName::from_static("x-ratelimit-limit-requests"),
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
-            HeaderName::from_static("x-ratelimit-reset-requests"),
-        ],
-        [
-            HeaderName::from_static("x-ratelimit-limit-tokens"),
-            HeaderName::from_static("x-ratelimit-remaining-tokens"),
-            HeaderName::from_static("x-ratelimit-reset-tokens"),
-        ],
-    ];
-    for (names, level) in NAMES.iter().zip([levels.requests, levels.tokens]) {
-        for name in names {
-            headers.remove(name);
-        }
-        let Some(level) = level else { continue };
-        let [limit, remaining, reset] = names;
-        headers.insert(limit.clone(), HeaderValue::from(level.limit));
-        headers.insert(remaining.clone(), HeaderValue::from(level.remaining));
-        if let Ok(v) = HeaderValue::try_from(format_go_duration(level.reset)) {
-            headers.insert(reset.clone(), v);
-        }
-    }
-}
-
-fn models_answer(
-    rt: &Runtime,
-    path: &str,
-    client: Option<&Client>,
-) -> Result<Answer, GatewayError> {
-    let settings = rt.dispatcher.settings();
-    let visible = |name: &str| client.is_none_or(|c| c.allows(name));
-    let model = |name: &str| serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "tollgate"});
-    let body = match path.strip_prefix("models/") {
-        None => {
-            let data: Vec<_> = settings
-                .models
-                .iter()
-                .filter(|m| visible(&m.name))
-                .map(|m| model(&m.name))
-                .collect();
-            serde_json::json!({"object": "list", "data": data})
-        }
-        Some(name) if settings.model(name).is_some() && visible(name) => model(name),
-        Some(name) => return Err(GatewayError::ModelNotFound(name.to_owned())),
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(Answer {
-        status: StatusCode::OK,
-        headers,
-        body: Body::from(body.to_string()),
-        provider: "tollgate".into(),
-        key: "-".into(),
-        attempts: 0,
-        served: Served::FirstTry,
-    })
-}
-
-pin_project_lite::pin_project! {
-    /// A body that keeps the client's concurrency slot until it has been sent or dropped.
-    struct Holding {
-        #[pin]
-        body: Body,
-        _slot: InflightGuard,
-    }
-}
-
-impl http_body::Body for Holding {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// Takes the client's `x-request-id` when it is short and printable, else makes one.
-fn request_id(headers: &HeaderMap) -> String {
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
-            return id.to_owned();
-        }
-    }
-    let mut rng = rand::rng();
-    format!(
-        "req_{:016x}{:08x}",
-        rng.random::<u64>(),
-        rng.random::<u32>()
-    )
-}
-
-/// Decrements a gauge when dropped (also when the client goes away mid-request).
-fn scopeguard(gauge: &prometheus::IntGauge) -> impl Drop + '_ {
-    struct Dec<'a>(&'a prometheus::IntGauge);
-    impl Drop for Dec<'_> {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    Dec(gauge)
 }

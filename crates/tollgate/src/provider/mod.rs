@@ -1,25 +1,26 @@
-//! Providers turn a `GatewayRequest` into the request one upstream dialect expects: URL, auth
-//! header and body (the model renamed for the target, or translated for Anthropic). Pure
-//! functions, no I/O.
+//! Providers: each upstream dialect (`openai`, any OpenAI-compatible server; `azure`;
+//! `anthropic`) behind one type, [`Provider`]. It owns what the dialect supports, how a request
+//! is prepared (the model renamed, or the body translated: once per target) and built (URL,
+//! auth header), and how an answer, an error body and a stream are read back into OpenAI's
+//! shape. Outside this module nothing branches on the provider kind.
+//!
+//! [`classify`] is the outcome table (what an upstream answer means); [`ProviderLayer`] is the
+//! gateway stack's innermost policy: one exchange with the upstream, classified.
 
 pub mod anthropic;
+pub mod classify;
+mod layer;
+
+pub use layer::{is_event_stream, Exchange, ProviderLayer, ProviderService, Raw};
 
 use crate::config::{ProviderKind, ProviderSettings, Secret};
-use crate::request::{Endpoint, GatewayRequest};
-use crate::upstream::UpstreamRequest;
+use crate::request::{Endpoint, GatewayRequest, Target};
+use crate::upstream::{BodyStream, UpstreamRequest};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-
-/// One element of a request's chain.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// Index of the provider.
-    pub provider: usize,
-    /// Upstream model (or Azure deployment) name; `None` passes the client's through.
-    pub model: Option<std::sync::Arc<str>>,
-    /// `max_tokens` for dialects that require one (Anthropic) when the client names none.
-    pub max_tokens: u32,
-}
+use http::HeaderMap;
+use std::time::SystemTime;
 
 /// Whether a provider of `kind` can serve `endpoint`.
 pub fn supports(kind: ProviderKind, endpoint: Endpoint) -> bool {
@@ -50,9 +51,148 @@ pub enum BuildError {
     BadKey,
 }
 
+/// A request this dialect cannot express: the client gets a 400 naming `param` when no other
+/// target can serve it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// What cannot be expressed, for the client.
+    pub message: String,
+    /// The OpenAI parameter at fault.
+    pub param: Option<String>,
+}
+
+/// One configured upstream and its dialect.
+#[derive(Debug)]
+pub struct Provider {
+    settings: ProviderSettings,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn json_content_type(headers: &mut HeaderMap) {
+    headers.remove(CONTENT_LENGTH);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+}
+
+impl Provider {
+    /// The provider of `settings`.
+    pub fn new(settings: ProviderSettings) -> Self {
+        Provider { settings }
+    }
+
+    /// Its configured name.
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
+    /// Whether it can serve `endpoint`.
+    pub fn supports(&self, endpoint: Endpoint) -> bool {
+        supports(self.settings.kind, endpoint)
+    }
+
+    /// The body sent to `target`, computed once per target: unchanged when the model name is
+    /// the same, the model renamed otherwise, or translated for Anthropic.
+    pub fn prepare(&self, req: &GatewayRequest, target: &Target) -> Result<Bytes, Refusal> {
+        prepare_body(&self.settings, req, target).map_err(|e| Refusal {
+            message: e.to_string(),
+            param: match e {
+                anthropic::TranslateError::Unsupported { param, .. } => param,
+                anthropic::TranslateError::Invalid(_) => None,
+            },
+        })
+    }
+
+    /// Builds the upstream request for one attempt with the target's prepared `body`.
+    pub fn build(
+        &self,
+        req: &GatewayRequest,
+        target: &Target,
+        body: Bytes,
+        key: &Secret,
+    ) -> Result<UpstreamRequest, BuildError> {
+        build(&self.settings, req, target, body, key)
+    }
+
+    /// Whether a plain (non-stream) success answer must be read whole and translated.
+    pub fn translates_answers(&self) -> bool {
+        self.settings.kind == ProviderKind::Anthropic
+    }
+
+    /// A whole plain success answer in OpenAI's shape (only called when
+    /// [`Provider::translates_answers`]); `Err` when it does not translate.
+    pub fn translate_answer(
+        &self,
+        req: &GatewayRequest,
+        headers: &mut HeaderMap,
+        body: &[u8],
+    ) -> Result<Bytes, String> {
+        let json = anthropic::translate_response(
+            body,
+            req.model.as_deref().unwrap_or_default(),
+            unix_now(),
+        )
+        .map_err(|e| e.to_string())?;
+        json_content_type(headers);
+        Ok(Bytes::from(json))
+    }
+
+    /// An upstream error body (or a stream's error event) in OpenAI's error shape.
+    pub fn error_body(&self, headers: &mut HeaderMap, body: &Bytes) -> Bytes {
+        match self.settings.kind {
+            ProviderKind::Anthropic => {
+                json_content_type(headers);
+                Bytes::from(anthropic::translate_error(body))
+            }
+            ProviderKind::OpenAi | ProviderKind::Azure => body.clone(),
+        }
+    }
+
+    /// A success stream in OpenAI's event format: `prefix` (the events already read) and the
+    /// rest of the body, translated as they arrive where the dialect needs it.
+    pub fn stream(
+        &self,
+        req: &GatewayRequest,
+        prefix: Bytes,
+        body: BodyStream,
+    ) -> (Bytes, BodyStream) {
+        if self.settings.kind != ProviderKind::Anthropic {
+            return (prefix, body);
+        }
+        let mut translator = anthropic::StreamTranslator::new(
+            req.model.as_deref().unwrap_or_default(),
+            req.include_usage,
+            unix_now(),
+        );
+        let mut first = Vec::new();
+        translator.push(&prefix, &mut first);
+        let rest = body.filter_map(move |chunk| {
+            let out = chunk.map(|c| {
+                let mut out = Vec::new();
+                translator.push(&c, &mut out);
+                Bytes::from(out)
+            });
+            // Events still incomplete produce nothing yet: send no empty frames.
+            std::future::ready(match out {
+                Ok(b) if b.is_empty() => None,
+                other => Some(other),
+            })
+        });
+        (Bytes::from(first), Box::pin(rest))
+    }
+}
+
 /// The body sent to `target`, computed once per target: unchanged when the model name is the
 /// same, the model renamed otherwise, or translated for Anthropic.
-pub fn prepare_body(
+fn prepare_body(
     provider: &ProviderSettings,
     req: &GatewayRequest,
     target: &Target,
@@ -82,8 +222,7 @@ fn sensitive(value: &str) -> Result<HeaderValue, BuildError> {
     Ok(v)
 }
 
-/// Builds the upstream request for one attempt with the target's prepared `body`.
-pub fn build(
+fn build(
     provider: &ProviderSettings,
     req: &GatewayRequest,
     target: &Target,

@@ -1,0 +1,155 @@
+//! The fallback layer: walks a request's chain of targets, in order, as one loop. Each target's
+//! body is prepared once by its provider (a target that cannot express the request is skipped);
+//! the retry layer runs the target's attempts; a target that ends without an answer moves the
+//! walk on (counted in `tollgate_fallbacks_total` with its reason), a stop ends it, and an
+//! upstream error worth passing through goes to the client. With the chain exhausted, the
+//! answer is the trail's final error.
+
+use super::backoff::RetryBudget;
+use super::retry::{TargetCall, TargetEnd};
+use super::trail::{final_error, pass_through, Failure, Trail};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::provider::classify::Kind;
+use crate::provider::Provider;
+use crate::request::{Answer, GatewayRequest, Target};
+use futures_util::future::BoxFuture;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service, ServiceExt};
+
+/// A request with its chain (route layer → fallback).
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// The client's request.
+    pub req: Arc<GatewayRequest>,
+    /// The targets that can serve it, in order (never empty).
+    pub chain: Vec<Target>,
+}
+
+struct FallbackShared {
+    providers: Arc<[Provider]>,
+    budget: Arc<RetryBudget>,
+    metrics: Metrics,
+}
+
+/// Builds [`Fallback`] services.
+#[derive(Clone)]
+pub struct FallbackLayer {
+    shared: Arc<FallbackShared>,
+}
+
+impl std::fmt::Debug for FallbackLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FallbackLayer").finish_non_exhaustive()
+    }
+}
+
+impl FallbackLayer {
+    /// A layer over the configured providers; every request walked counts into `budget`.
+    pub fn new(providers: Arc<[Provider]>, budget: Arc<RetryBudget>, metrics: Metrics) -> Self {
+        FallbackLayer {
+            shared: Arc::new(FallbackShared {
+                providers,
+                budget,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for FallbackLayer {
+    type Service = Fallback<S>;
+    fn layer(&self, inner: S) -> Fallback<S> {
+        Fallback {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Walks the chain of targets.
+#[derive(Clone)]
+pub struct Fallback<S> {
+    inner: S,
+    shared: Arc<FallbackShared>,
+}
+
+impl<S> Service<Routed> for Fallback<S>
+where
+    S: Service<TargetCall, Response = Answer, Error = TargetEnd> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Answer;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Answer, GatewayError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, routed: Routed) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let inner = self.inner.clone();
+        Box::pin(async move { shared.walk(inner, routed).await })
+    }
+}
+
+impl FallbackShared {
+    async fn walk<S>(&self, inner: S, routed: Routed) -> Result<Answer, GatewayError>
+    where
+        S: Service<TargetCall, Response = Answer, Error = TargetEnd> + Clone,
+    {
+        let Routed { req, chain } = routed;
+        // Every client request earns its share of retries.
+        self.budget.deposit(tokio::time::Instant::now());
+        let trail = Trail::default();
+        for (i, target) in chain.iter().enumerate() {
+            if i > 0 {
+                self.count_fallback(&chain[i - 1], target, &trail);
+            }
+            let provider = &self.providers[target.provider];
+            let body = match provider.prepare(&req, target) {
+                Ok(body) => body,
+                Err(refusal) => {
+                    // This target cannot express the request: skip it; if none can, the
+                    // client gets the 400.
+                    tracing::debug!(request_id = %req.id, provider = %provider.name(), error = %refusal.message, "request not translatable");
+                    trail.lock().last_failure = Some(Failure::refused(&refusal, target.provider));
+                    continue;
+                }
+            };
+            let turn = TargetCall {
+                req: Arc::clone(&req),
+                target: target.clone(),
+                body,
+                trail: trail.clone(),
+                is_last: i + 1 == chain.len(),
+                fallback: i > 0,
+            };
+            match inner.clone().oneshot(turn).await {
+                Ok(answer) => return Ok(answer),
+                Err(TargetEnd::PassThrough(f)) => {
+                    return Ok(pass_through(f, &self.providers, trail.attempts()))
+                }
+                Err(TargetEnd::Next(reason)) => {
+                    tracing::debug!(request_id = %req.id, reason, "target exhausted")
+                }
+                Err(TargetEnd::Stop(_)) => break,
+            }
+        }
+        final_error(&trail, &self.providers)
+    }
+
+    fn count_fallback(&self, from: &Target, to: &Target, trail: &Trail) {
+        let reason = trail.lock().last_kind.map_or("no_key", Kind::label);
+        self.metrics
+            .fallbacks
+            .with_label_values(&[
+                self.providers[from.provider].name(),
+                self.providers[to.provider].name(),
+                reason,
+            ])
+            .inc();
+    }
+}

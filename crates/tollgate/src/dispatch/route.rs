@@ -1,0 +1,168 @@
+//! The route layer: a request's model → its chain of targets (the configured targets, the
+//! default provider for an unknown model, or 404), keeping only targets whose provider can serve
+//! the endpoint. `GET /models` is answered here from the configured models when there are any.
+
+use super::fallback::Routed;
+use crate::config::Settings;
+use crate::error::GatewayError;
+use crate::provider::Provider;
+use crate::request::{Answer, GatewayRequest, Served, Target};
+use axum::body::Body;
+use futures_util::future::{BoxFuture, FutureExt};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service, ServiceExt};
+
+/// Builds [`Route`] services.
+#[derive(Clone)]
+pub struct RouteLayer {
+    settings: Arc<Settings>,
+    providers: Arc<[Provider]>,
+}
+
+impl std::fmt::Debug for RouteLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteLayer").finish_non_exhaustive()
+    }
+}
+
+impl RouteLayer {
+    /// Routes by `settings.models` over `providers`.
+    pub fn new(settings: Arc<Settings>, providers: Arc<[Provider]>) -> Self {
+        RouteLayer {
+            settings,
+            providers,
+        }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Route<S> {
+        Route {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Turns a request into a routed one.
+#[derive(Clone)]
+pub struct Route<S> {
+    inner: S,
+    layer: RouteLayer,
+}
+
+impl<S> Service<GatewayRequest> for Route<S>
+where
+    S: Service<Routed, Response = Answer, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Answer;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Answer, GatewayError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: GatewayRequest) -> Self::Future {
+        if let Some(answer) = self.layer.models_answer(&req) {
+            return std::future::ready(answer).boxed();
+        }
+        match self.layer.chain(&req) {
+            Ok(chain) => {
+                let routed = Routed {
+                    req: Arc::new(req),
+                    chain,
+                };
+                self.inner.clone().oneshot(routed).boxed()
+            }
+            Err(e) => std::future::ready(Err(e)).boxed(),
+        }
+    }
+}
+
+impl RouteLayer {
+    /// The chain for a request: configured targets, the default provider, or 404; only the
+    /// targets that can serve its endpoint.
+    fn chain(&self, req: &GatewayRequest) -> Result<Vec<Target>, GatewayError> {
+        let default_max = self.settings.limits.default_max_tokens;
+        let pass_through = |provider| Target {
+            provider,
+            model: None,
+            max_tokens: default_max,
+        };
+        let targets = match (req.model.as_deref(), req.model_index) {
+            (Some(_), Some(i)) => self.settings.models[i]
+                .targets
+                .iter()
+                .map(|t| Target {
+                    provider: t.provider,
+                    model: Some(t.model.clone()),
+                    max_tokens: t.max_tokens.unwrap_or(default_max),
+                })
+                .collect(),
+            (Some(model), None) => match self.settings.default_provider {
+                Some(p) => vec![pass_through(p)],
+                None => return Err(GatewayError::ModelNotFound(model.to_owned())),
+            },
+            // No model (GET /models/…, files, multipart uploads): the default provider, else the first.
+            (None, _) => vec![pass_through(self.settings.default_provider.unwrap_or(0))],
+        };
+        let chain: Vec<Target> = targets
+            .into_iter()
+            .filter(|t| self.providers[t.provider].supports(req.endpoint))
+            .collect();
+        if chain.is_empty() {
+            return Err(GatewayError::EndpointUnsupported {
+                model: req.model.clone().unwrap_or_default(),
+                endpoint: req.path.clone(),
+            });
+        }
+        Ok(chain)
+    }
+
+    /// `GET /models` and `GET /models/{name}` from the configured models, filtered by what the
+    /// client may use; `None` when the request is not that, or no models are configured.
+    fn models_answer(&self, req: &GatewayRequest) -> Option<Result<Answer, GatewayError>> {
+        let path = req.path.as_str();
+        let listing = req.method == Method::GET
+            && (path == "models" || path.starts_with("models/"))
+            && !self.settings.models.is_empty();
+        if !listing {
+            return None;
+        }
+        let visible = |name: &str| req.client.as_ref().is_none_or(|c| c.allows(name));
+        let model = |name: &str| serde_json::json!({"id": name, "object": "model", "created": 0, "owned_by": "tollgate"});
+        let body = match path.strip_prefix("models/") {
+            None => {
+                let data: Vec<_> = self
+                    .settings
+                    .models
+                    .iter()
+                    .filter(|m| visible(&m.name))
+                    .map(|m| model(&m.name))
+                    .collect();
+                serde_json::json!({"object": "list", "data": data})
+            }
+            Some(name) if self.settings.model(name).is_some() && visible(name) => model(name),
+            Some(name) => return Some(Err(GatewayError::ModelNotFound(name.to_owned()))),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Some(Ok(Answer {
+            status: StatusCode::OK,
+            headers,
+            body: Body::from(body.to_string()),
+            provider: "tollgate".into(),
+            key: "-".into(),
+            attempts: 0,
+            served: Served::FirstTry,
+        }))
+    }
+}

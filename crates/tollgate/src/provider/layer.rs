@@ -1,0 +1,310 @@
+//! The provider layer, innermost policy of the gateway stack: one exchange for a
+//! [`KeyedCall`]. It builds the dialect's request, sends it through the upstream service within
+//! the attempt's first-byte deadline, reads what must be read before the answer can be judged
+//! (an error body, a stream's first event, a whole answer that must be translated), puts error
+//! bodies into OpenAI's shape, and classifies the outcome. It changes no state: key health,
+//! buckets and the request's trail are the key-selection layer's.
+
+use super::classify::{classify, Kind, Outcome, Verdict};
+use super::Provider;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::request::KeyedCall;
+use crate::stream::{peek_first_event, FirstEvent};
+use crate::upstream::{BodyStream, UpstreamError, UpstreamRequest, UpstreamResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use http::{header, HeaderMap, StatusCode};
+use prometheus::Histogram;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+/// Largest upstream error body kept for classification and pass-through.
+const MAX_ERROR_BODY: usize = 1 << 20;
+
+/// What an attempt produced, before anyone acted on it.
+pub enum Raw {
+    /// A success: the response (body translated where the dialect needs it) and, for a
+    /// stream, the events already read.
+    Ok(UpstreamResponse, Bytes),
+    /// An error answer (in an [`Exchange`], its body is in OpenAI's shape).
+    Error {
+        /// Upstream status.
+        status: StatusCode,
+        /// Upstream headers.
+        headers: HeaderMap,
+        /// The error body.
+        body: Bytes,
+    },
+    /// A 200 stream whose first event was an error (the event's JSON).
+    StreamError(Bytes),
+    /// No usable answer.
+    Transport(UpstreamError),
+}
+
+/// One classified exchange.
+pub struct Exchange {
+    /// What came back.
+    pub raw: Raw,
+    /// Its row in the outcome table, and the wait the upstream asked for.
+    pub verdict: Verdict,
+    /// The upstream status, when there was one (200 for a stream error event).
+    pub status: Option<u16>,
+}
+
+impl Exchange {
+    /// The answer's headers, when the upstream answered.
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        match &self.raw {
+            Raw::Ok(resp, _) => Some(&resp.headers),
+            Raw::Error { headers, .. } => Some(headers),
+            Raw::StreamError(_) | Raw::Transport(_) => None,
+        }
+    }
+}
+
+struct Shared {
+    providers: Arc<[Provider]>,
+    first_byte_timeout: Duration,
+    /// `[model index or last = "other"]`.
+    ttft: Vec<Histogram>,
+    /// `[provider]`.
+    upstream_duration: Vec<Histogram>,
+}
+
+/// Builds [`ProviderService`]s.
+#[derive(Clone)]
+pub struct ProviderLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ProviderLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderLayer").finish_non_exhaustive()
+    }
+}
+
+impl ProviderLayer {
+    /// A layer for the configured providers.
+    pub fn new(settings: &Settings, providers: Arc<[Provider]>, metrics: &Metrics) -> Self {
+        let ttft = settings
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .chain(["other"])
+            .map(|m| metrics.ttft(m))
+            .collect();
+        let upstream_duration = providers
+            .iter()
+            .map(|p| metrics.upstream_duration.with_label_values(&[p.name()]))
+            .collect();
+        ProviderLayer {
+            shared: Arc::new(Shared {
+                providers,
+                first_byte_timeout: settings.server.first_byte_timeout,
+                ttft,
+                upstream_duration,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for ProviderLayer {
+    type Service = ProviderService<S>;
+    fn layer(&self, inner: S) -> ProviderService<S> {
+        ProviderService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Runs one exchange with the upstream; never fails (every outcome is an [`Exchange`]).
+#[derive(Clone)]
+pub struct ProviderService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Service<KeyedCall> for ProviderService<S>
+where
+    S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Exchange;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Exchange, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The upstream is readied per call (`oneshot`): it is cloned for every attempt.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: KeyedCall) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(shared.exchange(inner, call).await) })
+    }
+}
+
+async fn read_bounded(body: &mut BodyStream, deadline: Instant) -> Bytes {
+    let mut buf = BytesMut::new();
+    while buf.len() < MAX_ERROR_BODY {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.freeze()
+}
+
+/// Whether an answer is an SSE stream.
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+impl Shared {
+    async fn exchange<S>(&self, upstream: S, call: KeyedCall) -> Exchange
+    where
+        S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>,
+    {
+        let raw = self.raw(upstream, &call).await;
+        let wall = SystemTime::now();
+        let (verdict, status) = match &raw {
+            Raw::Ok(resp, _) => (
+                Verdict {
+                    kind: Kind::Success,
+                    wait: None,
+                },
+                Some(resp.status.as_u16()),
+            ),
+            Raw::Error {
+                status,
+                headers,
+                body,
+            } => {
+                let outcome = Outcome::Response {
+                    status: status.as_u16(),
+                    headers,
+                    body,
+                };
+                (classify(outcome, wall), Some(status.as_u16()))
+            }
+            Raw::StreamError(json) => (
+                classify(Outcome::StreamError { body: json }, wall),
+                Some(200),
+            ),
+            Raw::Transport(e) => {
+                let outcome = match e {
+                    UpstreamError::Timeout(_) => Outcome::Timeout,
+                    UpstreamError::Connect(_) => Outcome::ConnectError,
+                    UpstreamError::Transport(_) => Outcome::TransportError,
+                };
+                (classify(outcome, wall), None)
+            }
+        };
+        // Classified on the upstream's own words; passed on in OpenAI's shape.
+        let provider = &self.providers[call.target.provider];
+        let raw = match raw {
+            Raw::Error {
+                status,
+                mut headers,
+                body,
+            } => {
+                let body = provider.error_body(&mut headers, &body);
+                Raw::Error {
+                    status,
+                    headers,
+                    body,
+                }
+            }
+            Raw::StreamError(json) => {
+                Raw::StreamError(provider.error_body(&mut HeaderMap::new(), &json))
+            }
+            other => other,
+        };
+        Exchange {
+            raw,
+            verdict,
+            status,
+        }
+    }
+
+    async fn raw<S>(&self, upstream: S, call: &KeyedCall) -> Raw
+    where
+        S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>,
+    {
+        let provider = &self.providers[call.target.provider];
+        let req = &call.req;
+        let up = match provider.build(req, &call.target, call.body.clone(), call.key.secret()) {
+            Ok(up) => up,
+            Err(e) => {
+                return Raw::Transport(UpstreamError::Connect(format!(
+                    "the request cannot be built: {e}"
+                )))
+            }
+        };
+        let deadline = (Instant::now() + self.first_byte_timeout).min(req.deadline);
+        let started = Instant::now();
+        let sent = tokio::time::timeout_at(deadline, upstream.oneshot(up)).await;
+        self.upstream_duration[call.target.provider].observe(started.elapsed().as_secs_f64());
+        let mut resp = match sent {
+            Err(_) => return Raw::Transport(UpstreamError::Timeout("response headers")),
+            Ok(Err(e)) => return Raw::Transport(e),
+            Ok(Ok(resp)) => resp,
+        };
+        if !resp.status.is_success() {
+            let body = read_bounded(&mut resp.body, deadline).await;
+            return Raw::Error {
+                status: resp.status,
+                headers: resp.headers,
+                body,
+            };
+        }
+        if !(req.stream && is_event_stream(&resp.headers)) {
+            if !provider.translates_answers() {
+                return Raw::Ok(resp, Bytes::new());
+            }
+            let body = read_bounded(&mut resp.body, deadline).await;
+            return match provider.translate_answer(req, &mut resp.headers, &body) {
+                Ok(json) => {
+                    resp.body = Box::pin(futures_util::stream::iter([Ok(json)]));
+                    Raw::Ok(resp, Bytes::new())
+                }
+                Err(e) => Raw::Transport(UpstreamError::Transport(format!(
+                    "untranslatable answer: {e}"
+                ))),
+            };
+        }
+        match peek_first_event(&mut resp.body, deadline).await {
+            Ok(FirstEvent::Data(prefix)) => {
+                let model = req
+                    .model_index
+                    .unwrap_or(usize::MAX)
+                    .min(self.ttft.len() - 1);
+                self.ttft[model].observe(req.received.elapsed().as_secs_f64());
+                let body =
+                    std::mem::replace(&mut resp.body, Box::pin(futures_util::stream::empty()));
+                let (prefix, body) = provider.stream(req, prefix, body);
+                resp.body = body;
+                Raw::Ok(resp, prefix)
+            }
+            Ok(FirstEvent::Error(json)) => Raw::StreamError(json),
+            Ok(FirstEvent::Ended) => Raw::Transport(UpstreamError::Transport(
+                "stream ended before its first event".into(),
+            )),
+            Err(e) => Raw::Transport(e),
+        }
+    }
+}

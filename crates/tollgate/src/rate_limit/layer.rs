@@ -1,0 +1,225 @@
+//! The client-limit layer: the client's concurrency slot (held until its answer's last byte),
+//! its RPM/TPM buckets taken up front with the request's estimate (429 with the wait when one is
+//! empty, never a wait), and its own rate-limit headers on the answer in place of the upstream
+//! key's. It also asks a stream for usage when some TPM limit must be reconciled.
+
+use super::estimate::estimate;
+use super::{Levels, Limiter, Limits};
+use crate::auth::InflightGuard;
+use crate::endpoint::Endpoint;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::request::{Answer, GatewayRequest};
+use crate::units::format_go_duration;
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service, ServiceExt};
+
+struct LimitShared {
+    limiter: Arc<Limiter>,
+    metrics: Metrics,
+    /// Whether any upstream key has a TPM limit (then every request is estimated).
+    keys_have_tpm: bool,
+    default_max_tokens: u32,
+}
+
+/// Builds [`ClientLimit`] services.
+#[derive(Clone)]
+pub struct ClientLimitLayer {
+    shared: Arc<LimitShared>,
+}
+
+impl std::fmt::Debug for ClientLimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientLimitLayer").finish_non_exhaustive()
+    }
+}
+
+impl ClientLimitLayer {
+    /// Limits on `limiter`; `keys_have_tpm` when some upstream key's TPM needs estimates too.
+    pub fn new(
+        limiter: Arc<Limiter>,
+        metrics: Metrics,
+        keys_have_tpm: bool,
+        default_max_tokens: u32,
+    ) -> Self {
+        ClientLimitLayer {
+            shared: Arc::new(LimitShared {
+                limiter,
+                metrics,
+                keys_have_tpm,
+                default_max_tokens,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for ClientLimitLayer {
+    type Service = ClientLimit<S>;
+    fn layer(&self, inner: S) -> ClientLimit<S> {
+        ClientLimit {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// See [`ClientLimitLayer`].
+#[derive(Clone)]
+pub struct ClientLimit<S> {
+    inner: S,
+    shared: Arc<LimitShared>,
+}
+
+impl<S> Service<GatewayRequest> for ClientLimit<S>
+where
+    S: Service<GatewayRequest, Response = Answer, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Answer;
+    type Error = GatewayError;
+    type Future = BoxFuture<'static, Result<Answer, GatewayError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let slot = match &req.client {
+                Some(c) => Some(c.enter().ok_or(GatewayError::TooManyConcurrent {
+                    limit: c.settings.max_concurrent.unwrap_or(0),
+                })?),
+                None => None,
+            };
+            let levels = shared.take(&mut req).await?;
+            let mut answer = inner.oneshot(req).await?;
+            if levels != Levels::default() {
+                ratelimit_headers(&mut answer.headers, &levels);
+            }
+            if let Some(slot) = slot {
+                // The client's concurrency slot is held until its body has been sent.
+                answer.body = Body::new(Holding {
+                    body: answer.body,
+                    _slot: slot,
+                });
+            }
+            Ok(answer)
+        })
+    }
+}
+
+impl LimitShared {
+    /// Estimates the request's tokens when any TPM limit needs them, asks a stream for usage
+    /// when it must be reconciled, and takes the client's buckets.
+    async fn take(&self, req: &mut GatewayRequest) -> Result<Levels, GatewayError> {
+        let limits = req
+            .client
+            .as_ref()
+            .map_or_else(Limits::default, |c| Limits {
+                rpm: c.settings.rpm,
+                tpm: c.settings.tpm,
+            });
+        if limits.tpm.is_some() || self.keys_have_tpm {
+            let (prompt, completion) = estimate(&req.body, req.endpoint, self.default_max_tokens);
+            req.tokens = prompt + completion;
+            let streams_usage = matches!(
+                req.endpoint,
+                Endpoint::ChatCompletions | Endpoint::Completions
+            );
+            if req.stream && streams_usage && !req.include_usage {
+                if let Some(body) = crate::usage::with_include_usage(&req.body) {
+                    req.body = body;
+                    req.strip_usage = true;
+                    req.include_usage = true;
+                }
+            }
+        }
+        let Some(client) = req.client.as_ref() else {
+            return Ok(Levels::default());
+        };
+        if limits.is_none() {
+            return Ok(Levels::default());
+        }
+        match self.limiter.take(&client.bucket, limits, req.tokens).await {
+            Ok(levels) => {
+                req.client_bucket = Some((Arc::clone(&client.bucket), limits));
+                Ok(levels)
+            }
+            Err(refused) => {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["client", refused.dimension.label()])
+                    .inc();
+                Err(GatewayError::ClientRateLimited {
+                    dimension: refused.dimension.label(),
+                    retry_after: refused.wait,
+                })
+            }
+        }
+    }
+}
+
+/// The client's own limits in OpenAI's header format (replacing the upstream key's).
+fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
+    // [limit, remaining, reset] names per dimension, built once: this runs on every answer.
+    const NAMES: [[HeaderName; 3]; 2] = [
+        [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+    ];
+    for (names, level) in NAMES.iter().zip([levels.requests, levels.tokens]) {
+        for name in names {
+            headers.remove(name);
+        }
+        let Some(level) = level else { continue };
+        let [limit, remaining, reset] = names;
+        headers.insert(limit.clone(), HeaderValue::from(level.limit));
+        headers.insert(remaining.clone(), HeaderValue::from(level.remaining));
+        if let Ok(v) = HeaderValue::try_from(format_go_duration(level.reset)) {
+            headers.insert(reset.clone(), v);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that keeps the client's concurrency slot until it has been sent or dropped.
+    struct Holding {
+        #[pin]
+        body: Body,
+        _slot: InflightGuard,
+    }
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

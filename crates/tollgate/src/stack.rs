@@ -1,0 +1,275 @@
+//! Where both stacks are assembled, and the one place their order is written down.
+//!
+//! **Edge stack** (on `http::Request`, around the `/v1/*` handler; outermost first):
+//!
+//! 1. `MapRequest`: a client `x-request-id` that is empty, longer than 128 bytes or not
+//!    printable ASCII is dropped, so the next layer makes one;
+//! 2. `SetRequestId` (tower-http): keeps the client's id or makes `req_<24 hex>`;
+//! 3. `PropagateRequestId` (tower-http): the id on every answer, errors included;
+//! 4. [`AccessLayer`]: the in-flight gauge, `tollgate_requests_total` and
+//!    `tollgate_request_duration_seconds`, the access log line, all read from the answer's
+//!    [`AnswerRecord`] extension; turns a caught panic and the body-limit 413 into OpenAI's
+//!    error envelope;
+//! 5. `Trace` (tower-http): a span per request (request id, method, path);
+//! 6. `SetSensitiveRequestHeaders` (tower-http): `authorization`, `api-key`, `x-api-key` are
+//!    never printed by a log or span;
+//! 7. `CatchPanic` (tower-http): a panic becomes a 500 and the server keeps serving;
+//! 8. `RequestBodyLimit` (tower-http): `server.max_body` (read at start);
+//!
+//! then the handler reads the body once into a [`GatewayRequest`] and calls the gateway stack.
+//!
+//! **Gateway stack** (on [`GatewayRequest`], rebuilt from the settings on every reload; key
+//! pools carry their health over):
+//!
+//! 1. [`ClientAuthLayer`]: gateway key → client (401), model allow-list (403);
+//! 2. [`ClientLimitLayer`]: concurrency slot, RPM/TPM buckets (429 with the wait), the client's
+//!    rate-limit headers on the answer;
+//! 3. [`RouteLayer`]: model → chain of targets that can serve the endpoint (404, 400);
+//! 4. [`FallbackLayer`]: walks the chain; counts fallbacks; the final error;
+//! 5. [`RetryLayer`]: attempts on one target: backoff, deadline, retry budget;
+//! 6. [`KeySelectLayer`]: a key per attempt; applies the outcome to the key; guards the answer;
+//! 7. [`ProviderLayer`]: the dialect's request, the exchange, the outcome classified;
+//! 8. [`UpstreamService`]: the pooled hyper-util client.
+
+use crate::auth::{Auth, ClientAuthLayer};
+use crate::config::Settings;
+use crate::dispatch::backoff::{Backoff, RetryBudget};
+use crate::dispatch::handles::Handles;
+use crate::dispatch::retry::RetryShared;
+use crate::dispatch::select::SelectShared;
+use crate::dispatch::{FallbackLayer, KeySelectLayer, RetryLayer, RouteLayer};
+use crate::error::GatewayError;
+use crate::key_pool::store::HealthStore;
+use crate::key_pool::{KeyPool, PoolPolicy};
+use crate::metrics::Metrics;
+use crate::provider::{Provider, ProviderLayer};
+use crate::rate_limit::layer::ClientLimitLayer;
+use crate::rate_limit::Limiter;
+use crate::request::{Answer, GatewayRequest};
+use crate::upstream::{Upstream, UpstreamService};
+use http::{HeaderName, HeaderValue};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use std::sync::{Arc, Mutex};
+use tokio::time::Instant;
+use tower::util::{BoxCloneSyncService, MapRequestLayer};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+pub use crate::server::access::{AccessLayer, AnswerRecord};
+
+/// A gateway stack, type-erased: what the handler calls.
+pub type GatewayService = BoxCloneSyncService<GatewayRequest, Answer, GatewayError>;
+
+/// What the stacks are built from besides the settings: the parts that outlive a reload.
+#[derive(Clone)]
+pub struct Parts {
+    /// Upstream I/O.
+    pub upstream: Arc<dyn Upstream>,
+    /// Buckets.
+    pub limiter: Arc<Limiter>,
+    /// Key health shared by replicas.
+    pub health: Arc<dyn HealthStore>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Seed of the jitter RNG.
+    pub seed: u64,
+}
+
+/// A gateway stack built from one config, with the key pools it runs on.
+#[derive(Clone)]
+pub struct Gateway {
+    /// The whole gateway stack (client auth down to the upstream).
+    pub service: GatewayService,
+    /// The policies from the route down, without client auth and limits.
+    pub dispatch: GatewayService,
+    /// The key pools, in provider order.
+    pub pools: Arc<[Arc<KeyPool>]>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("providers", &self.pools.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the gateway stack; keys unchanged since `previous` keep their health.
+pub fn gateway(
+    settings: &Arc<Settings>,
+    auth: Arc<Auth>,
+    parts: &Parts,
+    previous: Option<&Gateway>,
+) -> Gateway {
+    let pools = pools(settings, &parts.metrics, previous);
+    let dispatch = dispatch(settings, parts, &pools);
+    let keys_have_tpm = pools.iter().any(|p| p.has_tpm());
+    let service = ServiceBuilder::new()
+        .layer(ClientAuthLayer::new(auth))
+        .layer(ClientLimitLayer::new(
+            Arc::clone(&parts.limiter),
+            parts.metrics.clone(),
+            keys_have_tpm,
+            settings.limits.default_max_tokens,
+        ))
+        .service(dispatch.clone());
+    Gateway {
+        service: BoxCloneSyncService::new(service),
+        dispatch,
+        pools,
+    }
+}
+
+fn pools(
+    settings: &Settings,
+    metrics: &Metrics,
+    previous: Option<&Gateway>,
+) -> Arc<[Arc<KeyPool>]> {
+    let r = &settings.retry;
+    let policy = PoolPolicy {
+        cooldown_default: r.cooldown_default,
+        cooldown_max: r.cooldown_max,
+        probe_interval: r.probe_interval,
+    };
+    settings
+        .providers
+        .iter()
+        .map(|p| {
+            let old = previous.and_then(|g| g.pools.iter().find(|o| o.provider() == p.name));
+            KeyPool::carry_over(&p.name, &p.keys, policy, metrics, old.map(|o| &**o))
+        })
+        .collect()
+}
+
+/// The policies from the route down to the upstream.
+fn dispatch(
+    settings: &Arc<Settings>,
+    parts: &Parts,
+    pools: &Arc<[Arc<KeyPool>]>,
+) -> GatewayService {
+    let providers: Arc<[Provider]> = settings
+        .providers
+        .iter()
+        .map(|p| Provider::new(p.clone()))
+        .collect();
+    let r = &settings.retry;
+    let budget = Arc::new(RetryBudget::new(
+        r.budget_percent,
+        r.budget_min_per_sec,
+        r.budget_window,
+        Instant::now(),
+    ));
+    let retry = RetryShared {
+        pools: Arc::clone(pools),
+        budget: Arc::clone(&budget),
+        backoff: Backoff {
+            base: r.base_delay,
+            cap: r.max_delay,
+        },
+        rng: Mutex::new(SmallRng::seed_from_u64(parts.seed)),
+        max_attempts: r.max_attempts,
+        max_queue_wait: settings.limits.max_queue_wait,
+        metrics: parts.metrics.clone(),
+        provider_names: settings.providers.iter().map(|p| p.name.clone()).collect(),
+    };
+    let select = SelectShared {
+        pools: Arc::clone(pools),
+        limiter: Arc::clone(&parts.limiter),
+        health: Arc::clone(&parts.health),
+        handles: Arc::new(Handles::new(settings, &parts.metrics)),
+        metrics: parts.metrics.clone(),
+        idle_timeout: settings.server.idle_timeout,
+    };
+    let service = ServiceBuilder::new()
+        .layer(RouteLayer::new(
+            Arc::clone(settings),
+            Arc::clone(&providers),
+        ))
+        .layer(FallbackLayer::new(
+            Arc::clone(&providers),
+            budget,
+            parts.metrics.clone(),
+        ))
+        .layer(RetryLayer::new(retry))
+        .layer(KeySelectLayer::new(select))
+        .layer(ProviderLayer::new(settings, providers, &parts.metrics))
+        .service(UpstreamService::new(Arc::clone(&parts.upstream)));
+    BoxCloneSyncService::new(service)
+}
+
+/// Makes `req_<24 hex>` request ids.
+#[derive(Clone, Copy, Debug)]
+struct MakeId;
+
+impl MakeRequestId for MakeId {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let id = format!(
+            "req_{:016x}{:08x}",
+            rng.random::<u64>(),
+            rng.random::<u32>()
+        );
+        HeaderValue::try_from(id).ok().map(RequestId::new)
+    }
+}
+
+/// Drops a client `x-request-id` that is empty, over 128 bytes or not printable ASCII.
+fn drop_bad_request_id<B>(mut req: http::Request<B>) -> http::Request<B> {
+    let bad = req.headers().get("x-request-id").is_some_and(|v| {
+        let id = v.as_bytes();
+        id.is_empty() || id.len() > 128 || !id.iter().all(u8::is_ascii_graphic)
+    });
+    if bad {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
+}
+
+fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", request_id = id, method = %req.method(), path = req.uri().path())
+}
+
+/// Wraps the `/v1/*` routes in the edge stack (order: this module's docs).
+pub fn edge<S>(router: axum::Router<S>, metrics: Arc<Metrics>, max_body: usize) -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let sensitive: Arc<[HeaderName]> = Arc::new([
+        http::header::AUTHORIZATION,
+        HeaderName::from_static("api-key"),
+        HeaderName::from_static("x-api-key"),
+    ]);
+    let layers = ServiceBuilder::new()
+        .layer(MapRequestLayer::new(
+            drop_bad_request_id::<axum::body::Body>,
+        ))
+        .layer(SetRequestIdLayer::x_request_id(MakeId))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(AccessLayer::new(metrics, max_body))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span::<axum::body::Body>)
+                .on_request(())
+                .on_response(())
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+        .layer(CatchPanicLayer::custom(crate::server::access::panic_answer))
+        .layer(RequestBodyLimitLayer::new(max_body));
+    router.layer(layers)
+}
