@@ -285,4 +285,44 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
+
+    #[tokio::test]
+    async fn the_layer_refuses_unknown_keys_and_models_outside_the_allow_list() {
+        use crate::request::Served;
+        use tower::{service_fn, ServiceExt};
+        let auth = Arc::new(Auth::new(&[client("team", "k", &["m"], None)]));
+        let inner = service_fn(|req: GatewayRequest| async move {
+            assert_eq!(
+                req.client.as_ref().map(|c| c.settings.name.as_str()),
+                Some("team")
+            );
+            Ok::<_, GatewayError>(Answer {
+                status: http::StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: axum::body::Body::empty(),
+                provider: "p".into(),
+                key: "a".into(),
+                attempts: 1,
+                served: Served::FirstTry,
+            })
+        });
+        let svc = ClientAuthLayer::new(auth).layer(inner);
+        let req = |key: Option<&str>, model: &str| {
+            let body = bytes::Bytes::from(format!(r#"{{"model":"{model}"}}"#));
+            let mut r = GatewayRequest::for_test(http::Method::POST, "chat/completions", body);
+            r.credential = key.map(Box::from);
+            r
+        };
+        let status = |r: Result<Answer, GatewayError>| match r {
+            Ok(a) => a.status.as_u16(),
+            Err(e) => e.status().as_u16(),
+        };
+        assert_eq!(status(svc.clone().oneshot(req(Some("k"), "m")).await), 200);
+        assert_eq!(status(svc.clone().oneshot(req(None, "m")).await), 401);
+        assert_eq!(status(svc.clone().oneshot(req(Some("x"), "m")).await), 401);
+        assert_eq!(
+            status(svc.clone().oneshot(req(Some("k"), "other")).await),
+            403
+        );
+    }
 }

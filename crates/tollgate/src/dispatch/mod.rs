@@ -27,4 +27,6 @@ pub use route::RouteLayer;
 pub use select::{AttemptCall, KeySelectLayer, Missed, NoKey};
 
 #[cfg(test)]
+mod layer_tests;
+#[cfg(test)]
 mod tests;

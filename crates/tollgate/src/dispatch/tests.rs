@@ -187,21 +187,19 @@ fn chain(names: &[&str]) -> String {
 }
 
 fn chat() -> GatewayRequest {
-    let req = GatewayRequest::for_test(
+    GatewayRequest::for_test(
         Method::POST,
         "chat/completions",
         Bytes::from_static(br#"{"model":"m","messages":[]}"#),
-    );
-    req
+    )
 }
 
 fn stream_chat() -> GatewayRequest {
-    let req = GatewayRequest::for_test(
+    GatewayRequest::for_test(
         Method::POST,
         "chat/completions",
         Bytes::from_static(br#"{"model":"m","stream":true}"#),
-    );
-    req
+    )
 }
 
 #[tokio::test(start_paused = true)]

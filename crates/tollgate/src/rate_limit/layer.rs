@@ -223,3 +223,92 @@ impl http_body::Body for Holding {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Auth;
+    use crate::config::ClientSettings;
+    use crate::request::Served;
+    use http::{Method, StatusCode};
+    use tower::service_fn;
+
+    fn client(rpm: u32, max_concurrent: Option<u32>) -> Arc<crate::auth::Client> {
+        let auth = Auth::new(&[ClientSettings {
+            name: "team".into(),
+            key_sha256: crate::digest::sha256(b"k"),
+            rpm: Some(rpm),
+            tpm: None,
+            max_concurrent,
+            models: vec![],
+        }]);
+        auth.authenticate_key(Some("k")).unwrap().unwrap()
+    }
+
+    fn layer() -> (ClientLimitLayer, Metrics) {
+        let metrics = Metrics::new().unwrap();
+        let toml = "[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\nkeys = [{ id = \"a\", secret = \"a\" }]\n";
+        let settings = crate::config::Config::from_toml(toml)
+            .unwrap()
+            .validate_with(&|_| None)
+            .unwrap();
+        let limiter = Arc::new(Limiter::new(&settings.state, &metrics));
+        (
+            ClientLimitLayer::new(limiter, metrics.clone(), false, 16),
+            metrics,
+        )
+    }
+
+    fn request(client: &Arc<crate::auth::Client>) -> GatewayRequest {
+        let mut req = GatewayRequest::for_test(Method::POST, "chat/completions", Bytes::new());
+        req.client = Some(Arc::clone(client));
+        req
+    }
+
+    fn ok(_: GatewayRequest) -> std::future::Ready<Result<Answer, GatewayError>> {
+        std::future::ready(Ok(Answer {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Body::empty(),
+            provider: "p".into(),
+            key: "a".into(),
+            attempts: 1,
+            served: Served::FirstTry,
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_bucket_answers_429_with_the_wait_and_the_client_headers() {
+        let (layer, metrics) = layer();
+        let svc = layer.layer(service_fn(ok));
+        let team = client(2, None);
+        for remaining in ["1", "0"] {
+            let answer = svc.clone().oneshot(request(&team)).await.unwrap();
+            assert_eq!(answer.headers["x-ratelimit-limit-requests"], "2");
+            assert_eq!(answer.headers["x-ratelimit-remaining-requests"], remaining);
+        }
+        let err = svc.clone().oneshot(request(&team)).await.unwrap_err();
+        let resp = err.to_response();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "30");
+        assert!(metrics
+            .render()
+            .contains(r#"tollgate_rate_limited_total{dimension="requests",scope="client"} 1"#));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_concurrency_slot_is_held_until_the_body_is_dropped() {
+        let (layer, _) = layer();
+        let svc = layer.layer(service_fn(ok));
+        let team = client(100, Some(1));
+        let first = svc.clone().oneshot(request(&team)).await.unwrap();
+        let err = svc.clone().oneshot(request(&team)).await.unwrap_err();
+        assert_eq!(
+            err.to_response().status(),
+            429,
+            "the first answer's body holds the slot"
+        );
+        drop(first);
+        assert!(svc.clone().oneshot(request(&team)).await.is_ok());
+    }
+}
