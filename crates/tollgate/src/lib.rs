@@ -16,6 +16,7 @@ pub mod rate_limit;
 pub mod reload;
 pub mod request;
 pub mod server;
+pub mod sse;
 pub mod stack;
 pub mod stream;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 //! saw a byte, and the guarded pass-through that turns a later failure into an OpenAI-shaped
 //! error event (never a silent truncation, never a hang).
 
+use crate::sse::{self, Scanner};
 use crate::upstream::{BodyStream, UpstreamError};
 use crate::usage::UsageTap;
 use bytes::{Bytes, BytesMut};
@@ -30,11 +31,9 @@ pub async fn peek_first_event(
     deadline: Instant,
 ) -> Result<FirstEvent, UpstreamError> {
     let mut buf = BytesMut::new();
-    let mut scanned = 0;
+    let mut scanner = Scanner::new();
     loop {
-        while let Some(end) = find_event_end(&buf[scanned..]) {
-            let event = &buf[scanned..scanned + end.0];
-            scanned += end.1;
+        while let Some(event) = scanner.next_event(&buf) {
             match inspect_event(event) {
                 EventKind::Skip => continue,
                 EventKind::Error(json) => return Ok(FirstEvent::Error(json)),
@@ -53,16 +52,6 @@ pub async fn peek_first_event(
     }
 }
 
-/// Finds the end of the first complete event: (event length, bytes to skip including the separator).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| (i, i + 2));
-    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| (i, i + 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
-
 enum EventKind {
     Skip,
     Data,
@@ -70,29 +59,18 @@ enum EventKind {
 }
 
 fn inspect_event(event: &[u8]) -> EventKind {
-    let mut name: &[u8] = b"";
-    let mut data = Vec::new();
-    for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(v) = line.strip_prefix(b"event:") {
-            name = v.trim_ascii();
-        } else if let Some(v) = line.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
-        }
-    }
+    let name = sse::name(event).map_or(&b""[..], <[u8]>::trim_ascii);
+    let data = sse::data(event);
     if data.is_empty() || name == b"ping" {
         return EventKind::Skip;
     }
     if name == b"error" {
-        return EventKind::Error(Bytes::from(data));
+        return EventKind::Error(Bytes::from(data.into_owned()));
     }
     if data.first() == Some(&b'{') && memchr::memmem::find(&data, b"\"error\"").is_some() {
         if let Ok(probe) = serde_json::from_slice::<openai_types::Probe>(&data) {
             if probe.error.is_some() {
-                return EventKind::Error(Bytes::from(data));
+                return EventKind::Error(Bytes::from(data.into_owned()));
             }
         }
     }

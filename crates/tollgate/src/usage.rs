@@ -2,8 +2,10 @@
 //! reconciliation and the tokens metric. In a stream it finds the usage chunk and, when the
 //! gateway asked for it on the client's behalf, removes it so the client sees what it asked for.
 
+use crate::sse::{Event, SseFramer};
 use bytes::{Bytes, BytesMut};
 use openai_types::Usage;
+use std::ops::Range;
 
 /// Largest non-stream body scanned for usage; larger ones pass through unscanned.
 const MAX_SCAN: usize = 4 << 20;
@@ -13,7 +15,9 @@ const MAX_SCAN: usize = 4 << 20;
 pub struct UsageTap {
     stream: bool,
     strip: bool,
-    buf: BytesMut,
+    framer: SseFramer,
+    /// The last event was stripped: a `\n` of its `\r\n` that starts the next one goes too.
+    stripped: bool,
     /// A JSON body's chunks, shared rather than copied (usually there is just one).
     parts: Vec<Bytes>,
     seen: usize,
@@ -27,11 +31,7 @@ impl UsageTap {
         UsageTap {
             stream: true,
             strip,
-            buf: BytesMut::new(),
-            parts: Vec::new(),
-            seen: 0,
-            usage: None,
-            overflow: false,
+            ..UsageTap::body()
         }
     }
 
@@ -40,7 +40,8 @@ impl UsageTap {
         UsageTap {
             stream: false,
             strip: false,
-            buf: BytesMut::new(),
+            framer: SseFramer::new(),
+            stripped: false,
             parts: Vec::new(),
             seen: 0,
             usage: None,
@@ -60,49 +61,52 @@ impl UsageTap {
             }
             return chunk;
         }
-        if !self.strip
-            && self.buf.is_empty()
-            && memchr::memmem::find(&chunk, b"\"usage\"").is_none()
-        {
-            // Fast path: nothing to look at and nothing carried over.
-            if let Some(end) = memchr::memmem::rfind(&chunk, b"\n\n") {
-                if end + 2 == chunk.len() {
-                    return chunk;
-                }
-                self.buf.extend_from_slice(&chunk[end + 2..]);
-            } else {
-                self.buf.extend_from_slice(&chunk);
-            }
-            return chunk;
-        }
-        self.buf.extend_from_slice(&chunk);
-        let mut out = BytesMut::new();
-        while let Some(end) = memchr::memmem::find(&self.buf, b"\n\n") {
-            let event = self.buf.split_to(end + 2);
-            let keep = self.inspect(&event);
-            if self.strip && keep {
-                out.extend_from_slice(&event);
-            }
-        }
         if self.strip {
-            out.freeze()
-        } else {
-            chunk
+            return self.strip_usage(chunk);
         }
+        // Fast path: no usage in the chunk and no event left unfinished: nothing to look at.
+        if memchr::memmem::find(&chunk, b"\"usage\"").is_some() || !self.framer.skip_whole(&chunk) {
+            self.framer.push(chunk.clone());
+            while let Some(event) = self.framer.next_event() {
+                self.inspect(&event);
+            }
+        }
+        chunk
+    }
+
+    /// The chunk's complete events less the usage-only one; an unfinished event waits.
+    fn strip_usage(&mut self, chunk: Bytes) -> Bytes {
+        self.framer.push(chunk.clone());
+        let mut kept = Kept::new(chunk);
+        while let Some(event) = self.framer.next_event() {
+            let keep = self.inspect(&event);
+            self.pass_on(&event, keep, &mut kept);
+        }
+        kept.finish()
+    }
+
+    /// Adds what goes out of `event` to `kept`. A leading `\n` that completes the previous
+    /// event's `\r\n` goes (or not) with that event.
+    fn pass_on(&mut self, event: &Event, keep: bool, kept: &mut Kept) {
+        let (lead, own) = event.split_lead();
+        if !self.stripped {
+            kept.add(lead);
+        }
+        if keep {
+            kept.add(own);
+        }
+        self.stripped = !keep;
     }
 
     /// Looks at one complete event; `false` when it must be stripped.
-    fn inspect(&mut self, event: &[u8]) -> bool {
-        if memchr::memmem::find(event, b"\"usage\":{").is_none()
-            && memchr::memmem::find(event, b"\"usage\": {").is_none()
+    fn inspect(&mut self, event: &Event) -> bool {
+        let raw = event.raw();
+        if memchr::memmem::find(raw, b"\"usage\":{").is_none()
+            && memchr::memmem::find(raw, b"\"usage\": {").is_none()
         {
             return true;
         }
-        let data = event
-            .strip_prefix(b"data: ")
-            .or_else(|| event.strip_prefix(b"data:"))
-            .unwrap_or(event);
-        let Ok(chunk) = serde_json::from_slice::<Chunk>(data.trim_ascii_end()) else {
+        let Ok(chunk) = serde_json::from_slice::<Chunk>(&event.data()) else {
             return true;
         };
         if let Some(u) = chunk.usage {
@@ -113,7 +117,13 @@ impl UsageTap {
 
     /// What is left to send when the upstream ends (an incomplete trailing event while stripping).
     pub fn flush(&mut self) -> Option<Bytes> {
-        (self.stream && self.strip && !self.buf.is_empty()).then(|| self.buf.split().freeze())
+        if !(self.stream && self.strip) {
+            return None;
+        }
+        let rest = self.framer.take_partial()?;
+        let mut kept = Kept::new(rest.raw().clone());
+        self.pass_on(&rest, true, &mut kept);
+        Some(kept.finish()).filter(|rest| !rest.is_empty())
     }
 
     /// The usage seen, once the answer is complete.
@@ -149,6 +159,59 @@ fn usage_in_body(body: &[u8]) -> Option<Usage> {
     serde_json::from_slice::<openai_types::Probe>(body)
         .ok()
         .and_then(|p| p.usage)
+}
+
+/// The kept events of one chunk joined into one piece: a slice of the chunk while they lie
+/// back to back in it, a copy only when an event was cut out or came partly from before.
+struct Kept {
+    chunk: Bytes,
+    /// The kept bytes so far, as a range of `chunk`, until something else is kept.
+    run: Option<Range<usize>>,
+    copy: BytesMut,
+}
+
+impl Kept {
+    fn new(chunk: Bytes) -> Self {
+        Kept {
+            chunk,
+            run: None,
+            copy: BytesMut::new(),
+        }
+    }
+
+    fn add(&mut self, piece: Bytes) {
+        if piece.is_empty() {
+            return;
+        }
+        let at = (piece.as_ptr() as usize)
+            .checked_sub(self.chunk.as_ptr() as usize)
+            .filter(|at| at + piece.len() <= self.chunk.len() && self.copy.is_empty());
+        match (self.run.as_mut(), at) {
+            (Some(run), Some(at)) if run.end == at => run.end += piece.len(),
+            (None, Some(at)) => self.run = Some(at..at + piece.len()),
+            _ => {
+                self.spill();
+                self.copy.extend_from_slice(&piece);
+            }
+        }
+    }
+
+    /// Moves the run into the copy buffer.
+    fn spill(&mut self) {
+        if let Some(run) = self.run.take() {
+            self.copy.extend_from_slice(&self.chunk[run]);
+        }
+    }
+
+    fn finish(mut self) -> Bytes {
+        if self.copy.is_empty() {
+            return self
+                .run
+                .map_or_else(Bytes::new, |run| self.chunk.slice(run));
+        }
+        self.spill();
+        self.copy.freeze()
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -219,6 +282,54 @@ mod tests {
         let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
         assert_eq!(run(&mut tap, &parts), format!("{first}data: [DONE]\n\n"));
         assert_eq!(tap.finish().map(|u| u.total_tokens), Some(12));
+    }
+
+    /// Every chunking (through `\r\n` pairs too) and both line endings.
+    fn chunkings(text: &str) -> Vec<(String, Vec<String>)> {
+        let mut all = Vec::new();
+        for text in [text.to_owned(), text.replace('\n', "\r\n")] {
+            for size in [1, 2, 3, 7, 64, usize::MAX] {
+                let parts = text
+                    .as_bytes()
+                    .chunks(size)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect();
+                all.push((text.clone(), parts));
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn any_chunking_and_line_ending_finds_the_usage_and_strips_it_exactly() {
+        let first = "event: x\ndata: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n";
+        let text = format!("{first}{USAGE}data: [DONE]\n\n");
+        for (text, parts) in chunkings(&text) {
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let mut keep = UsageTap::stream(false);
+            assert_eq!(run(&mut keep, &parts), text);
+            assert_eq!(keep.finish().map(|u| u.total_tokens), Some(12), "{parts:?}");
+            let mut strip = UsageTap::stream(true);
+            let usage = USAGE.replace('\n', if text.contains('\r') { "\r\n" } else { "\n" });
+            assert_eq!(
+                run(&mut strip, &parts),
+                text.replace(&usage, ""),
+                "{parts:?}"
+            );
+            assert_eq!(strip.finish().map(|u| u.total_tokens), Some(12));
+        }
+    }
+
+    #[test]
+    fn stripping_passes_whole_events_on_without_a_copy() {
+        let mut tap = UsageTap::stream(true);
+        let chunk = Bytes::from_static(b"data: {\"choices\":[]}\n\ndata: 2\n\n");
+        let out = tap.chunk(chunk.clone());
+        assert_eq!((out.as_ptr(), out.len()), (chunk.as_ptr(), chunk.len()));
+        let out = tap.chunk(Bytes::from_static(b"data: 3\n\ndata: unfinished"));
+        assert_eq!(out, "data: 3\n\n");
+        assert_eq!(tap.flush().as_deref(), Some(&b"data: unfinished"[..]));
+        assert_eq!(tap.flush(), None);
     }
 
     #[test]

@@ -30,6 +30,45 @@ async fn first_data_event_keeps_every_byte_read() {
     }
 }
 
+/// `text` in pieces of `size` bytes.
+fn pieces(text: &str, size: usize) -> BodyStream {
+    let items: Vec<Result<Bytes, UpstreamError>> = text
+        .as_bytes()
+        .chunks(size)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    Box::pin(stream::iter(items))
+}
+
+#[tokio::test]
+async fn the_first_event_is_found_whatever_the_line_endings_and_chunking() {
+    let data = "data: {\"choices\":[]}\n\n";
+    let error = "event: error\ndata: {\"type\":\"error\"}\n\n";
+    for (last, want_error) in [(data, false), (error, true)] {
+        let text = format!(": keep-alive\n\nevent: ping\ndata: {{}}\n\n{last}data: [DONE]\n\n");
+        for eol in ["\n", "\r\n", "\r"] {
+            let text = text.replace('\n', eol);
+            let last = last.replace('\n', eol);
+            let end = text.find(&last).map(|at| at + last.len() - eol.len() + 1);
+            for size in [1, 2, 3, 7, 64, usize::MAX] {
+                match peek_first_event(&mut pieces(&text, size), far())
+                    .await
+                    .unwrap()
+                {
+                    FirstEvent::Data(prefix) if !want_error => {
+                        assert!(text.as_bytes().starts_with(&prefix), "{size} {eol:?}");
+                        assert!(Some(prefix.len()) >= end, "{size} {eol:?}: {prefix:?}");
+                    }
+                    FirstEvent::Error(json) if want_error => {
+                        assert_eq!(json, "{\"type\":\"error\"}", "{size} {eol:?}");
+                    }
+                    other => panic!("{size} {eol:?}: {other:?}"),
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn openai_error_chunk_first_is_an_error() {
     let mut b =

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::response::{arguments, translate_error};
 use super::{finish_reason, Usage};
+use crate::sse::{self, SseFramer};
 
 /// One Anthropic stream event, by its `type` (the same as the SSE event name).
 #[derive(Deserialize)]
@@ -149,13 +150,8 @@ enum BlockKind {
 /// readable JSON ends the stream with a `server_error` event. After the end, input is ignored.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    /// Bytes after the last complete line.
-    pending: Vec<u8>,
-    /// The last line ended with `\r`: skip a `\n` that starts the next input.
-    after_cr: bool,
-    /// The current event's `event:` name and `data:` lines.
-    event_name: String,
-    data: String,
+    /// Splits the input into events.
+    framer: SseFramer,
     id: String,
     model: String,
     created: u64,
@@ -172,10 +168,7 @@ impl StreamTranslator {
     /// time in seconds.
     pub fn new(client_model: &str, include_usage: bool, created: u64) -> Self {
         StreamTranslator {
-            pending: Vec::new(),
-            after_cr: false,
-            event_name: String::new(),
-            data: String::new(),
+            framer: SseFramer::new(),
             id: "chatcmpl-".to_owned(),
             model: client_model.to_owned(),
             created,
@@ -192,32 +185,14 @@ impl StreamTranslator {
         if self.done {
             return;
         }
-        self.pending.extend_from_slice(input);
-        let mut start = 0;
-        loop {
-            if self.after_cr {
-                // A `\r` ended the last line; a `\n` right after it belongs to that ending.
-                match self.pending.get(start) {
-                    None => break,
-                    Some(b'\n') => start += 1,
-                    Some(_) => {}
-                }
-                self.after_cr = false;
-            }
-            let rest = &self.pending[start..];
-            let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
-                break;
-            };
-            self.after_cr = rest[end] == b'\r';
-            let line = String::from_utf8_lossy(&rest[..end]).into_owned();
-            start += end + 1;
-            self.line(&line, out);
+        self.framer.push_slice(input);
+        while let Some(event) = self.framer.next_event() {
+            self.event(&event, out);
             if self.done {
-                self.pending.clear();
+                self.framer = SseFramer::new();
                 return;
             }
         }
-        self.pending.drain(..start);
     }
 
     /// True once `message_stop` (→ `data: [DONE]`) or an error event has been emitted.
@@ -225,37 +200,18 @@ impl StreamTranslator {
         self.done
     }
 
-    /// One SSE line (without its ending).
-    fn line(&mut self, line: &str, out: &mut Vec<u8>) {
-        if line.is_empty() {
-            if !self.data.is_empty() {
-                let data = std::mem::take(&mut self.data);
-                self.event(&data, out);
-            }
-            self.event_name.clear();
+    /// One complete event. Comments (`: ...`), `id:`, `retry:` and events without data mean
+    /// nothing here.
+    fn event(&mut self, frame: &sse::Event, out: &mut Vec<u8>) {
+        let data = frame.data();
+        if data.is_empty() {
             return;
         }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => value.clone_into(&mut self.event_name),
-            "data" => {
-                if !self.data.is_empty() {
-                    self.data.push('\n');
-                }
-                self.data.push_str(value);
-            }
-            // Comments (`: ...`), `id:` and `retry:` mean nothing here.
-            _ => {}
-        }
-    }
-
-    /// One complete event's data.
-    fn event(&mut self, data: &str, out: &mut Vec<u8>) {
-        let event: Event = match serde_json::from_str(data) {
+        let data = String::from_utf8_lossy(&data);
+        let event: Event = match serde_json::from_str(&data) {
             Ok(event) => event,
             // Unknown events are skipped unread, even when their data is not JSON.
-            Err(_) if !is_known_event(&self.event_name) => return,
+            Err(_) if !is_known_event(frame.name().unwrap_or_default()) => return,
             Err(e) => {
                 let message = format!("upstream sent an unreadable stream event: {e}");
                 let body = serde_json::json!({ "error": {
@@ -397,14 +353,14 @@ impl StreamTranslator {
 }
 
 /// The events whose unreadable data is an upstream failure rather than something to skip.
-fn is_known_event(name: &str) -> bool {
+fn is_known_event(name: &[u8]) -> bool {
     matches!(
         name,
-        "" | "message_start"
-            | "content_block_start"
-            | "content_block_delta"
-            | "message_delta"
-            | "message_stop"
-            | "error"
+        b"" | b"message_start"
+            | b"content_block_start"
+            | b"content_block_delta"
+            | b"message_delta"
+            | b"message_stop"
+            | b"error"
     )
 }
