@@ -12,6 +12,8 @@
     reason = "tests: a failed step is a failed test"
 )]
 
+use promql_parser::label::{Labels, MatchOp, Matcher, METRIC_NAME};
+use promql_parser::parser::{Expr, ParenExpr, SubqueryExpr, UnaryExpr, VectorSelector};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -180,6 +182,10 @@ fn exported_metrics() -> BTreeMap<String, Metric> {
     out
 }
 
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
 /// The string literals the gateway's code (its tests left out) can write as a label value:
 /// a match arm's result (`=> "failed"`), an element of a list (`&["failure"]`, `[.., "prompt"]`),
 /// or an argument (`map_or("no_key", ..)`). Not JSON keys, comparisons, index expressions or
@@ -254,13 +260,34 @@ const CLOSED_LABELS: [&str; 10] = [
 const TARGET_LABELS: [&str; 3] = ["job", "instance", "service"];
 
 // ---------------------------------------------------------------------------------------------
-// A small PromQL scanner: metric selectors and grouping clauses, enough to check names.
+// PromQL, parsed by promql-parser: the gateway's metric selectors and the grouping clauses.
 
 #[derive(Debug)]
 struct Selector {
     metric: String,
     /// (label, operator, value).
     matchers: Vec<(String, String, String)>,
+}
+
+impl Selector {
+    /// A selector of a gateway (`tollgate_…`) metric, named before its braces or by
+    /// `__name__="…"`; other selectors (`up`) are not the gateway's to check.
+    fn of(vs: &VectorSelector) -> Option<Self> {
+        let matchers: Vec<&Matcher> = (vs.matchers.matchers.iter())
+            .chain(vs.matchers.or_matchers.iter().flatten())
+            .collect();
+        let by_name = matchers
+            .iter()
+            .find(|m| m.name == METRIC_NAME && matches!(m.op, MatchOp::Equal))
+            .map(|m| m.value.clone());
+        let metric = vs.name.clone().or(by_name)?;
+        metric.starts_with("tollgate_").then(|| Selector {
+            metric,
+            matchers: (matchers.iter())
+                .map(|m| (m.name.clone(), m.op.to_string(), m.value.clone()))
+                .collect(),
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -270,126 +297,104 @@ struct Scan {
     grouping: Vec<String>,
 }
 
-fn is_ident_start(c: char) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == ':'
-}
+impl Scan {
+    fn select(&mut self, vs: &VectorSelector) {
+        self.selectors.extend(Selector::of(vs));
+    }
 
-fn is_ident(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
-}
+    fn group(&mut self, labels: &Labels) {
+        self.grouping.extend(labels.labels.iter().cloned());
+    }
 
-fn scan_promql(expr: &str) -> Scan {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut scan = Scan::default();
-    let mut i = 0;
-    let skip_ws = |mut i: usize| {
-        while i < chars.len() && chars[i].is_whitespace() {
-            i += 1;
-        }
-        i
-    };
-    let read_string = |i: usize| -> (String, usize) {
-        // chars[i] is the opening quote.
-        let quote = chars[i];
-        let mut j = i + 1;
-        let mut s = String::new();
-        while j < chars.len() && chars[j] != quote {
-            if chars[j] == '\\' && j + 1 < chars.len() {
-                j += 1;
-            }
-            s.push(chars[j]);
-            j += 1;
-        }
-        (s, j + 1)
-    };
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '"' || c == '\'' || c == '`' {
-            i = read_string(i).1;
-        } else if c.is_ascii_digit() {
-            while i < chars.len() && is_ident(chars[i]) {
-                i += 1;
-            }
-        } else if is_ident_start(c) {
-            let start = i;
-            while i < chars.len() && is_ident(chars[i]) {
-                i += 1;
-            }
-            let ident: String = chars[start..i].iter().collect();
-            let next = skip_ws(i);
-            let grouping = [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ];
-            if ident.starts_with("tollgate_") {
-                let mut selector = Selector {
-                    metric: ident,
-                    matchers: Vec::new(),
-                };
-                if next < chars.len() && chars[next] == '{' {
-                    let mut j = next + 1;
-                    loop {
-                        j = skip_ws(j);
-                        while j < chars.len() && chars[j] == ',' {
-                            j = skip_ws(j + 1);
-                        }
-                        if j >= chars.len() || chars[j] == '}' {
-                            break;
-                        }
-                        let ls = j;
-                        while j < chars.len() && is_ident(chars[j]) {
-                            j += 1;
-                        }
-                        let label: String = chars[ls..j].iter().collect();
-                        j = skip_ws(j);
-                        let os = j;
-                        while j < chars.len() && "=!~".contains(chars[j]) {
-                            j += 1;
-                        }
-                        let op: String = chars[os..j].iter().collect();
-                        j = skip_ws(j);
-                        assert!(
-                            j < chars.len() && "\"'`".contains(chars[j]) && !label.is_empty(),
-                            "cannot read the matchers of `{expr}`"
-                        );
-                        let (value, after) = read_string(j);
-                        selector.matchers.push((label, op, value));
-                        j = after;
-                    }
-                    i = j + 1;
+    /// Every node of the AST, depth first.
+    fn walk(&mut self, expr: &Expr) {
+        match expr {
+            Expr::VectorSelector(vs) => self.select(vs),
+            Expr::MatrixSelector(ms) => self.select(&ms.vs),
+            Expr::Aggregate(agg) => {
+                if let Some(modifier) = &agg.modifier {
+                    self.group(modifier.labels());
                 }
-                scan.selectors.push(selector);
-            } else if grouping.contains(&ident.as_str()) && next < chars.len() && chars[next] == '('
-            {
-                let close = chars[next..].iter().position(|&c| c == ')').unwrap() + next;
-                let list: String = chars[next + 1..close].iter().collect();
-                scan.grouping.extend(
-                    list.split(',')
-                        .map(|l| l.trim().to_owned())
-                        .filter(|l| !l.is_empty()),
-                );
-                i = close + 1;
+                self.walk(&agg.expr);
+                if let Some(param) = &agg.param {
+                    self.walk(param);
+                }
             }
-        } else {
-            i += 1;
+            Expr::Binary(bin) => {
+                if let Some(modifier) = &bin.modifier {
+                    if let Some(matching) = &modifier.matching {
+                        self.group(matching.labels());
+                    }
+                    if let Some(include) = modifier.card.labels() {
+                        self.group(include);
+                    }
+                }
+                self.walk(&bin.lhs);
+                self.walk(&bin.rhs);
+            }
+            Expr::Unary(UnaryExpr { expr })
+            | Expr::Paren(ParenExpr { expr })
+            | Expr::Subquery(SubqueryExpr { expr, .. }) => self.walk(expr),
+            Expr::Call(call) => call.args.args.iter().for_each(|arg| self.walk(arg)),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
         }
     }
-    scan
 }
 
-/// The problems of one PromQL expression: unknown metrics, labels a metric does not have,
-/// closed-set label values the gateway never writes, grouping by labels no metric has.
+/// Grafana's interval variables, which stand where PromQL wants a duration. (Its other
+/// variables sit in label values, strings to PromQL, and are checked as they are written.)
+const GRAFANA_INTERVALS: [&str; 3] = ["__rate_interval", "__interval", "__range"];
+
+/// The expression with each Grafana interval variable (`$__rate_interval`,
+/// `${__rate_interval}`) replaced by a placeholder duration, so that it parses.
+fn with_placeholder_intervals(expr: &str) -> String {
+    GRAFANA_INTERVALS.iter().fold(expr.to_owned(), |out, var| {
+        out.replace(&format!("${{{var}}}"), "5m")
+            .replace(&format!("${var}"), "5m")
+    })
+}
+
+/// The gateway's selectors and the grouping labels of a PromQL expression, or why it does not
+/// parse.
+fn scan_promql(expr: &str) -> Result<Scan, String> {
+    let ast = promql_parser::parser::parse(&with_placeholder_intervals(expr))?;
+    let mut scan = Scan::default();
+    scan.walk(&ast);
+    Ok(scan)
+}
+
+/// The PromQL inside a Grafana variable query: `label_values(selector, label)` reads a label of
+/// a selector, checked as `group by (label) (selector)`; `query_result(expr)` and
+/// `label_names(selector)` hold PromQL; anything else is taken as PromQL itself. None for the
+/// forms that name no metric: `label_values(label)`, `label_names()`, `metrics(regex)`.
+fn variable_query_promql(query: &str) -> Option<String> {
+    let query = query.trim();
+    let call = |f: &str| {
+        let args = query.strip_prefix(f)?.trim_start().strip_prefix('(')?;
+        args.strip_suffix(')').map(str::trim)
+    };
+    if let Some(args) = call("label_values") {
+        let (selector, label) = args.rsplit_once(',')?;
+        return Some(format!("group by ({}) ({selector})", label.trim()));
+    }
+    if let Some(arg) = call("query_result").or_else(|| call("label_names")) {
+        return (!arg.is_empty()).then(|| arg.to_owned());
+    }
+    call("metrics").is_none().then(|| query.to_owned())
+}
+
+/// The problems of one PromQL expression: not PromQL, unknown metrics, labels a metric does not
+/// have, closed-set label values the gateway never writes, grouping by labels no metric has.
 fn promql_problems(
     what: &str,
     expr: &str,
     exported: &BTreeMap<String, Metric>,
     literals: &BTreeSet<String>,
 ) -> Vec<String> {
-    let scan = scan_promql(expr);
+    let scan = match scan_promql(expr) {
+        Ok(scan) => scan,
+        Err(e) => return vec![format!("{what}: `{expr}` does not parse as PromQL: {e}")],
+    };
     let mut problems = Vec::new();
     let mut all_labels: BTreeSet<String> = TARGET_LABELS.iter().map(|l| l.to_string()).collect();
     for sel in &scan.selectors {
@@ -407,8 +412,9 @@ fn promql_problems(
             allowed.insert("le".into());
         }
         all_labels.extend(allowed.iter().cloned());
-        for (label, op, value) in &sel.matchers {
-            if label == "__name__" {
+        for matcher in &sel.matchers {
+            let label = &matcher.0;
+            if label == METRIC_NAME {
                 continue;
             }
             if !allowed.contains(label) {
@@ -417,22 +423,7 @@ fn promql_problems(
                     sel.metric, exported[&base].labels
                 ));
             }
-            if CLOSED_LABELS.contains(&label.as_str()) {
-                let values: Vec<&str> = if op.contains('~') {
-                    value.split('|').collect()
-                } else {
-                    vec![value.as_str()]
-                };
-                for v in values {
-                    if !literals.contains(v) {
-                        problems.push(format!(
-                            "{what}: {}{{{label}{op}\"{value}\"}}: no {label} value `{v}` \
-                             is written by crates/tollgate/src (see label_literals)",
-                            sel.metric
-                        ));
-                    }
-                }
-            }
+            problems.extend(closed_value_problems(what, &sel.metric, matcher, literals));
         }
     }
     for label in &scan.grouping {
@@ -443,6 +434,34 @@ fn promql_problems(
         }
     }
     problems
+}
+
+/// A matcher on a closed-set label (`CLOSED_LABELS`) may only name values the gateway writes:
+/// each alternative of a regex (`=~"a|b"`), or the one value.
+fn closed_value_problems(
+    what: &str,
+    metric: &str,
+    (label, op, value): &(String, String, String),
+    literals: &BTreeSet<String>,
+) -> Vec<String> {
+    if !CLOSED_LABELS.contains(&label.as_str()) {
+        return Vec::new();
+    }
+    let values: Vec<&str> = if op.contains('~') {
+        value.split('|').collect()
+    } else {
+        vec![value.as_str()]
+    };
+    values
+        .into_iter()
+        .filter(|v| !literals.contains(*v))
+        .map(|v| {
+            format!(
+                "{what}: {metric}{{{label}{op}\"{value}\"}}: no {label} value `{v}` \
+                 is written by crates/tollgate/src (see label_literals)"
+            )
+        })
+        .collect()
 }
 
 /// The exported metric a series name belongs to (histogram series carry `_bucket`, `_sum`,
@@ -465,7 +484,11 @@ fn metrics_named(exprs: &[String]) -> BTreeSet<String> {
     let exported = exported_metrics();
     exprs
         .iter()
-        .flat_map(|e| scan_promql(e).selectors)
+        .flat_map(|e| {
+            scan_promql(e)
+                .unwrap_or_else(|err| panic!("`{e}`: {err}"))
+                .selectors
+        })
         .filter_map(|s| resolve_metric(&s.metric, &exported).0)
         .collect()
 }
@@ -511,11 +534,40 @@ fn the_promql_checker_catches_unknown_metrics_labels_and_values() {
         "sum by (flavour) (tollgate_inflight_requests)",
         "tollgate_inflight_requests_bucket",
         "tollgate_requests_total_count",
+        r#"{__name__="tollgate_requests_totals"}"#,
+        r#"sum(rate(tollgate_requests_total{outcome="failed"}[5m])"#,
+        "sum(rate(tollgate_requests_total[$window]))",
     ] {
         assert!(
             !promql_problems("bad", bad, &exported, &literals).is_empty(),
             "not caught: {bad}"
         );
+    }
+    let variable = |q: &str| variable_query_promql(q).unwrap_or_default();
+    assert_no_problems(&promql_problems(
+        "templating",
+        &variable("label_values(tollgate_key_state{state=\"healthy\"}, provider)"),
+        &exported,
+        &literals,
+    ));
+    for bad in [
+        "label_values(tollgate_key_state, flavour)",
+        "label_values(tollgate_key_states, provider)",
+        "query_result(tollgate_requests_totals)",
+        r#"label_names(tollgate_requests_total{flavour="x"})"#,
+        "sum by (flavour) (tollgate_inflight_requests)",
+    ] {
+        assert!(
+            !promql_problems("bad", &variable(bad), &exported, &literals).is_empty(),
+            "not caught: {bad}"
+        );
+    }
+    for none in [
+        "label_values(provider)",
+        "label_names()",
+        "metrics(tollgate_.*)",
+    ] {
+        assert_eq!(variable_query_promql(none), None, "{none}");
     }
 }
 
@@ -1178,9 +1230,10 @@ fn dashboard_queries_only_exported_metrics_from_the_provisioned_datasource() {
     }
     for v in d["templating"]["list"].as_array().into_iter().flatten() {
         for key in ["query", "definition"] {
-            if let Some(q) = v[key].as_str().or(v[key]["query"].as_str()) {
-                problems.extend(promql_problems("templating", q, &exported, &literals));
-                exprs.push(q.to_owned());
+            let query = v[key].as_str().or(v[key]["query"].as_str());
+            if let Some(q) = query.and_then(variable_query_promql) {
+                problems.extend(promql_problems("templating", &q, &exported, &literals));
+                exprs.push(q);
             }
         }
     }
