@@ -11,12 +11,14 @@
 //!
 //! - [`Splitter`]: the state machine alone, fed one piece of input at a time.
 //! - [`Scanner`]: events of a buffer the caller keeps (and only appends to), borrowed.
-//! - [`SseFramer`]: fed chunks, hands out [`Event`]s; an event that lies inside one chunk is a
-//!   slice of it (no copy), only an event cut by a chunk boundary is copied together.
+//! - [`SseFramer`]: fed chunks, hands out [`Event`]s (owned `Bytes`, for passing events on)
+//!   or lends them to a callback (borrowed bytes, for reading them). An event that lies
+//!   inside one chunk is a slice of it; only an event cut by a chunk boundary is copied.
 //! - [`fields`], [`name`], [`data`]: reading an event's `field: value` lines, borrowed.
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 
 /// Finds event ends, one call per piece of input, remembering where a line was cut.
 #[derive(Debug, Clone)]
@@ -62,31 +64,28 @@ impl Splitter {
     /// After an end, the rest of `piece` is the start of the next event: scan it next.
     pub fn find(&mut self, piece: &[u8]) -> Option<End> {
         let mut at = 0;
-        loop {
-            if self.cr {
-                let next = *piece.get(at)?;
+        while let Some(&byte) = piece.get(at) {
+            if byte != b'\n' && byte != b'\r' {
+                // A line's content: skip to its end.
+                (self.cr, self.blank, self.start) = (false, false, false);
+                at += memchr::memchr2(b'\n', b'\r', &piece[at..]).unwrap_or(piece.len() - at);
+                continue;
+            }
+            at += 1;
+            if byte == b'\n' && self.cr {
+                // The `\n` of a `\r\n`: that line has already ended.
                 self.cr = false;
-                if next == b'\n' {
-                    self.lead |= self.start;
-                    at += 1;
-                }
+                self.lead |= self.start;
+                continue;
             }
-            let rest = &piece[at..];
-            if !rest.is_empty() {
-                self.start = false;
-            }
-            let Some(i) = memchr::memchr2(b'\n', b'\r', rest) else {
-                self.blank &= rest.is_empty();
-                return None;
-            };
-            self.blank &= i == 0;
-            self.cr = rest[i] == b'\r';
-            at += i + 1;
+            self.start = false;
+            self.cr = byte == b'\r';
             if self.blank {
                 return Some(self.end(piece, at));
             }
             self.blank = true;
         }
+        None
     }
 
     /// The blank line ending at `at` closes the event; a `\n` completing its `\r\n` is
@@ -174,13 +173,14 @@ impl Event {
     }
 }
 
-/// Turns chunks of a stream into complete [`Event`]s: [`push`](SseFramer::push) a chunk, then
-/// take events with [`next_event`](SseFramer::next_event) until it returns `None`.
+/// Turns chunks of a stream into complete events: [`push`](SseFramer::push) a chunk, then
+/// take [`Event`]s with [`next_event`](SseFramer::next_event) until it returns `None`; or
+/// [`feed`](SseFramer::feed) borrowed bytes and see each event in a callback.
 #[derive(Debug, Default)]
 pub struct SseFramer {
     split: Splitter,
     /// Bytes of the unfinished event copied from earlier chunks; the first `scanned` of them
-    /// have been scanned, the rest (from [`push_slice`](SseFramer::push_slice)) not yet.
+    /// have been scanned, the rest (a chunk pushed over another not drained) not yet.
     carry: BytesMut,
     scanned: usize,
     /// The last pushed chunk's bytes not scanned yet.
@@ -197,12 +197,6 @@ impl SseFramer {
     pub fn push(&mut self, chunk: Bytes) {
         self.settle();
         self.fresh = chunk;
-    }
-
-    /// Adds borrowed bytes, copying them (once) into the framer.
-    pub fn push_slice(&mut self, chunk: &[u8]) {
-        self.settle();
-        self.carry.extend_from_slice(chunk);
     }
 
     /// Moves bytes of an earlier chunk that were never taken out into the carry buffer.
@@ -246,6 +240,39 @@ impl SseFramer {
             raw,
             lead: end.lead,
         })
+    }
+
+    /// Frames borrowed bytes: calls `each` with every event they complete, borrowed (from
+    /// `chunk` when it lies inside it; only an event cut by a chunk boundary is copied
+    /// together). Stops at a `Break` from `each`, keeping the rest of `chunk` for later.
+    pub fn feed(&mut self, chunk: &[u8], mut each: impl FnMut(&[u8]) -> ControlFlow<()>) {
+        while let Some(event) = self.next_event() {
+            if each(event.raw()).is_break() {
+                self.settle();
+                self.carry.extend_from_slice(chunk);
+                return;
+            }
+        }
+        let mut rest = chunk;
+        while let Some(end) = self.split.find(rest) {
+            let (event, tail) = rest.split_at(end.len);
+            rest = tail;
+            let flow = if self.carry.is_empty() {
+                each(event)
+            } else {
+                self.carry.extend_from_slice(event);
+                let flow = each(&self.carry);
+                self.carry.clear();
+                flow
+            };
+            if flow.is_break() {
+                self.carry.extend_from_slice(rest);
+                self.scanned = 0;
+                return;
+            }
+        }
+        self.carry.extend_from_slice(rest);
+        self.scanned = self.carry.len();
     }
 
     /// Whether the framer holds no byte of an unfinished event.

@@ -2,10 +2,12 @@
 //! reconciliation and the tokens metric. In a stream it finds the usage chunk and, when the
 //! gateway asked for it on the client's behalf, removes it so the client sees what it asked for.
 
-use crate::sse::{Event, SseFramer};
+use crate::sse::{self, Event, SseFramer};
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
 use openai_types::Usage;
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
+use std::sync::LazyLock;
 
 /// Largest non-stream body scanned for usage; larger ones pass through unscanned.
 const MAX_SCAN: usize = 4 << 20;
@@ -66,10 +68,11 @@ impl UsageTap {
         }
         // Fast path: no usage in the chunk and no event left unfinished: nothing to look at.
         if memchr::memmem::find(&chunk, b"\"usage\"").is_some() || !self.framer.skip_whole(&chunk) {
-            self.framer.push(chunk.clone());
-            while let Some(event) = self.framer.next_event() {
-                self.inspect(&event);
-            }
+            let usage = &mut self.usage;
+            self.framer.feed(&chunk, |event| {
+                inspect(event, usage);
+                ControlFlow::Continue(())
+            });
         }
         chunk
     }
@@ -79,7 +82,7 @@ impl UsageTap {
         self.framer.push(chunk.clone());
         let mut kept = Kept::new(chunk);
         while let Some(event) = self.framer.next_event() {
-            let keep = self.inspect(&event);
+            let keep = inspect(event.raw(), &mut self.usage);
             self.pass_on(&event, keep, &mut kept);
         }
         kept.finish()
@@ -96,23 +99,6 @@ impl UsageTap {
             kept.add(own);
         }
         self.stripped = !keep;
-    }
-
-    /// Looks at one complete event; `false` when it must be stripped.
-    fn inspect(&mut self, event: &Event) -> bool {
-        let raw = event.raw();
-        if memchr::memmem::find(raw, b"\"usage\":{").is_none()
-            && memchr::memmem::find(raw, b"\"usage\": {").is_none()
-        {
-            return true;
-        }
-        let Ok(chunk) = serde_json::from_slice::<Chunk>(&event.data()) else {
-            return true;
-        };
-        if let Some(u) = chunk.usage {
-            self.usage = Some(u);
-        }
-        !(chunk.usage.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty))
     }
 
     /// What is left to send when the upstream ends (an incomplete trailing event while stripping).
@@ -141,6 +127,26 @@ impl UsageTap {
         }
         self.usage
     }
+}
+
+/// Looks at one complete event, keeping the usage it carries; `false` when it is the
+/// usage-only chunk (`choices: []`), the one to strip.
+fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
+    static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":"));
+    let object = |at: usize| {
+        let value = &event[at + KEY.needle().len()..];
+        value.strip_prefix(b" ").unwrap_or(value).first() == Some(&b'{')
+    };
+    if !KEY.find_iter(event).any(object) {
+        return true;
+    }
+    let Ok(chunk) = serde_json::from_slice::<Chunk>(&sse::data(event)) else {
+        return true;
+    };
+    if let Some(u) = chunk.usage {
+        *usage = Some(u);
+    }
+    !(chunk.usage.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty))
 }
 
 /// The top-level `usage` of a JSON answer. OpenAI puts it last, so the search starts from the

@@ -1,4 +1,5 @@
 use super::*;
+use std::ops::ControlFlow;
 
 /// A comment, a named event, a plain one, a two-line event with an `id:`, `[DONE]`.
 const SAMPLE: &str = ": keep-alive\n\nevent: ping\ndata: {\"type\":\"ping\"}\n\ndata: {\"a\":1}\n\nevent: delta\ndata: line one\ndata:line two\nid: 7\n\ndata: [DONE]\n\n";
@@ -182,25 +183,56 @@ fn events_inside_one_chunk_are_slices_of_it() {
 }
 
 #[test]
-fn pushed_slices_and_undrained_chunks_frame_the_same() {
+fn fed_slices_and_undrained_chunks_frame_the_same() {
     for input in spellings() {
         for size in [1, 3, 64] {
             let mut framer = SseFramer::new();
             let mut events = Vec::new();
             for (k, piece) in input.as_bytes().chunks(size).enumerate() {
-                // Mix borrowed and owned pieces, and drain only every other time.
-                if k % 2 == 0 {
-                    framer.push_slice(piece);
-                } else {
-                    framer.push(Bytes::copy_from_slice(piece));
-                    events.extend(std::iter::from_fn(|| framer.next_event()));
+                // Mix borrowed and owned pieces, and drain owned ones only every other time.
+                match k % 3 {
+                    0 => framer.feed(piece, |e| {
+                        events.push(e.to_vec());
+                        ControlFlow::Continue(())
+                    }),
+                    1 => framer.push(Bytes::copy_from_slice(piece)),
+                    _ => {
+                        framer.push(Bytes::copy_from_slice(piece));
+                        events.extend(
+                            std::iter::from_fn(|| framer.next_event()).map(|e| e.raw().to_vec()),
+                        );
+                    }
                 }
             }
-            events.extend(std::iter::from_fn(|| framer.next_event()));
-            assert_eq!(said(&events), owned(expected()), "size {size}");
-            assert_eq!(joined(&events, framer), input.as_bytes());
+            events.extend(std::iter::from_fn(|| framer.next_event()).map(|e| e.raw().to_vec()));
+            let data: Vec<Vec<u8>> = events.iter().map(|e| data(e).into_owned()).collect();
+            let want: Vec<Vec<u8>> = expected()
+                .iter()
+                .map(|(_, d)| d.as_bytes().to_vec())
+                .collect();
+            assert_eq!(data, want, "size {size}: {input:?}");
+            let rest = framer
+                .take_partial()
+                .map(Event::into_raw)
+                .unwrap_or_default();
+            assert_eq!([events.concat(), rest.to_vec()].concat(), input.as_bytes());
         }
     }
+}
+
+#[test]
+fn feeding_stops_where_asked_and_keeps_the_rest() {
+    let mut framer = SseFramer::new();
+    let mut seen = Vec::new();
+    framer.feed(b"data: 1\n\ndata: 2\n\ndata: 3\n\n", |e| {
+        seen.push(e.to_vec());
+        ControlFlow::Break(())
+    });
+    assert_eq!(seen, [b"data: 1\n\n".to_vec()]);
+    let rest: Vec<Bytes> = std::iter::from_fn(|| framer.next_event())
+        .map(Event::into_raw)
+        .collect();
+    assert_eq!(rest, [&b"data: 2\n\n"[..], b"data: 3\n\n"]);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Anthropic SSE stream → OpenAI `chat.completion.chunk` SSE stream, incrementally.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -185,13 +186,18 @@ impl StreamTranslator {
         if self.done {
             return;
         }
-        self.framer.push_slice(input);
-        while let Some(event) = self.framer.next_event() {
-            self.event(&event, out);
+        let mut framer = std::mem::take(&mut self.framer);
+        framer.feed(input, |event| {
+            self.event(event, out);
             if self.done {
-                self.framer = SseFramer::new();
-                return;
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
+        });
+        // After the end, the rest of the input is dropped.
+        if !self.done {
+            self.framer = framer;
         }
     }
 
@@ -202,8 +208,8 @@ impl StreamTranslator {
 
     /// One complete event. Comments (`: ...`), `id:`, `retry:` and events without data mean
     /// nothing here.
-    fn event(&mut self, frame: &sse::Event, out: &mut Vec<u8>) {
-        let data = frame.data();
+    fn event(&mut self, frame: &[u8], out: &mut Vec<u8>) {
+        let data = sse::data(frame);
         if data.is_empty() {
             return;
         }
@@ -211,7 +217,7 @@ impl StreamTranslator {
         let event: Event = match serde_json::from_str(&data) {
             Ok(event) => event,
             // Unknown events are skipped unread, even when their data is not JSON.
-            Err(_) if !is_known_event(frame.name().unwrap_or_default()) => return,
+            Err(_) if !is_known_event(sse::name(frame).unwrap_or_default()) => return,
             Err(e) => {
                 let message = format!("upstream sent an unreadable stream event: {e}");
                 let body = serde_json::json!({ "error": {
