@@ -233,15 +233,6 @@ fn drop_bad_request_id<B>(mut req: http::Request<B>) -> http::Request<B> {
     req
 }
 
-fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    tracing::info_span!("request", request_id = id, method = %req.method(), path = req.uri().path())
-}
-
 /// Wraps the `/v1/*` routes in the edge stack (order: this module's docs).
 pub fn edge<S>(router: axum::Router<S>, metrics: Arc<Metrics>, max_body: usize) -> axum::Router<S>
 where
@@ -261,7 +252,7 @@ where
         .layer(AccessLayer::new(metrics, max_body))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(request_span::<axum::body::Body>)
+                .make_span_with(crate::server::access::request_span::<axum::body::Body>)
                 .on_request(())
                 .on_response(())
                 .on_body_chunk(())

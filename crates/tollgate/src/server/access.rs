@@ -45,6 +45,16 @@ pub fn panic_answer(_: Box<dyn Any + Send + 'static>) -> Response<http_body_util
     resp
 }
 
+/// The span of one request (request id, method, path); per-request, so under `tollgate::server`.
+pub fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", request_id = id, method = %req.method(), path = req.uri().path())
+}
+
 /// Builds [`Access`] services.
 #[derive(Clone, Debug)]
 pub struct AccessLayer {
