@@ -1,18 +1,12 @@
-//! Client keys: who may use the gateway, which models, how many requests at once; and the
-//! gateway stack's first layer, [`ClientAuthLayer`].
+//! Client keys: who may use the gateway, which models, how many requests at once.
 //! Keys are kept only as SHA-256 digests and compared in constant time; upstream keys never
 //! come from the client.
 
 use crate::config::ClientSettings;
 use crate::digest::{constant_time_eq, sha256};
-use crate::error::GatewayError;
-use crate::request::{Answer, GatewayRequest};
-use futures_util::future::{ready, Either, Ready};
 use http::HeaderMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tower::{Layer, Service};
 
 /// An authenticated client.
 #[derive(Debug)]
@@ -124,65 +118,6 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-/// The client-auth layer: the gateway key → the [`Client`] (401 when it is missing or
-/// unknown), and the client's model allow-list (403). Never waits.
-#[derive(Clone, Debug)]
-pub struct ClientAuthLayer {
-    auth: Arc<Auth>,
-}
-
-impl ClientAuthLayer {
-    /// Authenticates against `auth`.
-    pub fn new(auth: Arc<Auth>) -> Self {
-        ClientAuthLayer { auth }
-    }
-}
-
-impl<S> Layer<S> for ClientAuthLayer {
-    type Service = ClientAuth<S>;
-    fn layer(&self, inner: S) -> ClientAuth<S> {
-        ClientAuth {
-            inner,
-            auth: Arc::clone(&self.auth),
-        }
-    }
-}
-
-/// See [`ClientAuthLayer`].
-#[derive(Clone, Debug)]
-pub struct ClientAuth<S> {
-    inner: S,
-    auth: Arc<Auth>,
-}
-
-impl<S> Service<GatewayRequest> for ClientAuth<S>
-where
-    S: Service<GatewayRequest, Response = Answer, Error = GatewayError>,
-{
-    type Response = Answer;
-    type Error = GatewayError;
-    type Future = Either<Ready<Result<Answer, GatewayError>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
-        let client = match self.auth.authenticate_key(req.credential.as_deref()) {
-            Ok(client) => client,
-            Err(Denied::BadKey) => return Either::Left(ready(Err(GatewayError::Unauthorized))),
-        };
-        if let (Some(c), Some(model)) = (&client, req.model.as_deref()) {
-            if !c.allows(model) {
-                let refused = GatewayError::ModelNotAllowed(model.to_owned());
-                return Either::Left(ready(Err(refused)));
-            }
-        }
-        req.client = client;
-        Either::Right(self.inner.call(req))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,46 +218,6 @@ mod tests {
         assert_eq!(
             hex,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_layer_refuses_unknown_keys_and_models_outside_the_allow_list() {
-        use crate::request::Served;
-        use tower::{service_fn, ServiceExt};
-        let auth = Arc::new(Auth::new(&[client("team", "k", &["m"], None)]));
-        let inner = service_fn(|req: GatewayRequest| async move {
-            assert_eq!(
-                req.client.as_ref().map(|c| c.settings.name.as_str()),
-                Some("team")
-            );
-            Ok::<_, GatewayError>(Answer {
-                status: http::StatusCode::OK,
-                headers: HeaderMap::new(),
-                body: axum::body::Body::empty(),
-                provider: "p".into(),
-                key: "a".into(),
-                attempts: 1,
-                served: Served::FirstTry,
-            })
-        });
-        let svc = ClientAuthLayer::new(auth).layer(inner);
-        let req = |key: Option<&str>, model: &str| {
-            let body = bytes::Bytes::from(format!(r#"{{"model":"{model}"}}"#));
-            let mut r = GatewayRequest::for_test(http::Method::POST, "chat/completions", body);
-            r.credential = key.map(Box::from);
-            r
-        };
-        let status = |r: Result<Answer, GatewayError>| match r {
-            Ok(a) => a.status.as_u16(),
-            Err(e) => e.status().as_u16(),
-        };
-        assert_eq!(status(svc.clone().oneshot(req(Some("k"), "m")).await), 200);
-        assert_eq!(status(svc.clone().oneshot(req(None, "m")).await), 401);
-        assert_eq!(status(svc.clone().oneshot(req(Some("x"), "m")).await), 401);
-        assert_eq!(
-            status(svc.clone().oneshot(req(Some("k"), "other")).await),
-            403
         );
     }
 }

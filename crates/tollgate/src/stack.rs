@@ -31,7 +31,8 @@
 //! 7. [`ProviderLayer`]: the dialect's request, the exchange, the outcome classified;
 //! 8. [`UpstreamService`]: the pooled hyper-util client.
 
-use crate::auth::{Auth, ClientAuthLayer};
+use crate::auth::Auth;
+use crate::client_policy::{ClientAuthLayer, ClientLimitLayer};
 use crate::config::Settings;
 use crate::dispatch::backoff::{Backoff, RetryBudget};
 use crate::dispatch::handles::Handles;
@@ -43,7 +44,6 @@ use crate::key_pool::store::HealthStore;
 use crate::key_pool::{KeyPool, PoolPolicy};
 use crate::metrics::Metrics;
 use crate::provider::{Provider, ProviderLayer};
-use crate::rate_limit::layer::ClientLimitLayer;
 use crate::rate_limit::Limiter;
 use crate::request::{Answer, GatewayRequest};
 use crate::upstream::{Upstream, UpstreamService};

@@ -7,7 +7,6 @@
 
 pub mod bucket;
 pub mod estimate;
-pub mod layer;
 mod memory;
 pub mod redis_store;
 

@@ -1,23 +1,85 @@
+//! The gateway stack's two client policies: [`ClientAuthLayer`] (who may call, which models) and
+//! [`ClientLimitLayer`] (how much).
+//!
 //! The client-limit layer: the client's concurrency slot (held until its answer's last byte),
 //! its RPM/TPM buckets taken up front with the request's estimate (429 with the wait when one is
 //! empty, never a wait), and its own rate-limit headers on the answer in place of the upstream
 //! key's. It also asks a stream for usage when some TPM limit must be reconciled.
 
-use super::estimate::estimate;
-use super::{Levels, Limiter, Limits};
-use crate::auth::InflightGuard;
+use crate::auth::{Auth, Denied, InflightGuard};
 use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::rate_limit::estimate::estimate;
+use crate::rate_limit::{Levels, Limiter, Limits};
 use crate::request::{Answer, GatewayRequest};
 use crate::units::format_go_duration;
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::future::{ready, BoxFuture, Either, Ready};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
+
+/// The client-auth layer: the gateway key → the [`Client`] (401 when it is missing or
+/// unknown), and the client's model allow-list (403). Never waits.
+#[derive(Clone, Debug)]
+pub struct ClientAuthLayer {
+    auth: Arc<Auth>,
+}
+
+impl ClientAuthLayer {
+    /// Authenticates against `auth`.
+    pub fn new(auth: Arc<Auth>) -> Self {
+        ClientAuthLayer { auth }
+    }
+}
+
+impl<S> Layer<S> for ClientAuthLayer {
+    type Service = ClientAuth<S>;
+    fn layer(&self, inner: S) -> ClientAuth<S> {
+        ClientAuth {
+            inner,
+            auth: Arc::clone(&self.auth),
+        }
+    }
+}
+
+/// See [`ClientAuthLayer`].
+#[derive(Clone, Debug)]
+pub struct ClientAuth<S> {
+    inner: S,
+    auth: Arc<Auth>,
+}
+
+impl<S> Service<GatewayRequest> for ClientAuth<S>
+where
+    S: Service<GatewayRequest, Response = Answer, Error = GatewayError>,
+{
+    type Response = Answer;
+    type Error = GatewayError;
+    type Future = Either<Ready<Result<Answer, GatewayError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
+        let client = match self.auth.authenticate_key(req.credential.as_deref()) {
+            Ok(client) => client,
+            Err(Denied::BadKey) => return Either::Left(ready(Err(GatewayError::Unauthorized))),
+        };
+        if let (Some(c), Some(model)) = (&client, req.model.as_deref()) {
+            if !c.allows(model) {
+                let refused = GatewayError::ModelNotAllowed(model.to_owned());
+                return Either::Left(ready(Err(refused)));
+            }
+        }
+        req.client = client;
+        Either::Right(self.inner.call(req))
+    }
+}
 
 struct LimitShared {
     limiter: Arc<Limiter>,
@@ -227,7 +289,6 @@ impl http_body::Body for Holding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Auth;
     use crate::config::ClientSettings;
     use crate::request::Served;
     use http::{Method, StatusCode};
@@ -310,5 +371,52 @@ mod tests {
         );
         drop(first);
         assert!(svc.clone().oneshot(request(&team)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_layer_refuses_unknown_keys_and_models_outside_the_allow_list() {
+        use crate::request::Served;
+        use tower::{service_fn, ServiceExt};
+        let auth = Arc::new(Auth::new(&[ClientSettings {
+            name: "team".into(),
+            key_sha256: crate::digest::sha256(b"k"),
+            rpm: None,
+            tpm: None,
+            max_concurrent: None,
+            models: vec!["m".into()],
+        }]));
+        let inner = service_fn(|req: GatewayRequest| async move {
+            assert_eq!(
+                req.client.as_ref().map(|c| c.settings.name.as_str()),
+                Some("team")
+            );
+            Ok::<_, GatewayError>(Answer {
+                status: http::StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: axum::body::Body::empty(),
+                provider: "p".into(),
+                key: "a".into(),
+                attempts: 1,
+                served: Served::FirstTry,
+            })
+        });
+        let svc = ClientAuthLayer::new(auth).layer(inner);
+        let req = |key: Option<&str>, model: &str| {
+            let body = bytes::Bytes::from(format!(r#"{{"model":"{model}"}}"#));
+            let mut r = GatewayRequest::for_test(http::Method::POST, "chat/completions", body);
+            r.credential = key.map(Box::from);
+            r
+        };
+        let status = |r: Result<Answer, GatewayError>| match r {
+            Ok(a) => a.status.as_u16(),
+            Err(e) => e.status().as_u16(),
+        };
+        assert_eq!(status(svc.clone().oneshot(req(Some("k"), "m")).await), 200);
+        assert_eq!(status(svc.clone().oneshot(req(None, "m")).await), 401);
+        assert_eq!(status(svc.clone().oneshot(req(Some("x"), "m")).await), 401);
+        assert_eq!(
+            status(svc.clone().oneshot(req(Some("k"), "other")).await),
+            403
+        );
     }
 }
