@@ -48,6 +48,14 @@ pub enum GatewayError {
         /// What was tried.
         summary: String,
     },
+    /// No key of any target can take traffic now: every one is disabled or ejected.
+    #[error("no upstream key can take this request now ({summary}); retry after {}ms", retry_after.as_millis())]
+    Unavailable {
+        /// When the earliest key may be probed.
+        retry_after: Duration,
+        /// Why.
+        summary: String,
+    },
     /// Every target failed; the status follows the attempts (502, or 504 when one timed out).
     #[error("all upstream attempts failed: {summary}")]
     AllFailed {
@@ -101,6 +109,7 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) | GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::AllFailed { status, .. } => *status,
+            GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
             GatewayError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -128,6 +137,7 @@ impl GatewayError {
                 "rate_limit_error"
             }
             GatewayError::AllFailed { .. }
+            | GatewayError::Unavailable { .. }
             | GatewayError::DeadlineExceeded { .. }
             | GatewayError::Internal { .. } => "server_error",
         }
@@ -144,6 +154,7 @@ impl GatewayError {
             GatewayError::EndpointUnsupported { .. } => Some("unsupported_endpoint"),
             GatewayError::RateLimited { .. } => Some("rate_limit_exceeded"),
             GatewayError::AllFailed { .. } => Some("upstream_error"),
+            GatewayError::Unavailable { .. } => Some("upstream_unavailable"),
             GatewayError::DeadlineExceeded { .. } => Some("timeout"),
             GatewayError::Unauthorized => Some("invalid_api_key"),
             GatewayError::ModelNotAllowed(_) => Some("model_not_allowed"),
@@ -165,6 +176,7 @@ impl GatewayError {
             | GatewayError::NotFound { .. }
             | GatewayError::RateLimited { .. }
             | GatewayError::AllFailed { .. }
+            | GatewayError::Unavailable { .. }
             | GatewayError::DeadlineExceeded { .. }
             | GatewayError::Unauthorized
             | GatewayError::ClientRateLimited { .. }
@@ -186,6 +198,7 @@ impl GatewayError {
             GatewayError::ClientRateLimited { retry_after, .. } => retry_after.is_some(),
             GatewayError::RateLimited { .. }
             | GatewayError::AllFailed { .. }
+            | GatewayError::Unavailable { .. }
             | GatewayError::DeadlineExceeded { .. }
             | GatewayError::TooManyConcurrent { .. }
             | GatewayError::Internal { .. } => true,
@@ -203,6 +216,7 @@ impl GatewayError {
             GatewayError::EndpointUnsupported { .. } => "unsupported_endpoint",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::AllFailed { .. } => "all_failed",
+            GatewayError::Unavailable { .. } => "unavailable",
             GatewayError::DeadlineExceeded { .. } => "deadline",
             GatewayError::Unauthorized => "unauthorized",
             GatewayError::ModelNotAllowed(_) => "model_not_allowed",
@@ -215,7 +229,8 @@ impl GatewayError {
     /// The wait to advertise in `retry-after`, when there is one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
+            GatewayError::RateLimited { retry_after, .. }
+            | GatewayError::Unavailable { retry_after, .. } => Some(*retry_after),
             GatewayError::ClientRateLimited { retry_after, .. } => *retry_after,
             GatewayError::TooManyConcurrent { .. } => Some(Duration::from_secs(1)),
             _ => None,

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub key_state: IntGaugeVec,
     /// `tollgate_key_cooldown_seconds_total{provider, key}`: cooldown time imposed by 429s.
     pub key_cooldowns: CounterVec,
+    /// `tollgate_key_ejections_total{provider, key}`: keys taken out for failing transiently.
+    pub key_ejections: IntCounterVec,
     /// `tollgate_stream_errors_total{provider, reason}`: streams cut after their first byte.
     pub stream_errors: IntCounterVec,
     /// `tollgate_rate_limited_total{scope, dimension}`: requests refused or delayed by a bucket.
@@ -195,6 +197,12 @@ impl Metrics {
                 r.register(Box::new(c.clone()))?;
                 c
             },
+            key_ejections: counter(
+                &r,
+                "tollgate_key_ejections_total",
+                "Keys ejected for repeated transient failures (outlier detection).",
+                &["provider", "key"],
+            )?,
             stream_errors: counter(
                 &r,
                 "tollgate_stream_errors_total",

@@ -125,6 +125,8 @@ pub struct KeyedCall {
     pub body: Bytes,
     /// The key chosen for this attempt.
     pub key: crate::key_pool::KeyRef,
+    /// When this attempt's time is up (its share of the request's deadline).
+    pub deadline: Instant,
 }
 
 /// An answer on its way to the client: what the gateway stack returns.

@@ -26,7 +26,7 @@
 //!    rate-limit headers on the answer;
 //! 3. [`RouteLayer`]: model → chain of targets that can serve the endpoint (404, 400);
 //! 4. [`FallbackLayer`]: walks the chain; counts fallbacks; the final error;
-//! 5. [`RetryLayer`]: attempts on one target: backoff, deadline, retry budget;
+//! 5. [`RetryLayer`]: attempts on one target: backoff, deadline, the provider's retry budget;
 //! 6. [`KeySelectLayer`]: a key per attempt; applies the outcome to the key; guards the answer;
 //! 7. [`ProviderLayer`]: the dialect's request, the exchange, the outcome classified;
 //! 8. [`UpstreamService`]: the pooled hyper-util client.
@@ -137,6 +137,7 @@ fn pools(
         cooldown_default: r.cooldown_default,
         cooldown_max: r.cooldown_max,
         probe_interval: r.probe_interval,
+        outlier: r.outlier,
     };
     settings
         .providers
@@ -160,15 +161,22 @@ fn dispatch(
         .map(|p| Provider::new(p.clone()))
         .collect();
     let r = &settings.retry;
-    let budget = Arc::new(RetryBudget::new(
-        r.budget_percent,
-        r.budget_min_per_sec,
-        r.budget_window,
-        Instant::now(),
-    ));
+    // One retry budget per provider: one provider's outage never spends another's retries.
+    let budgets: Arc<[RetryBudget]> = settings
+        .providers
+        .iter()
+        .map(|_| {
+            RetryBudget::new(
+                r.budget_percent,
+                r.budget_min_per_sec,
+                r.budget_window,
+                Instant::now(),
+            )
+        })
+        .collect();
     let retry = RetryShared {
         pools: Arc::clone(pools),
-        budget: Arc::clone(&budget),
+        budgets: Arc::clone(&budgets),
         backoff: Backoff {
             base: r.base_delay,
             cap: r.max_delay,
@@ -186,6 +194,7 @@ fn dispatch(
         handles: Arc::new(Handles::new(settings, &parts.metrics)),
         metrics: parts.metrics.clone(),
         idle_timeout: settings.server.idle_timeout,
+        max_delay: r.max_delay,
     };
     let service = ServiceBuilder::new()
         .layer(RouteLayer::new(
@@ -194,7 +203,7 @@ fn dispatch(
         ))
         .layer(FallbackLayer::new(
             Arc::clone(&providers),
-            budget,
+            budgets,
             parts.metrics.clone(),
         ))
         .layer(RetryLayer::new(retry))

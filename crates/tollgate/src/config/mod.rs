@@ -129,8 +129,11 @@ pub struct ServerConfig {
     pub request_timeout: String,
     /// TCP/TLS connect timeout to an upstream.
     pub connect_timeout: String,
-    /// Longest wait for an upstream's response headers (and, for streams, its first event).
+    /// Longest wait for a non-streamed answer's response headers (a long completion sends
+    /// them only when it is done).
     pub first_byte_timeout: String,
+    /// Longest wait for a stream's headers and first event.
+    pub first_event_timeout: String,
     /// Longest silence between two chunks of a streamed answer.
     pub idle_timeout: String,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
@@ -149,6 +152,7 @@ impl Default for ServerConfig {
             request_timeout: "10m".into(),
             connect_timeout: "5s".into(),
             first_byte_timeout: "5m".into(),
+            first_event_timeout: "60s".into(),
             idle_timeout: "2m".into(),
             drain_timeout: "30s".into(),
             max_body: "32MiB".into(),
@@ -179,6 +183,18 @@ pub struct RetryConfig {
     pub cooldown_max: String,
     /// A disabled key (401/403/quota) gets one probe request after this long.
     pub probe_interval: String,
+    /// Transient failures in a row (5xx, timeouts, connect errors, a stream's error before its
+    /// first event) that eject a key (0: never by count).
+    pub eject_after: u32,
+    /// Failure share in percent over `eject_window` (at least 10 answers) that ejects a key
+    /// (0: never by rate).
+    pub eject_failure_percent: u32,
+    /// Window of the failure share.
+    pub eject_window: String,
+    /// First ejection's length; each failed probe doubles it.
+    pub eject_duration: String,
+    /// Longest ejection.
+    pub eject_max: String,
 }
 
 impl Default for RetryConfig {
@@ -193,6 +209,11 @@ impl Default for RetryConfig {
             cooldown_default: "10s".into(),
             cooldown_max: "5m".into(),
             probe_interval: "60s".into(),
+            eject_after: 5,
+            eject_failure_percent: 50,
+            eject_window: "10s".into(),
+            eject_duration: "10s".into(),
+            eject_max: "5m".into(),
         }
     }
 }

@@ -52,9 +52,12 @@ pub struct ServerSettings {
     /// Upstream connect timeout.
     #[serde(with = "secs")]
     pub connect_timeout: Duration,
-    /// Time to response headers / first stream event.
+    /// Time to a non-streamed answer's response headers.
     #[serde(with = "secs")]
     pub first_byte_timeout: Duration,
+    /// Time to a stream's headers and first event.
+    #[serde(with = "secs")]
+    pub first_event_timeout: Duration,
     /// Longest silence inside a stream.
     #[serde(with = "secs")]
     pub idle_timeout: Duration,
@@ -94,6 +97,9 @@ pub struct RetrySettings {
     /// Wait before a disabled key is probed.
     #[serde(with = "secs")]
     pub probe_interval: Duration,
+    /// When transient failures eject a key.
+    #[serde(skip)]
+    pub outlier: crate::key_pool::OutlierPolicy,
 }
 
 /// The kinds of upstream the gateway speaks to.
@@ -233,6 +239,7 @@ impl Config {
             request_timeout: p.duration("server.request_timeout", &s.request_timeout),
             connect_timeout: p.duration("server.connect_timeout", &s.connect_timeout),
             first_byte_timeout: p.duration("server.first_byte_timeout", &s.first_byte_timeout),
+            first_event_timeout: p.duration("server.first_event_timeout", &s.first_event_timeout),
             idle_timeout: p.duration("server.idle_timeout", &s.idle_timeout),
             drain_timeout: p.duration("server.drain_timeout", &s.drain_timeout),
             max_body: parse_size(&s.max_body)
@@ -267,7 +274,21 @@ impl Config {
             cooldown_default: p.duration("retry.cooldown_default", &r.cooldown_default),
             cooldown_max: p.duration("retry.cooldown_max", &r.cooldown_max),
             probe_interval: p.duration("retry.probe_interval", &r.probe_interval),
+            outlier: crate::key_pool::OutlierPolicy {
+                consecutive: r.eject_after,
+                failure_percent: r.eject_failure_percent,
+                min_requests: 10,
+                window: p.duration("retry.eject_window", &r.eject_window),
+                base: p.duration("retry.eject_duration", &r.eject_duration),
+                max: p.duration("retry.eject_max", &r.eject_max),
+            },
         };
+        if retry.outlier.failure_percent > 100 {
+            p.push("retry.eject_failure_percent", "must be at most 100");
+        }
+        if retry.outlier.base > retry.outlier.max {
+            p.push("retry.eject_duration", "must not be longer than retry.eject_max");
+        }
         if retry.max_attempts == 0 {
             p.push("retry.max_attempts", "must be at least 1");
         }

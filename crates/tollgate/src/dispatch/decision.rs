@@ -54,6 +54,23 @@ pub struct Decision {
     pub then: Then,
 }
 
+impl Decision {
+    /// The row adjusted for what the upstream asked: a transient answer asking for longer than
+    /// the backoff's cap (`max_delay`) cools its key for that long instead (clamped by the
+    /// pool), so the request moves on to another key or target at once; on the last target
+    /// the retry layer may still wait for it when the deadline allows.
+    pub fn with_ask(self, asked: Option<std::time::Duration>, max_delay: std::time::Duration) -> Self {
+        match (self.key, asked) {
+            (KeyEffect::Fail, Some(wait)) if wait > max_delay => Decision {
+                key: KeyEffect::Cool,
+                exclude: Exclude::UntilBackoff,
+                then: self.then,
+            },
+            _ => self,
+        }
+    }
+}
+
 /// The outcome table (ARCHITECTURE.md, "The decision table").
 pub fn decide(kind: Kind) -> Decision {
     let (key, exclude, then) = match kind {

@@ -1,9 +1,11 @@
 //! The fallback layer: walks a request's chain of targets, in order, as one loop. Each target's
 //! body is prepared once by its provider (a target that cannot express the request is skipped);
 //! the retry layer runs the target's attempts; a target that ends without an answer moves the
-//! walk on (counted in `tollgate_fallbacks_total` with its reason), a stop ends it, and an
-//! upstream error worth passing through goes to the client. With the chain exhausted, the
-//! answer is the trail's final error.
+//! walk on (counted in `tollgate_fallbacks_total` with its reason: a provider whose keys are all
+//! out is `provider_down`, a spent retry budget `budget_spent`), only the deadline ends it, and
+//! an upstream error worth passing through goes to the client. Each provider's retry budget is
+//! earned by the requests that reach it. With the chain exhausted, the answer is the trail's
+//! final error, with the attempts made and the last provider and key tried.
 
 use super::backoff::RetryBudget;
 use super::retry::{TargetCall, TargetEnd};
@@ -29,7 +31,7 @@ pub struct Routed {
 
 struct FallbackShared {
     providers: Arc<[Provider]>,
-    budget: Arc<RetryBudget>,
+    budgets: Arc<[RetryBudget]>,
     metrics: Metrics,
 }
 
@@ -46,12 +48,17 @@ impl std::fmt::Debug for FallbackLayer {
 }
 
 impl FallbackLayer {
-    /// A layer over the configured providers; every request walked counts into `budget`.
-    pub fn new(providers: Arc<[Provider]>, budget: Arc<RetryBudget>, metrics: Metrics) -> Self {
+    /// A layer over the configured providers; every request that reaches a provider counts
+    /// into that provider's budget (`budgets`, in provider order).
+    pub fn new(
+        providers: Arc<[Provider]>,
+        budgets: Arc<[RetryBudget]>,
+        metrics: Metrics,
+    ) -> Self {
         FallbackLayer {
             shared: Arc::new(FallbackShared {
                 providers,
-                budget,
+                budgets,
                 metrics,
             }),
         }
@@ -101,12 +108,11 @@ impl FallbackShared {
         S: Service<TargetCall, Response = Answer, Error = TargetEnd> + Clone,
     {
         let Routed { req, chain } = routed;
-        // Every client request earns its share of retries.
-        self.budget.deposit(tokio::time::Instant::now());
         let trail = Trail::default();
+        let mut ended: Option<&'static str> = None;
         for (i, target) in chain.iter().enumerate() {
-            if i > 0 {
-                self.count_fallback(&chain[i - 1], target, &trail);
+            if let (Some(reason), Some(from)) = (ended, i.checked_sub(1)) {
+                self.count_fallback(&chain[from], target, reason, &trail);
             }
             let provider = &self.providers[target.provider];
             let body = match provider.prepare(&req, target) {
@@ -116,15 +122,19 @@ impl FallbackShared {
                     // client gets the 400.
                     tracing::debug!(request_id = %req.id, provider = %provider.name(), error = %refusal.message, "request not translatable");
                     trail.lock().last_failure = Some(Failure::refused(&refusal, target.provider));
+                    ended = Some("untranslatable");
                     continue;
                 }
             };
+            // Every request that reaches a provider earns it its share of retries.
+            self.budgets[target.provider].deposit(tokio::time::Instant::now());
             let turn = TargetCall {
                 req: Arc::clone(&req),
                 target: target.clone(),
                 body,
                 trail: trail.clone(),
                 is_last: i + 1 == chain.len(),
+                targets_after: chain.len() - i - 1,
                 fallback: i > 0,
             };
             match inner.clone().oneshot(turn).await {
@@ -133,16 +143,22 @@ impl FallbackShared {
                     return Ok(pass_through(f, &self.providers, trail.attempts()))
                 }
                 Err(TargetEnd::Next(reason)) => {
-                    tracing::debug!(request_id = %req.id, reason, "target exhausted")
+                    tracing::debug!(request_id = %req.id, reason, "target exhausted");
+                    ended = Some(reason);
                 }
                 Err(TargetEnd::Stop(_)) => break,
             }
         }
-        final_error(&trail, &self.providers)
+        Ok(final_error(&trail, &self.providers))
     }
 
-    fn count_fallback(&self, from: &Target, to: &Target, trail: &Trail) {
-        let reason = trail.lock().last_kind.map_or("no_key", Kind::label);
+    /// Counts one move along the chain; a target that ran out of attempts is labelled with its
+    /// last outcome, any other end with its own reason.
+    fn count_fallback(&self, from: &Target, to: &Target, ended: &'static str, trail: &Trail) {
+        let reason = match ended {
+            "attempts_exhausted" => trail.lock().last_kind.map_or("no_key", Kind::label),
+            other => other,
+        };
         self.metrics
             .fallbacks
             .with_label_values(&[

@@ -52,6 +52,7 @@ fn pool(ids: &[&str], metrics: &Metrics) -> Arc<KeyPool> {
         cooldown_default: Duration::from_secs(10),
         cooldown_max: Duration::from_secs(300),
         probe_interval: Duration::from_secs(60),
+        outlier: crate::key_pool::OutlierPolicy::default(),
     };
     KeyPool::new("p", &keys, policy, metrics)
 }
@@ -87,12 +88,13 @@ fn target(provider: usize) -> Target {
 fn retry_layer(pools: Vec<Arc<KeyPool>>, metrics: &Metrics) -> RetryLayer {
     RetryLayer::new(RetryShared {
         pools: pools.into(),
-        budget: Arc::new(RetryBudget::new(
+        budgets: vec![RetryBudget::new(
             100,
             100,
             Duration::from_secs(10),
             Instant::now(),
-        )),
+        )]
+        .into(),
         backoff: Backoff {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
@@ -128,8 +130,7 @@ async fn retry_reuses_a_failed_key_only_after_the_wait_it_asked_for() {
                 status: Some(503),
                 detail: None,
             });
-            walk.soft.push((0, 0));
-            walk.last_wait = Some(Duration::from_millis(1500));
+            walk.soften((0, 0), Instant::now() + Duration::from_millis(1500));
             Err(Missed::Failed(Then::Retry))
         }
     });
@@ -139,6 +140,7 @@ async fn retry_reuses_a_failed_key_only_after_the_wait_it_asked_for() {
         body: Bytes::new(),
         trail: Trail::default(),
         is_last: true,
+        targets_after: 0,
         fallback: false,
     };
     let start = Instant::now();
@@ -169,6 +171,7 @@ async fn retry_gives_up_on_a_target_after_max_attempts() {
         body: Bytes::new(),
         trail: Trail::default(),
         is_last: false,
+        targets_after: 1,
         fallback: false,
     };
     let end = retry.layer(inner).oneshot(turn).await.unwrap_err();
@@ -188,13 +191,10 @@ async fn fallback_walks_the_chain_in_order_and_counts_the_move() {
         .iter()
         .map(|p| Provider::new(p.clone()))
         .collect();
-    let budget = Arc::new(RetryBudget::new(
-        20,
-        10,
-        Duration::from_secs(10),
-        Instant::now(),
-    ));
-    let fallback = FallbackLayer::new(providers, budget, metrics.clone());
+    let budgets: Arc<[RetryBudget]> = (0..3)
+        .map(|_| RetryBudget::new(20, 10, Duration::from_secs(10), Instant::now()))
+        .collect();
+    let fallback = FallbackLayer::new(providers, budgets, metrics.clone());
     let order: Arc<Mutex<Vec<(usize, bool, bool)>>> = Arc::default();
     let seen = Arc::clone(&order);
     let inner = service_fn(move |turn: TargetCall| {
@@ -236,6 +236,7 @@ async fn key_selection_never_gives_a_request_the_same_key_twice() {
         handles: Arc::new(Handles::new(&settings, &metrics)),
         metrics: metrics.clone(),
         idle_timeout: Duration::from_secs(60),
+        max_delay: Duration::from_secs(20),
     });
     let keys: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = Arc::clone(&keys);
@@ -254,6 +255,7 @@ async fn key_selection_never_gives_a_request_the_same_key_twice() {
                     wait: Some(Duration::from_secs(2)),
                 },
                 status: Some(429),
+                elapsed: Duration::from_millis(5),
             })
         }
     });
@@ -265,6 +267,7 @@ async fn key_selection_never_gives_a_request_the_same_key_twice() {
         body: Bytes::new(),
         trail: trail.clone(),
         served: Served::FirstTry,
+        deadline: Instant::now() + Duration::from_secs(60),
     };
     for _ in 0..2 {
         let missed = svc.clone().oneshot(attempt.clone()).await.unwrap_err();
@@ -277,5 +280,8 @@ async fn key_selection_never_gives_a_request_the_same_key_twice() {
     assert_eq!(tried, ["a", "b"], "each key once, then no key");
     let walk = trail.lock();
     assert_eq!(walk.attempts.len(), 2);
-    assert_eq!(walk.earliest, Some(Instant::now() + Duration::from_secs(2)));
+    assert_eq!(
+        walk.recovery.cooling,
+        Some(Instant::now() + Duration::from_secs(2))
+    );
 }

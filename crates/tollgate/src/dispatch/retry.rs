@@ -1,16 +1,20 @@
 //! The retry layer: the attempts on one target, as one loop. Each attempt goes to key
 //! selection; what a failed attempt means comes from the decision table, and this layer only
-//! applies it: another attempt (after a full-jitter backoff, at least as long as asked, when
-//! the only keys left already failed), the next target, or the upstream's error as is.
-//! Retries are bounded by `max_attempts` per target, the request deadline and the retry budget;
-//! a wait that would end past the deadline is never started.
+//! applies it: another attempt (after a full-jitter backoff, at least as long as the key about
+//! to be reused asked for, when the only keys left already failed), the next target, or the
+//! upstream's error as is. Retries are bounded by `max_attempts` per target, the request
+//! deadline and the provider's retry budget; a spent budget, a wait that would end past the
+//! deadline, a timeout while later targets exist, or a provider whose keys are all out move the
+//! request to the next target at once. Each attempt gets a share of the time left that leaves
+//! room for the targets after it.
 
 use super::backoff::{Backoff, RetryBudget};
 use super::decision::Then;
 use super::select::{AttemptCall, Missed, NoKey};
 use super::trail::{Failure, StopReason, Trail};
-use crate::key_pool::KeyPool;
+use crate::key_pool::{KeyPool, Recovery};
 use crate::metrics::Metrics;
+use crate::provider::classify::Kind;
 use crate::request::{Answer, GatewayRequest, Served, Target};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -34,6 +38,8 @@ pub struct TargetCall {
     pub trail: Trail,
     /// Whether no target follows (then waiting for a cooling key is worth it).
     pub is_last: bool,
+    /// How many targets follow this one (each is left a share of the time).
+    pub targets_after: usize,
     /// Whether an earlier target was tried.
     pub fallback: bool,
 }
@@ -51,7 +57,8 @@ pub enum TargetEnd {
 
 pub(crate) struct RetryShared {
     pub(crate) pools: Arc<[Arc<KeyPool>]>,
-    pub(crate) budget: Arc<RetryBudget>,
+    /// One budget per provider.
+    pub(crate) budgets: Arc<[RetryBudget]>,
     pub(crate) backoff: Backoff,
     pub(crate) rng: Mutex<SmallRng>,
     pub(crate) max_attempts: u32,
@@ -101,7 +108,7 @@ pub struct Retry<S> {
 enum Preview {
     Fresh,
     OnlyRetried,
-    None(NoKey),
+    None(Recovery),
 }
 
 impl<S> Service<TargetCall> for Retry<S>
@@ -132,6 +139,8 @@ impl RetryShared {
         let provider = call.target.provider;
         let deadline = call.req.deadline;
         let mut made = 0;
+        // Whether the loop just waited for a key to recover (then no backoff on top).
+        let mut waited = false;
         loop {
             if made >= self.max_attempts {
                 return Err(TargetEnd::Next("attempts_exhausted"));
@@ -143,27 +152,24 @@ impl RetryShared {
             let reuse = match self.preview(&call, now) {
                 Preview::Fresh => false,
                 Preview::OnlyRetried => true,
-                Preview::None(no_key) => {
+                Preview::None(recovery) => {
+                    let no_key = NoKey {
+                        recovery,
+                        refill: None,
+                    };
                     self.wait_for_key(no_key, &call).await?;
+                    waited = true;
                     continue;
                 }
             };
-            let retrying = call.trail.has_attempts();
-            if retrying {
-                if !self.budget.try_withdraw(now) {
-                    self.metrics.budget_exhausted.inc();
-                    return Err(self.stop(&call.trail, StopReason::BudgetSpent));
-                }
-                let reason = call.trail.lock().last_kind.map_or("unknown", |k| k.label());
-                self.metrics
-                    .retries
-                    .with_label_values(&[&self.provider_names[provider], reason])
-                    .inc();
+            if made > 0 {
+                self.withdraw(&call.trail, provider, now)?;
             }
-            if reuse {
-                self.back_off(&call.trail, now, deadline).await?;
+            if reuse && !std::mem::take(&mut waited) {
+                self.back_off(&call, now).await?;
             }
-            let served = match (call.fallback, retrying) {
+            let now = Instant::now();
+            let served = match (call.fallback, made > 0) {
                 (true, _) => Served::AfterFallback,
                 (false, false) => Served::FirstTry,
                 (false, true) => Served::AfterRetry,
@@ -174,25 +180,54 @@ impl RetryShared {
                 body: call.body.clone(),
                 trail: call.trail.clone(),
                 served,
+                deadline: attempt_deadline(deadline, call.targets_after, now),
             };
             match inner.clone().oneshot(attempt).await {
                 Ok(answer) => return Ok(answer),
-                Err(Missed::NoKey(no_key)) => self.wait_for_key(no_key, &call).await?,
+                Err(Missed::NoKey(no_key)) => {
+                    self.wait_for_key(no_key, &call).await?;
+                    waited = true;
+                }
                 Err(Missed::Failed(then)) => {
                     made += 1;
-                    match then {
-                        Then::Answer | Then::Retry => {}
-                        Then::NextTarget(reason) => return Err(TargetEnd::Next(reason)),
-                        Then::PassThrough => {
-                            return Err(match call.trail.lock().last_failure.take() {
-                                Some(f) => TargetEnd::PassThrough(f),
-                                None => TargetEnd::Next("client_error"),
-                            })
-                        }
-                    }
+                    self.after_failure(then, &call)?;
                 }
             }
         }
+    }
+
+    /// What a failed attempt's "then" means for the target.
+    fn after_failure(&self, then: Then, call: &TargetCall) -> Result<(), TargetEnd> {
+        match then {
+            Then::Answer | Then::Retry => {
+                // A target that timed out is not tried again before the ones after it.
+                let timed_out = call.trail.lock().last_kind == Some(Kind::Timeout);
+                if timed_out && !call.is_last {
+                    return Err(TargetEnd::Next("timeout"));
+                }
+                Ok(())
+            }
+            Then::NextTarget(reason) => Err(TargetEnd::Next(reason)),
+            Then::PassThrough => Err(match call.trail.lock().last_failure.take() {
+                Some(f) => TargetEnd::PassThrough(f),
+                None => TargetEnd::Next("client_error"),
+            }),
+        }
+    }
+
+    /// Takes one retry from the provider's budget; a spent budget moves the request on.
+    fn withdraw(&self, trail: &Trail, provider: usize, now: Instant) -> Result<(), TargetEnd> {
+        if !self.budgets[provider].try_withdraw(now) {
+            self.metrics.budget_exhausted.inc();
+            trail.lock().budget_spent = true;
+            return Err(TargetEnd::Next("budget_spent"));
+        }
+        let reason = trail.lock().last_kind.map_or("unknown", |k| k.label());
+        self.metrics
+            .retries
+            .with_label_values(&[&self.provider_names[provider], reason])
+            .inc();
+        Ok(())
     }
 
     fn stop(&self, trail: &Trail, reason: StopReason) -> TargetEnd {
@@ -209,61 +244,108 @@ impl RetryShared {
         }
         let pool = &self.pools[provider];
         let fresh = pool.available(&|i| hard.contains(&i) || soft.contains(&i), now);
-        let Err(e1) = fresh else {
+        let Err(r1) = fresh else {
             return Preview::Fresh;
         };
         match pool.available(&|i| hard.contains(&i), now) {
             Ok(()) => Preview::OnlyRetried,
-            Err(e2) => Preview::None(NoKey {
-                earliest: [e1, e2].into_iter().flatten().min(),
-                refill: None,
-            }),
+            Err(r2) => Preview::None(r1.merge(r2)),
         }
     }
 
-    /// The wait before reusing a key that failed: full jitter, at least what it asked for.
-    async fn back_off(
-        &self,
-        trail: &Trail,
-        now: Instant,
-        deadline: Instant,
-    ) -> Result<(), TargetEnd> {
+    /// The wait before reusing a key that failed: full jitter, at least until the key that
+    /// will be reused said it could take traffic. A wait that would end past the deadline is
+    /// not started: the request moves to the next target.
+    async fn back_off(&self, call: &TargetCall, now: Instant) -> Result<(), TargetEnd> {
         let delay = {
-            let mut walk = trail.lock();
+            let mut walk = call.trail.lock();
+            let ask = walk
+                .first_ready(call.target.provider)
+                .map(|at| at.saturating_duration_since(now));
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            let delay = self.backoff.delay(walk.backoffs, walk.last_wait, &mut *rng);
+            let delay = self.backoff.delay(walk.backoffs, ask, &mut *rng);
             walk.backoffs += 1;
             delay
         };
-        if now + delay >= deadline {
-            return Err(self.stop(trail, StopReason::Deadline));
+        let fits = now
+            .checked_add(delay)
+            .is_some_and(|end| end < call.req.deadline);
+        if !fits {
+            call.trail.lock().wait_too_long = true;
+            return Err(TargetEnd::Next("wait_too_long"));
         }
         tokio::time::sleep(delay).await;
         Ok(())
     }
 
-    /// With no key available: waits for a bucket refill (up to `max_queue_wait`) or, on the
-    /// last target, for the earliest cooling key, when the deadline allows; else the next target.
+    /// With no key available: waits for a bucket refill while the request's total queue wait
+    /// stays within `max_queue_wait` and the deadline allows, or, on the last target, for the
+    /// earliest cooling key; else the next target (`provider_down` when every key is disabled
+    /// or ejected).
     async fn wait_for_key(&self, no_key: NoKey, call: &TargetCall) -> Result<(), TargetEnd> {
         let now = Instant::now();
         let deadline = call.req.deadline;
         if let Some(refill) = no_key.refill {
-            call.trail.lock().note_earliest(now + refill);
-            if refill <= self.max_queue_wait && now + refill < deadline {
+            let at = now.checked_add(refill).unwrap_or(deadline);
+            let fits = {
+                let mut walk = call.trail.lock();
+                walk.note_refill(at);
+                let fits = walk.queued.saturating_add(refill) <= self.max_queue_wait;
+                if fits && at < deadline {
+                    walk.queued += refill;
+                }
+                fits && at < deadline
+            };
+            if fits {
                 self.metrics.ratelimit_wait.observe(refill.as_secs_f64());
                 tokio::time::sleep(refill).await;
                 return Ok(());
             }
         }
-        let Some(at) = no_key.earliest else {
-            return Err(TargetEnd::Next("no_key"));
-        };
-        call.trail.lock().note_earliest(at);
-        if call.is_last && at < deadline {
-            // Every key is cooling and nothing is left to fall back to: wait for the first.
-            tokio::time::sleep_until(at).await;
-            return Ok(());
+        let rec = no_key.recovery;
+        {
+            let mut walk = call.trail.lock();
+            walk.recovery = walk.recovery.merge(rec);
         }
-        Err(TargetEnd::Next("no_key"))
+        if let (Some(at), true) = (rec.cooling, call.is_last && no_key.refill.is_none()) {
+            if at < deadline {
+                // Every key is cooling and nothing is left to fall back to: wait for the first.
+                tokio::time::sleep_until(at).await;
+                return Ok(());
+            }
+            // The wait asked for does not fit: the upstream's own answer says so best.
+            call.trail.lock().wait_too_long = true;
+        }
+        let down = no_key.refill.is_none() && rec.cooling.is_none() && rec.probe.is_some();
+        Err(TargetEnd::Next(if down { "provider_down" } else { "no_key" }))
+    }
+}
+
+/// The end of one attempt's time: an equal share of what is left for this target and each
+/// target after it, so a target that hangs leaves room for the rest of the chain.
+fn attempt_deadline(deadline: Instant, targets_after: usize, now: Instant) -> Instant {
+    let left = deadline.saturating_duration_since(now);
+    let shares = u32::try_from(targets_after).unwrap_or(u32::MAX).saturating_add(1);
+    now + left / shares
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_leaves_each_later_target_an_equal_share() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(20);
+        assert_eq!(attempt_deadline(deadline, 0, now), deadline);
+        assert_eq!(
+            attempt_deadline(deadline, 1, now),
+            now + Duration::from_secs(10)
+        );
+        assert_eq!(
+            attempt_deadline(deadline, 3, now),
+            now + Duration::from_secs(5)
+        );
+        assert_eq!(attempt_deadline(now, 2, now), now, "nothing left");
     }
 }

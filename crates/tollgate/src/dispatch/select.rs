@@ -8,7 +8,7 @@ use super::decision::{decide, Exclude, KeyEffect, Then};
 use super::handles::Handles;
 use super::trail::{AttemptRecord, Failure, Trail};
 use crate::key_pool::store::HealthStore;
-use crate::key_pool::{KeyPool, Lease};
+use crate::key_pool::{after, KeyPool, Lease, Recovery};
 use crate::metrics::Metrics;
 use crate::provider::classify::Kind;
 use crate::provider::{Exchange, Raw};
@@ -37,13 +37,15 @@ pub struct AttemptCall {
     pub trail: Trail,
     /// How an answer from this attempt counts.
     pub served: Served,
+    /// When this attempt's time is up.
+    pub deadline: Instant,
 }
 
 /// Why no key could be picked.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoKey {
-    /// When the earliest cooling or disabled key recovers.
-    pub earliest: Option<Instant>,
+    /// When cooling, disabled and ejected keys recover.
+    pub recovery: Recovery,
     /// Shortest wait until a key's bucket can take the request.
     pub refill: Option<Duration>,
 }
@@ -64,6 +66,8 @@ pub(crate) struct SelectShared {
     pub(crate) handles: Arc<Handles>,
     pub(crate) metrics: Metrics,
     pub(crate) idle_timeout: Duration,
+    /// A transient answer asking for longer than this cools its key instead of a backoff.
+    pub(crate) max_delay: Duration,
 }
 
 /// Builds [`KeySelect`] services.
@@ -129,6 +133,7 @@ where
                 target: call.target.clone(),
                 body: call.body.clone(),
                 key: lease.key_ref(),
+                deadline: call.deadline,
             };
             let exchange = match inner.oneshot(keyed).await {
                 Ok(exchange) => exchange,
@@ -145,7 +150,11 @@ impl SelectShared {
     async fn pick(&self, call: &AttemptCall, now: Instant) -> Result<Lease, NoKey> {
         let provider = call.target.provider;
         let pool = &self.pools[provider];
-        let (hard, soft) = call.trail.lock().exclusions(provider);
+        let (hard, soft, not_ready) = {
+            let walk = call.trail.lock();
+            let (hard, soft) = walk.exclusions(provider);
+            (hard, soft, walk.not_ready(provider, now))
+        };
         let mut full: Vec<usize> = Vec::new();
         let mut no_key = NoKey::default();
         loop {
@@ -153,10 +162,10 @@ impl SelectShared {
             let untried = pool.select(&|i| hard(i) || soft.contains(&i), now);
             let lease = match untried {
                 Ok(lease) => lease,
-                Err(e1) => match pool.select(&hard, now) {
+                Err(r1) => match pool.select(&|i| hard(i) || not_ready.contains(&i), now) {
                     Ok(lease) => lease,
-                    Err(e2) => {
-                        no_key.earliest = [e1, e2].into_iter().flatten().min();
+                    Err(r2) => {
+                        no_key.recovery = r1.merge(r2);
                         return Err(no_key);
                     }
                 },
@@ -201,7 +210,8 @@ impl SelectShared {
         } else if kind != Kind::Success {
             tracing::info!(request_id = %call.req.id, provider = %pname, key = lease.id(), attempt = attempt_no, status = exchange.status, kind = kind.label(), "upstream attempt failed");
         }
-        let decision = decide(kind);
+        let asked = exchange.verdict.wait;
+        let decision = decide(kind).with_ask(asked, self.max_delay);
         let key = (provider, lease.idx());
         {
             let mut walk = call.trail.lock();
@@ -216,18 +226,25 @@ impl SelectShared {
                 },
             });
             walk.last_kind = Some(kind);
-            walk.last_wait = exchange.verdict.wait;
             if let Some(f) = failure(&exchange.raw, provider, lease.id()) {
                 walk.last_failure = Some(f);
             }
             match decision.exclude {
                 Exclude::No => {}
                 Exclude::ForRequest => walk.hard.push(key),
-                Exclude::UntilBackoff if walk.soft.contains(&key) => {}
-                Exclude::UntilBackoff => walk.soft.push(key),
+                // Reusable once its own ask is over (the backoff waits at least that long).
+                Exclude::UntilBackoff => walk.soften(key, after(now, asked.unwrap_or_default())),
             }
         }
-        self.apply_key_effect(decision.key, &mut lease, exchange.verdict.wait, call, now);
+        if kind != Kind::Success {
+            self.refund(&lease, call.req.tokens).await;
+        }
+        let effect = Effect {
+            asked,
+            latency: exchange.elapsed,
+            now,
+        };
+        self.apply_key_effect(decision.key, &mut lease, effect, call);
         match (decision.then, exchange.raw) {
             (Then::Answer, Raw::Ok(resp, prefix)) => {
                 let attempts = call.trail.attempts();
@@ -246,33 +263,67 @@ impl SelectShared {
         }
     }
 
+    /// Gives back what a failed attempt took from the key's bucket.
+    async fn refund(&self, lease: &Lease, tokens: u64) {
+        let _ = (lease, tokens);
+    }
+
     fn apply_key_effect(
         &self,
         effect: KeyEffect,
         lease: &mut Lease,
-        asked: Option<Duration>,
+        at: Effect,
         call: &AttemptCall,
-        now: Instant,
     ) {
+        let Effect {
+            asked,
+            latency,
+            now,
+        } = at;
+        let shared_until = |d: Duration| unix_ms().saturating_add(d.as_millis() as u64);
         match effect {
-            KeyEffect::Restore => lease.success(now),
+            KeyEffect::Restore => lease.success(latency, now),
             KeyEffect::Cool => {
                 let wait = lease.cool(asked, now);
-                call.trail.lock().note_earliest(now + wait);
-                let until = unix_ms() + wait.as_millis() as u64;
+                call.trail.lock().note_cooling(after(now, wait));
                 self.health
-                    .publish(lease.bucket().0, SharedHealth::Cooling(until));
+                    .publish(lease.bucket().0, SharedHealth::Cooling(shared_until(wait)));
             }
             KeyEffect::Disable => {
-                let interval = lease.disable(now);
-                let until = unix_ms() + interval.as_millis() as u64;
-                self.health
-                    .publish(lease.bucket().0, SharedHealth::Disabled(until));
+                let interval = lease.disable(asked, now);
+                self.note_probe(call, after(now, interval));
+                self.health.publish(
+                    lease.bucket().0,
+                    SharedHealth::Disabled(shared_until(interval)),
+                );
             }
-            KeyEffect::Fail => lease.transient(now),
+            KeyEffect::Fail => {
+                if let Some(len) = lease.transient(latency, now) {
+                    tracing::warn!(request_id = %call.req.id, provider = %lease.provider(), key = lease.id(), ejected_ms = len.as_millis() as u64, "key ejected after transient failures");
+                    self.note_probe(call, after(now, len));
+                    self.health
+                        .publish(lease.bucket().0, SharedHealth::Ejected(shared_until(len)));
+                }
+            }
             KeyEffect::Keep => {}
         }
     }
+
+    fn note_probe(&self, call: &AttemptCall, at: Instant) {
+        let mut walk = call.trail.lock();
+        walk.recovery = walk.recovery.merge(Recovery {
+            cooling: None,
+            probe: Some(at),
+        });
+    }
+}
+
+/// What an outcome's key effect is applied with.
+#[derive(Debug, Clone, Copy)]
+struct Effect {
+    asked: Option<Duration>,
+    latency: Duration,
+    now: Instant,
 }
 
 /// The upstream error worth returning as is, if the attempt produced one.

@@ -139,6 +139,61 @@ impl Dispatch {
         req.model_index = req.model.as_deref().and_then(|m| self.1.model_index(m));
         self.0.clone().oneshot(req).await
     }
+
+    /// Serves `req` and reads the error answer it must get (the gateway's own, or the
+    /// upstream's passed through).
+    async fn fail(&self, req: &GatewayRequest) -> Failed {
+        use http_body_util::BodyExt;
+        let answer = match self.dispatch(req).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let (parts, body) = e.to_response().into_parts();
+                Answer {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                    provider: "-".into(),
+                    key: "-".into(),
+                    attempts: 0,
+                    served: Served::Failed,
+                }
+            }
+        };
+        assert_eq!(answer.served, Served::Failed, "{answer:?}");
+        let header = |name: &str| {
+            answer
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header("retry-after-ms")
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .or_else(|| {
+                header("retry-after")
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_secs)
+            });
+        let (status, attempts) = (answer.status.as_u16(), answer.attempts);
+        let bytes = answer.body.collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        Failed {
+            status,
+            retry_after,
+            attempts,
+            message: json["error"]["message"].as_str().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// An error answer as the client reads it.
+#[derive(Debug)]
+struct Failed {
+    status: u16,
+    retry_after: Option<Duration>,
+    attempts: u32,
+    message: String,
 }
 
 fn setup(toml: &str) -> (Dispatch, Arc<Fake>, Metrics) {
@@ -226,8 +281,8 @@ async fn transient_retry_on_the_same_key_waits_at_least_retry_after_to_the_milli
 async fn backoff_sequence_is_bounded_by_base_times_two_to_the_n() {
     let (d, fake, _) = setup(&providers("max_attempts = 4", &[("p", &["a"])]));
     fake.always("a", UNAVAILABLE);
-    let err = d.dispatch(&chat()).await.unwrap_err();
-    assert_eq!(err.status(), 502);
+    let err = d.fail(&chat()).await;
+    assert_eq!(err.status, 502);
     let times: Vec<Instant> = fake.log().into_iter().map(|(_, _, t)| t).collect();
     assert_eq!(times.len(), 4);
     for (n, pair) in times.windows(2).enumerate() {
@@ -246,9 +301,9 @@ async fn a_rate_limited_key_is_skipped_at_once_and_rests_for_retry_after() {
     fake.script("b", [LIMITED]);
     let start = Instant::now();
     // Both keys answer 429 once; the request gets 429 with the earliest recovery.
-    let err = d.dispatch(&chat()).await.unwrap_err();
-    assert_eq!(err.status(), 429);
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+    let err = d.fail(&chat()).await;
+    assert_eq!(err.status, 429);
+    assert_eq!(err.retry_after, Some(Duration::from_secs(2)));
     assert_eq!(
         Instant::now(),
         start,
@@ -295,9 +350,9 @@ async fn every_key_tried_once_then_a_502_that_names_them() {
     for k in ["a", "b", "c"] {
         fake.always(k, REVOKED);
     }
-    let err = d.dispatch(&chat()).await.unwrap_err();
-    assert_eq!(err.status(), 502);
-    let msg = err.to_string();
+    let err = d.fail(&chat()).await;
+    assert_eq!(err.status, 502);
+    let msg = err.message;
     for k in [
         "p/a: key_rejected (401)",
         "p/b: key_rejected (401)",
@@ -336,8 +391,12 @@ async fn no_wait_starts_that_would_end_past_the_deadline() {
     let mut req = chat();
     req.deadline = Instant::now() + Duration::from_secs(1);
     let start = Instant::now();
-    let err = d.dispatch(&req).await.unwrap_err();
-    assert_eq!(err.status(), 504);
+    let err = d.fail(&req).await;
+    assert_eq!(
+        (err.status, err.retry_after),
+        (503, Some(Duration::from_secs(5))),
+        "the upstream's own answer: the wait it asked for does not fit"
+    );
     assert_eq!(
         Instant::now(),
         start,
@@ -394,7 +453,7 @@ async fn outage_falls_back_to_the_next_provider() {
         "{text}"
     );
     assert!(
-        text.contains(r#"tollgate_retries_total{provider="q",reason="transient"} 1"#),
+        text.contains(r#"tollgate_retries_total{provider="p",reason="transient"} 1"#),
         "{text}"
     );
 }
@@ -445,7 +504,7 @@ async fn unknown_model_without_default_is_404_and_unknown_model_with_default_pas
     let (d, _, _) = setup(&toml);
     let mut req = chat();
     req.model = Some("nope".into());
-    assert_eq!(d.dispatch(&req).await.unwrap_err().status(), 404);
+    assert_eq!(d.fail(&req).await.status, 404);
     let (d, fake, _) = setup(&providers("", &[("p", &["a"])]));
     assert_eq!(d.dispatch(&req).await.unwrap().status, 200);
     assert_eq!(fake.log()[0].1, "http://p/v1/chat/completions");
@@ -475,11 +534,11 @@ async fn a_key_without_capacity_is_waited_for_up_to_max_queue_wait() {
     for _ in 0..60 {
         d.dispatch(&chat()).await.unwrap();
     }
-    let err = d.dispatch(&chat()).await.unwrap_err();
+    let err = d.fail(&chat()).await;
     assert_eq!(
-        err.status(),
+        err.status,
         429,
         "a refill longer than max_queue_wait is not waited for"
     );
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(err.retry_after, Some(Duration::from_secs(1)));
 }

@@ -3,6 +3,7 @@
 //! final answer when no attempt succeeded.
 
 use crate::error::GatewayError;
+use crate::key_pool::Recovery;
 use crate::provider::classify::Kind;
 use crate::provider::{Provider, Refusal};
 use crate::request::{Answer, Served};
@@ -70,50 +71,98 @@ impl Failure {
 /// Why a request's walk stopped before its chain was exhausted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// The request deadline passed, or a wait would have ended past it.
+    /// The request deadline passed.
     Deadline,
-    /// The retry budget refused another attempt.
-    BudgetSpent,
 }
+
+/// A key of a provider, as `(provider, key)` indexes.
+pub type KeyAt = (usize, usize);
 
 /// What the walk has learned so far.
 #[derive(Debug, Default)]
 pub struct TrailState {
     /// Every attempt, in order.
     pub attempts: Vec<AttemptRecord>,
-    /// (provider, key) pairs excluded for the rest of the request.
-    pub hard: Vec<(usize, usize)>,
-    /// (provider, key) pairs that failed transiently: reused only after backoff.
-    pub soft: Vec<(usize, usize)>,
+    /// Keys excluded for the rest of the request.
+    pub hard: Vec<KeyAt>,
+    /// Keys that failed transiently, each reusable from its instant (its own ask, or at once
+    /// after a backoff), and only once the keys not yet tried are gone.
+    pub soft: Vec<(KeyAt, Instant)>,
     /// The last upstream error answer worth returning as is.
     pub last_failure: Option<Failure>,
     /// The last attempt's outcome.
     pub last_kind: Option<Kind>,
-    /// The wait the last attempt's answer asked for.
-    pub last_wait: Option<Duration>,
-    /// When the earliest excluded or cooling key recovers.
-    pub earliest: Option<Instant>,
+    /// When excluded, cooling, disabled or ejected keys recover.
+    pub recovery: Recovery,
+    /// The earliest instant a key's bucket could take the request, when buckets were full.
+    pub refill: Option<Instant>,
+    /// Time spent waiting for buckets so far (bounded by `max_queue_wait` in total).
+    pub queued: Duration,
     /// Why the walk stopped early.
     pub stop: Option<StopReason>,
+    /// A target's retry budget was spent.
+    pub budget_spent: bool,
+    /// A wait the upstream asked for did not fit before the deadline.
+    pub wait_too_long: bool,
     /// Backoff waits so far (the exponent of the next one).
     pub backoffs: u32,
 }
 
 impl TrailState {
-    /// Notes a recovery instant.
-    pub fn note_earliest(&mut self, at: Instant) {
-        self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
+    /// Notes when a cooling key recovers.
+    pub fn note_cooling(&mut self, at: Instant) {
+        self.recovery = self.recovery.merge(Recovery {
+            cooling: Some(at),
+            probe: None,
+        });
     }
 
-    /// The keys of `provider` excluded for the request, and those awaiting a backoff.
+    /// Notes when a bucket could take the request.
+    pub fn note_refill(&mut self, at: Instant) {
+        self.refill = Some(self.refill.map_or(at, |e| e.min(at)));
+    }
+
+    /// Excludes a key until `ready` (a transient failure; never earlier than a prior mark).
+    pub fn soften(&mut self, key: KeyAt, ready: Instant) {
+        match self.soft.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, at)) => *at = ready,
+            None => self.soft.push((key, ready)),
+        }
+    }
+
+    /// The keys of `provider` excluded for the request, and those that failed transiently.
     pub fn exclusions(&self, provider: usize) -> (Vec<usize>, Vec<usize>) {
-        let of = |v: &[(usize, usize)]| {
-            v.iter()
-                .filter(|(p, _)| *p == provider)
-                .map(|(_, k)| *k)
-                .collect()
-        };
-        (of(&self.hard), of(&self.soft))
+        let hard = self
+            .hard
+            .iter()
+            .filter(|(p, _)| *p == provider)
+            .map(|(_, k)| *k)
+            .collect();
+        let soft = self
+            .soft
+            .iter()
+            .filter(|((p, _), _)| *p == provider)
+            .map(|((_, k), _)| *k)
+            .collect();
+        (hard, soft)
+    }
+
+    /// The soft-excluded keys of `provider` that may not be reused yet at `now`.
+    pub fn not_ready(&self, provider: usize, now: Instant) -> Vec<usize> {
+        self.soft
+            .iter()
+            .filter(|((p, _), at)| *p == provider && *at > now)
+            .map(|((_, k), _)| *k)
+            .collect()
+    }
+
+    /// When the first soft-excluded key of `provider` not in `hard` may be reused.
+    pub fn first_ready(&self, provider: usize) -> Option<Instant> {
+        self.soft
+            .iter()
+            .filter(|(key, _)| key.0 == provider && !self.hard.contains(key))
+            .map(|(_, at)| *at)
+            .min()
     }
 
     fn summary(&self, providers: &[Provider]) -> String {
@@ -133,6 +182,38 @@ impl TrailState {
             })
             .collect();
         parts.join(", ")
+    }
+
+    /// The gateway's own error for a walk that found no answer.
+    fn gateway_error(&self, summary: String, now: Instant) -> GatewayError {
+        let wait = |at: Instant| at.saturating_duration_since(now).max(Duration::from_millis(1));
+        if self.stop == Some(StopReason::Deadline) {
+            return GatewayError::DeadlineExceeded { summary };
+        }
+        let all_limited = !self.attempts.is_empty()
+            && self.attempts.iter().all(|a| a.kind == Kind::RateLimited);
+        if self.attempts.is_empty() || all_limited {
+            if let (Some(at), true) = (self.recovery.probe, self.recovery.cooling.is_none()) {
+                return GatewayError::Unavailable {
+                    retry_after: wait(at),
+                    summary: "every key is disabled or ejected".into(),
+                };
+            }
+            let at = self.recovery.earliest().into_iter().chain(self.refill).min();
+            if let Some(at) = at {
+                return GatewayError::RateLimited {
+                    retry_after: wait(at),
+                    summary,
+                };
+            }
+        }
+        let timed_out = self.attempts.iter().any(|a| a.kind == Kind::Timeout);
+        let status = if timed_out {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        GatewayError::AllFailed { status, summary }
     }
 }
 
@@ -171,42 +252,41 @@ pub fn pass_through(f: Failure, providers: &[Provider], attempts: u32) -> Answer
 }
 
 /// The answer when the chain is exhausted or the walk stopped: the upstream's own error where
-/// it says more than ours, else the gateway's error whose status follows the attempts.
-pub fn final_error(trail: &Trail, providers: &[Provider]) -> Result<Answer, GatewayError> {
+/// it says more than ours, else the gateway's error (whose status follows the attempts), with
+/// the attempt count and the last attempt's provider and key.
+pub fn final_error(trail: &Trail, providers: &[Provider]) -> Answer {
     let mut walk = trail.lock();
-    let summary = walk.summary(providers);
     let attempts = walk.attempts.len() as u32;
-    // The upstream's own error says more than ours: when the budget stopped retries, when the
-    // last target also found the context too long, or when no attempt could be made at all
-    // (every target refused the request).
-    let keep_upstream_error = walk.stop == Some(StopReason::BudgetSpent)
-        || walk.last_kind == Some(Kind::ContextTooLong)
+    // The upstream's own error says more than ours: when a budget stopped retries, when a wait
+    // it asked for did not fit, when the last target also found the context too long, or when
+    // no attempt could be made at all because every target refused the request.
+    let keep_upstream_error = walk.budget_spent
+        || walk.wait_too_long
+        || matches!(
+            walk.last_kind,
+            Some(Kind::ContextTooLong | Kind::ClientError)
+        )
         || walk.attempts.is_empty();
     if keep_upstream_error {
         if let Some(f) = walk.last_failure.take() {
-            return Ok(pass_through(f, providers, attempts));
+            return pass_through(f, providers, attempts);
         }
     }
-    if walk.stop == Some(StopReason::Deadline) {
-        return Err(GatewayError::DeadlineExceeded { summary });
-    }
-    let all_limited = walk.attempts.iter().all(|a| a.kind == Kind::RateLimited);
-    if all_limited {
-        if let Some(at) = walk.earliest {
-            let retry_after = at
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
-            return Err(GatewayError::RateLimited {
-                retry_after,
-                summary,
-            });
-        }
-    }
-    let timed_out = walk.attempts.iter().any(|a| a.kind == Kind::Timeout);
-    let status = if timed_out {
-        StatusCode::GATEWAY_TIMEOUT
-    } else {
-        StatusCode::BAD_GATEWAY
+    let summary = walk.summary(providers);
+    let error = walk.gateway_error(summary, Instant::now());
+    tracing::debug!(error = error.metric_label(), "walk ended without an answer");
+    let (provider, key) = match walk.attempts.last() {
+        Some(a) => (providers[a.provider].name().to_owned(), a.key.clone()),
+        None => ("-".to_owned(), "-".to_owned()),
     };
-    Err(GatewayError::AllFailed { status, summary })
+    let (parts, body) = error.to_response().into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        provider,
+        key,
+        attempts,
+        served: Served::Failed,
+    }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::Secret;
 
 fn pool(ids: &[&str]) -> (Arc<KeyPool>, Metrics) {
     let metrics = Metrics::new().unwrap();
@@ -16,6 +17,7 @@ fn pool(ids: &[&str]) -> (Arc<KeyPool>, Metrics) {
         cooldown_default: Duration::from_secs(10),
         cooldown_max: Duration::from_secs(60),
         probe_interval: Duration::from_secs(30),
+        outlier: OutlierPolicy::default(),
     };
     (KeyPool::new("p", &keys, policy, &metrics), metrics)
 }
@@ -30,7 +32,7 @@ async fn never_selects_an_excluded_key() {
         let lease = pool.select(&|i| i != 1, now).unwrap();
         assert_eq!(lease.id(), "b");
     }
-    assert_eq!(pool.select(&|_| true, now).unwrap_err(), None);
+    assert_eq!(pool.select(&|_| true, now).unwrap_err(), Recovery::default());
 }
 
 #[tokio::test(start_paused = true)]
@@ -64,7 +66,8 @@ async fn a_cooling_key_rests_exactly_as_long_as_asked() {
     let until = start + Duration::from_millis(2_000);
     assert_eq!(
         pool.select(NONE, start + Duration::from_millis(1_999))
-            .unwrap_err(),
+            .unwrap_err()
+            .cooling,
         Some(until)
     );
     assert!(pool.select(NONE, until).is_ok());
@@ -100,7 +103,7 @@ async fn cooldown_without_a_time_uses_the_default_and_is_capped() {
 async fn disabled_key_gets_one_probe_and_a_success_restores_it() {
     let (pool, metrics) = pool(&["a", "b"]);
     let now = Instant::now();
-    pool.select(&|i| i != 0, now).unwrap().disable(now);
+    pool.select(&|i| i != 0, now).unwrap().disable(None, now);
     assert!(matches!(pool.health(0), Health::Disabled { .. }));
     assert!(metrics
         .render()
@@ -120,7 +123,7 @@ async fn disabled_key_gets_one_probe_and_a_success_restores_it() {
         pool.select(&|i| i != 0, probe_time).is_err(),
         "one probe at a time"
     );
-    probe.success(probe_time);
+    probe.success(Duration::ZERO, probe_time);
     drop(probe);
     assert_eq!(pool.health(0), Health::Healthy);
 }
@@ -129,9 +132,9 @@ async fn disabled_key_gets_one_probe_and_a_success_restores_it() {
 async fn a_failed_probe_disables_again_and_an_abandoned_one_frees_the_slot() {
     let (pool, _) = pool(&["a"]);
     let now = Instant::now();
-    pool.select(NONE, now).unwrap().disable(now);
+    pool.select(NONE, now).unwrap().disable(None, now);
     let t = now + Duration::from_secs(30);
-    pool.select(NONE, t).unwrap().disable(t);
+    pool.select(NONE, t).unwrap().disable(None, t);
     assert_eq!(
         pool.health(0),
         Health::Disabled {
@@ -170,6 +173,7 @@ async fn weights_share_traffic() {
         cooldown_default: Duration::ZERO,
         cooldown_max: Duration::ZERO,
         probe_interval: Duration::ZERO,
+        outlier: OutlierPolicy::default(),
     };
     let pool = KeyPool::new("p", &keys, policy, &metrics);
     let now = Instant::now();

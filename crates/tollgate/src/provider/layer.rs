@@ -26,6 +26,8 @@ use tower::{Layer, Service, ServiceExt};
 
 /// Largest upstream error body kept for classification and pass-through.
 const MAX_ERROR_BODY: usize = 1 << 20;
+/// Largest answer read whole to be translated (an Anthropic message of any realistic size).
+const MAX_ANSWER_BODY: usize = 256 << 20;
 
 /// What an attempt produced, before anyone acted on it.
 pub enum Raw {
@@ -55,6 +57,8 @@ pub struct Exchange {
     pub verdict: Verdict,
     /// The upstream status, when there was one (200 for a stream error event).
     pub status: Option<u16>,
+    /// How long the upstream took to answer (headers, or a stream's first event).
+    pub elapsed: Duration,
 }
 
 impl Exchange {
@@ -71,6 +75,7 @@ impl Exchange {
 struct Shared {
     providers: Arc<[Provider]>,
     first_byte_timeout: Duration,
+    first_event_timeout: Duration,
     /// `[model index or last = "other"]`.
     ttft: Vec<Histogram>,
     /// `[provider]`.
@@ -107,6 +112,7 @@ impl ProviderLayer {
             shared: Arc::new(Shared {
                 providers,
                 first_byte_timeout: settings.server.first_byte_timeout,
+                first_event_timeout: settings.server.first_event_timeout,
                 ttft,
                 upstream_duration,
             }),
@@ -155,9 +161,9 @@ where
     }
 }
 
-async fn read_bounded(body: &mut BodyStream, deadline: Instant) -> Bytes {
+async fn read_bounded(body: &mut BodyStream, deadline: Instant, limit: usize) -> Bytes {
     let mut buf = BytesMut::new();
-    while buf.len() < MAX_ERROR_BODY {
+    while buf.len() < limit {
         match tokio::time::timeout_at(deadline, body.next()).await {
             Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
             _ => break,
@@ -179,7 +185,9 @@ impl Shared {
     where
         S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>,
     {
+        let started = Instant::now();
         let raw = self.raw(upstream, &call).await;
+        let elapsed = started.elapsed();
         let wall = SystemTime::now();
         let (verdict, status) = match &raw {
             Raw::Ok(resp, _) => (
@@ -238,6 +246,7 @@ impl Shared {
             raw,
             verdict,
             status,
+            elapsed,
         }
     }
 
@@ -255,7 +264,13 @@ impl Shared {
                 )))
             }
         };
-        let deadline = (Instant::now() + self.first_byte_timeout).min(req.deadline);
+        let timeout = match req.stream {
+            true => self.first_event_timeout,
+            false => self.first_byte_timeout,
+        };
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .map_or(call.deadline, |d| d.min(call.deadline));
         let started = Instant::now();
         let sent = tokio::time::timeout_at(deadline, upstream.oneshot(up)).await;
         self.upstream_duration[call.target.provider].observe(started.elapsed().as_secs_f64());
@@ -265,7 +280,8 @@ impl Shared {
             Ok(Ok(resp)) => resp,
         };
         if !resp.status.is_success() {
-            let body = read_bounded(&mut resp.body, deadline).await;
+            let body = read_bounded(&mut resp.body, deadline, MAX_ERROR_BODY).await;
+            let body = decoded(&mut resp.headers, body, MAX_ERROR_BODY);
             return Raw::Error {
                 status: resp.status,
                 headers: resp.headers,
@@ -276,7 +292,8 @@ impl Shared {
             if !provider.translates_answers() {
                 return Raw::Ok(resp, Bytes::new());
             }
-            let body = read_bounded(&mut resp.body, deadline).await;
+            let body = read_bounded(&mut resp.body, deadline, MAX_ANSWER_BODY).await;
+            let body = decoded(&mut resp.headers, body, MAX_ANSWER_BODY);
             return match provider.translate_answer(req, &mut resp.headers, &body) {
                 Ok(json) => {
                     resp.body = Box::pin(futures_util::stream::iter([Ok(json)]));
@@ -306,5 +323,55 @@ impl Shared {
             )),
             Err(e) => Raw::Transport(e),
         }
+    }
+}
+
+/// A body the gateway must read, decoded when the upstream compressed it anyway (gzip or
+/// deflate, though it was asked for `identity`); the headers then describe the decoded body.
+/// A body that does not decode is returned as it came.
+fn decoded(headers: &mut HeaderMap, body: Bytes, limit: usize) -> Bytes {
+    use std::io::Read;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let mut out = Vec::new();
+    let read = match encoding.as_deref() {
+        Some("gzip" | "x-gzip") => flate2::read::MultiGzDecoder::new(&body[..])
+            .take(limit as u64)
+            .read_to_end(&mut out),
+        Some("deflate") => flate2::read::ZlibDecoder::new(&body[..])
+            .take(limit as u64)
+            .read_to_end(&mut out),
+        _ => return body,
+    };
+    match read {
+        Ok(_) => {
+            headers.remove(header::CONTENT_ENCODING);
+            headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(out)
+        }
+        Err(_) => body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_gzipped_error_body_is_read_decoded() {
+        let json = br#"{"error":{"code":"insufficient_quota"}}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(json).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        let body = decoded(&mut headers, Bytes::from(gz.finish().unwrap()), 1 << 20);
+        assert_eq!(&body[..], json);
+        assert!(headers.get(header::CONTENT_ENCODING).is_none());
+        let mut plain = HeaderMap::new();
+        let same = decoded(&mut plain, Bytes::from_static(b"abc"), 10);
+        assert_eq!(&same[..], b"abc");
     }
 }

@@ -262,6 +262,8 @@ pub enum SharedHealth {
     Cooling(u64),
     /// Rejected; the next probe may go at the Unix time (ms).
     Disabled(u64),
+    /// Ejected for failing transiently; the next probe may go at the Unix time (ms).
+    Ejected(u64),
 }
 
 impl RedisStore {
@@ -280,6 +282,7 @@ impl RedisStore {
         let (value, until) = match health {
             SharedHealth::Cooling(until) => (format!("cooling:{until}"), until),
             SharedHealth::Disabled(until) => (format!("disabled:{until}"), until),
+            SharedHealth::Ejected(until) => (format!("ejected:{until}"), until),
         };
         let ttl = until.saturating_sub(now_ms).max(1);
         let mut cmd = redis::cmd("SET");
@@ -312,6 +315,7 @@ fn parse_health(value: &str) -> Option<SharedHealth> {
     match kind {
         "cooling" => Some(SharedHealth::Cooling(until)),
         "disabled" => Some(SharedHealth::Disabled(until)),
+        "ejected" => Some(SharedHealth::Ejected(until)),
         _ => None,
     }
 }

@@ -37,11 +37,17 @@ pub(super) fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMa
         {
             continue;
         }
-        if name.as_str() == "x-request-id" {
+        if name.as_str() == "x-request-id" || name == header::ACCEPT_ENCODING {
             continue;
         }
         out.append(name.clone(), value.clone());
     }
+    // The gateway reads error bodies, usage and answers it translates: it asks only for what
+    // it can read (the client's accept-encoding would let a CDN-fronted provider gzip them).
+    out.insert(
+        header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static("identity"),
+    );
     if let Ok(v) = request_id.parse() {
         out.insert("x-request-id", v);
     }
@@ -75,12 +81,17 @@ mod tests {
             ("content-type", "application/json"),
             ("x-stainless-retry-count", "0"),
             ("x-request-id", "client-id"),
+            ("accept-encoding", "gzip, br"),
         ] {
             client.insert(HeaderName::from_static(k), v.parse().unwrap());
         }
         let up = upstream_headers(&client, "req-1");
         let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(
+            up["accept-encoding"], "identity",
+            "upstreams are asked only for what the gateway can read"
+        );
         assert_eq!(up["content-type"], "application/json");
         assert_eq!(up["x-stainless-retry-count"], "0");
         assert_eq!(up["x-request-id"], "req-1");
