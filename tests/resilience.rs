@@ -203,7 +203,8 @@ async fn an_outage_of_the_first_provider_falls_back_to_the_second() {
             &text,
             r#"tollgate_retries_total{provider="second",reason="transient"}"#
         ),
-        5.0
+        0.0,
+        "a fallback's first attempt is not a retry of the second provider"
     );
 }
 

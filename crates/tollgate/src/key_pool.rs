@@ -240,7 +240,11 @@ impl KeyPool {
 
     /// Whether [`KeyPool::select`] would find a key among those `excluded` does not reject,
     /// without taking it or changing any state; `Err` says when keys recover.
-    pub fn available(&self, excluded: &dyn Fn(usize) -> bool, now: Instant) -> Result<(), Recovery> {
+    pub fn available(
+        &self,
+        excluded: &dyn Fn(usize) -> bool,
+        now: Instant,
+    ) -> Result<(), Recovery> {
         let mut rec = Recovery::default();
         for (idx, key) in self.keys.iter().enumerate() {
             if excluded(idx) {

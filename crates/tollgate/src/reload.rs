@@ -208,12 +208,13 @@ fn key_set(s: &Settings) -> HashSet<(String, String)> {
 fn forget_removed_keys(metrics: &Metrics, old: &Settings, new: &Settings) {
     let kept = key_set(new);
     for (provider, key) in key_set(old).difference(&kept) {
-        for state in ["healthy", "cooling", "disabled", "probing"] {
+        for state in crate::key_pool::Health::LABELS {
             let _ = metrics
                 .key_state
                 .remove_label_values(&[provider, key, state]);
         }
         let _ = metrics.key_cooldowns.remove_label_values(&[provider, key]);
+        let _ = metrics.key_ejections.remove_label_values(&[provider, key]);
     }
 }
 

@@ -287,7 +287,10 @@ impl Config {
             p.push("retry.eject_failure_percent", "must be at most 100");
         }
         if retry.outlier.base > retry.outlier.max {
-            p.push("retry.eject_duration", "must not be longer than retry.eject_max");
+            p.push(
+                "retry.eject_duration",
+                "must not be longer than retry.eject_max",
+            );
         }
         if retry.max_attempts == 0 {
             p.push("retry.max_attempts", "must be at least 1");

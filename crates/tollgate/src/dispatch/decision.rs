@@ -59,7 +59,11 @@ impl Decision {
     /// the backoff's cap (`max_delay`) cools its key for that long instead (clamped by the
     /// pool), so the request moves on to another key or target at once; on the last target
     /// the retry layer may still wait for it when the deadline allows.
-    pub fn with_ask(self, asked: Option<std::time::Duration>, max_delay: std::time::Duration) -> Self {
+    pub fn with_ask(
+        self,
+        asked: Option<std::time::Duration>,
+        max_delay: std::time::Duration,
+    ) -> Self {
         match (self.key, asked) {
             (KeyEffect::Fail, Some(wait)) if wait > max_delay => Decision {
                 key: KeyEffect::Cool,

@@ -50,11 +50,7 @@ impl std::fmt::Debug for FallbackLayer {
 impl FallbackLayer {
     /// A layer over the configured providers; every request that reaches a provider counts
     /// into that provider's budget (`budgets`, in provider order).
-    pub fn new(
-        providers: Arc<[Provider]>,
-        budgets: Arc<[RetryBudget]>,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(providers: Arc<[Provider]>, budgets: Arc<[RetryBudget]>, metrics: Metrics) -> Self {
         FallbackLayer {
             shared: Arc::new(FallbackShared {
                 providers,
@@ -140,7 +136,7 @@ impl FallbackShared {
             match inner.clone().oneshot(turn).await {
                 Ok(answer) => return Ok(answer),
                 Err(TargetEnd::PassThrough(f)) => {
-                    return Ok(pass_through(f, &self.providers, trail.attempts()))
+                    return Ok(pass_through(*f, &self.providers, trail.attempts()))
                 }
                 Err(TargetEnd::Next(reason)) => {
                     tracing::debug!(request_id = %req.id, reason, "target exhausted");

@@ -52,7 +52,7 @@ pub enum TargetEnd {
     /// Stop walking.
     Stop(StopReason),
     /// Return this upstream error to the client as is.
-    PassThrough(Failure),
+    PassThrough(Box<Failure>),
 }
 
 pub(crate) struct RetryShared {
@@ -209,7 +209,7 @@ impl RetryShared {
             }
             Then::NextTarget(reason) => Err(TargetEnd::Next(reason)),
             Then::PassThrough => Err(match call.trail.lock().last_failure.take() {
-                Some(f) => TargetEnd::PassThrough(f),
+                Some(f) => TargetEnd::PassThrough(Box::new(f)),
                 None => TargetEnd::Next("client_error"),
             }),
         }
@@ -317,7 +317,11 @@ impl RetryShared {
             call.trail.lock().wait_too_long = true;
         }
         let down = no_key.refill.is_none() && rec.cooling.is_none() && rec.probe.is_some();
-        Err(TargetEnd::Next(if down { "provider_down" } else { "no_key" }))
+        Err(TargetEnd::Next(if down {
+            "provider_down"
+        } else {
+            "no_key"
+        }))
     }
 }
 
@@ -325,7 +329,9 @@ impl RetryShared {
 /// target after it, so a target that hangs leaves room for the rest of the chain.
 fn attempt_deadline(deadline: Instant, targets_after: usize, now: Instant) -> Instant {
     let left = deadline.saturating_duration_since(now);
-    let shares = u32::try_from(targets_after).unwrap_or(u32::MAX).saturating_add(1);
+    let shares = u32::try_from(targets_after)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
     now + left / shares
 }
 

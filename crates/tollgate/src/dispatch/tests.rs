@@ -182,7 +182,10 @@ impl Dispatch {
             status,
             retry_after,
             attempts,
-            message: json["error"]["message"].as_str().unwrap_or_default().to_owned(),
+            message: json["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         }
     }
 }
@@ -352,6 +355,7 @@ async fn every_key_tried_once_then_a_502_that_names_them() {
     }
     let err = d.fail(&chat()).await;
     assert_eq!(err.status, 502);
+    assert_eq!(err.attempts, 3);
     let msg = err.message;
     for k in [
         "p/a: key_rejected (401)",
@@ -536,8 +540,7 @@ async fn a_key_without_capacity_is_waited_for_up_to_max_queue_wait() {
     }
     let err = d.fail(&chat()).await;
     assert_eq!(
-        err.status,
-        429,
+        err.status, 429,
         "a refill longer than max_queue_wait is not waited for"
     );
     assert_eq!(err.retry_after, Some(Duration::from_secs(1)));

@@ -186,12 +186,15 @@ impl TrailState {
 
     /// The gateway's own error for a walk that found no answer.
     fn gateway_error(&self, summary: String, now: Instant) -> GatewayError {
-        let wait = |at: Instant| at.saturating_duration_since(now).max(Duration::from_millis(1));
+        let wait = |at: Instant| {
+            at.saturating_duration_since(now)
+                .max(Duration::from_millis(1))
+        };
         if self.stop == Some(StopReason::Deadline) {
             return GatewayError::DeadlineExceeded { summary };
         }
-        let all_limited = !self.attempts.is_empty()
-            && self.attempts.iter().all(|a| a.kind == Kind::RateLimited);
+        let all_limited =
+            !self.attempts.is_empty() && self.attempts.iter().all(|a| a.kind == Kind::RateLimited);
         if self.attempts.is_empty() || all_limited {
             if let (Some(at), true) = (self.recovery.probe, self.recovery.cooling.is_none()) {
                 return GatewayError::Unavailable {
@@ -199,7 +202,12 @@ impl TrailState {
                     summary: "every key is disabled or ejected".into(),
                 };
             }
-            let at = self.recovery.earliest().into_iter().chain(self.refill).min();
+            let at = self
+                .recovery
+                .earliest()
+                .into_iter()
+                .chain(self.refill)
+                .min();
             if let Some(at) = at {
                 return GatewayError::RateLimited {
                     retry_after: wait(at),

@@ -122,9 +122,7 @@ impl Lease {
             let from_disabled = matches!(self.probe_of, Some(Health::Disabled { .. }));
             match from_disabled {
                 true => None,
-                false => state
-                    .outlier
-                    .failed(latency, probing, &policy.outlier, now),
+                false => state.outlier.failed(latency, probing, &policy.outlier, now),
             }
         };
         let event = match ejected {

@@ -202,7 +202,11 @@ mod tests {
         assert_eq!(secs, [10, 20, 40, 80, 160, 300, 300]);
         o.succeeded(MS, &p, now);
         assert!(!o.in_episode(), "a successful probe ends the episode");
-        assert_eq!(o.failed(MS, true, &p, now), None, "a new episode needs new failures");
+        assert_eq!(
+            o.failed(MS, true, &p, now),
+            None,
+            "a new episode needs new failures"
+        );
     }
 
     #[tokio::test(start_paused = true)]

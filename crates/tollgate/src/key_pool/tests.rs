@@ -32,7 +32,10 @@ async fn never_selects_an_excluded_key() {
         let lease = pool.select(&|i| i != 1, now).unwrap();
         assert_eq!(lease.id(), "b");
     }
-    assert_eq!(pool.select(&|_| true, now).unwrap_err(), Recovery::default());
+    assert_eq!(
+        pool.select(&|_| true, now).unwrap_err(),
+        Recovery::default()
+    );
 }
 
 #[tokio::test(start_paused = true)]
