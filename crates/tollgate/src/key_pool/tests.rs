@@ -258,4 +258,71 @@ fn health_state_machine_table() {
     for (from, event, to) in rows {
         assert_eq!(from.on(event, now), to, "{from:?} on {event:?}");
     }
+    let ejected = Health::Ejected { probe_at: later };
+    let ejection_rows: [(Health, E, Health); 11] = [
+        (healthy, E::Ejected { probe_at: later }, ejected),
+        (cooling, E::Ejected { probe_at: later }, ejected),
+        (probing, E::Ejected { probe_at: later }, ejected),
+        (disabled, E::Ejected { probe_at: later }, disabled),
+        (Health::Ejected { probe_at: past }, E::ProbeStarted, probing),
+        (ejected, E::ProbeStarted, ejected),
+        (ejected, E::RateLimited { until: later }, ejected),
+        (ejected, E::Rejected { probe_at: later }, disabled),
+        (ejected, E::SharedCooling { until: later }, ejected),
+        (healthy, E::SharedEjected { probe_at: later }, ejected),
+        (disabled, E::SharedEjected { probe_at: later }, disabled),
+    ];
+    for (from, event, to) in ejection_rows {
+        assert_eq!(from.on(event, now), to, "{from:?} on {event:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_transient_failures_eject_a_key_until_one_probe_decides() {
+    let (pool, metrics) = pool(&["a", "b"]);
+    let now = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(
+            pool.select(&|i| i != 0, now)
+                .unwrap()
+                .transient(Duration::ZERO, now),
+            None
+        );
+    }
+    let ejected = pool
+        .select(&|i| i != 0, now)
+        .unwrap()
+        .transient(Duration::ZERO, now);
+    assert_eq!(ejected, Some(Duration::from_secs(10)));
+    assert!(matches!(pool.health(0), Health::Ejected { .. }));
+    let text = metrics.render();
+    assert!(text.contains(r#"tollgate_key_state{key="a",provider="p",state="ejected"} 1"#));
+    assert!(text.contains(r#"tollgate_key_ejections_total{key="a",provider="p"} 1"#));
+    // Ejected: only b until the probe is due.
+    for _ in 0..5 {
+        assert_eq!(
+            pool.select(NONE, now + Duration::from_secs(9))
+                .unwrap()
+                .id(),
+            "b"
+        );
+    }
+    let probe_time = now + Duration::from_secs(10);
+    let mut probe = pool.select(&|i| i != 0, probe_time).unwrap();
+    assert_eq!(pool.health(0), Health::Probing);
+    // The probe fails: ejected again, for twice as long.
+    assert_eq!(
+        probe.transient(Duration::ZERO, probe_time),
+        Some(Duration::from_secs(20))
+    );
+    drop(probe);
+    let t2 = probe_time + Duration::from_secs(20);
+    let mut probe = pool.select(&|i| i != 0, t2).unwrap();
+    probe.success(Duration::ZERO, t2);
+    drop(probe);
+    assert_eq!(
+        pool.health(0),
+        Health::Healthy,
+        "a successful probe restores it"
+    );
 }
