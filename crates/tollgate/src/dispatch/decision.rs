@@ -90,6 +90,11 @@ pub fn decide(kind: Kind) -> Decision {
             Exclude::No,
             Then::NextTarget("context_too_long"),
         ),
+        Kind::ModelUnavailable => (
+            KeyEffect::Keep,
+            Exclude::No,
+            Then::NextTarget("model_unavailable"),
+        ),
         Kind::ClientError => (KeyEffect::Keep, Exclude::No, Then::PassThrough),
     };
     Decision { key, exclude, then }
@@ -116,6 +121,12 @@ mod tests {
                 K::Keep,
                 X::No,
                 Then::NextTarget("context_too_long"),
+            ),
+            (
+                Kind::ModelUnavailable,
+                K::Keep,
+                X::No,
+                Then::NextTarget("model_unavailable"),
             ),
             (Kind::ClientError, K::Keep, X::No, Then::PassThrough),
         ];

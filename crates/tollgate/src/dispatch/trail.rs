@@ -272,7 +272,7 @@ pub fn final_error(trail: &Trail, providers: &[Provider]) -> Answer {
         || walk.wait_too_long
         || matches!(
             walk.last_kind,
-            Some(Kind::ContextTooLong | Kind::ClientError)
+            Some(Kind::ContextTooLong | Kind::ModelUnavailable | Kind::ClientError)
         )
         || walk.attempts.is_empty();
     if keep_upstream_error {
