@@ -87,6 +87,10 @@ pub struct Target {
     pub model: Option<Arc<str>>,
     /// `max_tokens` for dialects that require one (Anthropic) when the client names none.
     pub max_tokens: u32,
+    /// The target's context window, when configured.
+    pub context_window: Option<u32>,
+    /// Whether `max_tokens` may be lowered to fit `context_window`.
+    pub fit_max_tokens: bool,
 }
 
 /// How an answer came about, for `tollgate_requests_total{outcome}`.

@@ -260,6 +260,9 @@ pub struct ModelConfig {
     pub name: String,
     /// Ordered fallback chain.
     pub targets: Vec<TargetConfig>,
+    /// When a target's `context_window` holds the prompt but not the prompt plus the client's
+    /// `max_tokens`, lower `max_tokens` to fit instead of skipping the target (default false).
+    pub fit_max_tokens: bool,
 }
 
 /// One element of a model's chain.
@@ -270,7 +273,8 @@ pub struct TargetConfig {
     pub provider: String,
     /// The model (or Azure deployment) name sent upstream; defaults to the client's model name.
     pub model: Option<String>,
-    /// The target's context window, for documentation and context-length fallback ordering.
+    /// The target's context window in tokens: a request whose estimated prompt plus `max_tokens`
+    /// cannot fit is not sent to this target (fallback reason `context_window`).
     pub context_window: Option<u32>,
     /// For Anthropic targets: `max_tokens` when the client names none (default `limits.default_max_tokens`).
     pub max_tokens: Option<u32>,

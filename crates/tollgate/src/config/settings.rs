@@ -153,6 +153,8 @@ pub struct ModelRoute {
     pub name: String,
     /// Ordered targets.
     pub targets: Vec<TargetSettings>,
+    /// Lower `max_tokens` to fit a target's context window instead of skipping it.
+    pub fit_max_tokens: bool,
 }
 
 /// One target of a chain.
@@ -499,6 +501,7 @@ impl Config {
             out.push(ModelRoute {
                 name: mc.name.clone(),
                 targets,
+                fit_max_tokens: mc.fit_max_tokens,
             });
         }
         (out, index)

@@ -10,6 +10,7 @@
 use super::backoff::RetryBudget;
 use super::retry::{TargetCall, TargetEnd};
 use super::trail::{final_error, pass_through, Failure, Trail};
+use super::window::{self, Fit};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::provider::classify::Kind;
@@ -111,7 +112,34 @@ impl FallbackShared {
                 self.count_fallback(&chain[from], target, reason, &trail);
             }
             let provider = &self.providers[target.provider];
-            let body = match provider.prepare(&req, target) {
+            let fitted;
+            let req_here = match window::fit(&req, target) {
+                Fit::Fits => &req,
+                Fit::Lowered(body) => {
+                    fitted = Arc::new(GatewayRequest {
+                        body,
+                        ..GatewayRequest::clone(&req)
+                    });
+                    &fitted
+                }
+                Fit::TooLong {
+                    prompt,
+                    completion,
+                    window,
+                } => {
+                    let message = format!("This model's maximum context length is {window} tokens; the request needs about {prompt} tokens of prompt and asks for {completion} of completion.");
+                    let failure = Failure::invalid(
+                        message,
+                        Some("messages"),
+                        "context_length_exceeded",
+                        target.provider,
+                    );
+                    trail.lock().last_failure = Some(failure);
+                    ended = Some("context_window");
+                    continue;
+                }
+            };
+            let body = match provider.prepare(req_here, target) {
                 Ok(body) => body,
                 Err(refusal) => {
                     // This target cannot express the request: skip it; if none can, the
@@ -125,7 +153,7 @@ impl FallbackShared {
             // Every request that reaches a provider earns it its share of retries.
             self.budgets[target.provider].deposit(tokio::time::Instant::now());
             let turn = TargetCall {
-                req: Arc::clone(&req),
+                req: Arc::clone(req_here),
                 target: target.clone(),
                 body,
                 trail: trail.clone(),

@@ -82,6 +82,8 @@ fn target(provider: usize) -> Target {
         provider,
         model: None,
         max_tokens: 16,
+        context_window: None,
+        fit_max_tokens: false,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod retry;
 pub mod route;
 pub mod select;
 pub mod trail;
+pub mod window;
 
 pub use fallback::{FallbackLayer, Routed};
 pub use retry::{RetryLayer, TargetCall, TargetEnd};

@@ -93,6 +93,8 @@ impl RouteLayer {
             provider,
             model: None,
             max_tokens: default_max,
+            context_window: None,
+            fit_max_tokens: false,
         };
         let targets = match (req.model.as_deref(), req.model_index) {
             (Some(_), Some(i)) => self.settings.models[i]
@@ -102,6 +104,8 @@ impl RouteLayer {
                     provider: t.provider,
                     model: Some(t.model.clone()),
                     max_tokens: t.max_tokens.unwrap_or(default_max),
+                    context_window: t.context_window,
+                    fit_max_tokens: self.settings.models[i].fit_max_tokens,
                 })
                 .collect(),
             (Some(model), None) => match self.settings.default_provider {

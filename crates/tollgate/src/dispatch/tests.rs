@@ -545,3 +545,5 @@ async fn a_key_without_capacity_is_waited_for_up_to_max_queue_wait() {
     );
     assert_eq!(err.retry_after, Some(Duration::from_secs(1)));
 }
+
+mod faults;

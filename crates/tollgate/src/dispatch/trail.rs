@@ -47,12 +47,18 @@ pub struct Failure {
 impl Failure {
     /// The 400 for a request a target's dialect cannot express.
     pub fn refused(refusal: &Refusal, provider: usize) -> Self {
-        let envelope = openai_types::ErrorEnvelope::new(
+        Failure::invalid(
             refusal.message.clone(),
-            "invalid_request_error",
             refusal.param.as_deref(),
-            Some("unsupported_parameter"),
-        );
+            "unsupported_parameter",
+            provider,
+        )
+    }
+
+    /// A 400 `invalid_request_error` the gateway answers for `provider` without an attempt.
+    pub fn invalid(message: String, param: Option<&str>, code: &str, provider: usize) -> Self {
+        let envelope =
+            openai_types::ErrorEnvelope::new(message, "invalid_request_error", param, Some(code));
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,

@@ -323,6 +323,8 @@ mod tests {
             provider: 0,
             model: model.map(Into::into),
             max_tokens: 64,
+            context_window: None,
+            fit_max_tokens: false,
         };
         let body = prepare_body(p, req, &target).unwrap();
         build(p, req, &target, body, &Secret::new(key))
