@@ -1,0 +1,214 @@
+//! The one-request reproductions of the sustained-fault issue, against the real binary and a
+//! scripted mock upstream: each fault a healthy target could answer for is answered by it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step is a failed test"
+)]
+
+use mock_upstream::{Fault, MockHandle};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tollgate_e2e::{metric, mock, provider, Gateway};
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+fn error(status: u16, body: &str, headers: &[(&str, &str)]) -> Fault {
+    Fault::Status {
+        status,
+        body: body.to_owned(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+/// A primary provider `p` (keys a, b) and a healthy backup `q` (key c) for model "m".
+async fn primary_and_backup(extra: &str) -> (MockHandle, MockHandle, Gateway) {
+    let (p, q) = (mock().await, mock().await);
+    let toml = format!(
+        "{extra}\n{}{}[[models]]\nname = \"m\"\ntargets = [{{ provider = \"p\" }}, {{ provider = \"q\" }}]\n",
+        provider("p", &p.base_url(), &["a", "b"], false),
+        provider("q", &q.base_url(), &["c"], false),
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    (p, q, gw)
+}
+
+async fn post(gw: &Gateway, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    (status, headers, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_deadline_goes_to_the_healthy_fallback_at_once() {
+    let (p, _q, gw) = primary_and_backup("").await;
+    for key in ["sk-a", "sk-b"] {
+        p.script_always(key, error(503, "{}", &[("retry-after", "700")]));
+    }
+    let start = Instant::now();
+    let (status, headers, _) = post(&gw, &chat("m")).await;
+    assert_eq!(
+        (status, &headers["x-tollgate-provider"]),
+        (200, &"q".parse().unwrap())
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_does_not_panic_and_the_fallback_answers() {
+    let (p, _q, gw) = primary_and_backup("").await;
+    p.script_always(
+        "sk-a",
+        error(503, "{}", &[("retry-after", "10000000000000000000")]),
+    );
+    p.script_always("sk-b", error(429, "{}", &[("retry-after-ms", "1e300")]));
+    for _ in 0..3 {
+        let (status, headers, body) = post(&gw, &chat("m")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-tollgate-provider"], "q");
+    }
+    assert!(!gw.logs().contains("panicked"), "{}", gw.logs());
+}
+
+#[tokio::test]
+async fn a_hanging_primary_leaves_room_for_the_fallback_within_the_deadline() {
+    let (p, _q, gw) =
+        primary_and_backup("[server]\nrequest_timeout = \"4s\"\n[retry]\nmax_attempts = 2").await;
+    for key in ["sk-a", "sk-b"] {
+        p.script_always(key, Fault::Delay(Duration::from_secs(60)));
+    }
+    let start = Instant::now();
+    let (status, headers, body) = post(&gw, &chat("m")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-tollgate-provider"], "q");
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "answered within the deadline: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_model_one_project_may_not_use_never_disables_its_keys() {
+    let (p, q, gw) = primary_and_backup("").await;
+    let denied = r#"{"error":{"message":"Project `proj_1` does not have access to model `m`","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
+    p.script_always("sk-a", error(403, denied, &[]));
+    p.script_always("sk-b", error(403, denied, &[]));
+    for _ in 0..4 {
+        let (status, headers, body) = post(&gw, &chat("m")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-tollgate-provider"], "q");
+    }
+    assert_eq!(q.requests().len(), 4);
+    let text = gw.metrics().await;
+    for key in ["a", "b"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!(r#"tollgate_key_state{{key="{key}",provider="p",state="healthy"}}"#)
+            ),
+            1.0,
+            "{text}"
+        );
+    }
+    assert_eq!(
+        p.requests().len(),
+        4,
+        "one attempt per request, never a second key for the same model"
+    );
+}
+
+#[tokio::test]
+async fn a_spent_anthropic_credit_balance_is_quota_and_the_other_key_answers() {
+    let an = mock().await;
+    let toml = format!(
+        "[[providers]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"{}\"\nkeys = [{{ id = \"an1\", secret = \"ant-key-1\" }}, {{ id = \"an2\", secret = \"ant-key-2\" }}]\n[[models]]\nname = \"claude\"\ntargets = [{{ provider = \"anthropic\", model = \"claude-haiku-4-5\" }}]\n",
+        an.addr().to_string().replace("127.0.0.1", "http://127.0.0.1"),
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    let low = r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#;
+    an.script_always("ant-key-1", error(400, low, &[]));
+    for _ in 0..6 {
+        let (status, _, body) = post(&gw, &chat("claude")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(an.requests_for_key("ant-key-1") <= 1);
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"tollgate_key_state{key="an1",provider="anthropic",state="disabled"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_wait_named_only_in_the_message_cools_the_key_for_exactly_that() {
+    let m = mock().await;
+    let gw = Gateway::start(
+        &format!(
+            "[retry]\ncooldown_default = \"30s\"\n{}",
+            provider("openai", &m.base_url(), &["a", "b"], true)
+        ),
+        &[],
+    )
+    .await;
+    let limited = r#"{"error":{"message":"Rate limit reached for gpt-4o-mini in organization org-1 on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 2s. Visit https://platform.openai.com/account/rate-limits to learn more.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+    m.script("sk-a", [error(429, limited, &[])]);
+    m.script("sk-b", [error(429, limited, &[])]);
+    let (status, headers, _) = post(&gw, &chat("gpt-4o-mini")).await;
+    assert_eq!(status, 429);
+    assert_eq!(
+        headers["retry-after"], "2",
+        "the message's 2 s, not the 30 s default"
+    );
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"tollgate_key_cooldown_seconds_total{key="a",provider="openai"}"#
+        ),
+        2.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn every_key_disabled_answers_503_with_the_earliest_probe() {
+    let m = mock().await;
+    let gw = Gateway::start(
+        &format!(
+            "[retry]\nprobe_interval = \"60s\"\n{}",
+            provider("openai", &m.base_url(), &["a", "b"], true)
+        ),
+        &[],
+    )
+    .await;
+    m.script_always("sk-a", Fault::status(401));
+    m.script_always("sk-b", Fault::status(401));
+    let (status, _, _) = post(&gw, &chat("gpt-4o-mini")).await;
+    assert_eq!(status, 502, "both keys rejected");
+    let (status, headers, body) = post(&gw, &chat("gpt-4o-mini")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_unavailable");
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((55..=60).contains(&wait), "{wait}");
+    assert_eq!(headers["x-tollgate-attempts"], "0");
+    assert_eq!(m.requests().len(), 2, "no key was asked again");
+}
