@@ -212,3 +212,108 @@ async fn every_key_disabled_answers_503_with_the_earliest_probe() {
     assert_eq!(headers["x-tollgate-attempts"], "0");
     assert_eq!(m.requests().len(), 2, "no key was asked again");
 }
+
+#[tokio::test]
+async fn a_failing_key_loses_its_share_and_a_provider_whose_keys_keep_failing_is_skipped() {
+    // One pool: after its first failure the dead key's share falls to almost nothing.
+    let m = mock().await;
+    let gw = Gateway::start(
+        &provider("openai", &m.base_url(), &["dead", "live"], true),
+        &[],
+    )
+    .await;
+    m.script_always("sk-dead", Fault::status(503));
+    for _ in 0..30 {
+        let (status, _, body) = post(&gw, &chat("gpt-4o-mini")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(
+        m.requests_for_key("sk-dead") <= 3,
+        "{}",
+        m.requests_for_key("sk-dead")
+    );
+    // A provider whose only key keeps failing: ejected after three in a row, then skipped.
+    let (p, q, gw) =
+        primary_and_backup("[retry]\nmax_attempts = 1\neject_after = 3\neject_duration = \"30s\"")
+            .await;
+    p.script_always("sk-a", Fault::status(503));
+    p.script_always("sk-b", Fault::status(503));
+    for _ in 0..30 {
+        let (status, headers, body) = post(&gw, &chat("m")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-tollgate-provider"], "q");
+    }
+    assert_eq!(q.requests().len(), 30);
+    assert!(
+        p.requests().len() <= 6,
+        "three per key at most: {}",
+        p.requests().len()
+    );
+    let text = gw.metrics().await;
+    for key in ["a", "b"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!(r#"tollgate_key_state{{key="{key}",provider="p",state="ejected"}}"#)
+            ),
+            1.0,
+            "{text}"
+        );
+        assert_eq!(
+            metric(
+                &text,
+                &format!(r#"tollgate_key_ejections_total{{key="{key}",provider="p"}}"#)
+            ),
+            1.0
+        );
+    }
+    assert!(
+        metric(
+            &text,
+            r#"tollgate_fallbacks_total{from="p",reason="provider_down",to="q"}"#
+        ) >= 20.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn one_replicas_ejection_is_shared_through_redis() {
+    let Some(redis) =
+        tollgate_e2e::RedisServer::start("one_replicas_ejection_is_shared_through_redis").await
+    else {
+        return;
+    };
+    let m = mock().await;
+    let toml = format!(
+        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"200ms\"\nkey_prefix = \"e2e-eject{}\"\n[retry]\neject_after = 1\neject_duration = \"30s\"\n{}",
+        redis.url(),
+        redis.port,
+        provider("openai", &m.base_url(), &["dead", "live"], true)
+    );
+    let (a, b) = (
+        Gateway::start(&toml, &[]).await,
+        Gateway::start(&toml, &[]).await,
+    );
+    m.script_always("sk-dead", Fault::status(503));
+    while m.requests_for_key("sk-dead") < 1 {
+        assert_eq!(post(&a, &chat("gpt-4o-mini")).await.0, 200);
+    }
+    let ejected = r#"tollgate_key_state{key="dead",provider="openai",state="ejected"}"#;
+    assert_eq!(metric(&a.metrics().await, ejected), 1.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&b.metrics().await, ejected) != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "replica b never learned of the ejection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(post(&b, &chat("gpt-4o-mini")).await.0, 200);
+    }
+    assert_eq!(
+        m.requests_for_key("sk-dead"),
+        1,
+        "replica b sent nothing to it"
+    );
+}
