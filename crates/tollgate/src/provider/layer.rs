@@ -290,6 +290,13 @@ impl Shared {
         }
         if !(req.stream && is_event_stream(&resp.headers)) {
             if !provider.translates_answers() {
+                if is_encoded(&resp.headers) {
+                    // Compressed though asked for identity: decoded, so that usage is read and
+                    // every client, whatever it accepts, can read the answer.
+                    let body = read_bounded(&mut resp.body, deadline, MAX_ANSWER_BODY).await;
+                    let body = decoded(&mut resp.headers, body, MAX_ANSWER_BODY);
+                    resp.body = Box::pin(futures_util::stream::iter([Ok(body)]));
+                }
                 return Raw::Ok(resp, Bytes::new());
             }
             let body = read_bounded(&mut resp.body, deadline, MAX_ANSWER_BODY).await;
@@ -324,6 +331,13 @@ impl Shared {
             Err(e) => Raw::Transport(e),
         }
     }
+}
+
+/// Whether an answer's body is compressed (any `content-encoding` but `identity`).
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 /// A body the gateway must read, decoded when the upstream compressed it anyway (gzip or
