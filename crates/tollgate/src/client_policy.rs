@@ -10,9 +10,9 @@ use crate::auth::{Auth, Denied, InflightGuard};
 use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::rate_limit::estimate::estimate;
-use crate::rate_limit::{Levels, Limiter, Limits};
-use crate::request::{Answer, GatewayRequest};
+use crate::rate_limit::estimate;
+use crate::rate_limit::{Charge, Levels, Limiter, Limits, Taken};
+use crate::request::{Answer, GatewayRequest, Served};
 use crate::units::format_go_duration;
 use axum::body::Body;
 use bytes::Bytes;
@@ -160,8 +160,14 @@ where
                 })?),
                 None => None,
             };
-            let levels = shared.take(&mut req).await?;
-            let mut answer = inner.oneshot(req).await?;
+            let Taken { mut levels, charge } = shared.take(&mut req).await?;
+            let bucket = req.client_bucket.clone();
+            let result = inner.oneshot(req).await;
+            if let (Some((id, limits)), Some(refund)) = (bucket, unserved(charge, &result)) {
+                levels = levels.refunded(&refund);
+                shared.limiter.refund(&id, limits, refund).await;
+            }
+            let mut answer = result?;
             if levels != Levels::default() {
                 ratelimit_headers(&mut answer.headers, &levels);
             }
@@ -180,7 +186,7 @@ where
 impl LimitShared {
     /// Estimates the request's tokens when any TPM limit needs them, asks a stream for usage
     /// when it must be reconciled, and takes the client's buckets.
-    async fn take(&self, req: &mut GatewayRequest) -> Result<Levels, GatewayError> {
+    async fn take(&self, req: &mut GatewayRequest) -> Result<Taken, GatewayError> {
         let limits = req
             .client
             .as_ref()
@@ -189,8 +195,7 @@ impl LimitShared {
                 tpm: c.settings.tpm,
             });
         if limits.tpm.is_some() || self.keys_have_tpm {
-            let (prompt, completion) = estimate(&req.body, req.endpoint, self.default_max_tokens);
-            req.tokens = prompt + completion;
+            req.tokens = estimate::total(&req.body, req.endpoint, self.default_max_tokens);
             let streams_usage = matches!(
                 req.endpoint,
                 Endpoint::ChatCompletions | Endpoint::Completions
@@ -204,15 +209,15 @@ impl LimitShared {
             }
         }
         let Some(client) = req.client.as_ref() else {
-            return Ok(Levels::default());
+            return Ok(Taken::default());
         };
         if limits.is_none() {
-            return Ok(Levels::default());
+            return Ok(Taken::default());
         }
         match self.limiter.take(&client.bucket, limits, req.tokens).await {
-            Ok(levels) => {
+            Ok(taken) => {
                 req.client_bucket = Some((Arc::clone(&client.bucket), limits));
-                Ok(levels)
+                Ok(taken)
             }
             Err(refused) => {
                 self.metrics
@@ -225,6 +230,18 @@ impl LimitShared {
                 })
             }
         }
+    }
+}
+
+/// What of the client's charge goes back for what no upstream served: all of it when the
+/// gateway answered without an attempt (unknown model, unsupported endpoint, no key free), its
+/// tokens when every attempt failed (the attempts were requests all the same). A served answer
+/// is reconciled with its real usage instead, when its body ends.
+fn unserved(charge: Charge, result: &Result<Answer, GatewayError>) -> Option<Charge> {
+    match result {
+        Ok(answer) if answer.served != Served::Failed => None,
+        Ok(answer) if answer.attempts > 0 => Some(charge.tokens_only()),
+        Ok(_) | Err(_) => Some(charge),
     }
 }
 
@@ -287,136 +304,4 @@ impl http_body::Body for Holding {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ClientSettings;
-    use crate::request::Served;
-    use http::{Method, StatusCode};
-    use tower::service_fn;
-
-    fn client(rpm: u32, max_concurrent: Option<u32>) -> Arc<crate::auth::Client> {
-        let auth = Auth::new(&[ClientSettings {
-            name: "team".into(),
-            key_sha256: crate::digest::sha256(b"k"),
-            rpm: Some(rpm),
-            tpm: None,
-            max_concurrent,
-            models: vec![],
-        }]);
-        auth.authenticate_key(Some("k")).unwrap().unwrap()
-    }
-
-    fn layer() -> (ClientLimitLayer, Metrics) {
-        let metrics = Metrics::new().unwrap();
-        let toml = "[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\nkeys = [{ id = \"a\", secret = \"a\" }]\n";
-        let settings = crate::config::Config::from_toml(toml)
-            .unwrap()
-            .validate_with(&|_| None)
-            .unwrap();
-        let limiter = Arc::new(Limiter::new(&settings.state, &metrics));
-        (
-            ClientLimitLayer::new(limiter, metrics.clone(), false, 16),
-            metrics,
-        )
-    }
-
-    fn request(client: &Arc<crate::auth::Client>) -> GatewayRequest {
-        let mut req = GatewayRequest::for_test(Method::POST, "chat/completions", Bytes::new());
-        req.client = Some(Arc::clone(client));
-        req
-    }
-
-    fn ok(_: GatewayRequest) -> std::future::Ready<Result<Answer, GatewayError>> {
-        std::future::ready(Ok(Answer {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: Body::empty(),
-            provider: "p".into(),
-            key: "a".into(),
-            attempts: 1,
-            served: Served::FirstTry,
-        }))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_empty_bucket_answers_429_with_the_wait_and_the_client_headers() {
-        let (layer, metrics) = layer();
-        let svc = layer.layer(service_fn(ok));
-        let team = client(2, None);
-        for remaining in ["1", "0"] {
-            let answer = svc.clone().oneshot(request(&team)).await.unwrap();
-            assert_eq!(answer.headers["x-ratelimit-limit-requests"], "2");
-            assert_eq!(answer.headers["x-ratelimit-remaining-requests"], remaining);
-        }
-        let err = svc.clone().oneshot(request(&team)).await.unwrap_err();
-        let resp = err.to_response();
-        assert_eq!(resp.status(), 429);
-        assert_eq!(resp.headers()["retry-after"], "30");
-        assert!(metrics
-            .render()
-            .contains(r#"tollgate_rate_limited_total{dimension="requests",scope="client"} 1"#));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_concurrency_slot_is_held_until_the_body_is_dropped() {
-        let (layer, _) = layer();
-        let svc = layer.layer(service_fn(ok));
-        let team = client(100, Some(1));
-        let first = svc.clone().oneshot(request(&team)).await.unwrap();
-        let err = svc.clone().oneshot(request(&team)).await.unwrap_err();
-        assert_eq!(
-            err.to_response().status(),
-            429,
-            "the first answer's body holds the slot"
-        );
-        drop(first);
-        assert!(svc.clone().oneshot(request(&team)).await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn the_layer_refuses_unknown_keys_and_models_outside_the_allow_list() {
-        use crate::request::Served;
-        use tower::{service_fn, ServiceExt};
-        let auth = Arc::new(Auth::new(&[ClientSettings {
-            name: "team".into(),
-            key_sha256: crate::digest::sha256(b"k"),
-            rpm: None,
-            tpm: None,
-            max_concurrent: None,
-            models: vec!["m".into()],
-        }]));
-        let inner = service_fn(|req: GatewayRequest| async move {
-            assert_eq!(
-                req.client.as_ref().map(|c| c.settings.name.as_str()),
-                Some("team")
-            );
-            Ok::<_, GatewayError>(Answer {
-                status: http::StatusCode::OK,
-                headers: HeaderMap::new(),
-                body: axum::body::Body::empty(),
-                provider: "p".into(),
-                key: "a".into(),
-                attempts: 1,
-                served: Served::FirstTry,
-            })
-        });
-        let svc = ClientAuthLayer::new(auth).layer(inner);
-        let req = |key: Option<&str>, model: &str| {
-            let body = bytes::Bytes::from(format!(r#"{{"model":"{model}"}}"#));
-            let mut r = GatewayRequest::for_test(http::Method::POST, "chat/completions", body);
-            r.credential = key.map(Box::from);
-            r
-        };
-        let status = |r: Result<Answer, GatewayError>| match r {
-            Ok(a) => a.status.as_u16(),
-            Err(e) => e.status().as_u16(),
-        };
-        assert_eq!(status(svc.clone().oneshot(req(Some("k"), "m")).await), 200);
-        assert_eq!(status(svc.clone().oneshot(req(None, "m")).await), 401);
-        assert_eq!(status(svc.clone().oneshot(req(Some("x"), "m")).await), 401);
-        assert_eq!(
-            status(svc.clone().oneshot(req(Some("k"), "other")).await),
-            403
-        );
-    }
-}
+mod tests;

@@ -12,6 +12,20 @@ use std::sync::LazyLock;
 /// Largest non-stream body scanned for usage; larger ones pass through unscanned.
 const MAX_SCAN: usize = 4 << 20;
 
+/// The most tokens one answer can plausibly account for: a hundred times today's largest
+/// context windows. A usage reporting more is a broken upstream, not a bill.
+pub const PLAUSIBLE_TOKENS: u64 = 100_000_000;
+
+/// The tokens a usage accounts for (the larger of `total_tokens` and prompt plus completion),
+/// or `None` when any count is beyond [`PLAUSIBLE_TOKENS`]: such a usage is ignored (neither
+/// charged nor counted) and the estimate stands.
+pub fn plausible_total(u: &Usage) -> Option<u64> {
+    let total = u
+        .total_tokens
+        .max(u.prompt_tokens.saturating_add(u.completion_tokens));
+    (total <= PLAUSIBLE_TOKENS).then_some(total)
+}
+
 /// Scans an answer for its usage.
 #[derive(Debug)]
 pub struct UsageTap {
@@ -355,6 +369,32 @@ mod tests {
         let first = br#"{"usage": {"prompt_tokens":4,"completion_tokens":5,"total_tokens":9},"choices":[]}"#;
         assert_eq!(usage_in_body(first).map(|u| u.total_tokens), Some(9));
         assert_eq!(usage_in_body(br#"{"choices":[]}"#), None);
+    }
+
+    #[test]
+    fn usage_beyond_plausible_is_not_a_number_to_charge() {
+        let usage = |prompt_tokens, completion_tokens, total_tokens| Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens,
+        };
+        assert_eq!(plausible_total(&usage(5, 7, 12)), Some(12));
+        assert_eq!(
+            plausible_total(&usage(5, 7, 0)),
+            Some(12),
+            "a missing total"
+        );
+        assert_eq!(
+            plausible_total(&usage(0, 0, PLAUSIBLE_TOKENS)),
+            Some(PLAUSIBLE_TOKENS)
+        );
+        assert_eq!(plausible_total(&usage(5, 7, u64::MAX)), None);
+        assert_eq!(
+            plausible_total(&usage(u64::MAX, u64::MAX, 12)),
+            None,
+            "no wrap"
+        );
+        assert_eq!(plausible_total(&usage(PLAUSIBLE_TOKENS, 1, 0)), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A successful attempt's answer on its way to the client: the body guarded (idle timeout,
-//! error event on a break), usage tapped for the buckets and the tokens metric, and the key's
-//! lease held until the last byte. (The provider layer already translated the stream.)
+//! error event on a break), usage tapped for the buckets and the tokens metric (a usage beyond
+//! plausible is ignored), and the key's lease held until the last byte. (The provider layer already translated the stream.)
 
 use super::select::SelectShared;
 use crate::key_pool::Lease;
@@ -8,7 +8,7 @@ use crate::provider::is_event_stream;
 use crate::request::{Answer, GatewayRequest, Served};
 use crate::stream::{guard, Framing, StreamEnd};
 use crate::upstream::UpstreamResponse;
-use crate::usage::UsageTap;
+use crate::usage::{plausible_total, UsageTap};
 use axum::body::Body;
 use bytes::Bytes;
 use http::header;
@@ -37,9 +37,12 @@ impl SelectShared {
                 tracing::warn!(request_id = %request_id, provider = %pname, reason = end.label(), "answer ended early");
             }
             let Some(u) = usage else { return };
+            let Some(actual) = plausible_total(&u) else {
+                tracing::warn!(request_id = %request_id, provider = %lease.provider(), prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens, total_tokens = u.total_tokens, "implausible usage ignored: the estimate stands");
+                return;
+            };
             counters[0].inc_by(u.prompt_tokens);
             counters[1].inc_by(u.completion_tokens);
-            let actual = u.total_tokens.max(u.prompt_tokens + u.completion_tokens);
             let key_limits = lease.bucket().1;
             let key_bucket = key_limits.tpm.map(|_| (lease.bucket_id(), key_limits));
             drop(lease);

@@ -12,7 +12,7 @@ use crate::key_pool::{after, KeyPool, Lease, Recovery};
 use crate::metrics::Metrics;
 use crate::provider::classify::Kind;
 use crate::provider::{Exchange, Raw};
-use crate::rate_limit::{remaining_from_headers, unix_ms, Limiter, SharedHealth};
+use crate::rate_limit::{remaining_from_headers, unix_ms, Charge, Limiter, SharedHealth};
 use crate::request::{Answer, GatewayRequest, KeyedCall, Served, Target};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -124,7 +124,7 @@ where
         let shared = Arc::clone(&self.shared);
         let inner = self.inner.clone();
         Box::pin(async move {
-            let lease = shared
+            let (lease, charge) = shared
                 .pick(&call, Instant::now())
                 .await
                 .map_err(Missed::NoKey)?;
@@ -139,15 +139,16 @@ where
                 Ok(exchange) => exchange,
                 Err(never) => match never {},
             };
-            shared.settle(&call, lease, exchange).await
+            shared.settle(&call, lease, charge, exchange).await
         })
     }
 }
 
 impl SelectShared {
     /// Picks a key: first never-tried keys, then keys that failed only transiently; a key
-    /// whose RPM/TPM bucket cannot take this request is skipped like a cooling one.
-    async fn pick(&self, call: &AttemptCall, now: Instant) -> Result<Lease, NoKey> {
+    /// whose RPM/TPM bucket cannot take this request is skipped like a cooling one. Answers
+    /// the lease and what the key's buckets were charged.
+    async fn pick(&self, call: &AttemptCall, now: Instant) -> Result<(Lease, Charge), NoKey> {
         let provider = call.target.provider;
         let pool = &self.pools[provider];
         let (hard, soft, not_ready) = {
@@ -172,7 +173,7 @@ impl SelectShared {
             };
             let (bucket, limits) = pool.bucket(lease.idx());
             match self.limiter.take(bucket, limits, call.req.tokens).await {
-                Ok(_) => return Ok(lease),
+                Ok(taken) => return Ok((lease, taken.charge)),
                 Err(refused) => {
                     self.metrics
                         .rate_limited
@@ -192,11 +193,17 @@ impl SelectShared {
         &self,
         call: &AttemptCall,
         mut lease: Lease,
+        charge: Charge,
         exchange: Exchange,
     ) -> Result<Answer, Missed> {
         let provider = call.target.provider;
         let now = Instant::now();
         let kind = exchange.verdict.kind;
+        let answered = kind == Kind::Success && matches!(exchange.raw, Raw::Ok(..));
+        if !answered {
+            // Before the provider's headers: what they report remaining is the last word.
+            self.refund(&lease, charge).await;
+        }
         if let Some(headers) = exchange.headers() {
             let (requests, tokens) = remaining_from_headers(headers);
             let (bucket, limits) = lease.bucket();
@@ -236,9 +243,6 @@ impl SelectShared {
                 Exclude::UntilBackoff => walk.soften(key, after(now, asked.unwrap_or_default())),
             }
         }
-        if kind != Kind::Success {
-            self.refund(&lease, call.req.tokens).await;
-        }
         let effect = Effect {
             asked,
             latency: exchange.elapsed,
@@ -263,9 +267,14 @@ impl SelectShared {
         }
     }
 
-    /// Gives back what a failed attempt took from the key's bucket.
-    async fn refund(&self, lease: &Lease, tokens: u64) {
-        let _ = (lease, tokens);
+    /// Gives back the tokens a failed attempt (429, 5xx, timeout, connect error, any refusal)
+    /// took from the key's bucket; the request stays counted, as the provider counts it. An
+    /// answered attempt is reconciled with its real usage instead.
+    async fn refund(&self, lease: &Lease, charge: Charge) {
+        let (bucket, limits) = lease.bucket();
+        self.limiter
+            .refund(bucket, limits, charge.tokens_only())
+            .await;
     }
 
     fn apply_key_effect(

@@ -547,3 +547,4 @@ async fn a_key_without_capacity_is_waited_for_up_to_max_queue_wait() {
 }
 
 mod faults;
+mod refunds;

@@ -118,13 +118,17 @@ impl Usage {
     /// also reported as `prompt_tokens_details.cached_tokens`.
     fn to_openai(self) -> Value {
         let cached = self.cache_read_input_tokens.unwrap_or(0);
-        let prompt =
-            self.input_tokens.unwrap_or(0) + self.cache_creation_input_tokens.unwrap_or(0) + cached;
+        // Saturating: the counts are the upstream's, and nothing it sends may wrap here.
+        let prompt = self
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+            .saturating_add(cached);
         let completion = self.output_tokens.unwrap_or(0);
         json!({
             "prompt_tokens": prompt,
             "completion_tokens": completion,
-            "total_tokens": prompt + completion,
+            "total_tokens": prompt.saturating_add(completion),
             "prompt_tokens_details": { "cached_tokens": cached },
         })
     }

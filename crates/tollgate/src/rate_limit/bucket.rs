@@ -2,8 +2,13 @@
 //!
 //! Burst is the per-minute limit; refill is continuous (limit / 60 per second). A take of N
 //! either fits or answers how long until it would. Real usage corrects a take afterwards
-//! (refund or charge; a charge may leave the bucket in debt), and a provider's own
-//! `x-ratelimit-remaining-*` brings the level down, never above what the config allows.
+//! (refund or charge; a charge may leave the bucket in debt), a failed attempt gets its take
+//! back, and a provider's own `x-ratelimit-remaining-*` brings the level down, never above
+//! what the config allows.
+//!
+//! The level always stays within `-capacity ..= capacity`, whatever the numbers: debt is
+//! bounded by one minute's worth of the limit, so no answer, however large the usage it
+//! reports, makes a take that fits the limit wait longer than two minutes.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -31,8 +36,13 @@ impl TokenBucket {
 
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.level = (self.level + elapsed * self.per_sec).min(self.capacity);
+        self.set(self.level + elapsed * self.per_sec);
         self.updated = self.updated.max(now);
+    }
+
+    /// Sets the level, kept within `-capacity ..= capacity` (debt of at most one minute).
+    fn set(&mut self, level: f64) {
+        self.level = level.clamp(-self.capacity, self.capacity);
     }
 
     /// Units available now (negative while in debt).
@@ -66,16 +76,23 @@ impl TokenBucket {
         }
     }
 
-    /// Corrects an earlier take of `estimated` by the `actual` use: refunds or charges the difference.
+    /// Corrects an earlier take of `estimated` by the `actual` use: refunds or charges the
+    /// difference (a charge leaves at most one minute of debt).
     pub fn reconcile(&mut self, estimated: u64, actual: u64, now: Instant) {
         self.refill(now);
-        self.level = (self.level + estimated as f64 - actual as f64).min(self.capacity);
+        self.set(self.level + estimated as f64 - actual as f64);
+    }
+
+    /// Gives back `n` units of an earlier take (never above the capacity).
+    pub fn refund(&mut self, n: u64, now: Instant) {
+        self.refill(now);
+        self.set(self.level + n as f64);
     }
 
     /// Brings the level down to what the provider reports remaining (never up).
     pub fn sync_remaining(&mut self, remaining: u64, now: Instant) {
         self.refill(now);
-        self.level = self.level.min(remaining as f64);
+        self.set(self.level.min(remaining as f64));
     }
 
     /// The limit per minute.
@@ -143,6 +160,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_largest_usage_leaves_one_minute_of_debt_at_most() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::per_minute(100_000, t0);
+        b.try_take(1000, t0).unwrap();
+        b.reconcile(1000, u64::MAX, t0);
+        assert_eq!(b.available(t0), -100_000.0);
+        let two_minutes =
+            |d: Duration| d.abs_diff(Duration::from_secs(120)) < Duration::from_millis(1);
+        assert!(two_minutes(b.until_full(t0)));
+        let wait = b.wait_for(100_000, t0).unwrap();
+        assert!(
+            two_minutes(wait),
+            "two minutes, not 350,000 years: {wait:?}"
+        );
+        assert!(t0.checked_add(wait).is_some());
+        b.reconcile(u64::MAX, 0, t0);
+        assert_eq!(b.available(t0), 100_000.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refund_gives_back_at_most_up_to_the_capacity() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::per_minute(600, t0);
+        b.try_take(500, t0).unwrap();
+        b.refund(200, t0);
+        assert_eq!(b.available(t0), 300.0);
+        b.refund(u64::MAX, t0);
+        assert_eq!(b.available(t0), 600.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_limit_passes_nothing_and_never_panics() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::per_minute(0, t0);
+        assert_eq!(b.try_take(1, t0), Err(None));
+        assert_eq!(b.until_full(t0), Duration::ZERO);
+        b.reconcile(0, u64::MAX, t0);
+        b.refund(u64::MAX, t0);
+        assert_eq!(b.available(t0 + Duration::from_secs(60)), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn provider_headers_only_bring_the_level_down() {
         let t0 = Instant::now();
         let mut b = TokenBucket::per_minute(100, t0);
@@ -158,5 +217,79 @@ mod tests {
         let mut b = TokenBucket::per_minute(60, t0);
         b.try_take(30, t0).unwrap();
         assert_eq!(b.until_full(t0), Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Take(u64),
+        Refund(u64),
+        Reconcile(u64, u64),
+        Sync(u64),
+        Advance(u64),
+    }
+
+    /// Counts from small ones to the wrapping edges of `u64`.
+    fn count() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0..2_000u64,
+            any::<u64>(),
+            Just(u64::MAX),
+            Just(1 << 53),
+            Just(i64::MAX as u64 + 1),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            count().prop_map(Op::Take),
+            count().prop_map(Op::Refund),
+            (count(), count()).prop_map(|(e, a)| Op::Reconcile(e, a)),
+            count().prop_map(Op::Sync),
+            (0..200_000u64).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Whatever is taken, refunded, reported or synced, the level stays within
+        /// `-capacity ..= capacity`, and any take that fits the limit waits at most two minutes.
+        #[test]
+        fn any_sequence_stays_within_the_capacity(
+            per_minute in prop_oneof![0..100u64, any::<u32>().prop_map(u64::from)],
+            ops in proptest::collection::vec(op(), 0..40),
+        ) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut b = TokenBucket::per_minute(per_minute, t0);
+            let cap = per_minute as f64;
+            for op in ops {
+                match op {
+                    Op::Take(n) => {
+                        let taken = b.try_take(n, now);
+                        if n > per_minute {
+                            prop_assert_eq!(taken, Err(None));
+                        }
+                    }
+                    Op::Refund(n) => b.refund(n, now),
+                    Op::Reconcile(e, a) => b.reconcile(e, a, now),
+                    Op::Sync(r) => b.sync_remaining(r, now),
+                    Op::Advance(ms) => now += Duration::from_millis(ms),
+                }
+                let level = b.available(now);
+                prop_assert!((-cap..=cap).contains(&level), "level {} of {}", level, cap);
+                // Two minutes, give or take the rounding of a division.
+                let longest = Duration::from_secs(120) + Duration::from_millis(1);
+                let full = b.until_full(now);
+                prop_assert!(full <= longest, "full in {:?}", full);
+                let wait = b.wait_for(per_minute, now);
+                prop_assert!(wait.is_some_and(|w| w <= longest), "{:?}", wait);
+                prop_assert!(now.checked_add(full).is_some());
+            }
+        }
     }
 }

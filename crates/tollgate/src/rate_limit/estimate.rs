@@ -7,6 +7,7 @@
 //! configured default. A byte-based count is within a few percent of a tokenizer for English
 //! and costs nothing to load; `reconcile` removes the error once `usage` arrives.
 
+use super::MAX_TOKENS;
 use crate::endpoint::Endpoint;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -65,6 +66,14 @@ fn content_tokens(raw: &RawValue) -> u64 {
             _ => text_tokens(p.get("text").and_then(|t| t.as_str()).map_or(0, str::len)),
         })
         .sum()
+}
+
+/// The tokens a request is charged up front: prompt estimate plus completion allowance,
+/// saturating, and at most [`MAX_TOKENS`] (a `max_tokens` of 2^64 - 1 neither wraps nor
+/// turns negative in a store; it is simply larger than any limit).
+pub fn total(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> u64 {
+    let (prompt, completion) = estimate(body, endpoint, default_max_tokens);
+    prompt.saturating_add(completion).min(MAX_TOKENS)
 }
 
 /// (prompt estimate, completion allowance) for a request body.
@@ -138,6 +147,24 @@ mod tests {
             ),
             (3, 0)
         );
+    }
+
+    #[test]
+    fn the_largest_allowances_are_clamped_not_wrapped() {
+        for max in [u64::MAX, i64::MAX as u64 + 1, 1 << 53] {
+            let body = format!(r#"{{"model":"m","messages":[],"max_tokens":{max}}}"#);
+            assert_eq!(
+                estimate(body.as_bytes(), Endpoint::ChatCompletions, 7).1,
+                max
+            );
+            assert_eq!(
+                total(body.as_bytes(), Endpoint::ChatCompletions, 7),
+                MAX_TOKENS,
+                "{max}"
+            );
+        }
+        let small = br#"{"model":"m","messages":[],"max_tokens":10}"#;
+        assert_eq!(total(small, Endpoint::ChatCompletions, 7), 3 + 10);
     }
 
     #[test]

@@ -129,6 +129,24 @@ impl MemoryStore {
         });
     }
 
+    pub(super) fn refund(
+        &self,
+        id: &str,
+        limits: Limits,
+        requests: u64,
+        tokens: u64,
+        now: Instant,
+    ) {
+        self.with(id, limits, now, |pair| {
+            if let Some(b) = pair.requests.as_mut() {
+                b.refund(requests, now);
+            }
+            if let Some(b) = pair.tokens.as_mut() {
+                b.refund(tokens, now);
+            }
+        });
+    }
+
     pub(super) fn sync(
         &self,
         id: &str,

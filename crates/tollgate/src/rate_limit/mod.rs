@@ -1,9 +1,14 @@
 //! RPM/TPM limits for clients and upstream keys: token buckets in this process (`memory`) or
 //! in Redis shared by replicas (`redis`), with a local fallback while Redis is unreachable.
 //!
-//! A take is all-or-nothing over the request bucket (1) and the token bucket (the estimate);
-//! `reconcile` corrects the token bucket once real usage is known; `sync` lowers a key's
-//! buckets to what the provider's `x-ratelimit-remaining-*` headers report.
+//! A take is all-or-nothing over the request bucket (1) and the token bucket (the estimate),
+//! and answers the [`Charge`] it made; `refund` gives a charge (or its tokens) back when what
+//! it paid for never happened; `reconcile` corrects the token bucket once real usage is
+//! known; `sync` lowers a key's buckets to what the provider's `x-ratelimit-remaining-*`
+//! headers report.
+//!
+//! Every count is clamped to [`MAX_TOKENS`] on its way in, so no number a client or an
+//! upstream sends can wrap, turn negative in the Redis script, or stop being exact.
 
 pub mod bucket;
 pub mod estimate;
@@ -17,6 +22,11 @@ use redis_store::RedisStore;
 pub use redis_store::SharedHealth;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The largest token count the stores hold exactly: 2^53, where `f64` (and so Lua's numbers
+/// in the Redis script) stop counting one by one. Estimates, usage and provider headers are
+/// clamped to it; every configurable limit (`u32`) is far below it.
+pub const MAX_TOKENS: u64 = 1 << 53;
 
 /// The limits of one bucket pair (either may be absent).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,6 +101,63 @@ pub struct Levels {
     pub tokens: Option<Level>,
 }
 
+/// What one successful take charged, and where: all that a refund may give back. Not `Clone`:
+/// a charge is refunded at most once.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Charge {
+    requests: u64,
+    tokens: u64,
+    /// Charged in Redis (else in this process's buckets).
+    shared: bool,
+}
+
+impl Charge {
+    /// The same charge without its request: what a failed upstream attempt gets back (the
+    /// provider counts unsuccessful requests against its per-minute limit too).
+    pub fn tokens_only(self) -> Charge {
+        Charge {
+            requests: 0,
+            ..self
+        }
+    }
+
+    /// Tokens charged.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    fn is_empty(&self) -> bool {
+        self.requests == 0 && self.tokens == 0
+    }
+}
+
+/// A successful take: the levels after it and what it charged.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// Levels after the take, for `x-ratelimit-*` headers.
+    pub levels: Levels,
+    /// What was taken.
+    pub charge: Charge,
+}
+
+impl Levels {
+    /// The levels as they are once `charge` is given back, for headers that do not
+    /// understate what is left after a refund.
+    pub fn refunded(mut self, charge: &Charge) -> Levels {
+        let give = |level: &mut Option<Level>, n: u64| {
+            if let Some(l) = level.as_mut().filter(|l| l.limit > 0) {
+                l.remaining = l.remaining.saturating_add(n).min(l.limit);
+                // n units given back are n units the refill no longer has to make up.
+                let sooner = Duration::try_from_secs_f64(n as f64 * 60.0 / l.limit as f64);
+                l.reset = l.reset.saturating_sub(sooner.unwrap_or(Duration::MAX));
+            }
+        };
+        give(&mut self.requests, charge.requests);
+        give(&mut self.tokens, charge.tokens);
+        self
+    }
+}
+
 /// The limiter: memory, or Redis with a memory fallback.
 #[derive(Debug)]
 pub struct Limiter {
@@ -119,22 +186,66 @@ impl Limiter {
         }
     }
 
-    /// Takes one request and `tokens` tokens from bucket pair `id`.
-    pub async fn take(&self, id: &str, limits: Limits, tokens: u64) -> Result<Levels, Refused> {
+    /// Takes one request and `tokens` tokens (at most [`MAX_TOKENS`]) from bucket pair `id`.
+    pub async fn take(&self, id: &str, limits: Limits, tokens: u64) -> Result<Taken, Refused> {
         if limits.is_none() {
-            return Ok(Levels::default());
+            return Ok(Taken::default());
         }
+        let tokens = tokens.min(MAX_TOKENS);
+        let charge = |shared| Charge {
+            requests: u64::from(limits.rpm.is_some()),
+            tokens: if limits.tpm.is_some() { tokens } else { 0 },
+            shared,
+        };
         if let Some(redis) = &self.redis {
             if let Some(result) = redis.take(id, limits, tokens).await {
-                return result;
+                return result.map(|levels| Taken {
+                    levels,
+                    charge: charge(true),
+                });
             }
         }
-        self.local.take(
+        let levels = self.local.take(
             id,
             self.degraded_limits(limits),
             tokens,
             tokio::time::Instant::now(),
-        )
+        )?;
+        Ok(Taken {
+            levels,
+            charge: charge(false),
+        })
+    }
+
+    /// Gives `charge` back to bucket pair `id`, in the store that took it (never above the
+    /// limits). A shared charge is not refunded while Redis cannot be reached: the local
+    /// buckets never paid it.
+    pub async fn refund(&self, id: &str, limits: Limits, charge: Charge) {
+        if charge.is_empty() {
+            return;
+        }
+        if charge.shared {
+            if let Some(redis) = &self.redis {
+                if !redis
+                    .refund(id, limits, charge.requests, charge.tokens)
+                    .await
+                {
+                    tracing::debug!(
+                        bucket = id,
+                        tokens = charge.tokens,
+                        "refund lost: redis unreachable"
+                    );
+                }
+            }
+            return;
+        }
+        self.local.refund(
+            id,
+            self.degraded_limits(limits),
+            charge.requests,
+            charge.tokens,
+            tokio::time::Instant::now(),
+        );
     }
 
     /// Current levels of a local bucket pair, without taking anything (`None` with Redis or no limit).
@@ -158,6 +269,7 @@ impl Limiter {
     /// `reconcile` for the memory backend, without awaiting (a no-op with Redis).
     pub fn reconcile_local(&self, id: &str, limits: Limits, estimated: u64, actual: u64) {
         if self.redis.is_none() && limits.tpm.is_some() {
+            let (estimated, actual) = (estimated.min(MAX_TOKENS), actual.min(MAX_TOKENS));
             self.local
                 .reconcile(id, limits, estimated, actual, tokio::time::Instant::now());
         }
@@ -165,10 +277,12 @@ impl Limiter {
 
     /// Corrects the token bucket by real usage: refunds `estimated - actual` (or charges).
     pub async fn reconcile(&self, id: &str, limits: Limits, estimated: u64, actual: u64) {
+        let (estimated, actual) = (estimated.min(MAX_TOKENS), actual.min(MAX_TOKENS));
         if limits.tpm.is_none() || estimated == actual {
             return;
         }
         if let Some(redis) = &self.redis {
+            // Both at most 2^53: the difference fits an i64 either way.
             if redis
                 .adjust(id, limits, estimated as i64 - actual as i64)
                 .await
@@ -187,8 +301,12 @@ impl Limiter {
 
     /// Lowers the buckets to the provider's reported remaining requests/tokens.
     pub async fn sync(&self, id: &str, limits: Limits, requests: Option<u64>, tokens: Option<u64>) {
-        let requests = requests.filter(|_| limits.rpm.is_some());
-        let tokens = tokens.filter(|_| limits.tpm.is_some());
+        let requests = requests
+            .filter(|_| limits.rpm.is_some())
+            .map(|r| r.min(MAX_TOKENS));
+        let tokens = tokens
+            .filter(|_| limits.tpm.is_some())
+            .map(|t| t.min(MAX_TOKENS));
         if requests.is_none() && tokens.is_none() {
             return;
         }

@@ -4,7 +4,7 @@
 //! to local buckets, a warning is logged once per outage, the gauge shows it, and Redis is
 //! tried again at most once a second until it answers.
 
-use super::{Dimension, Level, Levels, Limits, Refused};
+use super::{Dimension, Level, Levels, Limits, Refused, MAX_TOKENS};
 use crate::config::StateSettings;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
@@ -14,21 +14,32 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+// Every level is kept within -cap ..= cap (at most one minute of debt), on load too, so a
+// level stored by an older gateway cannot lock a bucket; counts arrive as integers 0 ..= 2^53
+// (deltas within ±2^53), which Lua's numbers hold exactly.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local mode = ARGV[1]
 local rpm = tonumber(ARGV[2])
 local tpm = tonumber(ARGV[3])
+local function clamp(level, cap)
+  if level ~= level or level > cap then return cap end
+  if level < -cap then return -cap end
+  return level
+end
+local function count(i)
+  local n = tonumber(ARGV[i]) or 0
+  if n < 0 then n = 0 end
+  return n
+end
 local function load(key, cap)
   local v = redis.call('HMGET', key, 'l', 't')
   local level = tonumber(v[1])
   if level == nil then return cap end
-  local elapsed = now - tonumber(v[2])
+  local elapsed = now - (tonumber(v[2]) or now)
   if elapsed < 0 then elapsed = 0 end
-  level = level + elapsed * cap / 60000
-  if level > cap then level = cap end
-  return level
+  return clamp(level + elapsed * cap / 60000, cap)
 end
 local function save(key, level)
   redis.call('HSET', key, 'l', tostring(level), 't', now)
@@ -39,7 +50,7 @@ local k = nil
 if rpm > 0 then r = load(KEYS[1], rpm) end
 if tpm > 0 then k = load(KEYS[2], tpm) end
 if mode == 'take' then
-  local n = tonumber(ARGV[4])
+  local n = count(4)
   local rw, kw = 0, 0
   if r and r < 1 then rw = math.ceil((1 - r) * 60000 / rpm) end
   if k then
@@ -53,11 +64,11 @@ if mode == 'take' then
   if k then kk = math.floor(math.max(k, 0)) end
   return {1, rr, kk}
 elseif mode == 'adjust' then
-  if k then
-    k = k + tonumber(ARGV[4])
-    if k > tpm then k = tpm end
-    save(KEYS[2], k)
-  end
+  if k then save(KEYS[2], clamp(k + (tonumber(ARGV[4]) or 0), tpm)) end
+  return {1}
+elseif mode == 'refund' then
+  if r then save(KEYS[1], clamp(r + count(4), rpm)) end
+  if k then save(KEYS[2], clamp(k + count(5), tpm)) end
   return {1}
 else
   local rr = tonumber(ARGV[4])
@@ -200,7 +211,7 @@ impl RedisStore {
     ) -> Option<Result<Levels, Refused>> {
         let rpm = i64::from(limits.rpm.unwrap_or(0));
         let tpm = i64::from(limits.tpm.unwrap_or(0));
-        let v = self.run(id, &[rpm, tpm, tokens as i64], "take").await?;
+        let v = self.run(id, &[rpm, tpm, count(tokens)], "take").await?;
         let wait = |ms: i64| (ms >= 0).then(|| Duration::from_millis(ms as u64));
         let level = |cap: i64, remaining: i64| {
             (cap > 0 && remaining >= 0).then(|| Level {
@@ -226,14 +237,33 @@ impl RedisStore {
         })
     }
 
-    /// Adds `delta` tokens (negative charges); `false` when Redis could not answer.
+    /// Adds `delta` tokens (negative charges; within ±2^53); `false` when Redis could not answer.
     pub(super) async fn adjust(&self, id: &str, limits: Limits, delta: i64) -> bool {
+        let bound = MAX_TOKENS as i64;
         let args = [
             i64::from(limits.rpm.unwrap_or(0)),
             i64::from(limits.tpm.unwrap_or(0)),
-            delta,
+            delta.clamp(-bound, bound),
         ];
         self.run(id, &args, "adjust").await.is_some()
+    }
+
+    /// Gives back requests and tokens an earlier take charged (never above the limits);
+    /// `false` when Redis could not answer.
+    pub(super) async fn refund(
+        &self,
+        id: &str,
+        limits: Limits,
+        requests: u64,
+        tokens: u64,
+    ) -> bool {
+        let args = [
+            i64::from(limits.rpm.unwrap_or(0)),
+            i64::from(limits.tpm.unwrap_or(0)),
+            count(requests),
+            count(tokens),
+        ];
+        self.run(id, &args, "refund").await.is_some()
     }
 
     /// Lowers levels to reported remaining values; `false` when Redis could not answer.
@@ -244,7 +274,7 @@ impl RedisStore {
         requests: Option<u64>,
         tokens: Option<u64>,
     ) -> bool {
-        let known = |v: Option<u64>| v.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
+        let known = |v: Option<u64>| v.map_or(-1, count);
         let args = [
             i64::from(limits.rpm.unwrap_or(0)),
             i64::from(limits.tpm.unwrap_or(0)),
@@ -253,6 +283,11 @@ impl RedisStore {
         ];
         self.run(id, &args, "sync").await.is_some()
     }
+}
+
+/// A count as a script argument: 0 ..= 2^53, exact in Lua, never negative.
+fn count(n: u64) -> i64 {
+    n.min(MAX_TOKENS) as i64
 }
 
 /// What one replica tells the others about a key.

@@ -20,7 +20,7 @@ async fn requests_bucket_refuses_the_61st_request_with_its_wait() {
         tpm: None,
     };
     for i in 0..60 {
-        let levels = l.take("c", limits, 0).await.unwrap();
+        let levels = l.take("c", limits, 0).await.unwrap().levels;
         assert_eq!(levels.requests.unwrap().remaining, 59 - i);
     }
     let refused = l.take("c", limits, 0).await.unwrap_err();
@@ -59,7 +59,7 @@ async fn take_is_all_or_nothing() {
             wait: Some(Duration::from_secs(10))
         }
     );
-    let levels = l.take("c", limits, 100).await.unwrap();
+    let levels = l.take("c", limits, 100).await.unwrap().levels;
     assert_eq!(
         levels.requests.unwrap().remaining,
         8,
@@ -77,12 +77,80 @@ async fn reconcile_refunds_the_estimate_and_sync_lowers_levels() {
     };
     l.take("k", limits, 800).await.unwrap();
     l.reconcile("k", limits, 800, 100).await;
-    let levels = l.take("k", limits, 0).await.unwrap();
+    let levels = l.take("k", limits, 0).await.unwrap().levels;
     assert_eq!(levels.tokens.unwrap().remaining, 900);
     l.sync("k", limits, Some(3), Some(50)).await;
-    let levels = l.take("k", limits, 0).await.unwrap();
+    let levels = l.take("k", limits, 0).await.unwrap().levels;
     assert_eq!(levels.requests.unwrap().remaining, 2);
     assert_eq!(levels.tokens.unwrap().remaining, 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refund_gives_back_what_the_take_charged_and_no_more() {
+    let l = memory();
+    let limits = Limits {
+        rpm: Some(10),
+        tpm: Some(1000),
+    };
+    let first = l.take("k", limits, 400).await.unwrap();
+    assert_eq!(first.charge.tokens(), 400);
+    let second = l.take("k", limits, 300).await.unwrap();
+    assert_eq!(second.levels.tokens.unwrap().remaining, 300);
+    l.refund("k", limits, second.charge.tokens_only()).await;
+    let levels = l.take("k", limits, 0).await.unwrap().levels;
+    assert_eq!(levels.tokens.unwrap().remaining, 600);
+    assert_eq!(
+        levels.requests.unwrap().remaining,
+        7,
+        "a tokens-only refund keeps the request"
+    );
+    l.refund("k", limits, first.charge).await;
+    let levels = l.take("k", limits, 0).await.unwrap().levels;
+    assert_eq!(levels.tokens.unwrap().remaining, 1000);
+    assert_eq!(
+        levels.requests.unwrap().remaining,
+        7,
+        "6 taken, 1 given back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unlimited_pair_charges_nothing() {
+    let l = memory();
+    let taken = l.take("k", Limits::default(), 500).await.unwrap();
+    assert_eq!(taken, Taken::default());
+    let rpm_only = Limits {
+        rpm: Some(5),
+        tpm: None,
+    };
+    let taken = l.take("k", rpm_only, 500).await.unwrap();
+    assert_eq!(taken.charge.tokens(), 0, "no token bucket, no token charge");
+}
+
+#[tokio::test(start_paused = true)]
+async fn numbers_beyond_the_stores_are_clamped() {
+    let l = memory();
+    let limits = Limits {
+        rpm: None,
+        tpm: Some(100_000),
+    };
+    let refused = l.take("c", limits, u64::MAX).await.unwrap_err();
+    assert_eq!(refused.wait, None, "larger than the limit: never");
+    let taken = l.take("c", limits, 1000).await.unwrap();
+    l.reconcile("c", limits, 1000, u64::MAX).await;
+    let refused = l.take("c", limits, 1).await.unwrap_err();
+    let wait = refused.wait.unwrap();
+    assert!(
+        wait <= Duration::from_secs(61),
+        "one minute of debt at most: {wait:?}"
+    );
+    assert!(tokio::time::Instant::now().checked_add(wait).is_some());
+    tokio::time::advance(wait + Duration::from_millis(1)).await;
+    assert!(l.take("c", limits, 1).await.is_ok());
+    l.refund("c", limits, taken.charge).await;
+    l.reconcile("c", limits, u64::MAX, 0).await;
+    let levels = l.take("c", limits, 0).await.unwrap().levels;
+    assert_eq!(levels.tokens.unwrap().remaining, 100_000);
 }
 
 #[test]
