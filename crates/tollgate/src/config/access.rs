@@ -138,8 +138,8 @@ pub(super) fn validate_clients(
             ClientSettings {
                 name: c.name.clone(),
                 key_sha256: digest,
-                rpm: c.rpm,
-                tpm: c.tpm,
+                rpm: p.per_minute(&format!("{path}.rpm"), c.rpm),
+                tpm: p.per_minute(&format!("{path}.tpm"), c.tpm),
                 max_concurrent: c.max_concurrent,
                 models: c.models.clone(),
             }

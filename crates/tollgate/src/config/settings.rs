@@ -208,6 +208,15 @@ impl Problems {
         })
     }
 
+    /// An RPM or TPM limit: absent means none, zero is refused (it would refuse everything
+    /// in one store and nothing in the other).
+    pub(super) fn per_minute(&mut self, path: &str, limit: Option<u32>) -> Option<u32> {
+        if limit == Some(0) {
+            self.push(path, "must be at least 1 (leave it out for no limit)");
+        }
+        limit
+    }
+
     fn addr(&mut self, path: &str, raw: &str) -> SocketAddr {
         raw.parse().unwrap_or_else(|_| {
             self.push(
@@ -292,6 +301,18 @@ impl Config {
             p.push(
                 "retry.eject_duration",
                 "must not be longer than retry.eject_max",
+            );
+        }
+        if retry.base_delay > retry.max_delay {
+            p.push(
+                "retry.base_delay",
+                "must not be longer than retry.max_delay",
+            );
+        }
+        if retry.cooldown_default > retry.cooldown_max {
+            p.push(
+                "retry.cooldown_default",
+                "must not be longer than retry.cooldown_max",
             );
         }
         if retry.max_attempts == 0 {
@@ -435,8 +456,8 @@ impl Config {
                         id: kc.id.clone(),
                         secret,
                         weight: kc.weight.unwrap_or(1).max(1),
-                        rpm: kc.rpm,
-                        tpm: kc.tpm,
+                        rpm: p.per_minute(&format!("{kpath}.rpm"), kc.rpm),
+                        tpm: p.per_minute(&format!("{kpath}.tpm"), kc.tpm),
                     }
                 })
                 .collect();

@@ -160,6 +160,54 @@ fn every_problem_is_reported_with_its_path() {
 }
 
 #[test]
+fn limits_that_refuse_everything_or_contradict_each_other_are_refused() {
+    let toml = r#"
+        [retry]
+        base_delay = "30s"
+        max_delay = "20s"
+        cooldown_default = "10m"
+        cooldown_max = "5m"
+        [[providers]]
+        name = "p"
+        base_url = "http://p/v1"
+        keys = [{ id = "a", secret = "sk", rpm = 0 }, { id = "b", secret = "sk", rpm = 1, tpm = 0 }]
+        [[clients]]
+        name = "c"
+        key = "tg-c"
+        rpm = 0
+        tpm = 0
+    "#;
+    let problems = Config::from_toml(toml)
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap_err()
+        .problems;
+    let zero = "must be at least 1 (leave it out for no limit)";
+    let expected = [
+        "retry.base_delay: must not be longer than retry.max_delay".to_owned(),
+        "retry.cooldown_default: must not be longer than retry.cooldown_max".to_owned(),
+        format!("clients[0].rpm: {zero}"),
+        format!("clients[0].tpm: {zero}"),
+        format!("providers[0].keys[0].rpm: {zero}"),
+        format!("providers[0].keys[1].tpm: {zero}"),
+    ];
+    assert_eq!(problems, expected);
+    let fixed = toml
+        .replace("\"30s\"", "\"20s\"")
+        .replace("\"10m\"", "\"5m\"")
+        .replace("= 0", "= 1");
+    let settings = Config::from_toml(&fixed)
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap();
+    assert_eq!(
+        settings.retry.base_delay, settings.retry.max_delay,
+        "equal is fine"
+    );
+    assert_eq!(settings.providers[0].keys[1].tpm, Some(1));
+}
+
+#[test]
 fn resolved_config_never_shows_secrets() {
     Jail::expect_with(|jail| {
         jail.set_env("OPENAI_API_KEY", "sk-very-secret");
