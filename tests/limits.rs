@@ -391,3 +391,84 @@ async fn one_replicas_429_cools_the_key_for_the_others() {
         "replica b sent nothing to the cooling key"
     );
 }
+
+/// A chat completion whose usage claims `total_tokens`.
+fn impossible_usage(total_tokens: u64) -> mock_upstream::Fault {
+    mock_upstream::Fault::Status {
+        status: 200,
+        body: json!({
+            "id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": total_tokens},
+        })
+        .to_string(),
+        headers: Vec::new(),
+    }
+}
+
+/// Absurd numbers from an upstream or a client: the client's and the key's buckets stay
+/// usable, and a `max_tokens` no bucket can count gets OpenAI's 400 without being forwarded.
+async fn numbers_beyond_any_limit(state: &str) {
+    let m = mock().await;
+    let toml = format!(
+        "{state}[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"{}\"\ndefault = true\nkeys = [{{ id = \"k1\", secret = \"sk-k1\", tpm = 10000 }}]\n{}",
+        m.base_url(),
+        client("c", "tg-c", "tpm = 10000")
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    let c = reqwest::Client::new();
+    let small = json!({"model": "gpt-4o-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
+    // 2^64 - 1 wrapped to -1 on its way to Redis; 2^63 - 1 did not, and charged 9e18 there.
+    m.script(
+        "sk-k1",
+        [
+            impossible_usage(u64::MAX),
+            impossible_usage(i64::MAX as u64),
+        ],
+    );
+    for i in 0..5 {
+        let r = post(&c, &gw, "tg-c", &small).await;
+        assert_eq!(r.status(), 200, "request {i}: {}", r.text().await.unwrap());
+        r.text().await.unwrap();
+    }
+    assert_eq!(m.requests().len(), 5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gw.logs().matches("implausible usage ignored").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning for the implausible usages"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for max_tokens in [u64::MAX, 1 << 63] {
+        let huge = json!({"model": "gpt-4o-mini", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]});
+        let r = post(&c, &gw, "tg-c", &huge).await;
+        assert_eq!(r.status(), 400, "max_tokens {max_tokens}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "integer_above_max_value");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "max_tokens");
+    }
+    assert_eq!(m.requests().len(), 5, "nothing was forwarded");
+    assert_eq!(post(&c, &gw, "tg-c", &small).await.status(), 200);
+}
+
+#[tokio::test]
+async fn absurd_usage_and_max_tokens_leave_memory_buckets_usable() {
+    numbers_beyond_any_limit("").await;
+}
+
+#[tokio::test]
+async fn absurd_usage_and_max_tokens_leave_redis_buckets_usable() {
+    let Some(redis) =
+        RedisServer::start("absurd_usage_and_max_tokens_leave_redis_buckets_usable").await
+    else {
+        return;
+    };
+    let state = format!(
+        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"200ms\"\nkey_prefix = \"e2e-numbers{}\"\n",
+        redis.url(),
+        redis.port
+    );
+    numbers_beyond_any_limit(&state).await;
+}

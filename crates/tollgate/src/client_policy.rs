@@ -11,7 +11,7 @@ use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::rate_limit::estimate;
-use crate::rate_limit::{Charge, Levels, Limiter, Limits, Taken};
+use crate::rate_limit::{Charge, Levels, Limiter, Limits, Taken, MAX_TOKENS};
 use crate::request::{Answer, GatewayRequest, Served};
 use crate::units::format_go_duration;
 use axum::body::Body;
@@ -195,7 +195,12 @@ impl LimitShared {
                 tpm: c.settings.tpm,
             });
         if limits.tpm.is_some() || self.keys_have_tpm {
-            req.tokens = estimate::total(&req.body, req.endpoint, self.default_max_tokens);
+            req.tokens = estimate::total(&req.body, req.endpoint, self.default_max_tokens)
+                .map_err(|e| GatewayError::IntegerAboveMax {
+                    param: e.param,
+                    value: e.value,
+                    max: MAX_TOKENS,
+                })?;
             let streams_usage = matches!(
                 req.endpoint,
                 Endpoint::ChatCompletions | Endpoint::Completions

@@ -21,6 +21,16 @@ pub enum GatewayError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A token count larger than the gateway's buckets can count (OpenAI's wording).
+    #[error("Invalid '{param}': integer above maximum value. Expected a value <= {max}, but got {value} instead.")]
+    IntegerAboveMax {
+        /// The request field.
+        param: &'static str,
+        /// Its value.
+        value: u64,
+        /// The largest accepted.
+        max: u64,
+    },
     /// No route for the model and no default provider.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
@@ -104,6 +114,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_)
             | GatewayError::MissingModel
+            | GatewayError::IntegerAboveMax { .. }
             | GatewayError::EndpointUnsupported { .. } => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::ModelNotFound(_) | GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -125,6 +136,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_)
             | GatewayError::MissingModel
+            | GatewayError::IntegerAboveMax { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound { .. }
@@ -148,6 +160,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_) => None,
             GatewayError::MissingModel => Some("missing_model"),
+            GatewayError::IntegerAboveMax { .. } => Some("integer_above_max_value"),
             GatewayError::BodyTooLarge { .. } => Some("request_too_large"),
             GatewayError::ModelNotFound(_) => Some("model_not_found"),
             GatewayError::NotFound { .. } => Some("unknown_url"),
@@ -171,6 +184,7 @@ impl GatewayError {
             | GatewayError::ModelNotFound(_)
             | GatewayError::ModelNotAllowed(_)
             | GatewayError::EndpointUnsupported { .. } => Some("model"),
+            GatewayError::IntegerAboveMax { param, .. } => Some(param),
             GatewayError::InvalidJson(_)
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::NotFound { .. }
@@ -190,6 +204,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_)
             | GatewayError::MissingModel
+            | GatewayError::IntegerAboveMax { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound { .. }
@@ -210,6 +225,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_) => "invalid_json",
             GatewayError::MissingModel => "missing_model",
+            GatewayError::IntegerAboveMax { .. } => "integer_above_max",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::NotFound { .. } => "not_found",

@@ -225,3 +225,50 @@ async fn a_request_whose_attempts_all_failed_gives_its_tokens_back() {
         "the request counted, its tokens came back"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_allowance_no_bucket_can_count_is_a_400_naming_its_field() {
+    let (with_client, _) = layer();
+    let (open, metrics) = layer();
+    // Open mode whose keys have TPM limits: the request is estimated all the same.
+    let open = ClientLimitLayer::new(
+        Arc::clone(&open.shared.limiter),
+        metrics,
+        true,
+        open.shared.default_max_tokens,
+    );
+    let unreachable = |_: GatewayRequest| -> std::future::Ready<Result<Answer, GatewayError>> {
+        panic!("an uncountable request is never forwarded")
+    };
+    let team = metered(10, 1000);
+    for (param, value) in [("max_tokens", u64::MAX), ("max_completion_tokens", 1 << 63)] {
+        let body = Bytes::from(format!(
+            r#"{{"model":"m","messages":[],"{param}":{value}}}"#
+        ));
+        let open_req = GatewayRequest::for_test(Method::POST, "chat/completions", body);
+        let mut client_req = open_req.clone();
+        client_req.client = Some(Arc::clone(&team));
+        for (svc, req) in [(&open, open_req), (&with_client, client_req)] {
+            let err = svc
+                .layer(service_fn(unreachable))
+                .oneshot(req)
+                .await
+                .unwrap_err();
+            let resp = err.to_response();
+            assert_eq!(resp.status(), 400);
+            assert_eq!(err.param(), Some(param));
+            assert_eq!(err.code(), Some("integer_above_max_value"));
+            assert!(err.to_string().contains(&value.to_string()), "{err}");
+        }
+    }
+    let answer = with_client
+        .layer(service_fn(ok))
+        .oneshot(estimated(&team))
+        .await
+        .unwrap();
+    assert_eq!(
+        remaining(&answer),
+        ("9", "397"),
+        "the refusals took nothing"
+    );
+}

@@ -68,12 +68,39 @@ fn content_tokens(raw: &RawValue) -> u64 {
         .sum()
 }
 
+/// A completion allowance larger than the buckets can count ([`MAX_TOKENS`]): no limit could
+/// ever pass it, and no model writes that much.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uncountable {
+    /// The request field that names it.
+    pub param: &'static str,
+    /// Its value.
+    pub value: u64,
+}
+
 /// The tokens a request is charged up front: prompt estimate plus completion allowance,
-/// saturating, and at most [`MAX_TOKENS`] (a `max_tokens` of 2^64 - 1 neither wraps nor
-/// turns negative in a store; it is simply larger than any limit).
-pub fn total(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> u64 {
+/// saturating, at most [`MAX_TOKENS`]; an allowance beyond that is refused, not wrapped.
+pub fn total(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> Result<u64, Uncountable> {
     let (prompt, completion) = estimate(body, endpoint, default_max_tokens);
-    prompt.saturating_add(completion).min(MAX_TOKENS)
+    if completion > MAX_TOKENS {
+        let param = serde_json::from_slice::<Body<'_>>(body)
+            .ok()
+            .and_then(|b| allowance(&b))
+            .map_or("max_tokens", |(param, _)| param);
+        return Err(Uncountable {
+            param,
+            value: completion,
+        });
+    }
+    Ok(prompt.saturating_add(completion).min(MAX_TOKENS))
+}
+
+/// The completion allowance the request names, and the field that names it.
+fn allowance(body: &Body<'_>) -> Option<(&'static str, u64)> {
+    let named = |param, value: Option<u64>| value.map(|v| (param, v));
+    named("max_completion_tokens", body.max_completion_tokens)
+        .or(named("max_tokens", body.max_tokens))
+        .or(named("max_output_tokens", body.max_output_tokens))
 }
 
 /// (prompt estimate, completion allowance) for a request body.
@@ -100,11 +127,9 @@ pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u6
             .map_or(text_tokens(body.len()), |p| text_tokens(p.get().len())),
     };
     let completion = match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses => parsed
-            .max_completion_tokens
-            .or(parsed.max_tokens)
-            .or(parsed.max_output_tokens)
-            .unwrap_or(u64::from(default_max_tokens)),
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses => {
+            allowance(&parsed).map_or(u64::from(default_max_tokens), |(_, v)| v)
+        }
         _ => 0,
     };
     (prompt, completion)
@@ -150,21 +175,26 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_allowances_are_clamped_not_wrapped() {
-        for max in [u64::MAX, i64::MAX as u64 + 1, 1 << 53] {
-            let body = format!(r#"{{"model":"m","messages":[],"max_tokens":{max}}}"#);
-            assert_eq!(
-                estimate(body.as_bytes(), Endpoint::ChatCompletions, 7).1,
-                max
-            );
+    fn allowances_beyond_what_buckets_count_are_refused_not_wrapped() {
+        for (param, max) in [
+            ("max_tokens", u64::MAX),
+            ("max_completion_tokens", i64::MAX as u64 + 1),
+            ("max_output_tokens", MAX_TOKENS + 1),
+        ] {
+            let body = format!(r#"{{"model":"m","messages":[],"{param}":{max}}}"#);
             assert_eq!(
                 total(body.as_bytes(), Endpoint::ChatCompletions, 7),
-                MAX_TOKENS,
-                "{max}"
+                Err(Uncountable { param, value: max })
             );
         }
+        let body = format!(r#"{{"model":"m","messages":[],"max_tokens":{MAX_TOKENS}}}"#);
+        assert_eq!(
+            total(body.as_bytes(), Endpoint::ChatCompletions, 7),
+            Ok(MAX_TOKENS),
+            "the prompt on top saturates"
+        );
         let small = br#"{"model":"m","messages":[],"max_tokens":10}"#;
-        assert_eq!(total(small, Endpoint::ChatCompletions, 7), 3 + 10);
+        assert_eq!(total(small, Endpoint::ChatCompletions, 7), Ok(3 + 10));
     }
 
     #[test]
