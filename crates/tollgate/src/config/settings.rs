@@ -190,6 +190,9 @@ impl Settings {
     }
 }
 
+/// The longest duration the config accepts (365 days).
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Collects problems while walking the config.
 pub(super) struct Problems(pub(super) Vec<String>);
 
@@ -199,13 +202,22 @@ impl Problems {
     }
 
     pub(super) fn duration(&mut self, path: &str, raw: &str) -> Duration {
-        parse_duration(raw).unwrap_or_else(|| {
-            self.push(
-                path,
-                format_args!("`{raw}` is not a duration (e.g. \"250ms\", \"30s\", \"10m\")"),
-            );
-            Duration::ZERO
-        })
+        match parse_duration(raw) {
+            // Every duration here is a timeout, an interval or a cap: none needs more than a
+            // year, and a far larger one overflows the clock it is added to.
+            Some(d) if d > LONGEST => {
+                self.push(path, format_args!("`{raw}` is longer than a year"));
+                Duration::ZERO
+            }
+            Some(d) => d,
+            None => {
+                self.push(
+                    path,
+                    format_args!("`{raw}` is not a duration (e.g. \"250ms\", \"30s\", \"10m\")"),
+                );
+                Duration::ZERO
+            }
+        }
     }
 
     /// An RPM or TPM limit: absent means none, zero is refused (it would refuse everything

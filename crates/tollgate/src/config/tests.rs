@@ -160,8 +160,10 @@ fn every_problem_is_reported_with_its_path() {
 }
 
 #[test]
-fn limits_that_refuse_everything_or_contradict_each_other_are_refused() {
+fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused() {
     let toml = r#"
+        [server]
+        request_timeout = "10000000000000000000s"
         [retry]
         base_delay = "30s"
         max_delay = "20s"
@@ -184,6 +186,7 @@ fn limits_that_refuse_everything_or_contradict_each_other_are_refused() {
         .problems;
     let zero = "must be at least 1 (leave it out for no limit)";
     let expected = [
+        "server.request_timeout: `10000000000000000000s` is longer than a year".to_owned(),
         "retry.base_delay: must not be longer than retry.max_delay".to_owned(),
         "retry.cooldown_default: must not be longer than retry.cooldown_max".to_owned(),
         format!("clients[0].rpm: {zero}"),
@@ -193,6 +196,7 @@ fn limits_that_refuse_everything_or_contradict_each_other_are_refused() {
     ];
     assert_eq!(problems, expected);
     let fixed = toml
+        .replace("10000000000000000000s", "8760h")
         .replace("\"30s\"", "\"20s\"")
         .replace("\"10m\"", "\"5m\"")
         .replace("= 0", "= 1");
