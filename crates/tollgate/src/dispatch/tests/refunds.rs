@@ -1,5 +1,5 @@
 //! What attempts cost the keys' buckets: a failed attempt gives its tokens back, an answer's
-//! implausible usage is ignored.
+//! implausible usage is ignored, and a request waits for refills at most `max_queue_wait` in all.
 
 use super::*;
 use http_body_util::BodyExt;
@@ -59,5 +59,37 @@ async fn an_answer_reporting_impossible_usage_does_not_drain_the_key() {
             rendered.contains(&series),
             "an implausible usage is not counted either: {series}"
         );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bucket_waits_are_bounded_in_total_per_request_by_max_queue_wait() {
+    let toml = |wait: &str| {
+        format!("[limits]\nmax_queue_wait = \"{wait}\"\n[retry]\nbase_delay = \"100ms\"\nmax_delay = \"1s\"\n[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\ndefault = true\nkeys = [{{ id = \"a\", secret = \"a\", rpm = 60 }}]\n")
+    };
+    for (wait, second_wait) in [("1500ms", false), ("5s", true)] {
+        let (d, fake, _) = setup(&toml(wait));
+        for _ in 0..60 {
+            d.dispatch(&chat()).await.unwrap();
+        }
+        // Waits ~1 s for a request, fails, then would need most of another second.
+        fake.script("a", [UNAVAILABLE]);
+        let start = Instant::now();
+        let status = match d.dispatch(&chat()).await {
+            Ok(answer) => answer.status.as_u16(),
+            Err(e) => e.status().as_u16(),
+        };
+        let took = Instant::now() - start;
+        assert_eq!(
+            fake.log().len(),
+            if second_wait { 62 } else { 61 },
+            "{wait}"
+        );
+        if second_wait {
+            assert_eq!(status, 200);
+        } else {
+            assert_ne!(status, 200);
+            assert!(took < Duration::from_millis(1500), "{wait}: {took:?}");
+        }
     }
 }
