@@ -44,6 +44,8 @@ pub(crate) struct Knobs {
     pub(crate) chunks: usize,
     pub(crate) chunk_delay: Duration,
     pub(crate) prompt_tokens: usize,
+    /// Report `u64::MAX` tokens in every usage object (`Fault::HugeUsage`).
+    pub(crate) huge_usage: bool,
 }
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -102,6 +104,7 @@ pub(crate) fn completion(body: &Bytes, knobs: &Knobs, kind: StreamKind) -> Answe
             chunks: knobs.chunks,
             include_usage,
             prompt_tokens: knobs.prompt_tokens,
+            huge_usage: knobs.huge_usage,
         };
         return Answer {
             status: StatusCode::OK,
@@ -131,7 +134,11 @@ pub(crate) fn completion(body: &Bytes, knobs: &Knobs, kind: StreamKind) -> Answe
         "created": created,
         "model": model,
         "choices": [choice],
-        "usage": sse::usage(knobs.prompt_tokens, knobs.chunks),
+        "usage": if knobs.huge_usage {
+            sse::huge_usage()
+        } else {
+            sse::usage(knobs.prompt_tokens, knobs.chunks)
+        },
     });
     Answer::json(StatusCode::OK, &value)
 }
@@ -161,7 +168,11 @@ pub(crate) fn embeddings(body: &Bytes, knobs: &Knobs) -> Answer {
         "object": "list",
         "data": data,
         "model": model_of(&request),
-        "usage": { "prompt_tokens": knobs.prompt_tokens, "total_tokens": knobs.prompt_tokens },
+        "usage": if knobs.huge_usage {
+            json!({ "prompt_tokens": u64::MAX, "total_tokens": u64::MAX })
+        } else {
+            json!({ "prompt_tokens": knobs.prompt_tokens, "total_tokens": knobs.prompt_tokens })
+        },
     });
     Answer::json(StatusCode::OK, &value)
 }
@@ -198,6 +209,7 @@ mod tests {
             chunks: 1,
             chunk_delay: Duration::ZERO,
             prompt_tokens: 1,
+            huge_usage: false,
         };
         let count = |body: &str| {
             let answer = embeddings(&Bytes::from(body.to_owned()), &knobs);

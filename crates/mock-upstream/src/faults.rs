@@ -6,6 +6,10 @@
 //!    "always" fault set with `MockHandle::script_always`;
 //! 2. the `x-mock-fault` request header (see [`parse_fault_header`]).
 //!
+//! A scripted fault may be conditional ([`Fault::Flaky`], [`Fault::StreamsOnly`]); [`choose`]
+//! resolves it for the request at hand, and a request it spares is answered as if nothing were
+//! scripted for its key.
+//!
 //! Everything here is pure so the precedence rules are testable without a socket.
 
 use std::collections::{HashMap, VecDeque};
@@ -40,6 +44,31 @@ pub enum Fault {
     /// Send the first body piece, then wait for `MockHandle::release_holds`
     /// before sending the rest.
     HoldAfterFirst,
+    /// Send nothing, not even headers, until `MockHandle::release_holds` (then answer
+    /// normally) or until the client hangs up: an upstream that took the request and went
+    /// silent.
+    Hang,
+    /// Answer normally, but every `usage` object reports 18446744073709551615 (`u64::MAX`)
+    /// prompt, completion and total tokens (chat and legacy completions, plain or streamed with
+    /// `include_usage`, and embeddings).
+    HugeUsage,
+    /// Compress the body with gzip and say `content-encoding: gzip`, as an upstream that ignores
+    /// `accept-encoding: identity` does: the inner fault's body (an error, a broken stream...),
+    /// or with `None` the normal answer. Streamed bodies are flushed piece by piece, so each
+    /// event can be decoded as it arrives.
+    Gzip(Option<Box<Fault>>),
+    /// The inner fault for requests asking for a stream (`"stream": true` in the body); other
+    /// requests are answered as if nothing were scripted.
+    StreamsOnly(Box<Fault>),
+    /// The inner fault for the `every`-th, `2·every`-th, ... request that reaches this fault for
+    /// its key (counted per key; `every = 0` never fails); the others are answered as if nothing
+    /// were scripted. A key failing one request in `every`, reproducibly.
+    Flaky {
+        /// One request in this many gets the fault.
+        every: u32,
+        /// What those requests get.
+        fault: Box<Fault>,
+    },
 }
 
 impl Fault {
@@ -62,6 +91,52 @@ impl Fault {
         Fault::status(429).with_header("retry-after", retry_after_secs.to_string())
     }
 
+    /// A 429 `rate_limit_exceeded` whose only wait is in its message, as OpenAI words it
+    /// ("... Please try again in 2s. Visit ..."), with no `retry-after` header. The wait is
+    /// written `20ms` below a second, else in seconds (`2s`, `1.5s`).
+    pub fn rate_limited_in_message(wait: Duration) -> Fault {
+        let message = format!(
+            "Rate limit reached for gpt-4o-mini in organization org-mock on requests per min \
+             (RPM): Limit 3, Used 3, Requested 1. Please try again in {}. Visit \
+             https://platform.openai.com/account/rate-limits to learn more.",
+            openai_wait(wait)
+        );
+        Fault::error(429, &message, "requests", Some("rate_limit_exceeded"))
+    }
+
+    /// An answer with `status` and an OpenAI error envelope of exactly these fields (e.g. a 403
+    /// `model_not_found`, or a 400 whose message speaks of quota).
+    pub fn error(status: u16, message: &str, kind: &str, code: Option<&str>) -> Fault {
+        Fault::Status {
+            status,
+            body: error_envelope(message, kind, code).to_string(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The normal answer, gzip-compressed (see [`Fault::Gzip`]).
+    pub fn gzip() -> Fault {
+        Fault::Gzip(None)
+    }
+
+    /// This fault with its body gzip-compressed (see [`Fault::Gzip`]).
+    pub fn gzipped(self) -> Fault {
+        Fault::Gzip(Some(Box::new(self)))
+    }
+
+    /// This fault for streaming requests only (see [`Fault::StreamsOnly`]).
+    pub fn streams_only(self) -> Fault {
+        Fault::StreamsOnly(Box::new(self))
+    }
+
+    /// This fault for one request in `every` (see [`Fault::Flaky`]).
+    pub fn flaky(self, every: u32) -> Fault {
+        Fault::Flaky {
+            every,
+            fault: Box::new(self),
+        }
+    }
+
     /// Adds a response header to a [`Fault::Status`]; other faults are returned
     /// unchanged because they answer with the normal headers.
     pub fn with_header(self, name: impl Into<String>, value: impl Into<String>) -> Fault {
@@ -80,6 +155,18 @@ impl Fault {
             }
             other => other,
         }
+    }
+}
+
+/// A wait as OpenAI's rate-limit messages write it: `20ms`, `2s`, `1.5s`.
+fn openai_wait(wait: Duration) -> String {
+    if wait < Duration::from_secs(1) {
+        format!("{}ms", wait.as_millis())
+    } else if wait.subsec_millis() == 0 {
+        format!("{}s", wait.as_secs())
+    } else {
+        let seconds = format!("{:.3}", wait.as_secs_f64());
+        format!("{}s", seconds.trim_end_matches('0'))
     }
 }
 
@@ -128,7 +215,8 @@ pub(crate) fn stream_error_body() -> Value {
 /// Parses an `x-mock-fault` header value.
 ///
 /// Accepted: `status=503`, `rate-limited=SECS` (429 with `retry-after`),
-/// `delay-ms=200`, `break-after=2`, `error-first`, `hold`.
+/// `try-again-in-ms=MS` (429 whose wait is only in its message), `delay-ms=200`,
+/// `break-after=2`, `error-first`, `hold`, `hang`, `huge-usage`, `gzip`.
 /// Returns a message naming the bad value otherwise.
 pub(crate) fn parse_fault_header(value: &str) -> Result<Fault, String> {
     let value = value.trim();
@@ -154,20 +242,29 @@ pub(crate) fn parse_fault_header(value: &str) -> Result<Fault, String> {
             let n = usize::try_from(number(arg)?).unwrap_or(usize::MAX);
             Ok(Fault::BreakAfter(n))
         }
+        "try-again-in-ms" => Ok(Fault::rate_limited_in_message(Duration::from_millis(
+            number(arg)?,
+        ))),
         "error-first" if arg.is_none() => Ok(Fault::StreamErrorFirst),
         "hold" if arg.is_none() => Ok(Fault::HoldAfterFirst),
+        "hang" if arg.is_none() => Ok(Fault::Hang),
+        "huge-usage" if arg.is_none() => Ok(Fault::HugeUsage),
+        "gzip" if arg.is_none() => Ok(Fault::gzip()),
         _ => Err(format!(
-            "unknown x-mock-fault `{value}` (expected status=N, rate-limited=S, delay-ms=N, \
-             break-after=N, error-first or hold)"
+            "unknown x-mock-fault `{value}` (expected status=N, rate-limited=S, \
+             try-again-in-ms=N, delay-ms=N, break-after=N, error-first, hold, hang, huge-usage \
+             or gzip)"
         )),
     }
 }
 
-/// Per-key scripted faults: a one-shot queue and a standing fault per key.
+/// Per-key scripted faults: a one-shot queue and a standing fault per key, and how many
+/// requests each key's [`Fault::Flaky`] has seen.
 #[derive(Debug, Default)]
 pub(crate) struct Scripts {
     queued: HashMap<String, VecDeque<Fault>>,
     always: HashMap<String, Fault>,
+    flaky_seen: HashMap<String, u64>,
 }
 
 impl Scripts {
@@ -188,6 +285,7 @@ impl Scripts {
     pub(crate) fn clear(&mut self) {
         self.queued.clear();
         self.always.clear();
+        self.flaky_seen.clear();
     }
 
     /// The fault for the next request carrying `key`: pops the queue first,
@@ -209,13 +307,23 @@ impl Scripts {
 
 /// Chooses the fault for one request: the script wins over the header; a
 /// malformed header becomes a 400 answer so typos in tests are loud.
+///
+/// A conditional script is resolved here (`streaming` says whether the request asks for a
+/// stream; it is only called when a [`Fault::StreamsOnly`] needs it); a request it spares falls
+/// through to the header, like a request with nothing scripted.
 pub(crate) fn choose(
     scripts: &mut Scripts,
     key: Option<&str>,
     header: Option<&str>,
+    streaming: impl Fn() -> bool,
 ) -> Option<Fault> {
-    if let Some(fault) = scripts.take(key) {
-        return Some(fault);
+    if let Some(key) = key {
+        if let Some(fault) = scripts.take(Some(key)) {
+            let seen = scripts.flaky_seen.entry(key.to_owned()).or_default();
+            if let Some(fault) = resolve(fault, seen, &streaming) {
+                return Some(fault);
+            }
+        }
     }
     let header = header?;
     Some(
@@ -227,116 +335,28 @@ pub(crate) fn choose(
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queued_faults_pop_in_order_then_normal() {
-        let mut s = Scripts::default();
-        s.push("k", [Fault::status(503), Fault::rate_limited(2)]);
-        assert_eq!(s.take(Some("k")), Some(Fault::status(503)));
-        assert_eq!(s.take(Some("other")), None);
-        assert_eq!(s.take(Some("k")), Some(Fault::rate_limited(2)));
-        assert_eq!(s.take(Some("k")), None);
-        assert_eq!(s.take(None), None);
-    }
-
-    #[test]
-    fn queue_wins_over_always_and_always_persists() {
-        let mut s = Scripts::default();
-        s.set_always("k", Fault::status(401));
-        s.push("k", [Fault::HoldAfterFirst]);
-        assert_eq!(s.take(Some("k")), Some(Fault::HoldAfterFirst));
-        assert_eq!(s.take(Some("k")), Some(Fault::status(401)));
-        assert_eq!(s.take(Some("k")), Some(Fault::status(401)));
-        s.clear();
-        assert_eq!(s.take(Some("k")), None);
-    }
-
-    #[test]
-    fn script_takes_precedence_over_header() {
-        let mut s = Scripts::default();
-        s.push("k", [Fault::BreakAfter(1)]);
-        assert_eq!(
-            choose(&mut s, Some("k"), Some("status=500")),
-            Some(Fault::BreakAfter(1))
-        );
-        assert_eq!(
-            choose(&mut s, Some("k"), Some("status=500")),
-            Some(Fault::status(500))
-        );
-        assert_eq!(choose(&mut s, Some("k"), None), None);
-    }
-
-    #[test]
-    fn parses_every_header_form() {
-        assert_eq!(parse_fault_header("status=503"), Ok(Fault::status(503)));
-        assert_eq!(
-            parse_fault_header(" delay-ms = 200 "),
-            Ok(Fault::Delay(Duration::from_millis(200)))
-        );
-        assert_eq!(
-            parse_fault_header("break-after=2"),
-            Ok(Fault::BreakAfter(2))
-        );
-        assert_eq!(
-            parse_fault_header("error-first"),
-            Ok(Fault::StreamErrorFirst)
-        );
-        assert_eq!(parse_fault_header("hold"), Ok(Fault::HoldAfterFirst));
-        assert_eq!(
-            parse_fault_header("rate-limited=3"),
-            Ok(Fault::rate_limited(3))
-        );
-        assert!(parse_fault_header("status=abc").is_err());
-        assert!(parse_fault_header("status=70000").is_err());
-        assert!(parse_fault_header("explode").is_err());
-    }
-
-    #[test]
-    fn bad_header_becomes_400() {
-        let mut s = Scripts::default();
-        match choose(&mut s, None, Some("nope")) {
-            Some(Fault::Status { status, .. }) => assert_eq!(status, 400),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn status_bodies_are_openai_shaped() -> Result<(), serde_json::Error> {
-        let rate: Value = match Fault::rate_limited(7) {
-            Fault::Status {
-                status,
-                body,
-                headers,
-            } => {
-                assert_eq!(status, 429);
-                assert_eq!(headers, vec![("retry-after".into(), "7".into())]);
-                serde_json::from_str(&body)?
+/// The fault `fault` means for this request: conditions applied, `None` when it is spared.
+/// `seen` counts the requests that reached a [`Fault::Flaky`] for this key.
+fn resolve(fault: Fault, seen: &mut u64, streaming: &impl Fn() -> bool) -> Option<Fault> {
+    match fault {
+        Fault::Flaky { every, fault } => {
+            *seen += 1;
+            let hit = every > 0 && seen.is_multiple_of(u64::from(every));
+            if hit {
+                resolve(*fault, seen, streaming)
+            } else {
+                None
             }
-            other => panic!("unexpected {other:?}"),
-        };
-        assert_eq!(rate["error"]["code"], "rate_limit_exceeded");
-        assert_eq!(rate["error"]["type"], "requests");
-        assert_eq!(
-            error_body_for_status(401)["error"]["code"],
-            "invalid_api_key"
-        );
-        assert_eq!(
-            error_body_for_status(400)["error"]["type"],
-            "invalid_request_error"
-        );
-        assert_eq!(error_body_for_status(502)["error"]["type"], "server_error");
-        assert!(error_body_for_status(503)["error"]["param"].is_null());
-        Ok(())
-    }
-
-    #[test]
-    fn with_header_only_touches_status() {
-        assert_eq!(
-            Fault::HoldAfterFirst.with_header("a", "b"),
-            Fault::HoldAfterFirst
-        );
+        }
+        Fault::StreamsOnly(fault) if streaming() => resolve(*fault, seen, streaming),
+        Fault::StreamsOnly(_) => None,
+        // A spared inner fault still leaves the normal answer to compress.
+        Fault::Gzip(inner) => Some(Fault::Gzip(
+            inner.and_then(|f| resolve(*f, seen, streaming).map(Box::new)),
+        )),
+        other => Some(other),
     }
 }
+
+#[cfg(test)]
+mod tests;

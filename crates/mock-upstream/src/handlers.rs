@@ -127,16 +127,19 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     let seq = shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
     // Subscribe before anything can wait, so a release that happens while
     // this request is in flight is never missed.
-    let hold = shared.holds.subscribe();
+    let mut hold = shared.holds.subscribe();
+    shared.count(key.as_deref());
     let fault = {
         let mut scripts = shared.lock_scripts();
         faults::choose(
             &mut scripts,
             key.as_deref(),
             header_str(&parts.headers, "x-mock-fault"),
+            || wants_stream(&body),
         )
     };
-    let knobs = Knobs {
+    let (fault, gzip) = unwrap_gzip(fault);
+    let mut knobs = Knobs {
         seq,
         chunks: header_u64(&parts.headers, "x-mock-chunks").map_or(shared.config.chunks, |n| {
             usize::try_from(n).unwrap_or(usize::MAX)
@@ -144,6 +147,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         chunk_delay: header_u64(&parts.headers, "x-mock-chunk-delay-ms")
             .map_or(shared.config.chunk_delay, Duration::from_millis),
         prompt_tokens: body.len() / 4,
+        huge_usage: false,
     };
     let content_type = header_str(&parts.headers, "content-type").map(str::to_owned);
     let version = header_str(&parts.headers, "anthropic-version").map(str::to_owned);
@@ -170,11 +174,25 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             tokio::time::sleep(wait).await;
             None
         }
+        Some(Fault::Hang) => {
+            // Dropped with the connection; an error means no handle is left to release it.
+            if hold.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            None
+        }
+        Some(Fault::HugeUsage) => {
+            knobs.huge_usage = true;
+            None
+        }
         Some(Fault::Status {
             status,
             body,
             headers,
-        }) => return status_response(status, dialect_body(dialect, status, body), &headers),
+        }) => {
+            let response = status_response(status, dialect_body(dialect, status, body), &headers);
+            return encode(response, gzip);
+        }
         other => other,
     };
 
@@ -197,7 +215,38 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         }
     };
     let fault = fault.map(|f| (f, hold));
-    respond(answer, fault, knobs.chunk_delay, dialect)
+    encode(respond(answer, fault, knobs.chunk_delay, dialect), gzip)
+}
+
+/// Whether a request body asks for a stream (`"stream": true`); anything unreadable does not.
+fn wants_stream(body: &Bytes) -> bool {
+    #[derive(serde::Deserialize)]
+    struct StreamFlag {
+        #[serde(default)]
+        stream: bool,
+    }
+    serde_json::from_slice::<StreamFlag>(body).is_ok_and(|flag| flag.stream)
+}
+
+/// Splits off [`Fault::Gzip`] (nested ones compress once): the fault left to apply, and whether
+/// the answer is compressed.
+fn unwrap_gzip(fault: Option<Fault>) -> (Option<Fault>, bool) {
+    let mut gzip = false;
+    let mut fault = fault;
+    while let Some(Fault::Gzip(inner)) = fault {
+        gzip = true;
+        fault = inner.map(|f| *f);
+    }
+    (fault, gzip)
+}
+
+/// The response, gzip-compressed when the fault asked for it.
+fn encode(response: Response, gzip: bool) -> Response {
+    if gzip {
+        crate::gzip::compress(response)
+    } else {
+        response
+    }
 }
 
 /// The body of a status fault: the default OpenAI body of [`Fault::status`]
@@ -274,8 +323,17 @@ fn respond(
             let pieces = Pieces::new(split_plain(&answer), delay).hold_after_first(hold);
             Body::from_stream(pieces.into_stream())
         }
-        // Status and Delay were handled before the answer was built.
-        Some((Fault::Status { .. } | Fault::Delay(_), _)) => Body::from(answer.pieces.concat()),
+        // Handled (or resolved) before the answer was built.
+        Some((
+            Fault::Status { .. }
+            | Fault::Delay(_)
+            | Fault::Hang
+            | Fault::HugeUsage
+            | Fault::Gzip(_)
+            | Fault::StreamsOnly(_)
+            | Fault::Flaky { .. },
+            _,
+        )) => Body::from(answer.pieces.concat()),
     };
     let mut response = Response::new(body);
     *response.status_mut() = answer.status;

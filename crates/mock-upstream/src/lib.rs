@@ -29,21 +29,28 @@
 //! whose last user message says "use a tool" gets a `tool_use` answer.
 //!
 //! Per request, the headers `x-mock-fault` (`status=503`, `rate-limited=2`,
-//! `delay-ms=200`, `break-after=2`, `error-first`, `hold`), `x-mock-chunks`
-//! and `x-mock-chunk-delay-ms` override the defaults; faults scripted for the
-//! request's key win over the header (see [`Fault`]).
+//! `try-again-in-ms=2000`, `delay-ms=200`, `break-after=2`, `error-first`,
+//! `hold`, `hang`, `huge-usage`, `gzip`), `x-mock-chunks` and
+//! `x-mock-chunk-delay-ms` override the defaults; faults scripted for the
+//! request's key win over the header (see [`Fault`]). Scripted faults can be
+//! conditional: for streaming requests only ([`Fault::streams_only`]) or for one
+//! request in N ([`Fault::flaky`]), and any answer can come gzip-compressed
+//! ([`Fault::gzipped`]). [`MockHandle::count_for_key`] counts requests per key
+//! even when recording is off (benchmarks, soaks).
 #![warn(missing_docs)]
 
 mod answers;
 mod anthropic;
 mod faults;
+mod gzip;
 mod handlers;
 mod sse;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -105,6 +112,8 @@ pub struct Recorded {
 pub(crate) struct Shared {
     pub(crate) config: MockConfig,
     log: Mutex<Vec<Recorded>>,
+    /// Requests per key (keyless ones under ""), kept even when recording is off.
+    counts: Mutex<HashMap<String, u64>>,
     scripts: Mutex<faults::Scripts>,
     /// Bumped by `release_holds`; held streams wait for a change.
     pub(crate) holds: watch::Sender<u64>,
@@ -115,6 +124,17 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn record(&self, request: Recorded) {
         lock(&self.log).push(request);
+    }
+
+    pub(crate) fn count(&self, key: Option<&str>) {
+        let mut counts = lock(&self.counts);
+        let key = key.unwrap_or_default();
+        match counts.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(key.to_owned(), 1);
+            }
+        }
     }
 
     pub(crate) fn lock_scripts(&self) -> MutexGuard<'_, faults::Scripts> {
@@ -160,6 +180,23 @@ impl MockHandle {
             .count()
     }
 
+    /// How many requests carried `key`, counted even when [`MockConfig::record`] is off
+    /// (cheap enough for benchmarks; never reset).
+    pub fn count_for_key(&self, key: &str) -> u64 {
+        lock(&self.shared.counts).get(key).copied().unwrap_or(0)
+    }
+
+    /// Requests received per key (keyless ones under `""`), counted like
+    /// [`MockHandle::count_for_key`].
+    pub fn counts(&self) -> HashMap<String, u64> {
+        lock(&self.shared.counts).clone()
+    }
+
+    /// Every request received so far (with a readable body), recorded or not.
+    pub fn count(&self) -> u64 {
+        self.shared.seq.load(Ordering::Relaxed)
+    }
+
     /// Queues one-shot faults for requests carrying `key`: each such request
     /// takes the next one; once the queue is empty they are answered normally
     /// (or by [`MockHandle::script_always`], or the `x-mock-fault` header).
@@ -186,8 +223,9 @@ impl MockHandle {
     }
 
     /// Lets every stream currently held by [`Fault::HoldAfterFirst`] (or
-    /// `x-mock-fault: hold`) continue, including requests already received
-    /// that have not reached their hold point yet. Later requests hold again.
+    /// `x-mock-fault: hold`) continue, and every request hung by [`Fault::Hang`]
+    /// answer, including requests already received that have not reached their
+    /// hold point yet. Later requests hold again.
     pub fn release_holds(&self) {
         self.shared.holds.send_modify(|generation| *generation += 1);
     }
@@ -213,6 +251,7 @@ pub async fn start_on(addr: SocketAddr, config: MockConfig) -> std::io::Result<M
     let shared = Arc::new(Shared {
         config,
         log: Mutex::new(Vec::new()),
+        counts: Mutex::new(HashMap::new()),
         scripts: Mutex::new(faults::Scripts::default()),
         holds: watch::Sender::new(0),
         seq: AtomicU64::new(0),

@@ -33,6 +33,8 @@ pub(crate) struct StreamSpec {
     pub(crate) chunks: usize,
     pub(crate) include_usage: bool,
     pub(crate) prompt_tokens: usize,
+    /// The usage chunk reports `u64::MAX` tokens.
+    pub(crate) huge_usage: bool,
 }
 
 /// Frames one JSON value as an SSE `data:` event.
@@ -94,7 +96,11 @@ pub(crate) fn stream_events(spec: &StreamSpec) -> Vec<Bytes> {
     }
     if spec.include_usage {
         let mut chunk = envelope(spec, Vec::new());
-        chunk["usage"] = usage(spec.prompt_tokens, spec.chunks);
+        chunk["usage"] = if spec.huge_usage {
+            huge_usage()
+        } else {
+            usage(spec.prompt_tokens, spec.chunks)
+        };
         events.push(data_event(&chunk));
     }
     events.push(done_event());
@@ -122,6 +128,15 @@ pub(crate) fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// A `usage` object claiming `u64::MAX` tokens everywhere: what `Fault::HugeUsage` sends.
+pub(crate) fn huge_usage() -> Value {
+    json!({
+        "prompt_tokens": u64::MAX,
+        "completion_tokens": u64::MAX,
+        "total_tokens": u64::MAX,
     })
 }
 
@@ -208,6 +223,7 @@ mod tests {
             chunks,
             include_usage,
             prompt_tokens: 5,
+            huge_usage: false,
         }
     }
 
