@@ -9,6 +9,7 @@ usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
                       [--scenarios immediate,delay20,stream20] [--out target/bench/results.json]
                       [--warmup 500ms] [--client-threads 2] [--open-streams N]
                       [--bin-dir DIR] [--redis URL] [--smoke]
+       tollgate-bench soak [--duration 60s] [--concurrency 16] ...   (see soak --help)
 
   --duration D        measured time of one run (suffix ms or s; a bare number is seconds)
   --reps N            repetitions of every direct/bare/gateway triple (medians are over these)
@@ -109,7 +110,7 @@ impl Default for Args {
 }
 
 /// Parses `5s`, `500ms` or a bare number of seconds (fractions allowed).
-fn parse_duration(value: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(value: &str) -> Result<Duration, String> {
     let bad = || format!("`{value}` is not a duration like 5s or 500ms");
     let (number, scale) = if let Some(ms) = value.strip_suffix("ms") {
         (ms, 1e-3)
@@ -131,7 +132,7 @@ fn parse_list<T>(value: &str, one: impl Fn(&str) -> Result<T, String>) -> Result
         .collect()
 }
 
-fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
+pub(crate) fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("{flag}: `{value}` is not a positive number")),

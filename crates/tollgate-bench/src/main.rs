@@ -15,6 +15,9 @@
 //! rotates per repetition), each after a discarded warmup. It prints a table of medians over
 //! repetitions (ratios and deltas are taken within each repetition, then the median), and writes
 //! every run as JSON and CSV. See `benches/README.md`.
+//!
+//! `tollgate-bench soak [--duration 60s] [--concurrency 16] ...` is the fault soak instead: mixed
+//! load through the gateway while its upstreams fail in scripted ways (see `soak`).
 #![allow(clippy::print_stdout, reason = "a CLI that prints its report")]
 
 /// The same allocator as the gateway, so the bare proxy baseline differs only in what it does.
@@ -29,6 +32,7 @@ mod open_streams;
 mod output;
 mod procs;
 mod report;
+mod soak;
 
 use std::net::SocketAddr;
 use std::process::{Command, ExitCode};
@@ -45,6 +49,9 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().is_some_and(|a| a == bare::FLAG) {
         return bare::main(argv.get(1).map(String::as_str));
+    }
+    if argv.first().is_some_and(|a| a == soak::COMMAND) {
+        return soak_main(argv.into_iter().skip(1));
     }
     let args = match args::parse(argv.into_iter()) {
         Ok(args) => args,
@@ -69,6 +76,36 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("tollgate-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tollgate-bench soak ...`: exits 0 when the soak passed, 1 when it did not or could not run.
+fn soak_main(argv: impl Iterator<Item = String>) -> ExitCode {
+    let args = match soak::parse(argv) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads)
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(soak::run(args)),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("tollgate-bench soak: FAILED (see the failures above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tollgate-bench soak: {e}");
             ExitCode::FAILURE
         }
     }
