@@ -2,42 +2,17 @@
 //! not rot. Asserts that it works end to end, never how fast anything is.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-use tollgate_e2e::workspace;
-
-/// `target/<profile>` of this test binary.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe path");
-    // target/<profile>/deps/<test> → target/<profile>
-    exe.parent()
-        .and_then(|p| p.parent())
-        .expect("profile dir")
-        .to_path_buf()
-}
-
-/// Builds `packages` in this test's profile.
-fn build(dir: &std::path::Path, packages: &[&str]) {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet"]).current_dir(workspace());
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build of {packages:?} failed");
-}
+use tollgate_e2e::{cargo_build, profile_dir};
 
 #[test]
 fn the_benchmark_runs_in_smoke_mode_and_writes_its_results() {
     let dir = profile_dir();
     // The same build the benchmark itself does, then the benchmark.
-    build(&dir, &["tollgate", "mock-upstream"]);
-    build(&dir, &["tollgate-bench"]);
+    cargo_build(&["-p", "tollgate", "-p", "mock-upstream"]);
+    cargo_build(&["-p", "tollgate-bench"]);
     let tmp = dir.join("..").join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let out = tmp.join(format!("bench-smoke-{}.json", std::process::id()));

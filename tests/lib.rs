@@ -19,44 +19,50 @@ pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `target/<profile>` of the running test binary.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("profile dir")
+        .to_path_buf()
+}
+
+/// Runs `cargo build --quiet ARGS` (e.g. `-p tollgate`) in the profile of the running test.
+pub fn cargo_build(args: &[&str]) {
+    let release = profile_dir().file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(env!("CARGO"));
+    // Build scripts (ring's) watch CARGO_MANIFEST_DIR: a value that differs from the
+    // outer build would mark half the tree stale on every test run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("CARGO_MANIFEST")
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_CRATE")
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+        {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.args(["build", "--quiet"])
+        .args(args)
+        .current_dir(workspace());
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+}
+
 /// Path of the `tollgate` binary, built once per test process (a no-op when up to date).
 pub fn binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test exe path");
-            // target/<profile>/deps/<test> → target/<profile>
-            let profile_dir = exe
-                .parent()
-                .and_then(|p| p.parent())
-                .expect("profile dir")
-                .to_path_buf();
-            let release = profile_dir.file_name().is_some_and(|n| n == "release");
-            let mut cmd = Command::new(env!("CARGO"));
-            // Build scripts (ring's) watch CARGO_MANIFEST_DIR: a value that differs from the
-            // outer build would mark half the tree stale on every test run.
-            for (name, _) in std::env::vars_os() {
-                let name = name.to_string_lossy().into_owned();
-                if name.starts_with("CARGO_MANIFEST")
-                    || name.starts_with("CARGO_PKG_")
-                    || name.starts_with("CARGO_CRATE")
-                    || name == "CARGO_PRIMARY_PACKAGE"
-                    || name == "CARGO_TARGET_TMPDIR"
-                {
-                    cmd.env_remove(name);
-                }
-            }
-            cmd.args(["build", "--quiet", "-p", "tollgate", "--bin", "tollgate"])
-                .current_dir(workspace());
-            if release {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(
-                status.success(),
-                "cargo build of the tollgate binary failed"
-            );
-            profile_dir.join("tollgate")
+            cargo_build(&["-p", "tollgate", "--bin", "tollgate"]);
+            profile_dir().join("tollgate")
         })
         .clone()
 }
