@@ -317,3 +317,81 @@ async fn one_replicas_ejection_is_shared_through_redis() {
         "replica b sent nothing to it"
     );
 }
+
+#[tokio::test]
+async fn answers_compressed_despite_identity_are_read_and_reach_the_client_plain() {
+    let m = mock().await;
+    let gw = Gateway::start(&provider("openai", &m.base_url(), &["a", "b"], true), &[]).await;
+    m.script_always("sk-a", Fault::gzip());
+    m.script_always("sk-b", Fault::gzip());
+    let c = reqwest::Client::new();
+    // A plain answer: decoded (this client accepts no encoding), its usage counted.
+    let (status, headers, body) = post(&gw, &chat("gpt-4o-mini")).await;
+    assert_eq!(status, 200);
+    assert!(headers.get("content-encoding").is_none());
+    assert!(
+        body["choices"][0]["message"]["content"].is_string(),
+        "{body}"
+    );
+    let text = gw.metrics().await;
+    assert!(
+        metric(
+            &text,
+            r#"tollgate_tokens_total{kind="completion",model="other",provider="openai"}"#
+        ) > 0.0,
+        "usage read from the decoded answer: {text}"
+    );
+    // A stream: its first event found in the decoded bytes, the stream complete.
+    let mut stream = chat("gpt-4o-mini");
+    stream["stream"] = json!(true);
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tollgate-attempts"], "1");
+    let events = r.text().await.unwrap();
+    assert!(events.contains("data: [DONE]"), "{events}");
+    // An error body: a gzipped insufficient_quota is read as quota, not as a rate limit.
+    m.script_always(
+        "sk-a",
+        Fault::error(
+            429,
+            "You exceeded your current quota.",
+            "insufficient_quota",
+            Some("insufficient_quota"),
+        )
+        .gzipped(),
+    );
+    let before = m.requests_for_key("sk-a");
+    for _ in 0..10 {
+        let (status, _, _) = post(&gw, &chat("gpt-4o-mini")).await;
+        assert_eq!(status, 200);
+        if m.requests_for_key("sk-a") > before {
+            break;
+        }
+    }
+    for _ in 0..6 {
+        let (status, headers, _) = post(&gw, &chat("gpt-4o-mini")).await;
+        assert_eq!(
+            (status, &headers["x-tollgate-key"]),
+            (200, &"b".parse().unwrap())
+        );
+    }
+    assert_eq!(
+        m.requests_for_key("sk-a"),
+        before + 1,
+        "asked once, then disabled"
+    );
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"tollgate_key_state{key="a",provider="openai",state="disabled"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+}

@@ -6,6 +6,7 @@
 //! buckets and the request's trail are the key-selection layer's.
 
 use super::classify::{classify, Kind, Outcome, Verdict};
+use super::encoding::{decode_stream, decoded, is_encoded};
 use super::Provider;
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -311,6 +312,11 @@ impl Shared {
                 ))),
             };
         }
+        if is_encoded(&resp.headers) {
+            // A stream compressed though asked for identity: its events are read decoded.
+            let body = std::mem::replace(&mut resp.body, Box::pin(futures_util::stream::empty()));
+            resp.body = decode_stream(&mut resp.headers, body);
+        }
         match peek_first_event(&mut resp.body, deadline).await {
             Ok(FirstEvent::Data(prefix)) => {
                 let model = req
@@ -330,62 +336,5 @@ impl Shared {
             )),
             Err(e) => Raw::Transport(e),
         }
-    }
-}
-
-/// Whether an answer's body is compressed (any `content-encoding` but `identity`).
-fn is_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-}
-
-/// A body the gateway must read, decoded when the upstream compressed it anyway (gzip or
-/// deflate, though it was asked for `identity`); the headers then describe the decoded body.
-/// A body that does not decode is returned as it came.
-fn decoded(headers: &mut HeaderMap, body: Bytes, limit: usize) -> Bytes {
-    use std::io::Read;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
-    let mut out = Vec::new();
-    let read = match encoding.as_deref() {
-        Some("gzip" | "x-gzip") => flate2::read::MultiGzDecoder::new(&body[..])
-            .take(limit as u64)
-            .read_to_end(&mut out),
-        Some("deflate") => flate2::read::ZlibDecoder::new(&body[..])
-            .take(limit as u64)
-            .read_to_end(&mut out),
-        _ => return body,
-    };
-    match read {
-        Ok(_) => {
-            headers.remove(header::CONTENT_ENCODING);
-            headers.remove(header::CONTENT_LENGTH);
-            Bytes::from(out)
-        }
-        Err(_) => body,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn a_gzipped_error_body_is_read_decoded() {
-        let json = br#"{"error":{"code":"insufficient_quota"}}"#;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(json).unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
-        let body = decoded(&mut headers, Bytes::from(gz.finish().unwrap()), 1 << 20);
-        assert_eq!(&body[..], json);
-        assert!(headers.get(header::CONTENT_ENCODING).is_none());
-        let mut plain = HeaderMap::new();
-        let same = decoded(&mut plain, Bytes::from_static(b"abc"), 10);
-        assert_eq!(&same[..], b"abc");
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod anthropic;
 pub mod classify;
+mod encoding;
 mod layer;
 
 pub use layer::{is_event_stream, Exchange, ProviderLayer, ProviderService, Raw};

@@ -1,0 +1,167 @@
+//! Answers compressed though the gateway asked for `identity`: decoded where the gateway must
+//! read them (error bodies, translated answers, usage, a stream's events), so that what reaches
+//! the client is plain and every client can read it. gzip and deflate are decoded; any other
+//! encoding passes through untouched.
+
+use crate::upstream::{BodyStream, UpstreamError};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{header, HeaderMap};
+use std::io::Write;
+
+/// Whether an answer's body is compressed (any `content-encoding` but `identity`).
+pub(super) fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// The encodings the gateway can decode.
+#[derive(Clone, Copy)]
+enum Coding {
+    Gzip,
+    Deflate,
+}
+
+fn coding(headers: &HeaderMap) -> Option<Coding> {
+    let v = headers.get(header::CONTENT_ENCODING)?.to_str().ok()?;
+    match v.trim().to_ascii_lowercase().as_str() {
+        "gzip" | "x-gzip" => Some(Coding::Gzip),
+        "deflate" => Some(Coding::Deflate),
+        _ => None,
+    }
+}
+
+/// The headers of a decoded body: no encoding, no length (the length was the compressed one).
+fn mark_decoded(headers: &mut HeaderMap) {
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::CONTENT_LENGTH);
+}
+
+/// A body read whole, decoded when gzip or deflate (up to `limit` decoded bytes); the headers
+/// then describe the decoded body. A body that does not decode is returned as it came.
+pub(super) fn decoded(headers: &mut HeaderMap, body: Bytes, limit: usize) -> Bytes {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let read = match coding(headers) {
+        Some(Coding::Gzip) => flate2::read::MultiGzDecoder::new(&body[..])
+            .take(limit as u64)
+            .read_to_end(&mut out),
+        Some(Coding::Deflate) => flate2::read::ZlibDecoder::new(&body[..])
+            .take(limit as u64)
+            .read_to_end(&mut out),
+        None => return body,
+    };
+    match read {
+        Ok(_) => {
+            mark_decoded(headers);
+            Bytes::from(out)
+        }
+        Err(_) => body,
+    }
+}
+
+/// One incremental decoder: compressed chunks in, whatever they decode to out.
+enum Decoder {
+    Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+}
+
+impl Decoder {
+    fn feed(&mut self, chunk: &[u8]) -> std::io::Result<Bytes> {
+        let out = match self {
+            Decoder::Gzip(d) => {
+                d.write_all(chunk)?;
+                d.flush()?;
+                d.get_mut()
+            }
+            Decoder::Deflate(d) => {
+                d.write_all(chunk)?;
+                d.flush()?;
+                d.get_mut()
+            }
+        };
+        Ok(Bytes::from(std::mem::take(out)))
+    }
+}
+
+/// A streamed body decoded chunk by chunk as it arrives (gzip or deflate); any other body is
+/// returned as it is. A chunk that does not decode ends the stream with a transport error.
+pub(super) fn decode_stream(headers: &mut HeaderMap, body: BodyStream) -> BodyStream {
+    let mut decoder = match coding(headers) {
+        Some(Coding::Gzip) => Decoder::Gzip(flate2::write::MultiGzDecoder::new(Vec::new())),
+        Some(Coding::Deflate) => Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
+        None => return body,
+    };
+    mark_decoded(headers);
+    Box::pin(body.map(move |chunk| {
+        let chunk = chunk?;
+        decoder
+            .feed(&chunk)
+            .map_err(|e| UpstreamError::Transport(format!("undecodable compressed answer: {e}")))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn gzip_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        headers.insert(header::CONTENT_LENGTH, "10".parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_gzipped_error_body_is_read_decoded() {
+        let json = br#"{"error":{"code":"insufficient_quota"}}"#;
+        let mut headers = gzip_headers();
+        let body = decoded(&mut headers, Bytes::from(gzip(json)), 1 << 20);
+        assert_eq!(&body[..], json);
+        assert!(headers.get(header::CONTENT_ENCODING).is_none());
+        assert!(headers.get(header::CONTENT_LENGTH).is_none());
+        let mut plain = HeaderMap::new();
+        let same = decoded(&mut plain, Bytes::from_static(b"abc"), 10);
+        assert_eq!(&same[..], b"abc");
+        assert!(!is_encoded(&plain));
+        plain.insert(header::CONTENT_ENCODING, "identity".parse().unwrap());
+        assert!(!is_encoded(&plain));
+    }
+
+    #[tokio::test]
+    async fn a_gzipped_stream_is_decoded_chunk_by_chunk() {
+        let events = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+        let compressed = gzip(events);
+        // Split the compressed bytes into three chunks, at arbitrary places.
+        let (a, rest) = compressed.split_at(7);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        let chunks: Vec<Result<Bytes, UpstreamError>> = [a, b, c]
+            .iter()
+            .map(|p| Ok(Bytes::copy_from_slice(p)))
+            .collect();
+        let mut headers = gzip_headers();
+        let body = decode_stream(&mut headers, Box::pin(futures_util::stream::iter(chunks)));
+        let out: Vec<u8> = body
+            .map(|c| c.unwrap().to_vec())
+            .collect::<Vec<_>>()
+            .await
+            .concat();
+        assert_eq!(out, events);
+        assert!(headers.get(header::CONTENT_ENCODING).is_none());
+    }
+
+    #[tokio::test]
+    async fn garbage_labelled_gzip_ends_with_an_error() {
+        let mut headers = gzip_headers();
+        let chunks = vec![Ok(Bytes::from_static(b"not gzip at all"))];
+        let mut body = decode_stream(&mut headers, Box::pin(futures_util::stream::iter(chunks)));
+        assert!(body.next().await.unwrap().is_err());
+    }
+}
