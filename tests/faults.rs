@@ -395,3 +395,156 @@ async fn answers_compressed_despite_identity_are_read_and_reach_the_client_plain
         "{text}"
     );
 }
+
+/// One Anthropic provider (keys an1, an2) serving model "claude".
+async fn anthropic() -> (MockHandle, Gateway) {
+    let an = mock().await;
+    let toml = format!(
+        "[[providers]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"{}\"\nkeys = [{{ id = \"an1\", secret = \"ant-key-1\" }}]\n[[models]]\nname = \"claude\"\ntargets = [{{ provider = \"anthropic\", model = \"claude-haiku-4-5\" }}]\n",
+        an.addr().to_string().replace("127.0.0.1", "http://127.0.0.1"),
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    (an, gw)
+}
+
+#[tokio::test]
+async fn an_anthropic_answer_of_any_size_or_encoding_is_translated_once() {
+    let (an, gw) = anthropic().await;
+    let text = "x".repeat(3 << 19);
+    let message = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 10, "output_tokens": 400000},
+    });
+    an.script("ant-key-1", [error(200, &message.to_string(), &[])]);
+    let (status, headers, body) = post(&gw, &chat("claude")).await;
+    assert_eq!(
+        (status, &headers["x-tollgate-attempts"]),
+        (200, &"1".parse().unwrap())
+    );
+    assert_eq!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .map(str::len),
+        Some(3 << 19),
+        "a 1.5 MiB answer is read whole, not cut at the error-body limit"
+    );
+    an.script("ant-key-1", [Fault::gzip()]);
+    let (status, headers, body) = post(&gw, &chat("claude")).await;
+    assert_eq!(
+        (status, &headers["x-tollgate-attempts"]),
+        (200, &"1".parse().unwrap())
+    );
+    assert!(
+        body["choices"][0]["message"]["content"].is_string(),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_gzipped_context_length_error_moves_to_the_next_target() {
+    let (p, q, gw) = primary_and_backup("").await;
+    let too_long = Fault::error(
+        400,
+        "This model's maximum context length is 128000 tokens.",
+        "invalid_request_error",
+        Some("context_length_exceeded"),
+    )
+    .gzipped();
+    p.script_always("sk-a", too_long.clone());
+    p.script_always("sk-b", too_long);
+    let (status, headers, body) = post(&gw, &chat("m")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-tollgate-provider"], "q");
+    assert_eq!(
+        p.requests().len(),
+        1,
+        "no retry of a request that cannot fit"
+    );
+    assert_eq!(q.requests().len(), 1);
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"tollgate_fallbacks_total{from="p",reason="context_too_long",to="q"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_final_error_names_its_attempts_provider_and_key_in_headers_and_log() {
+    let m = mock().await;
+    let gw = Gateway::start(
+        &format!(
+            "[retry]\nmax_attempts = 2\nbase_delay = \"1ms\"\n{}",
+            provider("p", &m.base_url(), &["a", "b"], true)
+        ),
+        &[],
+    )
+    .await;
+    m.script_always("sk-a", Fault::status(500));
+    m.script_always("sk-b", Fault::status(500));
+    let (status, headers, body) = post(&gw, &chat("gpt-4o-mini")).await;
+    assert!(status >= 500, "{status} {body}");
+    assert_eq!(headers["x-tollgate-attempts"], "2");
+    assert_eq!(headers["x-tollgate-provider"], "p");
+    let key = headers["x-tollgate-key"].to_str().unwrap().to_owned();
+    assert!(key == "a" || key == "b", "{key}");
+    let id = headers["x-request-id"].to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let logs = gw.logs();
+        let found = logs
+            .lines()
+            .find(|l| l.contains(&id) && l.contains("\"message\":\"request\""))
+            .map(str::to_owned);
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access-log line for {id}: {logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(line.contains("\"attempts\":2"), "{line}");
+    assert!(line.contains("\"provider\":\"p\""), "{line}");
+    assert!(line.contains(&format!("\"key\":\"{key}\"")), "{line}");
+}
+
+#[tokio::test]
+async fn the_queue_wait_is_bounded_in_total_and_then_the_fallback_answers() {
+    let (p, q) = (mock().await, mock().await);
+    let toml = format!(
+        "[limits]\nmax_queue_wait = \"2s\"\n[[providers]]\nname = \"p\"\nbase_url = \"{}\"\nkeys = [{{ id = \"a\", secret = \"sk-a\", rpm = 60 }}]\n{}[[models]]\nname = \"m\"\ntargets = [{{ provider = \"p\" }}, {{ provider = \"q\" }}]\n",
+        p.base_url(),
+        provider("q", &q.base_url(), &["c"], false),
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    // Empty the key's bucket (60 requests a minute, a full minute's worth at the start).
+    for _ in 0..60 {
+        assert_eq!(post(&gw, &chat("m")).await.0, 200);
+    }
+    let start = Instant::now();
+    let body = chat("m");
+    let answers = futures_util::future::join_all((0..8).map(|_| post(&gw, &body))).await;
+    let took = start.elapsed();
+    for (status, _, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert!(
+        took < Duration::from_millis(3500),
+        "the last answer came after {took:?}"
+    );
+    let by_q = answers
+        .iter()
+        .filter(|(_, h, _)| h["x-tollgate-provider"] == "q")
+        .count();
+    assert!(
+        by_q >= 5,
+        "only {by_q} of 8 fell back; the rest waited at most 2 s each"
+    );
+}
