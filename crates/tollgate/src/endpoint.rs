@@ -60,8 +60,13 @@ impl Endpoint {
         }
     }
 
-    /// Whether its streams end with `data: [DONE]`.
-    pub fn stream_ends_with_done(self) -> bool {
-        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    /// What marks the honest end of this endpoint's streams.
+    pub fn stream_end(self) -> crate::stream::SseEnd {
+        use crate::stream::SseEnd;
+        match self {
+            Endpoint::ChatCompletions | Endpoint::Completions => SseEnd::Done,
+            Endpoint::Responses => SseEnd::Terminal,
+            _ => SseEnd::Close,
+        }
     }
 }

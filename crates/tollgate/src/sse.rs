@@ -275,6 +275,11 @@ impl SseFramer {
         self.scanned = self.carry.len();
     }
 
+    /// How many bytes of an unfinished event the framer holds.
+    pub fn pending(&self) -> usize {
+        self.carry.len() + self.fresh.len()
+    }
+
     /// Whether the framer holds no byte of an unfinished event.
     pub fn is_empty(&self) -> bool {
         self.carry.is_empty() && self.fresh.is_empty()

@@ -194,6 +194,7 @@ fn dispatch(
         handles: Arc::new(Handles::new(settings, &parts.metrics)),
         metrics: parts.metrics.clone(),
         idle_timeout: settings.server.idle_timeout,
+        max_event: settings.server.max_event,
         max_delay: r.max_delay,
     };
     let service = ServiceBuilder::new()

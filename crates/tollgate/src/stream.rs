@@ -2,7 +2,7 @@
 //! saw a byte, and the guarded pass-through that turns a later failure into an OpenAI-shaped
 //! error event (never a silent truncation, never a hang).
 
-use crate::sse::{self, Scanner};
+use crate::sse::{self, Scanner, SseFramer};
 use crate::upstream::{BodyStream, UpstreamError};
 use crate::usage::UsageTap;
 use bytes::{Bytes, BytesMut};
@@ -53,28 +53,106 @@ pub async fn peek_first_event(
 }
 
 enum EventKind {
+    /// Nothing the client must see before the gateway commits: comments, `ping`, metadata
+    /// (`response.created`), an empty first chunk. Held in the prefix, sent on commit.
     Skip,
+    /// The first real output: the commit point.
     Data,
+    /// A failure before the commit point, its JSON data.
     Error(Bytes),
 }
 
+/// Responses and Anthropic events that precede any output: held until the first delta, so a
+/// failure that follows them (a rate limit arrives after `response.created`) is still a failed
+/// attempt the gateway can retry.
+const HELD_EVENTS: [&[u8]; 9] = [
+    b"response.created",
+    b"response.in_progress",
+    b"response.queued",
+    b"response.output_item.added",
+    b"response.content_part.added",
+    b"response.reasoning_summary_part.added",
+    b"message_start",
+    b"content_block_start",
+    b"ping",
+];
+
+/// Events that are failures whatever their data says.
+const ERROR_EVENTS: [&[u8]; 2] = [b"error", b"response.failed"];
+
 fn inspect_event(event: &[u8]) -> EventKind {
-    let name = sse::name(event).map_or(&b""[..], <[u8]>::trim_ascii);
     let data = sse::data(event);
-    if data.is_empty() || name == b"ping" {
+    let name = sse::name(event)
+        .map(<[u8]>::trim_ascii)
+        .filter(|n| !n.is_empty())
+        .or_else(|| json_type(&data));
+    if data.is_empty() {
         return EventKind::Skip;
     }
-    if name == b"error" {
-        return EventKind::Error(Bytes::from(data.into_owned()));
+    if let Some(name) = name {
+        if ERROR_EVENTS.contains(&name) {
+            return EventKind::Error(Bytes::copy_from_slice(&data));
+        }
+        if HELD_EVENTS.contains(&name) {
+            return EventKind::Skip;
+        }
     }
     if data.first() == Some(&b'{') && memchr::memmem::find(&data, b"\"error\"").is_some() {
         if let Ok(probe) = serde_json::from_slice::<openai_types::Probe>(&data) {
             if probe.error.is_some() {
-                return EventKind::Error(Bytes::from(data.into_owned()));
+                return EventKind::Error(Bytes::copy_from_slice(&data));
             }
         }
     }
+    if name.is_none() && is_empty_chat_chunk(&data) {
+        return EventKind::Skip;
+    }
     EventKind::Data
+}
+
+/// The `type` of an event whose data starts with it (`{"type":"response.created",…}`), for
+/// servers that send Responses events without an `event:` line.
+fn json_type(data: &[u8]) -> Option<&[u8]> {
+    let rest = data.strip_prefix(b"{\"type\":\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    Some(&rest[..end])
+}
+
+/// A chat chunk that carries no output yet: every choice's delta holds only a role (or
+/// nothing), no finish reason (the role-only first chunk, Azure's `choices: []` filter chunk).
+fn is_empty_chat_chunk(data: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow)]
+        choices: Option<Vec<Choice<'a>>>,
+        #[serde(default)]
+        usage: Option<serde::de::IgnoredAny>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        delta: Option<std::collections::HashMap<&'a str, &'a serde_json::value::RawValue>>,
+        #[serde(default)]
+        text: Option<&'a str>,
+        #[serde(default)]
+        finish_reason: Option<&'a str>,
+    }
+    let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+        return false;
+    };
+    if chunk.usage.is_some() {
+        return false;
+    }
+    let quiet = |c: &Choice<'_>| {
+        c.finish_reason.is_none()
+            && c.text.is_none_or(str::is_empty)
+            && c.delta.as_ref().is_none_or(|d| {
+                d.iter().all(|(field, value)| {
+                    *field == "role" || matches!(value.get(), "null" | "\"\"" | "[]")
+                })
+            })
+    };
+    chunk.choices.is_some_and(|c| c.iter().all(quiet))
 }
 
 /// The SSE event a client gets when its stream fails after the first byte: the official SDKs
@@ -88,6 +166,134 @@ pub fn error_event(message: &str, code: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// The event a Responses client gets when its stream fails after the commit point: a
+/// `response.failed` whose `response.error` says why (Codex and the SDKs treat it as a failed
+/// turn, never as a complete one).
+pub fn responses_failed_event(message: &str, code: &str, id: Option<&str>) -> Bytes {
+    let event = serde_json::json!({
+        "type": "response.failed",
+        "response": {
+            "id": id.unwrap_or("resp_tollgate"),
+            "object": "response",
+            "status": "failed",
+            "output": [],
+            "error": {"code": code, "message": message},
+        },
+    });
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"event: response.failed\ndata: ");
+    out.extend_from_slice(event.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// What marks a stream's honest end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseEnd {
+    /// Nothing: the upstream closing the stream is its end.
+    Close,
+    /// A `data: [DONE]` event (Chat Completions, Completions).
+    Done,
+    /// A terminal Responses event (`response.completed`, `response.incomplete`,
+    /// `response.failed`) or an `error` event.
+    Terminal,
+}
+
+/// Watches a stream's events for its honest end, and bounds the event being read: decided on
+/// parsed events (the one SSE framer), never on a text search (a `data: [DONE]` inside a
+/// chunk's content is not the end). Chunks without any sign of the end pass unframed.
+struct EndWatch {
+    end: SseEnd,
+    framer: SseFramer,
+    seen: bool,
+    max_event: usize,
+    /// The Responses stream's id, once an event named it (for the failure event).
+    response_id: Option<String>,
+}
+
+/// The event a chunk was cut in is larger than `max_event`.
+struct Oversize;
+
+const TERMINAL: [&[u8]; 4] = [
+    b"response.completed",
+    b"response.incomplete",
+    b"response.failed",
+    b"error",
+];
+
+impl EndWatch {
+    fn new(end: SseEnd, max_event: usize) -> Self {
+        EndWatch {
+            end,
+            framer: SseFramer::new(),
+            seen: end == SseEnd::Close,
+            max_event,
+            response_id: None,
+        }
+    }
+
+    fn see(&mut self, chunk: &[u8]) -> Result<(), Oversize> {
+        if self.seen && self.end != SseEnd::Close {
+            return Ok(());
+        }
+        let hint = match self.end {
+            SseEnd::Close => false,
+            SseEnd::Done => memchr::memmem::find(chunk, b"[DONE]").is_some(),
+            SseEnd::Terminal => {
+                self.response_id.is_none()
+                    || TERMINAL
+                        .iter()
+                        .any(|t| memchr::memmem::find(chunk, t).is_some())
+            }
+        };
+        if !hint && self.framer.skip_whole(chunk) {
+            return Ok(());
+        }
+        let (end, seen, id) = (self.end, &mut self.seen, &mut self.response_id);
+        self.framer.feed(chunk, |event| {
+            *seen |= is_end(end, event, id);
+            std::ops::ControlFlow::Continue(())
+        });
+        if self.framer.pending() > self.max_event {
+            self.framer = SseFramer::new();
+            return Err(Oversize);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `event` ends a stream of this kind; notes a Responses stream's id on the way.
+fn is_end(end: SseEnd, event: &[u8], id: &mut Option<String>) -> bool {
+    match end {
+        SseEnd::Close => false,
+        SseEnd::Done => sse::data(event).trim_ascii() == b"[DONE]",
+        SseEnd::Terminal => {
+            let data = sse::data(event);
+            let name = sse::name(event)
+                .map(<[u8]>::trim_ascii)
+                .filter(|n| !n.is_empty())
+                .or_else(|| json_type(&data));
+            if id.is_none() {
+                *id = response_id(&data);
+            }
+            name.is_some_and(|n| TERMINAL.contains(&n))
+        }
+    }
+}
+
+/// The `response.id` of a Responses event, read from its data.
+fn response_id(data: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        response: Option<Id>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    serde_json::from_slice::<Event>(data).ok()?.response?.id
+}
+
 /// How a stream ended, reported once to `on_end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -97,8 +303,10 @@ pub enum StreamEnd {
     Broken,
     /// No chunk within the idle timeout.
     Idle,
-    /// Closed without the final `[DONE]`.
+    /// Closed without the final `[DONE]` (or terminal Responses event).
     Truncated,
+    /// An event larger than `server.max_event`.
+    Oversized,
 }
 
 impl StreamEnd {
@@ -109,6 +317,7 @@ impl StreamEnd {
             StreamEnd::Broken => "broken",
             StreamEnd::Idle => "idle_timeout",
             StreamEnd::Truncated => "truncated",
+            StreamEnd::Oversized => "event_too_large",
         }
     }
 }
@@ -116,9 +325,10 @@ impl StreamEnd {
 struct Guard<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     body: BodyStream,
     idle: Duration,
-    expect_done: bool,
-    saw_done: bool,
-    tail: [u8; 8],
+    /// The stream's end and event bound (`None` for a body that is not an SSE stream).
+    watch: Option<EndWatch>,
+    /// An event grew past `max_event`: the stream ends with an error.
+    oversized: bool,
     tap: Option<UsageTap>,
     /// Bytes still expected when the upstream declared a length: a client that stops reading
     /// at that point (hyper does) has the whole answer.
@@ -138,8 +348,17 @@ impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
         }
     }
 
+    fn complete(&self) -> bool {
+        self.watch.as_ref().is_none_or(|w| w.seen)
+    }
+
     fn pass(&mut self, chunk: Bytes) -> Bytes {
-        self.track_done(&chunk);
+        if let Some(watch) = self.watch.as_mut() {
+            if watch.see(&chunk).is_err() {
+                self.oversized = true;
+                return Bytes::new();
+            }
+        }
         let len = chunk.len() as u64;
         let out = match self.tap.as_mut() {
             Some(tap) => tap.chunk(chunk),
@@ -177,34 +396,19 @@ impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
     fn flush(&mut self) -> Option<Bytes> {
         self.tap.as_mut().and_then(UsageTap::flush)
     }
-
-    fn track_done(&mut self, chunk: &[u8]) {
-        if self.saw_done || !self.expect_done {
-            return;
-        }
-        let head = chunk.len().min(8);
-        let mut window = [0u8; 16];
-        window[..8].copy_from_slice(&self.tail);
-        window[8..8 + head].copy_from_slice(&chunk[..head]);
-        if memchr::memmem::find(chunk, b"[DONE]").is_some()
-            || memchr::memmem::find(&window[..8 + head], b"[DONE]").is_some()
-        {
-            self.saw_done = true;
-        }
-        let n = chunk.len().min(8);
-        self.tail.rotate_left(n);
-        self.tail[8 - n..].copy_from_slice(&chunk[chunk.len() - n..]);
-    }
 }
 
 /// How a guarded body reports a failure to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
-    /// An SSE stream: a failure appends an OpenAI-shaped error event; with `expect_done`, an
-    /// end without `data: [DONE]` counts as a failure too.
+    /// An SSE stream: a failure appends an error event the client's SDK raises (a chat error
+    /// chunk, or a `response.failed` for the Responses API); an end without the endpoint's
+    /// final event counts as a failure too; an event over `max_event` bytes ends it.
     Sse {
-        /// The endpoint's streams end with `data: [DONE]`.
-        expect_done: bool,
+        /// What marks the honest end.
+        end: SseEnd,
+        /// Largest event, in bytes.
+        max_event: usize,
     },
     /// Any other body: a failure aborts the response (the client sees a broken transfer).
     Raw {
@@ -224,17 +428,15 @@ pub fn guard(
     tap: Option<UsageTap>,
     on_end: impl FnOnce(StreamEnd, Option<Usage>) + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let expect_done = framing == Framing::Sse { expect_done: true };
-    let remaining = match framing {
-        Framing::Raw { length } => length,
-        Framing::Sse { .. } => None,
+    let (watch, remaining) = match framing {
+        Framing::Raw { length } => (None, length),
+        Framing::Sse { end, max_event } => (Some(EndWatch::new(end, max_event)), None),
     };
     let mut guard = Guard {
         body,
         idle,
-        expect_done,
-        saw_done: false,
-        tail: [0; 8],
+        watch,
+        oversized: false,
         tap,
         remaining,
         on_end: Some(on_end),
@@ -246,6 +448,7 @@ pub fn guard(
     let rest = stream::unfold(Some(guard), move |state| async move {
         let mut g = state?;
         let next = match g.stash.take() {
+            _ if g.oversized => Ok(None),
             Some(stashed) => Ok(stashed),
             None => {
                 let deadline = tokio::time::Instant::now() + g.idle;
@@ -263,7 +466,12 @@ pub fn guard(
                 let chunk = g.pass(chunk);
                 return Some((Ok(chunk), Some(g)));
             }
-            Ok(None) if g.saw_done || !g.expect_done => {
+            Ok(None) if g.oversized => (
+                StreamEnd::Oversized,
+                "upstream sent a stream event larger than the gateway's limit".to_owned(),
+                "stream_event_too_large",
+            ),
+            Ok(None) if g.complete() => {
                 let rest = g.flush();
                 g.finish(StreamEnd::Complete);
                 return rest.map(|r| (Ok(r), None));
@@ -284,9 +492,23 @@ pub fn guard(
             }
         };
         g.finish(end);
-        match framing {
-            Framing::Sse { .. } => Some((Ok(error_event(&message, code)), None)),
-            Framing::Raw { .. } => Some((Err(std::io::Error::other(message)), None)),
+        match (framing, g.watch.as_ref()) {
+            (
+                Framing::Sse {
+                    end: SseEnd::Terminal,
+                    ..
+                },
+                Some(w),
+            ) => Some((
+                Ok(responses_failed_event(
+                    &message,
+                    code,
+                    w.response_id.as_deref(),
+                )),
+                None,
+            )),
+            (Framing::Sse { .. }, _) => Some((Ok(error_event(&message, code)), None)),
+            (Framing::Raw { .. }, _) => Some((Err(std::io::Error::other(message)), None)),
         }
     });
     head.chain(rest)

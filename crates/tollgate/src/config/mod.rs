@@ -140,6 +140,9 @@ pub struct ServerConfig {
     pub drain_timeout: String,
     /// Largest accepted request body.
     pub max_body: String,
+    /// Largest single event of a streamed answer: a longer one ends the stream with an error
+    /// event (an upstream that never ends an event cannot fill the gateway's memory).
+    pub max_event: String,
     /// `json` or `pretty`.
     pub log_format: String,
 }
@@ -156,6 +159,7 @@ impl Default for ServerConfig {
             idle_timeout: "2m".into(),
             drain_timeout: "30s".into(),
             max_body: "32MiB".into(),
+            max_event: "16MiB".into(),
             log_format: "json".into(),
         }
     }

@@ -66,6 +66,8 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// Largest request body in bytes.
     pub max_body: usize,
+    /// Largest event of a streamed answer, in bytes.
+    pub max_event: usize,
     /// Logs as JSON (else human-readable).
     pub log_json: bool,
 }
@@ -271,6 +273,19 @@ impl Config {
                     p.push(
                         "server.max_body",
                         format_args!("`{}` is not a size (e.g. \"32MiB\")", s.max_body),
+                    );
+                    0
+                }),
+            max_event: parse_size(&s.max_event)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| {
+                    p.push(
+                        "server.max_event",
+                        format_args!(
+                            "`{}` is not a size above zero (e.g. \"16MiB\")",
+                            s.max_event
+                        ),
                     );
                     0
                 }),

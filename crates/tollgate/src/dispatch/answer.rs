@@ -97,7 +97,8 @@ impl SelectShared {
         };
         let framing = if sse {
             Framing::Sse {
-                expect_done: req.endpoint.stream_ends_with_done(),
+                end: req.endpoint.stream_end(),
+                max_event: self.max_event,
             }
         } else {
             let length = resp

@@ -238,6 +238,7 @@ async fn key_selection_never_gives_a_request_the_same_key_twice() {
         handles: Arc::new(Handles::new(&settings, &metrics)),
         metrics: metrics.clone(),
         idle_timeout: Duration::from_secs(60),
+        max_event: 1 << 20,
         max_delay: Duration::from_secs(20),
     });
     let keys: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -66,6 +66,8 @@ pub(crate) struct SelectShared {
     pub(crate) handles: Arc<Handles>,
     pub(crate) metrics: Metrics,
     pub(crate) idle_timeout: Duration,
+    /// Largest event of a streamed answer.
+    pub(crate) max_event: usize,
     /// A transient answer asking for longer than this cools its key instead of a backoff.
     pub(crate) max_delay: Duration,
 }

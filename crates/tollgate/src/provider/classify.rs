@@ -150,10 +150,11 @@ impl ErrorFields {
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
             return ErrorFields::default();
         };
-        // A Responses stream's `response.failed` event carries it under `response.error`.
-        let err = match &value["error"] {
-            serde_json::Value::Null => &value["response"]["error"],
-            err => err,
+        // A Responses stream's `response.failed` event carries it under `response.error`, its
+        // `error` event at the top level (`{"type":"error","code":…,"message":…}`).
+        let err = match (&value["error"], &value["response"]["error"]) {
+            (serde_json::Value::Null, serde_json::Value::Null) => &value,
+            (serde_json::Value::Null, err) | (err, _) => err,
         };
         let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
         ErrorFields {

@@ -102,6 +102,34 @@ pub(super) fn decode_stream(headers: &mut HeaderMap, body: BodyStream) -> BodySt
     }))
 }
 
+/// A failure event of a stream in OpenAI's error envelope: a Responses `response.failed` event
+/// (`response.error`) or `error` event (`code`, `message` at the top level) becomes
+/// `{"error":{"message","type","param","code"}}`; anything else (a chat error chunk, Anthropic's
+/// `error` event) is returned as it is.
+pub(super) fn stream_error_envelope(json: Bytes) -> Bytes {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else {
+        return json;
+    };
+    if !value["error"].is_null() {
+        return json;
+    }
+    let err = match &value["response"]["error"] {
+        serde_json::Value::Null => &value,
+        err => err,
+    };
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    let Some(message) = text(&err["message"]) else {
+        return json;
+    };
+    let code = text(&err["code"]);
+    let kind = match code.as_deref() {
+        Some("rate_limit_exceeded") => "requests",
+        Some("insufficient_quota") => "insufficient_quota",
+        _ => "server_error",
+    };
+    Bytes::from(openai_types::ErrorEnvelope::new(message, kind, None, code.as_deref()).to_json())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +183,24 @@ mod tests {
             .concat();
         assert_eq!(out, events);
         assert!(headers.get(header::CONTENT_ENCODING).is_none());
+    }
+
+    #[test]
+    fn a_responses_failure_event_becomes_an_openai_error() {
+        let failed = Bytes::from_static(br#"{"type":"response.failed","sequence_number":2,"response":{"status":"failed","error":{"code":"rate_limit_exceeded","message":"Please try again in 1.5s."}}}"#);
+        let v: serde_json::Value = serde_json::from_slice(&stream_error_envelope(failed)).unwrap();
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(v["error"]["message"], "Please try again in 1.5s.");
+        let event = Bytes::from_static(
+            br#"{"type":"error","code":"server_error","message":"boom","sequence_number":1}"#,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&stream_error_envelope(event)).unwrap();
+        assert_eq!(
+            (v["error"]["type"].as_str(), v["error"]["message"].as_str()),
+            (Some("server_error"), Some("boom"))
+        );
+        let chat = Bytes::from_static(br#"{"error":{"message":"x","type":"server_error"}}"#);
+        assert_eq!(stream_error_envelope(chat.clone()), chat);
     }
 
     #[tokio::test]

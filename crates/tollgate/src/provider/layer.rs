@@ -238,9 +238,10 @@ impl Shared {
                     body,
                 }
             }
-            Raw::StreamError(json) => {
-                Raw::StreamError(provider.error_body(&mut HeaderMap::new(), &json))
-            }
+            Raw::StreamError(json) => Raw::StreamError(provider.error_body(
+                &mut HeaderMap::new(),
+                &super::encoding::stream_error_envelope(json),
+            )),
             other => other,
         };
         Exchange {

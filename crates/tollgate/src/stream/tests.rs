@@ -119,13 +119,25 @@ async fn silence_before_the_first_event_times_out() {
 }
 
 async fn collect_guarded(b: BodyStream, expect_done: bool) -> (String, StreamEnd) {
+    let end = if expect_done {
+        SseEnd::Done
+    } else {
+        SseEnd::Close
+    };
+    collect_framed(b, end).await
+}
+
+async fn collect_framed(b: BodyStream, sse_end: SseEnd) -> (String, StreamEnd) {
     let end = Arc::new(Mutex::new(None));
     let e2 = end.clone();
     let s = guard(
         Bytes::from_static(b"data: 1\n\n"),
         b,
         Duration::from_secs(5),
-        Framing::Sse { expect_done },
+        Framing::Sse {
+            end: sse_end,
+            max_event: 1 << 20,
+        },
         None,
         move |e, _| *e2.lock().unwrap() = Some(e),
     );
@@ -233,7 +245,10 @@ async fn chunks_already_available_go_out_in_one_write() {
         Bytes::new(),
         Box::pin(stream::iter(ready)),
         Duration::from_secs(5),
-        Framing::Sse { expect_done: true },
+        Framing::Sse {
+            end: SseEnd::Done,
+            max_event: 1 << 20,
+        },
         None,
         |_, _| {},
     );
@@ -244,3 +259,5 @@ async fn chunks_already_available_go_out_in_one_write() {
         "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\ndata: [DONE]\n\n"
     );
 }
+
+mod protocols;

@@ -302,6 +302,20 @@ fn the_wait_in_a_message_is_honored_when_no_header_says_more() {
     }
     assert_eq!(message_wait("try again later"), None);
     assert_eq!(message_wait("no wait here"), None);
+    let event = br#"{"type":"error","code":"rate_limit_exceeded","message":"Please try again in 20ms.","sequence_number":3}"#;
+    let v = classify(Outcome::StreamError { body: event }, now());
+    assert_eq!(
+        v,
+        Verdict {
+            kind: Kind::RateLimited,
+            wait: Some(Duration::from_millis(20))
+        }
+    );
+    let overloaded = br#"{"type":"response.failed","response":{"status":"failed","error":{"code":"server_is_overloaded","message":"busy"}}}"#;
+    assert_eq!(
+        classify(Outcome::StreamError { body: overloaded }, now()).kind,
+        Kind::Transient
+    );
     let responses = br#"{"type":"response.failed","response":{"error":{"code":"rate_limit_exceeded","message":"Rate limit reached. Please try again in 1.5s."}}}"#;
     let v = classify(Outcome::StreamError { body: responses }, now());
     assert_eq!(
