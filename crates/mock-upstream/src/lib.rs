@@ -44,6 +44,7 @@ mod anthropic;
 mod faults;
 mod gzip;
 mod handlers;
+mod responses;
 mod sse;
 #[cfg(test)]
 mod tests;
@@ -61,6 +62,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use faults::Fault;
+pub use responses::{TOOL_MARKER, TOOL_OUTPUT};
 
 /// How the fake upstream answers when no fault applies.
 #[derive(Clone, Debug)]
@@ -119,6 +121,10 @@ pub(crate) struct Shared {
     pub(crate) holds: watch::Sender<u64>,
     /// Request sequence number, used in response ids.
     pub(crate) seq: AtomicU64,
+    /// The bound port, part of Responses ids so two servers never hand out the same one.
+    pub(crate) port: u16,
+    /// Stored Responses API responses and the prompt cache, per key.
+    responses: Mutex<responses::Store>,
 }
 
 impl Shared {
@@ -139,6 +145,10 @@ impl Shared {
 
     pub(crate) fn lock_scripts(&self) -> MutexGuard<'_, faults::Scripts> {
         lock(&self.scripts)
+    }
+
+    pub(crate) fn lock_responses(&self) -> MutexGuard<'_, responses::Store> {
+        lock(&self.responses)
     }
 }
 
@@ -230,6 +240,19 @@ impl MockHandle {
         self.shared.holds.send_modify(|generation| *generation += 1);
     }
 
+    /// The key that created the stored Responses API response `id` (see
+    /// `GET /v1/responses/{id}`); `None` when it is not stored (never created, created with
+    /// `"store": false`, deleted, or evicted) or was created without a key.
+    pub fn response_key(&self, id: &str) -> Option<String> {
+        self.shared.lock_responses().owner(id).flatten()
+    }
+
+    /// Empties the emulated prompt cache of the Responses API (as a provider evicting it):
+    /// the next request of every session reports zero `cached_tokens`. Stored responses stay.
+    pub fn clear_prompt_cache(&self) {
+        self.shared.lock_responses().clear_prompt_cache();
+    }
+
     /// Stops accepting connections and closes idle ones; in-flight answers
     /// finish. Other clones of this handle stop working too.
     pub fn shutdown(&self) {
@@ -255,6 +278,8 @@ pub async fn start_on(addr: SocketAddr, config: MockConfig) -> std::io::Result<M
         scripts: Mutex::new(faults::Scripts::default()),
         holds: watch::Sender::new(0),
         seq: AtomicU64::new(0),
+        port: addr.port(),
+        responses: Mutex::new(responses::Store::default()),
     });
     let (shutdown, mut stop) = watch::channel(false);
     let app = Router::new()
