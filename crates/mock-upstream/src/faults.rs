@@ -403,7 +403,9 @@ fn resolve(fault: Fault, seen: &mut u64, streaming: &impl Fn() -> bool) -> Optio
 
 mod responses;
 
-pub(crate) use responses::failure_as_status;
+#[cfg(test)]
+use responses::failure_as_status;
+pub(crate) use responses::outside_responses_stream;
 
 #[cfg(test)]
 mod tests;

@@ -1,35 +1,7 @@
-//! The OpenAI Responses API (`/v1/responses`), what Codex CLI and the Agents SDK speak.
-//!
-//! `POST /v1/responses` needs a JSON object with a `model` (else 400
-//! `missing_required_parameter`) and answers a `response` object (`id` `resp_<port>_<n>`,
-//! `status: "completed"`, one output item, `usage` with `input_tokens` = request body bytes / 4
-//! and `output_tokens` = number of deltas), or with `"stream": true` its named SSE events:
-//! `response.created`, `response.in_progress`, `response.output_item.added`, then for a message
-//! `response.content_part.added`, `response.output_text.delta`…, `response.output_text.done`,
-//! `response.content_part.done`, or for a call `response.function_call_arguments.delta`…,
-//! `response.function_call_arguments.done`; then `response.output_item.done` and
-//! `response.completed`. The output item is chosen from the request ([`reply_for`]):
-//!
-//! - the last `input` item is a `function_call_output`: a message `"tool said: <output>"`;
-//! - the last `input` item is a user message (or `input` is a string) containing
-//!   [`TOOL_MARKER`] and `tools` has a function named `exec_command` (Codex CLI's shell tool) or
-//!   `shell`: a `function_call` to it (`call_id` `call_<port>_<n>`) with the arguments
-//!   `{"cmd":"echo tollgate-tool-ok"}`, or `{"command":["echo","tollgate-tool-ok"]}` for `shell`;
-//! - otherwise a message `"Hello from mock"`.
-//!
-//! Text and arguments are streamed in `x-mock-chunks` deltas (default 3; at most one per
-//! character; arguments at least 2).
-//!
-//! Stored responses: unless the request says `"store": false`, the final response is kept
-//! (bounded) with the key that created it. `GET /v1/responses/{id}` answers it and
-//! `DELETE /v1/responses/{id}` forgets it (`{"id", "object": "response.deleted", "deleted":
-//! true}`) only for that key; any other key gets 404 "Response with id '…' not found.". A
-//! `previous_response_id` that is not stored for the request's key is a 400
-//! `previous_response_not_found`, as the real API answers outside the creating organization.
-//!
-//! Prompt cache: a request with a `prompt_cache_key` reports as `cached_tokens` the previous
-//! prompt's `input_tokens` seen with the same key and `prompt_cache_key` (capped at this one's):
-//! sticky routing of a session to one key raises cached tokens, spreading it lowers them.
+//! The OpenAI Responses API (`/v1/responses`), what Codex CLI and the Agents SDK speak: reading
+//! the request ([`reply_for`]), the answer plain or streamed (`events`), stored responses and
+//! the prompt cache (`store`), and the Responses faults applied to a stream. The contract (what
+//! each request gets) is in the crate docs, section "The Responses API".
 
 mod events;
 mod store;
@@ -64,9 +36,10 @@ pub(crate) enum Reply {
     Call { name: String, arguments: String },
 }
 
-/// Answers `POST /v1/responses`. Consumes the Responses faults ([`Fault::ResponseFailed`]
-/// streamed, [`Fault::ResponseCutAfter`], [`Fault::ResponseEndAfter`]) and returns the fault
-/// left for the generic sender (a cut becomes a [`Fault::BreakAfter`]).
+/// Answers `POST /v1/responses`. A stream consumes the Responses faults
+/// ([`Fault::ResponseFailed`], [`Fault::ResponseEndAfter`], and [`Fault::ResponseCutAfter`],
+/// which becomes a [`Fault::BreakAfter`]); the fault returned is left for the generic sender.
+/// (Outside a stream the handler has already turned them into what they mean there.)
 pub(crate) fn create(
     body: &Bytes,
     key: Option<&str>,
@@ -130,9 +103,7 @@ pub(crate) fn create(
         streamed(&turn, fault)
     } else {
         let response = turn.response("completed", None);
-        let answer = Answer::json(StatusCode::OK, &response);
-        let fault = fault.filter(|f| !is_responses_stream_fault(f));
-        (answer, response, fault)
+        (Answer::json(StatusCode::OK, &response), response, fault)
     };
     if store {
         shared.lock_responses().put(&turn.id, key, final_response);
@@ -180,14 +151,6 @@ fn streamed(turn: &Turn, fault: Option<Fault>) -> (Answer, Value, Option<Fault>)
         streaming: true,
     };
     (answer, final_response, fault)
-}
-
-/// Whether `fault` only shapes a Responses stream (and leaves other answers alone).
-pub(crate) fn is_responses_stream_fault(fault: &Fault) -> bool {
-    matches!(
-        fault,
-        Fault::ResponseCutAfter(_) | Fault::ResponseEndAfter(_)
-    )
 }
 
 /// Answers `GET /v1/responses/{id}`: the stored response if `key` created it, else 404.

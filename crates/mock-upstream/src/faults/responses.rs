@@ -32,10 +32,15 @@ impl Fault {
     }
 
     /// [`Fault::response_failed`] with code `rate_limit_exceeded` and OpenAI's tokens-per-minute
-    /// wording, the wait only in the message: "Rate limit reached for gpt-test in organization
-    /// org-mock on tokens per min (TPM): Limit 30000, Used 29000, Requested 4000. Please try
-    /// again in 1.5s. Visit https://platform.openai.com/account/rate-limits to learn more."
-    /// The wait is written `20ms` below a second, else in seconds (`2s`, `1.5s`). A plain
+    /// wording, the wait only in the message:
+    ///
+    /// ```text
+    /// Rate limit reached for gpt-test in organization org-mock on tokens per min (TPM): Limit
+    /// 30000, Used 29000, Requested 4000. Please try again in 1.5s. Visit
+    /// https://platform.openai.com/account/rate-limits to learn more.
+    /// ```
+    ///
+    /// (one line). The wait is written `20ms` below a second, else in seconds (`2s`, `1.5s`). A plain
     /// request gets a 429 of type `tokens` with that message and no `retry-after` header.
     pub fn response_rate_limited(wait: Duration) -> Fault {
         let message = format!(
@@ -98,6 +103,17 @@ impl Fault {
             Fault::Gzip(Some(fault)) => Fault::Gzip(Some(Box::new(fault.as_error_event()))),
             other => other,
         }
+    }
+}
+
+/// What a fault means for a request that is not a Responses stream (a plain request, or another
+/// route): a [`Fault::ResponseFailed`] becomes the HTTP error OpenAI sends for its code, a
+/// [`Fault::ResponseCutAfter`] or [`Fault::ResponseEndAfter`] nothing; others stay.
+pub(crate) fn outside_responses_stream(fault: Fault) -> Option<Fault> {
+    match fault {
+        Fault::ResponseFailed { code, message, .. } => Some(failure_as_status(&code, &message)),
+        Fault::ResponseCutAfter(_) | Fault::ResponseEndAfter(_) => None,
+        other => Some(other),
     }
 }
 

@@ -336,3 +336,18 @@ fn response_failures_outside_a_stream_are_openai_http_errors() -> Result<(), ser
     }
     Ok(())
 }
+
+#[test]
+fn outside_a_responses_stream_failures_are_http_errors_and_cuts_nothing() {
+    assert_eq!(outside_responses_stream(Fault::ResponseCutAfter(1)), None);
+    assert_eq!(outside_responses_stream(Fault::ResponseEndAfter(1)), None);
+    assert_eq!(
+        outside_responses_stream(Fault::HugeUsage),
+        Some(Fault::HugeUsage)
+    );
+    let failed = outside_responses_stream(Fault::response_overloaded().as_error_event());
+    assert!(
+        matches!(failed, Some(Fault::Status { status: 503, .. })),
+        "{failed:?}"
+    );
+}
