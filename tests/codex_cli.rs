@@ -69,13 +69,19 @@ fn install(prefix: &Path) -> Result<(), String> {
         .stderr(Stdio::null())
         .status();
     if !npm.is_ok_and(|s| s.success()) {
-        return Err("npm is not installed (it comes with Node.js 18 or newer)".into());
+        return Err("npm is not installed (it comes with Node.js)".into());
     }
     let package = format!("@openai/codex@{CODEX_VERSION}");
     let mut cmd = Command::new("npm");
-    cmd.args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
-        .arg(prefix)
-        .arg(&package);
+    cmd.args([
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--loglevel=error",
+        "--prefix",
+    ])
+    .arg(prefix)
+    .arg(&package);
     provision::run_step(cmd, &format!("npm install {package}"))
 }
 
@@ -107,7 +113,11 @@ impl CodexRun {
         format!(
             "codex exec: {}{} in {:?}\n--- stdout\n{}\n--- stderr\n{}",
             self.status,
-            if self.timed_out { " (killed: too slow)" } else { "" },
+            if self.timed_out {
+                " (killed: too slow)"
+            } else {
+                ""
+            },
             self.elapsed,
             self.stdout,
             self.stderr
@@ -170,7 +180,13 @@ pub async fn exec(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"] {
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
         cmd.env(var, DEAD_PROXY);
     }
     let started = Instant::now();
@@ -201,8 +217,14 @@ pub async fn exec(
     let elapsed = started.elapsed();
     // Stragglers of the group would hold the pipes open: read what there is, briefly.
     let limit = Duration::from_secs(5);
-    let stdout = tokio::time::timeout(limit, stdout).await.ok().and_then(Result::ok);
-    let stderr = tokio::time::timeout(limit, stderr).await.ok().and_then(Result::ok);
+    let stdout = tokio::time::timeout(limit, stdout)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let stderr = tokio::time::timeout(limit, stderr)
+        .await
+        .ok()
+        .and_then(Result::ok);
     let _ = std::fs::remove_dir_all(&root);
     CodexRun {
         status,
