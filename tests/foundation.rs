@@ -145,9 +145,20 @@ async fn every_endpoint_shape_passes_through() {
         .to_str()
         .unwrap()
         .contains(boundary));
-    // responses, moderations, GET with path parameters, DELETE
+    // responses: the mock answers a `response` object
+    let r: Value = c
+        .post(gw.url("/v1/responses"))
+        .json(&json!({"model": "m", "input": "x"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["object"], "response");
+    assert!(m.requests().iter().any(|r| r.path == "/v1/responses"));
+    // moderations, GET with path parameters, DELETE
     for (method, path) in [
-        ("POST", "/v1/responses"),
         ("POST", "/v1/moderations"),
         ("GET", "/v1/files/file-1/content"),
         ("DELETE", "/v1/files/file-1"),

@@ -6,6 +6,9 @@
     reason = "test harness: a failed step is a failed test"
 )]
 
+pub mod codex_cli;
+pub mod provision;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
-use tollgate_e2e::{provider, Gateway};
+use std::time::Duration;
+use tollgate_e2e::{provider, provision, Gateway};
 
 /// Set to `1` to fail, not skip, when the SDK cannot be provisioned (meant for CI).
 const REQUIRE_SDK: &str = "TOLLGATE_REQUIRE_SDK";
@@ -31,22 +31,19 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(90);
 
 // ---- provisioning ----------------------------------------------------------------------------
 
-/// The virtualenv's python, with `openai` importable; provisioned once per test process.
-///
-/// nextest runs each test in its own process, so processes coordinate through a lock file
-/// beside the venv: one installs while the others wait, and a waiter adopts the installer's
-/// failure instead of repeating a download that just failed.
+/// The virtualenv's python, with `openai` importable; provisioned once per test process (see
+/// [`tollgate_e2e::provision`]).
 fn sdk_python() -> Result<PathBuf, String> {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
-            let exe = std::env::current_exe().map_err(|e| format!("test exe path: {e}"))?;
-            // target/<profile>/deps/<test> → target
-            let target = exe
-                .ancestors()
-                .nth(3)
-                .ok_or("no target dir above the test exe")?;
-            provision(&target.join("sdk-venv"))
+            let venv = provision::target_dir()?.join("sdk-venv");
+            let python = venv.join("bin").join("python");
+            provision::provision(
+                &venv,
+                || has_sdk(&python).then(|| python.clone()),
+                || install(&venv, &python),
+            )
         })
         .clone()
 }
@@ -60,143 +57,19 @@ fn has_sdk(python: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn provision(venv: &Path) -> Result<PathBuf, String> {
-    let python = venv.join("bin").join("python");
-    let lock = venv.with_extension("lock");
-    let error_file = venv.with_extension("error");
-    loop {
-        if has_sdk(&python) {
-            return Ok(python);
-        }
-        if take_lock(&lock)? {
-            // Another process may have finished between our check and taking the lock.
-            let result = if has_sdk(&python) {
-                Ok(())
-            } else {
-                install(venv, &python)
-            };
-            match &result {
-                Ok(()) => _ = std::fs::remove_file(&error_file),
-                Err(reason) => _ = std::fs::write(&error_file, reason),
-            }
-            let _ = std::fs::remove_file(&lock);
-            return result.map(|()| python);
-        }
-        let since = SystemTime::now();
-        wait_for_release(&lock)?;
-        if has_sdk(&python) {
-            return Ok(python);
-        }
-        let fresh = std::fs::metadata(&error_file)
-            .and_then(|m| m.modified())
-            .is_ok_and(|at| at >= since);
-        if fresh {
-            let reason = std::fs::read_to_string(&error_file).unwrap_or_default();
-            return Err(format!("(from a concurrent attempt) {reason}"));
-        }
-        // The holder died or gave up without a verdict: try ourselves.
-    }
-}
-
-/// Creates the lock file holding our pid; `false` when another live process holds it.
-fn take_lock(lock: &Path) -> Result<bool, String> {
-    use std::io::Write;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(lock)
-    {
-        Ok(mut file) => {
-            write!(file, "{}", std::process::id())
-                .map_err(|e| format!("write {}: {e}", lock.display()))?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if lock_is_stale(lock) {
-                let _ = std::fs::remove_file(lock);
-            }
-            Ok(false)
-        }
-        Err(e) => Err(format!("create {}: {e}", lock.display())),
-    }
-}
-
-/// A lock whose holder is gone (killed mid-install), or that never got a pid.
-fn lock_is_stale(lock: &Path) -> bool {
-    match std::fs::read_to_string(lock).map(|s| s.trim().parse::<u32>()) {
-        Ok(Ok(pid)) => !Command::new("kill")
-            .args(["-0", &pid.to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success()),
-        Ok(Err(_)) => std::fs::metadata(lock)
-            .and_then(|m| m.modified())
-            .is_ok_and(|at| at.elapsed().unwrap_or_default() > Duration::from_secs(30)),
-        Err(_) => false,
-    }
-}
-
-/// Waits (polling: the holder is another process) until the lock file is gone.
-fn wait_for_release(lock: &Path) -> Result<(), String> {
-    for _ in 0..(15 * 60 * 4) {
-        if !lock.exists() {
-            return Ok(());
-        }
-        if lock_is_stale(lock) {
-            let _ = std::fs::remove_file(lock);
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    Err(format!(
-        "waited 15 minutes for another test process to install the SDK ({} still exists)",
-        lock.display()
-    ))
-}
-
 fn install(venv: &Path, python: &Path) -> Result<(), String> {
     let mut venv_cmd = Command::new("python3");
     venv_cmd.args(["-m", "venv", "--clear"]).arg(venv);
-    run_step(venv_cmd, "python3 -m venv")?;
+    provision::run_step(venv_cmd, "python3 -m venv")?;
     let mut pip = Command::new(python);
     pip.args(["-m", "pip", "install", "--quiet", SDK_REQUIREMENT]);
-    run_step(pip, &format!("pip install '{SDK_REQUIREMENT}'"))?;
-    if has_sdk(python) {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{} -c 'import openai'` still fails after pip install",
-            python.display()
-        ))
-    }
-}
-
-fn run_step(mut cmd: Command, what: &str) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
+    provision::run_step(pip, &format!("pip install '{SDK_REQUIREMENT}'"))
 }
 
 /// The SDK's python, or `None` after printing why the test is skipped.
 async fn sdk() -> Option<PathBuf> {
     let result = tokio::task::spawn_blocking(sdk_python).await.unwrap();
-    match result {
-        Ok(python) => Some(python),
-        Err(reason) if std::env::var(REQUIRE_SDK).as_deref() == Ok("1") => {
-            panic!("{REQUIRE_SDK}=1 but the openai SDK is unavailable: {reason}")
-        }
-        Err(reason) => {
-            eprintln!("SKIPPED: openai SDK unavailable: {reason}");
-            None
-        }
-    }
+    provision::or_skip(result, "openai SDK", REQUIRE_SDK)
 }
 
 // ---- running a scenario ----------------------------------------------------------------------

@@ -54,7 +54,7 @@ fn unix_now() -> u64 {
 }
 
 /// Parses a JSON object body or explains why it is not one.
-fn parse_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Answer> {
+pub(crate) fn parse_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Answer> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Answer::error(

@@ -41,6 +41,39 @@ pub enum Fault {
     /// error object as a 200 JSON body. On Anthropic's `/v1/messages` the
     /// event is `event: error` with an `overloaded_error`.
     StreamErrorFirst,
+    /// A Responses API stream (`POST /v1/responses` with `"stream": true`) that fails in-band:
+    /// `response.created` and `response.in_progress` as usual, then a terminal `response.failed`
+    /// event whose `response.status` is `"failed"` and whose `response.error` is
+    /// `{"code": code, "message": message}` (with `error_event`, an `error` event
+    /// `{"type": "error", "code", "message", "param": null, "sequence_number"}` instead), then a
+    /// clean end of stream. The stored response (see `GET /v1/responses/{id}`) is the failed one.
+    ///
+    /// A non-streaming request (on `/v1/responses` or any other route) gets the plain HTTP error
+    /// OpenAI sends for `code` instead: `rate_limit_exceeded` a 429 of type `tokens`,
+    /// `insufficient_quota` a 429 of type `insufficient_quota`, `context_length_exceeded` a
+    /// 400, `server_is_overloaded` a 503, anything else a 500 `server_error`; the body carries
+    /// the same message and code. Build it with [`Fault::response_failed`],
+    /// [`Fault::response_rate_limited`], [`Fault::response_insufficient_quota`] or
+    /// [`Fault::response_server_error`], and [`Fault::as_error_event`].
+    ResponseFailed {
+        /// `response.error.code`, e.g. `rate_limit_exceeded`.
+        code: String,
+        /// `response.error.message`.
+        message: String,
+        /// Send an `error` event instead of `response.failed`.
+        error_event: bool,
+    },
+    /// A Responses API stream cut after this many output deltas (`response.output_text.delta`
+    /// or `response.function_call_arguments.delta` events; more than the answer has means all
+    /// of them): every event up to and including that delta, then the connection is aborted
+    /// with no terminal event, as when a provider drops the connection mid-answer. `0` cuts
+    /// right before the first delta. Other requests (plain, or other routes) are answered
+    /// normally. For a cut counted in SSE events on any route, see [`Fault::BreakAfter`].
+    ResponseCutAfter(usize),
+    /// Like [`Fault::ResponseCutAfter`], but the stream then ends cleanly (a proper end of the
+    /// chunked body): no `response.completed`, `response.failed` or `response.incomplete`, which
+    /// a client must still treat as a failed turn.
+    ResponseEndAfter(usize),
     /// Send the first body piece, then wait for `MockHandle::release_holds`
     /// before sending the rest.
     HoldAfterFirst,
@@ -50,7 +83,8 @@ pub enum Fault {
     Hang,
     /// Answer normally, but every `usage` object reports 18446744073709551615 (`u64::MAX`)
     /// prompt, completion and total tokens (chat and legacy completions, plain or streamed with
-    /// `include_usage`, and embeddings).
+    /// `include_usage`, and embeddings; on the Responses API `input_tokens`, `output_tokens` and
+    /// `total_tokens`, with zero cached and reasoning tokens).
     HugeUsage,
     /// Compress the body with gzip and say `content-encoding: gzip`, as an upstream that ignores
     /// `accept-encoding: identity` does: the inner fault's body (an error, a broken stream...),
@@ -170,7 +204,7 @@ fn openai_wait(wait: Duration) -> String {
     }
 }
 
-/// `{"error": {"message", "type", "param", "code"}}`, the OpenAI error envelope.
+/// `{"error": {"message", "type", "param", "code"}}`, the OpenAI error envelope (`param` null).
 pub(crate) fn error_envelope(message: &str, kind: &str, code: Option<&str>) -> Value {
     json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })
 }
@@ -216,7 +250,9 @@ pub(crate) fn stream_error_body() -> Value {
 ///
 /// Accepted: `status=503`, `rate-limited=SECS` (429 with `retry-after`),
 /// `try-again-in-ms=MS` (429 whose wait is only in its message), `delay-ms=200`,
-/// `break-after=2`, `error-first`, `hold`, `hang`, `huge-usage`, `gzip`.
+/// `break-after=2`, `response-failed=CODE` and `response-error=CODE` (see
+/// [`Fault::response_failure_for_code`]), `response-cut-after=N`, `response-end-after=N`,
+/// `error-first`, `hold`, `hang`, `huge-usage`, `gzip`.
 /// Returns a message naming the bad value otherwise.
 pub(crate) fn parse_fault_header(value: &str) -> Result<Fault, String> {
     let value = value.trim();
@@ -228,6 +264,11 @@ pub(crate) fn parse_fault_header(value: &str) -> Result<Fault, String> {
         arg.and_then(|a| a.parse::<u64>().ok())
             .ok_or_else(|| format!("x-mock-fault `{value}` needs a number after `=`"))
     };
+    let count = |arg: Option<&str>| number(arg).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let code = || {
+        arg.filter(|a| !a.is_empty())
+            .ok_or_else(|| format!("x-mock-fault `{value}` needs a code after `=`"))
+    };
     match name {
         "status" => {
             let status = number(arg)?;
@@ -238,13 +279,14 @@ pub(crate) fn parse_fault_header(value: &str) -> Result<Fault, String> {
         }
         "rate-limited" => Ok(Fault::rate_limited(number(arg)?)),
         "delay-ms" => Ok(Fault::Delay(Duration::from_millis(number(arg)?))),
-        "break-after" => {
-            let n = usize::try_from(number(arg)?).unwrap_or(usize::MAX);
-            Ok(Fault::BreakAfter(n))
-        }
+        "break-after" => Ok(Fault::BreakAfter(count(arg)?)),
         "try-again-in-ms" => Ok(Fault::rate_limited_in_message(Duration::from_millis(
             number(arg)?,
         ))),
+        "response-failed" => Ok(Fault::response_failure_for_code(code()?)),
+        "response-error" => Ok(Fault::response_failure_for_code(code()?).as_error_event()),
+        "response-cut-after" => Ok(Fault::ResponseCutAfter(count(arg)?)),
+        "response-end-after" => Ok(Fault::ResponseEndAfter(count(arg)?)),
         "error-first" if arg.is_none() => Ok(Fault::StreamErrorFirst),
         "hold" if arg.is_none() => Ok(Fault::HoldAfterFirst),
         "hang" if arg.is_none() => Ok(Fault::Hang),
@@ -252,8 +294,9 @@ pub(crate) fn parse_fault_header(value: &str) -> Result<Fault, String> {
         "gzip" if arg.is_none() => Ok(Fault::gzip()),
         _ => Err(format!(
             "unknown x-mock-fault `{value}` (expected status=N, rate-limited=S, \
-             try-again-in-ms=N, delay-ms=N, break-after=N, error-first, hold, hang, huge-usage \
-             or gzip)"
+             try-again-in-ms=N, delay-ms=N, break-after=N, response-failed=CODE, \
+             response-error=CODE, response-cut-after=N, response-end-after=N, error-first, hold, \
+             hang, huge-usage or gzip)"
         )),
     }
 }
@@ -357,6 +400,12 @@ fn resolve(fault: Fault, seen: &mut u64, streaming: &impl Fn() -> bool) -> Optio
         other => Some(other),
     }
 }
+
+mod responses;
+
+#[cfg(test)]
+use responses::failure_as_status;
+pub(crate) use responses::outside_responses_stream;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,8 @@
 //! Routing matches path suffixes, so `/v1/chat/completions` and an Azure-style
 //! `/openai/deployments/d/chat/completions` both reach the chat answer.
 //! `/v1/messages` speaks the Anthropic dialect: its error bodies and stream
-//! error events are Anthropic-shaped (see [`Dialect`]).
+//! error events are Anthropic-shaped (see [`Dialect`]); `/v1/responses` streams
+//! named events, so its stream errors are `event: error`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use serde_json::json;
 use crate::answers::{self, Answer, Knobs};
 use crate::anthropic;
 use crate::faults::{self, Fault};
+use crate::responses;
 use crate::sse::{self, Pieces, StreamKind};
 use crate::{Recorded, Shared};
 
@@ -34,6 +36,12 @@ pub(crate) enum Route {
     /// Anthropic's `POST /v1/messages`.
     Messages,
     Completions,
+    /// OpenAI's `POST /v1/responses`.
+    Responses,
+    /// `GET /v1/responses/{id}`.
+    ResponseGet,
+    /// `DELETE /v1/responses/{id}`.
+    ResponseDelete,
     Embeddings,
     Models,
     Speech,
@@ -50,6 +58,12 @@ pub(crate) fn route(method: &Method, path: &str) -> Route {
         Route::Messages
     } else if post && path.ends_with("/completions") {
         Route::Completions
+    } else if post && path.ends_with("/responses") {
+        Route::Responses
+    } else if method == Method::GET && response_id(path).is_some() {
+        Route::ResponseGet
+    } else if method == Method::DELETE && response_id(path).is_some() {
+        Route::ResponseDelete
     } else if post && path.ends_with("/embeddings") {
         Route::Embeddings
     } else if method == Method::GET && path.ends_with("/models") {
@@ -61,6 +75,12 @@ pub(crate) fn route(method: &Method, path: &str) -> Route {
     }
 }
 
+/// The `{id}` of a `.../responses/{id}` path (no further segment).
+pub(crate) fn response_id(path: &str) -> Option<&str> {
+    let (_, id) = path.trim_end_matches('/').rsplit_once("/responses/")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
 /// The API family whose error shapes an answer uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -68,12 +88,15 @@ pub(crate) enum Dialect {
     OpenAi,
     /// `{"type": "error", "error": {"type", "message"}}`, named SSE events.
     Anthropic,
+    /// OpenAI's error bodies, named SSE events (`event: error` in a stream).
+    Responses,
 }
 
 impl Route {
     pub(crate) fn dialect(self) -> Dialect {
         match self {
             Route::Messages => Dialect::Anthropic,
+            Route::Responses | Route::ResponseGet | Route::ResponseDelete => Dialect::Responses,
             _ => Dialect::OpenAi,
         }
     }
@@ -112,7 +135,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         Ok(body) => body,
         Err(_) => {
             let answer = match dialect {
-                Dialect::OpenAi => {
+                Dialect::OpenAi | Dialect::Responses => {
                     Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "request body unreadable")
                 }
                 Dialect::Anthropic => Answer::json(
@@ -160,7 +183,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             path: path.clone(),
             query: parts.uri.query().map(str::to_owned),
             headers: parts.headers,
-            key,
+            key: key.clone(),
             body: body.clone(),
             at: std::time::Instant::now(),
         });
@@ -169,6 +192,12 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     if !shared.config.response_delay.is_zero() {
         tokio::time::sleep(shared.config.response_delay).await;
     }
+    let fault = match fault {
+        Some(f) if route != Route::Responses || !wants_stream(&body) => {
+            faults::outside_responses_stream(f)
+        }
+        other => other,
+    };
     let fault = match fault {
         Some(Fault::Delay(wait)) => {
             tokio::time::sleep(wait).await;
@@ -196,13 +225,24 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         other => other,
     };
 
-    let answer = match route {
-        Route::Chat => answers::completion(&body, &knobs, StreamKind::Chat),
-        Route::Messages => anthropic::messages(&body, version.as_deref(), &knobs),
-        Route::Completions => answers::completion(&body, &knobs, StreamKind::Completion),
-        Route::Embeddings => answers::embeddings(&body, &knobs),
-        Route::Models => answers::models(),
-        Route::Speech => answers::speech(),
+    let key = key.as_deref();
+    let id = response_id(&path).unwrap_or_default();
+    let (answer, fault) = match route {
+        Route::Responses => responses::create(&body, key, &knobs, &shared, fault),
+        Route::ResponseGet => (responses::retrieve(&shared, key, id), fault),
+        Route::ResponseDelete => (responses::delete(&shared, key, id), fault),
+        Route::Chat => (answers::completion(&body, &knobs, StreamKind::Chat), fault),
+        Route::Messages => (
+            anthropic::messages(&body, version.as_deref(), &knobs),
+            fault,
+        ),
+        Route::Completions => (
+            answers::completion(&body, &knobs, StreamKind::Completion),
+            fault,
+        ),
+        Route::Embeddings => (answers::embeddings(&body, &knobs), fault),
+        Route::Models => (answers::models(), fault),
+        Route::Speech => (answers::speech(), fault),
         Route::Echo => {
             let echo = json!({
                 "object": "mock.echo",
@@ -211,7 +251,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
                 "content_type": content_type,
                 "body_len": body.len(),
             });
-            Answer::json(StatusCode::OK, &echo)
+            (Answer::json(StatusCode::OK, &echo), fault)
         }
     };
     let fault = fault.map(|f| (f, hold));
@@ -305,7 +345,10 @@ fn respond(
             answer.pieces = vec![match (dialect, answer.streaming) {
                 (Dialect::OpenAi, true) => sse::data_event(&faults::stream_error_body()),
                 (Dialect::Anthropic, true) => anthropic::stream_error_event(),
-                (Dialect::OpenAi, false) => Bytes::from(faults::stream_error_body().to_string()),
+                (Dialect::Responses, true) => responses::stream_error_event(),
+                (Dialect::OpenAi | Dialect::Responses, false) => {
+                    Bytes::from(faults::stream_error_body().to_string())
+                }
                 (Dialect::Anthropic, false) => {
                     Bytes::from(anthropic::overloaded_body().to_string())
                 }
@@ -329,6 +372,9 @@ fn respond(
             | Fault::Delay(_)
             | Fault::Hang
             | Fault::HugeUsage
+            | Fault::ResponseFailed { .. }
+            | Fault::ResponseCutAfter(_)
+            | Fault::ResponseEndAfter(_)
             | Fault::Gzip(_)
             | Fault::StreamsOnly(_)
             | Fault::Flaky { .. },
@@ -357,40 +403,4 @@ fn split_plain(answer: &Answer) -> Vec<Bytes> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_by_suffix() {
-        assert_eq!(route(&Method::POST, "/v1/chat/completions"), Route::Chat);
-        assert_eq!(route(&Method::POST, "/v1/messages"), Route::Messages);
-        assert_eq!(
-            route(&Method::POST, "/anthropic/v1/messages/"),
-            Route::Messages
-        );
-        assert_eq!(route(&Method::GET, "/v1/messages"), Route::Echo);
-        assert_eq!(
-            route(&Method::POST, "/openai/deployments/d/chat/completions"),
-            Route::Chat
-        );
-        assert_eq!(route(&Method::POST, "/v1/completions"), Route::Completions);
-        assert_eq!(route(&Method::POST, "/v1/embeddings"), Route::Embeddings);
-        assert_eq!(route(&Method::GET, "/v1/models"), Route::Models);
-        assert_eq!(route(&Method::POST, "/v1/audio/speech"), Route::Speech);
-        assert_eq!(route(&Method::GET, "/v1/chat/completions"), Route::Echo);
-        assert_eq!(route(&Method::POST, "/v1/files"), Route::Echo);
-    }
-
-    #[test]
-    fn key_prefers_bearer_then_api_key_then_x_api_key() {
-        let mut h = HeaderMap::new();
-        h.insert("x-api-key", HeaderValue::from_static("x"));
-        assert_eq!(request_key(&h).as_deref(), Some("x"));
-        h.insert("api-key", HeaderValue::from_static("a"));
-        assert_eq!(request_key(&h).as_deref(), Some("a"));
-        h.insert("authorization", HeaderValue::from_static("Basic zzz"));
-        assert_eq!(request_key(&h).as_deref(), Some("a"));
-        h.insert("authorization", HeaderValue::from_static("Bearer sk-1"));
-        assert_eq!(request_key(&h).as_deref(), Some("sk-1"));
-    }
-}
+mod tests;

@@ -11,6 +11,9 @@
 //! | `POST /v1/chat/completions`  | `chat.completion`, or SSE chunks with `"stream": true` |
 //! | `POST /v1/messages`          | Anthropic `message`, or its named SSE events           |
 //! | `POST /v1/completions`       | `text_completion`, streamed the same way               |
+//! | `POST /v1/responses`         | `response`, or its named SSE events (Responses API)    |
+//! | `GET /v1/responses/{id}`     | the stored `response`, for the key that created it     |
+//! | `DELETE /v1/responses/{id}`  | `response.deleted`, for the key that created it        |
 //! | `POST /v1/embeddings`        | one `[0.1, 0.2, 0.3]` embedding per input item         |
 //! | `GET /v1/models`             | a single `mock-model`                                  |
 //! | `POST /v1/audio/speech`      | 1024 bytes of `audio/mpeg`                             |
@@ -28,9 +31,94 @@
 //! `event: error` for [`Fault::StreamErrorFirst`]. A request with `tools`
 //! whose last user message says "use a tool" gets a `tool_use` answer.
 //!
+//! # The Responses API
+//!
+//! `/v1/responses` speaks OpenAI's Responses API as Codex CLI uses it.
+//!
+//! **`POST /v1/responses`** needs a JSON object with a `model` (else 400
+//! `missing_required_parameter`). `input` is read leniently: a string, or a list
+//! of items (`message` with string or `input_text` parts, `function_call`,
+//! `function_call_output`, `reasoning`...). The answer is a `response` object:
+//! `id` `resp_<port>_<n>` (unique across the servers of a test), `object`,
+//! `created_at`, the `model` echoed, `status: "completed"`, `error: null`,
+//! `previous_response_id`, `store`, one output item, and `usage`
+//! (`input_tokens` = request body bytes / 4,
+//! `input_tokens_details.cached_tokens`, `output_tokens` = the number of
+//! deltas, `output_tokens_details.reasoning_tokens` = 0, `total_tokens`). The
+//! output item depends on the request:
+//!
+//! - last input item a `function_call_output`: a `message` whose text is
+//!   `"tool said: <output>"` (a list-shaped output is the `text` of its parts);
+//! - last input item a user message (or `input` a string) containing
+//!   [`TOOL_MARKER`] (`TOLLGATE_TOOL`), and `tools` has a function named
+//!   `exec_command` (Codex CLI's shell tool; also found in the chat shape
+//!   `{"function": {"name"}}` or inside a group's `tools`): a `function_call`
+//!   item (`id` `fc_<port>_<n>`, `call_id` `call_<port>_<n>`, `name`
+//!   `exec_command`, `arguments` `{"cmd":"echo tollgate-tool-ok"}`, a JSON
+//!   string); failing that, a function named `shell`: the same with
+//!   `arguments` `{"command":["echo","tollgate-tool-ok"]}`. [`TOOL_OUTPUT`] is
+//!   what the command prints. The marker without either tool gets a message
+//!   saying so;
+//! - anything else: a `message` (`id` `msg_<port>_<n>`) with one `output_text`
+//!   part `"Hello from mock"`.
+//!
+//! With `"stream": true` the answer is named SSE events (`event: NAME`, then
+//! `data:` with the same `type` and a `sequence_number` counting from 0), no
+//! `[DONE]`: `response.created`, `response.in_progress` (both with the
+//! response `in_progress`, empty `output`, null `usage`),
+//! `response.output_item.added`, then for a message
+//! `response.content_part.added`, `response.output_text.delta`...,
+//! `response.output_text.done`, `response.content_part.done`, or for a call
+//! `response.function_call_arguments.delta`... (at least 2),
+//! `response.function_call_arguments.done`; then `response.output_item.done`
+//! and `response.completed` (the whole response, `usage` included). Text and
+//! arguments come in `x-mock-chunks` / [`MockConfig::chunks`] deltas (at most
+//! one per character).
+//!
+//! **Stored responses**: unless the request says `"store": false` (as Codex
+//! does), the final response (completed, or failed by
+//! [`Fault::ResponseFailed`]) is kept, bounded to the newest 10 000, with the
+//! key that created it ([`MockHandle::response_key`]).
+//! `GET /v1/responses/{id}` answers it and `DELETE /v1/responses/{id}` forgets
+//! it (`{"id", "object": "response.deleted", "deleted": true}`) only for that
+//! key; any other key (or an unknown id) gets a 404 with type
+//! `invalid_request_error`, null `param` and `code`, and the message
+//! `Response with id 'ID' not found.`. A `previous_response_id` not stored for
+//! the request's key gets a 400 with code `previous_response_not_found`, param
+//! `previous_response_id` and the message
+//! `Previous response with id 'ID' not found.`, as the real API answers outside
+//! the creating organization. These
+//! requests take scripted one-shot faults like any other request with the key.
+//!
+//! **Prompt cache**: a request with a `prompt_cache_key` reports as
+//! `cached_tokens` the `input_tokens` of the previous request with the same key
+//! and `prompt_cache_key` (capped at its own), as a provider caching the
+//! previous turn of a session per organization; the first turn on a key, or a
+//! request without `prompt_cache_key`, gets 0. Sticky routing of a session to
+//! one key therefore raises cached tokens. [`MockHandle::clear_prompt_cache`]
+//! empties it.
+//!
+//! **Faults** on its streams: [`Fault::ResponseFailed`] fails in-band after
+//! `response.in_progress` with `response.failed` (or an `error` event, with
+//! [`Fault::as_error_event`]); build it with [`Fault::response_rate_limited`],
+//! [`Fault::response_insufficient_quota`], [`Fault::response_server_error`],
+//! [`Fault::response_overloaded`] or [`Fault::response_failed`]. A plain
+//! request gets the matching HTTP error instead. [`Fault::ResponseCutAfter`]
+//! aborts the connection after N deltas; [`Fault::ResponseEndAfter`] ends the
+//! stream cleanly after N deltas without a terminal event. The generic faults
+//! apply too: [`Fault::status`] answers its OpenAI error,
+//! [`Fault::StreamErrorFirst`] sends a lone `event: error` with code
+//! `server_is_overloaded`, [`Fault::BreakAfter`] counts SSE events,
+//! [`Fault::HoldAfterFirst`] holds after `response.created`, and
+//! [`Fault::HugeUsage`] reports `u64::MAX` tokens.
+//!
+//! # Per-request knobs
+//!
 //! Per request, the headers `x-mock-fault` (`status=503`, `rate-limited=2`,
-//! `try-again-in-ms=2000`, `delay-ms=200`, `break-after=2`, `error-first`,
-//! `hold`, `hang`, `huge-usage`, `gzip`), `x-mock-chunks` and
+//! `try-again-in-ms=2000`, `delay-ms=200`, `break-after=2`,
+//! `response-failed=CODE`, `response-error=CODE`, `response-cut-after=N`,
+//! `response-end-after=N`, `error-first`, `hold`, `hang`, `huge-usage`,
+//! `gzip`), `x-mock-chunks` and
 //! `x-mock-chunk-delay-ms` override the defaults; faults scripted for the
 //! request's key win over the header (see [`Fault`]). Scripted faults can be
 //! conditional: for streaming requests only ([`Fault::streams_only`]) or for one
@@ -44,6 +132,7 @@ mod anthropic;
 mod faults;
 mod gzip;
 mod handlers;
+mod responses;
 mod sse;
 #[cfg(test)]
 mod tests;
@@ -61,6 +150,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use faults::Fault;
+pub use responses::{TOOL_MARKER, TOOL_OUTPUT};
 
 /// How the fake upstream answers when no fault applies.
 #[derive(Clone, Debug)]
@@ -119,6 +209,10 @@ pub(crate) struct Shared {
     pub(crate) holds: watch::Sender<u64>,
     /// Request sequence number, used in response ids.
     pub(crate) seq: AtomicU64,
+    /// The bound port, part of Responses ids so two servers never hand out the same one.
+    pub(crate) port: u16,
+    /// Stored Responses API responses and the prompt cache, per key.
+    responses: Mutex<responses::Store>,
 }
 
 impl Shared {
@@ -139,6 +233,10 @@ impl Shared {
 
     pub(crate) fn lock_scripts(&self) -> MutexGuard<'_, faults::Scripts> {
         lock(&self.scripts)
+    }
+
+    pub(crate) fn lock_responses(&self) -> MutexGuard<'_, responses::Store> {
+        lock(&self.responses)
     }
 }
 
@@ -230,6 +328,19 @@ impl MockHandle {
         self.shared.holds.send_modify(|generation| *generation += 1);
     }
 
+    /// The key that created the stored Responses API response `id` (see
+    /// `GET /v1/responses/{id}`); `None` when it is not stored (never created, created with
+    /// `"store": false`, deleted, or evicted) or was created without a key.
+    pub fn response_key(&self, id: &str) -> Option<String> {
+        self.shared.lock_responses().owner(id).flatten()
+    }
+
+    /// Empties the emulated prompt cache of the Responses API (as a provider evicting it):
+    /// the next request of every session reports zero `cached_tokens`. Stored responses stay.
+    pub fn clear_prompt_cache(&self) {
+        self.shared.lock_responses().clear_prompt_cache();
+    }
+
     /// Stops accepting connections and closes idle ones; in-flight answers
     /// finish. Other clones of this handle stop working too.
     pub fn shutdown(&self) {
@@ -255,6 +366,8 @@ pub async fn start_on(addr: SocketAddr, config: MockConfig) -> std::io::Result<M
         scripts: Mutex::new(faults::Scripts::default()),
         holds: watch::Sender::new(0),
         seq: AtomicU64::new(0),
+        port: addr.port(),
+        responses: Mutex::new(responses::Store::default()),
     });
     let (shutdown, mut stop) = watch::channel(false);
     let app = Router::new()

@@ -3,6 +3,7 @@
 
 mod anthropic;
 mod faults;
+mod responses;
 
 use std::time::Duration;
 

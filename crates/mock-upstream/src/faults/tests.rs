@@ -232,3 +232,122 @@ fn error_builds_the_envelope_it_is_given() -> Result<(), serde_json::Error> {
     assert!(body["error"]["param"].is_null());
     Ok(())
 }
+
+#[test]
+fn parses_the_responses_header_forms() {
+    assert_eq!(
+        parse_fault_header("response-failed=insufficient_quota"),
+        Ok(Fault::response_insufficient_quota())
+    );
+    assert_eq!(
+        parse_fault_header("response-error=rate_limit_exceeded"),
+        Ok(Fault::response_rate_limited(Duration::from_millis(1500)).as_error_event())
+    );
+    assert_eq!(
+        parse_fault_header("response-failed=weird"),
+        Ok(Fault::response_failed("weird", "Mock failure: weird."))
+    );
+    assert_eq!(
+        parse_fault_header("response-cut-after=2"),
+        Ok(Fault::ResponseCutAfter(2))
+    );
+    assert_eq!(
+        parse_fault_header("response-end-after=0"),
+        Ok(Fault::ResponseEndAfter(0))
+    );
+    assert!(parse_fault_header("response-failed").is_err());
+    assert!(parse_fault_header("response-failed=").is_err());
+    assert!(parse_fault_header("response-cut-after=x").is_err());
+}
+
+#[test]
+fn the_responses_rate_limit_names_tokens_per_minute_and_its_wait() {
+    let Fault::ResponseFailed {
+        code,
+        message,
+        error_event,
+    } = Fault::response_rate_limited(Duration::from_millis(1500))
+    else {
+        panic!("not a response failure");
+    };
+    assert_eq!((code.as_str(), error_event), ("rate_limit_exceeded", false));
+    assert_eq!(
+        message,
+        "Rate limit reached for gpt-test in organization org-mock on tokens per min (TPM): \
+         Limit 30000, Used 29000, Requested 4000. Please try again in 1.5s. Visit \
+         https://platform.openai.com/account/rate-limits to learn more."
+    );
+    let Fault::ResponseFailed { message, .. } =
+        Fault::response_rate_limited(Duration::from_millis(20))
+    else {
+        panic!("not a response failure");
+    };
+    assert!(message.contains("try again in 20ms."), "{message}");
+}
+
+#[test]
+fn as_error_event_reaches_inside_conditions() {
+    let event = |fault: Fault| match fault {
+        Fault::ResponseFailed { error_event, .. } => error_event,
+        _ => false,
+    };
+    assert!(event(Fault::response_server_error().as_error_event()));
+    let wrapped = Fault::response_overloaded()
+        .flaky(2)
+        .streams_only()
+        .gzipped()
+        .as_error_event();
+    let Fault::Gzip(Some(inner)) = wrapped else {
+        panic!("not gzip");
+    };
+    let Fault::StreamsOnly(inner) = *inner else {
+        panic!("not streams-only");
+    };
+    let Fault::Flaky { fault, .. } = *inner else {
+        panic!("not flaky");
+    };
+    assert!(event(*fault));
+    assert_eq!(Fault::HugeUsage.as_error_event(), Fault::HugeUsage);
+}
+
+#[test]
+fn response_failures_outside_a_stream_are_openai_http_errors() -> Result<(), serde_json::Error> {
+    for (code, status, kind) in [
+        ("rate_limit_exceeded", 429, "tokens"),
+        ("insufficient_quota", 429, "insufficient_quota"),
+        ("context_length_exceeded", 400, "invalid_request_error"),
+        ("server_is_overloaded", 503, "server_error"),
+        ("server_error", 500, "server_error"),
+        ("anything", 500, "server_error"),
+    ] {
+        let Fault::Status {
+            status: got,
+            body,
+            headers,
+        } = failure_as_status(code, "m")
+        else {
+            panic!("not a status");
+        };
+        let body: Value = serde_json::from_str(&body)?;
+        assert_eq!((got, headers.len()), (status, 0), "{code}");
+        assert_eq!(body["error"]["type"], kind, "{code}");
+        assert_eq!(body["error"]["code"], code);
+        assert_eq!(body["error"]["message"], "m");
+    }
+    Ok(())
+}
+
+#[test]
+fn outside_a_responses_stream_failures_are_http_errors_and_cuts_nothing() {
+    assert_eq!(outside_responses_stream(Fault::ResponseCutAfter(1)), None);
+    assert_eq!(outside_responses_stream(Fault::ResponseEndAfter(1)), None);
+    assert_eq!(
+        outside_responses_stream(Fault::HugeUsage),
+        Some(Fault::HugeUsage)
+    );
+    let failed = outside_responses_stream(Fault::response_overloaded().as_error_event());
+    assert!(
+        matches!(failed, Some(Fault::Status { status: 503, .. })),
+        "{failed:?}"
+    );
+}

@@ -1,0 +1,194 @@
+//! The gateway as Codex CLI sees it: `codex exec` (the real binary, pinned in
+//! [`tollgate_e2e::codex_cli::CODEX_VERSION`]) with a model provider pointed at the gateway, in
+//! front of the mock upstream speaking the Responses API.
+//!
+//! - a plain turn;
+//! - a turn whose first key fails inside the stream (`response.failed` with
+//!   `rate_limit_exceeded` right after `response.created`): the gateway must try the next key
+//!   before anything reaches Codex, so Codex never prints `Reconnecting... n/5`;
+//! - a tool call round trip: the mock asks for `exec_command`, Codex runs it and sends the
+//!   output back as a `function_call_output`.
+//!
+//! Codex is installed with npm under `<target>/codex` on first use; without npm these tests
+//! print `SKIPPED: Codex CLI ... unavailable: <reason>` and pass, unless
+//! `TOLLGATE_REQUIRE_CODEX=1` (set by `.ci/run`).
+// clippy.toml's allow-unwrap-in-tests covers test functions, not the helpers beside them.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed step is a failed test"
+)]
+
+use mock_upstream::{Fault, MockHandle, Recorded, TOOL_MARKER, TOOL_OUTPUT};
+use serde_json::Value;
+use std::time::Duration;
+use tollgate_e2e::codex_cli::{codex, exec, CodexRun};
+use tollgate_e2e::{metric, mock, provider, Gateway};
+
+/// The model Codex asks for; the mock answers any.
+const MODEL: &str = "gpt-test";
+/// What the mock says when it neither calls a tool nor reports on one.
+const MOCK_TEXT: &str = "Hello from mock";
+
+/// A mock upstream and a gateway with one default provider "openai" holding `keys`
+/// (secrets `sk-<id>`), tried in the order given.
+async fn gateway(keys: &[&str]) -> (MockHandle, Gateway) {
+    let m = mock().await;
+    let gw = Gateway::start(&provider("openai", &m.base_url(), keys, true), &[]).await;
+    (m, gw)
+}
+
+/// The `POST .../responses` requests the mock received.
+fn responses_requests(m: &MockHandle) -> Vec<Recorded> {
+    m.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/responses"))
+        .collect()
+}
+
+fn json_body(r: &Recorded) -> Value {
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// Asserts the turn ended well, without Codex retrying anything.
+fn assert_clean_turn(run: &CodexRun, gw: &Gateway) {
+    assert!(
+        run.status.success() && !run.timed_out,
+        "{}\ngateway logs:\n{}",
+        run.transcript(),
+        gw.logs()
+    );
+    assert!(
+        run.error_lines().is_empty(),
+        "Codex printed errors or reconnected: {:?}\n{}\ngateway logs:\n{}",
+        run.error_lines(),
+        run.transcript(),
+        gw.logs()
+    );
+}
+
+#[tokio::test]
+async fn plain_turn() {
+    let Some(codex) = codex().await else { return };
+    let (m, gw) = gateway(&["k1"]).await;
+
+    let run = exec(&codex, &gw.base_url(), "client-key", MODEL, "say hi", &[]).await;
+
+    assert_clean_turn(&run, &gw);
+    assert_eq!(run.stdout.trim(), MOCK_TEXT, "{}", run.transcript());
+    let sent = responses_requests(&m);
+    assert_eq!(sent.len(), 1, "{}", run.transcript());
+    let body = json_body(&sent[0]);
+    assert_eq!(body["model"], MODEL);
+    assert_eq!(body["stream"], true);
+    // Codex's session id reaches the upstream in both places the prompt cache can key on.
+    let session = sent[0]
+        .headers
+        .get("session-id")
+        .unwrap_or_else(|| panic!("no session-id header upstream: {:?}", sent[0].headers))
+        .to_str()
+        .unwrap();
+    assert_eq!(body["prompt_cache_key"], session);
+    assert_eq!(sent[0].key.as_deref(), Some("sk-k1"));
+}
+
+#[tokio::test]
+async fn in_stream_rate_limit_on_the_first_key_is_retried_before_codex_sees_it() {
+    let Some(codex) = codex().await else { return };
+    // "bad" is listed first, so the first attempt of the first request goes to it.
+    let (m, gw) = gateway(&["bad", "good"]).await;
+    m.script_always(
+        "sk-bad",
+        Fault::response_rate_limited(Duration::from_secs(5)),
+    );
+
+    let run = exec(&codex, &gw.base_url(), "client-key", MODEL, "say hi", &[]).await;
+
+    let metrics = gw.metrics().await;
+    assert!(
+        m.requests_for_key("sk-bad") >= 1,
+        "the failing key was never tried, so this test shows nothing\n{}",
+        run.transcript()
+    );
+    assert!(
+        run.error_lines().is_empty(),
+        "Codex saw the first key's in-stream rate limit and reconnected: the gateway forwarded \
+         response.failed instead of trying the next key before committing the stream. \
+         Codex printed: {:?}\n{}\ngateway logs:\n{}",
+        run.error_lines(),
+        run.transcript(),
+        gw.logs()
+    );
+    assert_clean_turn(&run, &gw);
+    assert_eq!(run.stdout.trim(), MOCK_TEXT, "{}", run.transcript());
+    assert_eq!(
+        m.requests_for_key("sk-bad"),
+        1,
+        "the rate-limited key was tried again before its 5s were up"
+    );
+    assert_eq!(m.requests_for_key("sk-good"), 1);
+    let rate_limited = metric(
+        &metrics,
+        r#"tollgate_upstream_attempts_total{key="bad",outcome_kind="rate_limited",provider="openai"}"#,
+    );
+    let cooling = metric(
+        &metrics,
+        r#"tollgate_key_state{key="bad",provider="openai",state="cooling"}"#,
+    );
+    assert!(
+        rate_limited >= 1.0 && cooling == 1.0,
+        "the failing key was not counted as rate limited ({rate_limited}) and cooled \
+         ({cooling}):\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn tool_call_round_trip() {
+    let Some(codex) = codex().await else { return };
+    let (m, gw) = gateway(&["k1"]).await;
+
+    // The sandbox is off so the test does not depend on the machine's user namespaces; the
+    // command is the mock's fixed `echo tollgate-tool-ok`.
+    let prompt = format!("run the check {TOOL_MARKER}");
+    let run = exec(
+        &codex,
+        &gw.base_url(),
+        "client-key",
+        MODEL,
+        &prompt,
+        &["-s", "danger-full-access"],
+    )
+    .await;
+
+    assert_clean_turn(&run, &gw);
+    assert!(
+        run.stderr.contains("echo tollgate-tool-ok"),
+        "Codex did not run the call:\n{}",
+        run.transcript()
+    );
+    let sent = responses_requests(&m);
+    assert_eq!(sent.len(), 2, "{}", run.transcript());
+    let first = json_body(&sent[0]);
+    let has_exec = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "exec_command");
+    assert!(has_exec, "Codex offered no exec_command tool: {first}");
+    let input = json_body(&sent[1])["input"].as_array().unwrap().clone();
+    let call = input
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .unwrap_or_else(|| panic!("no function_call in the follow-up: {input:?}"));
+    assert_eq!(call["name"], "exec_command");
+    let output = input
+        .iter()
+        .find(|i| i["type"] == "function_call_output")
+        .unwrap_or_else(|| panic!("no function_call_output in the follow-up: {input:?}"));
+    assert_eq!(output["call_id"], call["call_id"]);
+    assert!(
+        output["output"].as_str().unwrap().contains(TOOL_OUTPUT),
+        "{output}"
+    );
+    // The mock's last word repeats the tool's output.
+    assert!(run.stdout.contains(TOOL_OUTPUT), "{}", run.transcript());
+}
