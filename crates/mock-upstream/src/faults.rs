@@ -74,8 +74,9 @@ pub enum Fault {
     /// chunked body): no `response.completed`, `response.failed` or `response.incomplete`, which
     /// a client must still treat as a failed turn.
     ResponseEndAfter(usize),
-    /// Send the first body piece, then wait for `MockHandle::release_holds`
-    /// before sending the rest.
+    /// Send the body up to its first piece of output (a stream's role-only
+    /// chunk or `response.created` and the first delta; a plain body's first
+    /// half), then wait for `MockHandle::release_holds` before sending the rest.
     HoldAfterFirst,
     /// Send nothing, not even headers, until `MockHandle::release_holds` (then answer
     /// normally) or until the client hangs up: an upstream that took the request and went

@@ -109,7 +109,7 @@
 //! apply too: [`Fault::status`] answers its OpenAI error,
 //! [`Fault::StreamErrorFirst`] sends a lone `event: error` with code
 //! `server_is_overloaded`, [`Fault::BreakAfter`] counts SSE events,
-//! [`Fault::HoldAfterFirst`] holds after `response.created`, and
+//! [`Fault::HoldAfterFirst`] holds after the first `response.output_text.delta`, and
 //! [`Fault::HugeUsage`] reports `u64::MAX` tokens.
 //!
 //! # Per-request knobs

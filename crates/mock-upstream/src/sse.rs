@@ -147,8 +147,10 @@ pub(crate) struct Pieces {
     next: usize,
     /// Sleep before every piece but the first.
     delay: Duration,
-    /// When set, wait for a new hold generation before piece 1.
+    /// When set, wait for a new hold generation before piece `hold_at`.
     hold: Option<watch::Receiver<u64>>,
+    /// The piece the hold comes before.
+    hold_at: usize,
     /// When set, yield an error instead of the piece at this index.
     break_at: Option<usize>,
 }
@@ -161,13 +163,33 @@ impl Pieces {
             next: 0,
             delay,
             hold: None,
+            hold_at: 1,
             break_at: None,
         }
     }
 
-    /// After the first piece, waits until `hold` sees a value newer than the
-    /// one it was subscribed at.
+    /// After the first piece that carries output (a gateway commits a stream there; the
+    /// events before it, a role-only chunk or `response.created`, it holds back), waits until
+    /// `hold` sees a value newer than the one it was subscribed at. A body without such a
+    /// piece (a plain answer cut in two) holds after its first piece.
     pub(crate) fn hold_after_first(mut self, hold: watch::Receiver<u64>) -> Pieces {
+        const OUTPUT: [&[u8]; 5] = [
+            b"\"content\":\"tok",
+            b"\"text\":\"tok",
+            b"output_text.delta",
+            b"function_call_arguments.delta",
+            b"content_block_delta",
+        ];
+        let carries_output = |piece: &Bytes| {
+            OUTPUT
+                .iter()
+                .any(|m| piece.windows(m.len()).any(|w| w == *m))
+        };
+        self.hold_at = self
+            .pieces
+            .iter()
+            .position(carries_output)
+            .map_or(1, |i| i + 1);
         self.hold = Some(hold);
         self
     }
@@ -194,7 +216,7 @@ impl Pieces {
                 let err = io::Error::new(io::ErrorKind::ConnectionReset, "mock-upstream: break");
                 return Some((Err(err), s));
             }
-            if index == 1 {
+            if index == s.hold_at {
                 if let Some(mut hold) = s.hold.take() {
                     // An error means the handle is gone: nothing can release us, so go on.
                     let _ = hold.changed().await;
