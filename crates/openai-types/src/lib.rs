@@ -88,18 +88,41 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
-/// Token usage of a completion.
+/// Token usage of a completion, as Chat Completions (`prompt_tokens`, `completion_tokens`) or
+/// the Responses API (`input_tokens`, `output_tokens`) reports it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Tokens in the prompt.
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: u64,
     /// Tokens generated.
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u64,
     /// Sum of both.
     #[serde(default)]
     pub total_tokens: u64,
+    /// Where the prompt's cached tokens are reported.
+    #[serde(
+        default,
+        alias = "input_tokens_details",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub prompt_tokens_details: Option<PromptDetails>,
+}
+
+/// The details of a prompt's tokens.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptDetails {
+    /// Prompt tokens served from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+impl Usage {
+    /// Prompt tokens served from the provider's prompt cache.
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
+    }
 }
 
 /// What the gateway looks for in a body or stream event: an `error`, or a `usage`.

@@ -34,6 +34,9 @@ pub enum GatewayError {
     /// No route for the model and no default provider.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// A WebSocket upgrade: the gateway serves HTTP only (a client falls back at once).
+    #[error("WebSocket upgrades are not supported here; send the request over HTTP (for the Responses API, POST /v1/responses with stream: true)")]
+    UpgradeRequired,
     /// A path the gateway does not serve.
     #[error("Invalid URL ({method} {path})")]
     NotFound {
@@ -118,6 +121,7 @@ impl GatewayError {
             | GatewayError::EndpointUnsupported { .. } => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::ModelNotFound(_) | GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
+            GatewayError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::AllFailed { status, .. } => *status,
             GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -140,6 +144,7 @@ impl GatewayError {
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound { .. }
+            | GatewayError::UpgradeRequired
             | GatewayError::EndpointUnsupported { .. } => "invalid_request_error",
             GatewayError::RateLimited { .. } => "rate_limit_error",
             GatewayError::Unauthorized | GatewayError::ModelNotAllowed(_) => {
@@ -164,6 +169,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => Some("request_too_large"),
             GatewayError::ModelNotFound(_) => Some("model_not_found"),
             GatewayError::NotFound { .. } => Some("unknown_url"),
+            GatewayError::UpgradeRequired => Some("websocket_not_supported"),
             GatewayError::EndpointUnsupported { .. } => Some("unsupported_endpoint"),
             GatewayError::RateLimited { .. } => Some("rate_limit_exceeded"),
             GatewayError::AllFailed { .. } => Some("upstream_error"),
@@ -188,6 +194,7 @@ impl GatewayError {
             GatewayError::InvalidJson(_)
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::NotFound { .. }
+            | GatewayError::UpgradeRequired
             | GatewayError::RateLimited { .. }
             | GatewayError::AllFailed { .. }
             | GatewayError::Unavailable { .. }
@@ -208,6 +215,7 @@ impl GatewayError {
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound { .. }
+            | GatewayError::UpgradeRequired
             | GatewayError::EndpointUnsupported { .. } => false,
             GatewayError::Unauthorized | GatewayError::ModelNotAllowed(_) => false,
             GatewayError::ClientRateLimited { retry_after, .. } => retry_after.is_some(),
@@ -229,6 +237,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::NotFound { .. } => "not_found",
+            GatewayError::UpgradeRequired => "upgrade_required",
             GatewayError::EndpointUnsupported { .. } => "unsupported_endpoint",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::AllFailed { .. } => "all_failed",

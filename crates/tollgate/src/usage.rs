@@ -157,7 +157,7 @@ fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
     let Ok(chunk) = serde_json::from_slice::<Chunk>(&sse::data(event)) else {
         return true;
     };
-    if let Some(u) = chunk.usage {
+    if let Some(u) = chunk.usage.or(chunk.response.and_then(|r| r.usage)) {
         *usage = Some(u);
     }
     !(chunk.usage.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty))
@@ -238,8 +238,17 @@ impl Kept {
 struct Chunk {
     #[serde(default)]
     usage: Option<Usage>,
+    /// A Responses event (`response.completed`, `.incomplete`, `.failed`) carries it here.
+    #[serde(default)]
+    response: Option<Nested>,
     #[serde(default)]
     choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Nested {
+    #[serde(default)]
+    usage: Option<Usage>,
 }
 
 /// The body with `stream_options.include_usage = true`; `None` when it is not a JSON object.
@@ -284,7 +293,8 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 5,
                 completion_tokens: 7,
-                total_tokens: 12
+                total_tokens: 12,
+                ..Usage::default()
             })
         );
     }
@@ -377,6 +387,7 @@ mod tests {
             prompt_tokens,
             completion_tokens,
             total_tokens,
+            ..Usage::default()
         };
         assert_eq!(plausible_total(&usage(5, 7, 12)), Some(12));
         assert_eq!(

@@ -43,6 +43,7 @@ impl SelectShared {
             };
             counters[0].inc_by(u.prompt_tokens);
             counters[1].inc_by(u.completion_tokens);
+            counters[2].inc_by(u.cached_tokens().min(u.prompt_tokens));
             let key_limits = lease.bucket().1;
             let key_bucket = key_limits.tpm.map(|_| (lease.bucket_id(), key_limits));
             drop(lease);

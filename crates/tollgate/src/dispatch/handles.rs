@@ -11,7 +11,7 @@ use prometheus::IntCounter;
 #[derive(Debug)]
 pub(crate) struct Handles {
     /// `[provider][model or "other"][prompt, completion]`.
-    tokens: Vec<Vec<[IntCounter; 2]>>,
+    tokens: Vec<Vec<[IntCounter; 3]>>,
     /// `[provider][key][kind]`.
     attempts: Vec<Vec<Vec<IntCounter>>>,
 }
@@ -31,7 +31,7 @@ impl Handles {
                 models
                     .iter()
                     .map(|m| {
-                        ["prompt", "completion"].map(|kind| {
+                        ["prompt", "completion", "cached"].map(|kind| {
                             metrics
                                 .tokens
                                 .with_label_values(&[p.name.as_str(), m, kind])
@@ -65,7 +65,7 @@ impl Handles {
     }
 
     /// Token counters of a provider and a model index (`None`: a pass-through model).
-    pub(super) fn tokens(&self, provider: usize, model: Option<usize>) -> [IntCounter; 2] {
+    pub(super) fn tokens(&self, provider: usize, model: Option<usize>) -> [IntCounter; 3] {
         let row = &self.tokens[provider];
         let idx = model.unwrap_or(row.len() - 1).min(row.len() - 1);
         row[idx].clone()

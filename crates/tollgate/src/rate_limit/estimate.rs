@@ -22,6 +22,8 @@ struct Body<'a> {
     prompt: Option<&'a RawValue>,
     #[serde(default, borrow)]
     input: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    instructions: Option<&'a RawValue>,
     #[serde(default)]
     max_tokens: Option<u64>,
     #[serde(default)]
@@ -103,6 +105,32 @@ fn allowance(body: &Body<'_>) -> Option<(&'static str, u64)> {
         .or(named("max_output_tokens", body.max_output_tokens))
 }
 
+/// Tokens of a Responses `input`: a string, or items (messages counted by their content, images
+/// as images; calls, their outputs and reasoning by their size).
+fn input_tokens(raw: &RawValue) -> u64 {
+    #[derive(Deserialize)]
+    struct Item<'a> {
+        #[serde(default, borrow)]
+        content: Option<&'a RawValue>,
+    }
+    let text = raw.get();
+    if !text.starts_with('[') {
+        return text_tokens(text.len());
+    }
+    let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(text) else {
+        return text_tokens(text.len());
+    };
+    items
+        .iter()
+        .map(|item| match serde_json::from_str::<Item<'_>>(item.get()) {
+            Ok(Item {
+                content: Some(content),
+            }) => 3 + content_tokens(content),
+            _ => text_tokens(item.get().len()),
+        })
+        .sum()
+}
+
 /// (prompt estimate, completion allowance) for a request body.
 pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u64, u64) {
     let Ok(parsed) = serde_json::from_slice::<Body<'_>>(body) else {
@@ -121,6 +149,13 @@ pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u6
                 .sum();
             messages + 3 + parsed.tools.map_or(0, |t| text_tokens(t.get().len()))
         }
+        Endpoint::Responses => {
+            let raw = |v: Option<&RawValue>| v.map_or(0, |v| text_tokens(v.get().len()));
+            parsed.input.map_or(0, input_tokens)
+                + raw(parsed.instructions)
+                + raw(parsed.tools)
+                + 3
+        }
         _ => parsed
             .prompt
             .or(parsed.input)
@@ -138,6 +173,32 @@ pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_responses_turn_counts_instructions_every_input_item_and_tools() {
+        let instructions = "x".repeat(4000);
+        let tools = serde_json::json!([{"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {"cmd": {"type": "string", "description": "y".repeat(400)}}}}]);
+        let body = serde_json::json!({
+            "model": "m",
+            "instructions": instructions,
+            "input": [
+                {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "d".repeat(2000)}]},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}, {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]},
+                {"type": "function_call", "call_id": "c1", "name": "exec_command", "arguments": "{\"cmd\":\"ls\"}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "z".repeat(800)},
+            ],
+            "tools": tools,
+            "max_output_tokens": 100,
+        })
+        .to_string();
+        let (prompt, completion) = estimate(body.as_bytes(), Endpoint::Responses, 7);
+        assert_eq!(completion, 100);
+        // instructions ~1000, developer 3 + 500, user 3 + 1 + 765, the call ~20, its output
+        // ~215, tools ~130, priming 3.
+        assert!((2600..2700).contains(&prompt), "{prompt}");
+        let plain = br#"{"model":"m","input":"hello there"}"#;
+        assert_eq!(estimate(plain, Endpoint::Responses, 7), (4 + 3, 7));
+    }
 
     #[test]
     fn chat_messages_count_overhead_text_and_images() {

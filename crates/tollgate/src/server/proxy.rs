@@ -50,6 +50,19 @@ fn failed(e: GatewayError, model: &str) -> Response<Body> {
     resp
 }
 
+/// Whether a request asks to switch to WebSocket (`Upgrade: websocket`, any case).
+fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+            })
+        })
+}
+
 /// Reads the body (the edge's body limit applies) and the fields the gateway routes on.
 async fn parse(
     rt: &Runtime,
@@ -58,6 +71,11 @@ async fn parse(
 ) -> Result<GatewayRequest, GatewayError> {
     let settings = &rt.settings;
     let (parts, body) = req.into_parts();
+    if is_websocket_upgrade(&parts.headers) {
+        // Codex tries a WebSocket first; a 426 sends it to HTTP at once (a 404 or a relayed
+        // GET costs it several reconnects at every start).
+        return Err(GatewayError::UpgradeRequired);
+    }
     let path = parts
         .uri
         .path()
