@@ -78,6 +78,12 @@ pub struct RequestMeta<'a> {
     /// `max_completion_tokens` (current name).
     #[serde(default)]
     pub max_completion_tokens: Option<u64>,
+    /// `prompt_cache_key`, as sent (any JSON value): names the session for sticky routing.
+    #[serde(borrow, default)]
+    pub prompt_cache_key: Option<&'a serde_json::value::RawValue>,
+    /// `user`, as sent (any JSON value).
+    #[serde(borrow, default)]
+    pub user: Option<&'a serde_json::value::RawValue>,
 }
 
 /// `stream_options` of a chat or completion request.

@@ -273,9 +273,23 @@ impl KeyPool {
         excluded: &dyn Fn(usize) -> bool,
         now: Instant,
     ) -> Result<Lease, Recovery> {
+        self.select_for(excluded, None, now)
+    }
+
+    /// [`KeyPool::select`] for a request of a session (`affinity`, a hash of its
+    /// `prompt_cache_key` or session id): the healthy key that rendezvous hashing ranks first
+    /// for it, so a session's turns meet the provider's prompt cache on one key, and a key
+    /// leaving the pool moves only its own sessions. Without a healthy key, as `select`.
+    pub fn select_for(
+        self: &Arc<Self>,
+        excluded: &dyn Fn(usize) -> bool,
+        affinity: Option<u64>,
+        now: Instant,
+    ) -> Result<Lease, Recovery> {
         let n = self.keys.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(usize, f64)> = None; // (idx, cost)
+        let mut sticky: Option<(usize, f64)> = None; // (idx, rendezvous score)
         let mut rec = Recovery::default();
         for off in 0..n {
             let idx = (start + off) % n;
@@ -283,7 +297,8 @@ impl KeyPool {
                 continue;
             }
             let key = &self.keys[idx];
-            match key.apply(HealthEvent::Tick, now) {
+            let health = key.apply(HealthEvent::Tick, now);
+            match health {
                 Health::Cooling { until } => {
                     Recovery::note(&mut rec.cooling, until);
                     continue;
@@ -301,8 +316,14 @@ impl KeyPool {
             if best.is_none_or(|(_, c)| cost < c) {
                 best = Some((idx, cost));
             }
+            if let (Some(session), Health::Healthy) = (affinity, health) {
+                let score = rendezvous(session, &key.settings.id, key.settings.weight);
+                if sticky.is_none_or(|(_, s)| score > s) {
+                    sticky = Some((idx, score));
+                }
+            }
         }
-        let Some((idx, _)) = best else {
+        let Some((idx, _)) = sticky.or(best) else {
             return Err(rec);
         };
         let key = &self.keys[idx];
@@ -312,10 +333,10 @@ impl KeyPool {
             }
             Health::Healthy => None,
             // Lost a race to another request (took the probe, or cooled it): try again.
-            _ => return self.select(&|i| i == idx || excluded(i), now),
+            _ => return self.select_for(&|i| i == idx || excluded(i), affinity, now),
         };
         if probe_of.is_some() && key.apply(HealthEvent::ProbeStarted, now) != Health::Probing {
-            return self.select(&|i| i == idx || excluded(i), now);
+            return self.select_for(&|i| i == idx || excluded(i), affinity, now);
         }
         key.inflight.fetch_add(1, Ordering::Relaxed);
         Ok(Lease {
@@ -379,6 +400,27 @@ impl KeyPool {
     pub fn provider(&self) -> &str {
         &self.provider
     }
+}
+
+/// Weighted rendezvous (highest random weight) score of key `id` for a session: the key with
+/// the highest score serves it; `weight` scales a key's share of sessions.
+fn rendezvous(session: u64, id: &str, weight: u32) -> f64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: every replica ranks a session's keys the same way.
+    let mut h = std::hash::DefaultHasher::new();
+    session.hash(&mut h);
+    id.hash(&mut h);
+    // A uniform draw in (0, 1), from the hash's top 53 bits.
+    let u = ((h.finish() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(weight.max(1)) / -u.ln()
+}
+
+/// The affinity of a session's name (a `prompt_cache_key`, a session id): a stable hash.
+pub fn affinity(name: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
 }
 
 mod lease;

@@ -48,6 +48,9 @@ pub struct GatewayRequest {
     pub include_usage: bool,
     /// When the whole request must be done.
     pub deadline: Instant,
+    /// The session the request belongs to (its `prompt_cache_key`, session id header or, where
+    /// configured, `user`), hashed: its turns go to one key while that key is healthy.
+    pub affinity: Option<u64>,
 }
 
 impl GatewayRequest {
@@ -74,6 +77,7 @@ impl GatewayRequest {
             strip_usage: false,
             include_usage: false,
             deadline: Instant::now() + std::time::Duration::from_secs(600),
+            affinity: None,
         }
     }
 }

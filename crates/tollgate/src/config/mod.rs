@@ -187,6 +187,11 @@ pub struct RetryConfig {
     pub cooldown_max: String,
     /// A disabled key (401/403/quota) gets one probe request after this long.
     pub probe_interval: String,
+    /// A session's requests (same `prompt_cache_key` or `session-id` header) go to one key
+    /// while it is healthy, so the provider's prompt cache is met.
+    pub sticky_sessions: bool,
+    /// Requests with the same `user` count as one session too.
+    pub sticky_user: bool,
     /// Transient failures in a row (5xx, timeouts, connect errors, a stream's error before its
     /// first event) that eject a key (0: never by count).
     pub eject_after: u32,
@@ -213,6 +218,8 @@ impl Default for RetryConfig {
             cooldown_default: "10s".into(),
             cooldown_max: "5m".into(),
             probe_interval: "60s".into(),
+            sticky_sessions: true,
+            sticky_user: false,
             eject_after: 5,
             eject_failure_percent: 50,
             eject_window: "10s".into(),

@@ -77,6 +77,10 @@ pub struct ServerSettings {
 pub struct RetrySettings {
     /// Attempts per target, at least 1.
     pub max_attempts: u32,
+    /// Route a session's requests to one key (see `RetryConfig::sticky_sessions`).
+    pub sticky_sessions: bool,
+    /// Requests with the same `user` are one session.
+    pub sticky_user: bool,
     /// Backoff base.
     #[serde(with = "secs")]
     pub base_delay: Duration,
@@ -304,6 +308,8 @@ impl Config {
         let r = &self.retry;
         let retry = RetrySettings {
             max_attempts: r.max_attempts,
+            sticky_sessions: r.sticky_sessions,
+            sticky_user: r.sticky_user,
             base_delay: p.duration("retry.base_delay", &r.base_delay),
             max_delay: p.duration("retry.max_delay", &r.max_delay),
             budget_percent: r.budget_percent,

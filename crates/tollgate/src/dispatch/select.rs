@@ -162,16 +162,19 @@ impl SelectShared {
         let mut no_key = NoKey::default();
         loop {
             let hard = |i: usize| hard.contains(&i) || full.contains(&i);
-            let untried = pool.select(&|i| hard(i) || soft.contains(&i), now);
+            let affinity = call.req.affinity;
+            let untried = pool.select_for(&|i| hard(i) || soft.contains(&i), affinity, now);
             let lease = match untried {
                 Ok(lease) => lease,
-                Err(r1) => match pool.select(&|i| hard(i) || not_ready.contains(&i), now) {
-                    Ok(lease) => lease,
-                    Err(r2) => {
-                        no_key.recovery = r1.merge(r2);
-                        return Err(no_key);
+                Err(r1) => {
+                    match pool.select_for(&|i| hard(i) || not_ready.contains(&i), affinity, now) {
+                        Ok(lease) => lease,
+                        Err(r2) => {
+                            no_key.recovery = r1.merge(r2);
+                            return Err(no_key);
+                        }
                     }
-                },
+                }
             };
             let (bucket, limits) = pool.bucket(lease.idx());
             match self.limiter.take(bucket, limits, call.req.tokens).await {

@@ -326,3 +326,5 @@ async fn five_transient_failures_eject_a_key_until_one_probe_decides() {
         "a successful probe restores it"
     );
 }
+
+mod sticky;

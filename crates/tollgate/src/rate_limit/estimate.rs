@@ -151,10 +151,7 @@ pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u6
         }
         Endpoint::Responses => {
             let raw = |v: Option<&RawValue>| v.map_or(0, |v| text_tokens(v.get().len()));
-            parsed.input.map_or(0, input_tokens)
-                + raw(parsed.instructions)
-                + raw(parsed.tools)
-                + 3
+            parsed.input.map_or(0, input_tokens) + raw(parsed.instructions) + raw(parsed.tools) + 3
         }
         _ => parsed
             .prompt

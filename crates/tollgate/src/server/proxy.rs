@@ -52,15 +52,12 @@ fn failed(e: GatewayError, model: &str) -> Response<Body> {
 
 /// Whether a request asks to switch to WebSocket (`Upgrade: websocket`, any case).
 fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
-            })
+    headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
         })
+    })
 }
 
 /// Reads the body (the edge's body limit applies) and the fields the gateway routes on.
@@ -84,7 +81,11 @@ async fn parse(
         .to_owned();
     let body = read_body(body, settings.server.max_body).await?;
     let endpoint = Endpoint::from_path(&path);
-    let meta = parse_meta(&parts, &body, endpoint)?;
+    let meta = parse_meta(&parts, &body, endpoint, settings.retry.sticky_user)?;
+    let affinity = match settings.retry.sticky_sessions {
+        true => meta.session.or_else(|| session_header(&parts.headers)),
+        false => None,
+    };
     let request_id = parts
         .headers
         .get("x-request-id")
@@ -111,6 +112,7 @@ async fn parse(
         strip_usage: false,
         include_usage: meta.include_usage,
         deadline: received + settings.server.request_timeout,
+        affinity,
     })
 }
 
@@ -119,9 +121,25 @@ struct Meta {
     model: Option<String>,
     stream: bool,
     include_usage: bool,
+    /// The session named by the body (`prompt_cache_key`, else `user` when it counts), hashed.
+    session: Option<u64>,
 }
 
-fn parse_meta(parts: &Parts, body: &Bytes, endpoint: Endpoint) -> Result<Meta, GatewayError> {
+/// The session a client names in a header (Codex sends `session-id`; Claude Code
+/// `x-claude-code-session-id`), hashed.
+fn session_header(headers: &http::HeaderMap) -> Option<u64> {
+    ["session-id", "session_id", "x-claude-code-session-id"]
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .map(|v| crate::key_pool::affinity(v.as_bytes()))
+}
+
+fn parse_meta(
+    parts: &Parts,
+    body: &Bytes,
+    endpoint: Endpoint,
+    sticky_user: bool,
+) -> Result<Meta, GatewayError> {
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -131,6 +149,7 @@ fn parse_meta(parts: &Parts, body: &Bytes, endpoint: Endpoint) -> Result<Meta, G
         model: None,
         stream: false,
         include_usage: false,
+        session: None,
     };
     if is_json && !body.is_empty() && parts.method != Method::GET {
         let parsed: openai_types::RequestMeta<'_> =
@@ -141,6 +160,12 @@ fn parse_meta(parts: &Parts, body: &Bytes, endpoint: Endpoint) -> Result<Meta, G
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
+        let user = parsed.user.filter(|_| sticky_user);
+        meta.session = parsed
+            .prompt_cache_key
+            .or(user)
+            .filter(|v| !matches!(v.get(), "null" | "\"\""))
+            .map(|v| crate::key_pool::affinity(v.get().as_bytes()));
     }
     let needs_model = matches!(
         endpoint,
