@@ -164,7 +164,12 @@ async fn anthropic_streams_become_openai_chunks() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let text = r.text().await.unwrap();
-    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    // SSE comments (the gateway's keep-alive for upstream events with no OpenAI equivalent)
+    // are not events.
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty() && !e.starts_with(':'))
+        .collect();
     assert_eq!(*events.last().unwrap(), "data: [DONE]");
     let chunks: Vec<Value> = events[..events.len() - 1]
         .iter()

@@ -181,15 +181,20 @@ impl Provider {
                 translator.push(&c, &mut out);
                 Bytes::from(out)
             });
-            // Events still incomplete produce nothing yet: send no empty frames.
-            std::future::ready(match out {
-                Ok(b) if b.is_empty() => None,
-                other => Some(other),
-            })
+            // An upstream chunk that translates to nothing (a `ping`, thinking, a server-tool
+            // block, an event still incomplete) still shows the upstream is alive: an SSE
+            // comment goes on in its place, which resets the idle timer and every client ignores.
+            std::future::ready(Some(match out {
+                Ok(b) if b.is_empty() => Ok(Bytes::from_static(KEEP_ALIVE)),
+                other => other,
+            }))
         });
         (Bytes::from(first), Box::pin(rest))
     }
 }
+
+/// The SSE comment sent for upstream activity that translates to nothing.
+const KEEP_ALIVE: &[u8] = b":\n\n";
 
 /// The body sent to `target`, computed once per target: unchanged when the model name is the
 /// same, the model renamed otherwise, or translated for Anthropic.
@@ -391,5 +396,29 @@ mod tests {
             build_for(&p, &files, None, "k"),
             Err(BuildError::Unsupported)
         ));
+    }
+
+    #[tokio::test]
+    async fn anthropic_pings_and_thinking_keep_the_stream_alive() {
+        use futures_util::StreamExt;
+        let p = Provider::new(provider(ProviderKind::Anthropic));
+        let req = request(
+            "chat/completions",
+            r#"{"model":"m","stream":true,"messages":[]}"#,
+        );
+        let ping = "event: ping\ndata: {\"type\":\"ping\"}\n\n";
+        let thinking = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hm\"}}\n\n";
+        let chunks: Vec<Result<Bytes, crate::upstream::UpstreamError>> = [ping, ping, thinking]
+            .iter()
+            .map(|c| Ok(Bytes::from(c.to_string())))
+            .collect();
+        let (_, body) = p.stream(
+            &req,
+            Bytes::new(),
+            Box::pin(futures_util::stream::iter(chunks)),
+        );
+        let out: Vec<Bytes> = body.map(Result::unwrap).collect().await;
+        assert_eq!(out.len(), 3, "one frame per upstream chunk: {out:?}");
+        assert!(out.iter().all(|b| b.as_ref() == KEEP_ALIVE), "{out:?}");
     }
 }
