@@ -118,3 +118,100 @@ async fn sticky_sessions_can_be_turned_off() {
     }
     assert!(keys.len() > 1, "{keys:?}");
 }
+
+/// Creates a stored response through `gw`; its id and the key that made it.
+async fn create_stored(gw: &Gateway) -> (String, String) {
+    let (key, body) = turn(
+        gw,
+        &json!({"model": "gpt-test", "input": "remember me"}),
+        None,
+    )
+    .await;
+    (body["id"].as_str().unwrap().to_owned(), key)
+}
+
+#[tokio::test]
+async fn a_stored_response_is_continued_read_and_deleted_on_the_key_that_made_it() {
+    let m = mock().await;
+    let gw = Gateway::start(&provider("openai", &m.base_url(), &KEYS, true), &[]).await;
+    let c = reqwest::Client::new();
+    for _ in 0..3 {
+        let (id, made_by) = create_stored(&gw).await;
+        assert_eq!(
+            m.response_key(&id).as_deref(),
+            Some(format!("sk-{made_by}").as_str())
+        );
+        for _ in 0..6 {
+            let follow_up =
+                json!({"model": "gpt-test", "input": "and then?", "previous_response_id": id});
+            let (key, body) = turn(&gw, &follow_up, None).await;
+            assert_eq!(key, made_by, "{body}");
+        }
+        let r = c
+            .get(gw.url(&format!("/v1/responses/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-tollgate-key"].to_str().unwrap(), made_by);
+        let r = c
+            .delete(gw.url(&format!("/v1/responses/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-tollgate-key"].to_str().unwrap(), made_by);
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_which_key_made_a_response_through_redis() {
+    let Some(redis) =
+        tollgate_e2e::RedisServer::start("replicas_share_which_key_made_a_response").await
+    else {
+        return;
+    };
+    let m = mock().await;
+    let toml = format!(
+        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"200ms\"\nkey_prefix = \"e2e-pins{}\"\n{}",
+        redis.url(),
+        redis.port,
+        provider("openai", &m.base_url(), &KEYS, true)
+    );
+    let (a, b) = (
+        Gateway::start(&toml, &[]).await,
+        Gateway::start(&toml, &[]).await,
+    );
+    let (id, made_by) = create_stored(&a).await;
+    // Replica b learns it from Redis (the pin is written in the background: wait until it is
+    // there, then every read goes to the right key; a random key would 404 three times in four).
+    let pinned = format!("e2e-pins{}:resp:{id}", redis.port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !redis_has(&redis, &pinned).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pin never reached Redis"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let c = reqwest::Client::new();
+    for _ in 0..12 {
+        let r = c
+            .get(b.url(&format!("/v1/responses/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-tollgate-key"].to_str().unwrap(), made_by);
+    }
+}
+
+/// Whether Redis holds `key` (asked with redis-cli, which comes with redis-server).
+async fn redis_has(redis: &tollgate_e2e::RedisServer, key: &str) -> bool {
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "EXISTS", key])
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "1"
+}

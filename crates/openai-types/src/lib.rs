@@ -84,6 +84,12 @@ pub struct RequestMeta<'a> {
     /// `user`, as sent (any JSON value).
     #[serde(borrow, default)]
     pub user: Option<&'a serde_json::value::RawValue>,
+    /// `previous_response_id` (Responses API), as sent.
+    #[serde(borrow, default)]
+    pub previous_response_id: Option<&'a serde_json::value::RawValue>,
+    /// `store` (Responses API), as sent.
+    #[serde(borrow, default)]
+    pub store: Option<&'a serde_json::value::RawValue>,
 }
 
 /// `stream_options` of a chat or completion request.

@@ -11,6 +11,7 @@
 
 pub mod health;
 pub mod outlier;
+pub mod pins;
 pub mod store;
 
 pub use health::{Health, HealthEvent};
@@ -273,17 +274,19 @@ impl KeyPool {
         excluded: &dyn Fn(usize) -> bool,
         now: Instant,
     ) -> Result<Lease, Recovery> {
-        self.select_for(excluded, None, now)
+        self.select_for(excluded, Prefer::Any, now)
     }
 
-    /// [`KeyPool::select`] for a request of a session (`affinity`, a hash of its
-    /// `prompt_cache_key` or session id): the healthy key that rendezvous hashing ranks first
+    /// [`KeyPool::select`] with a preference: for a session ([`Prefer::Session`], a hash of its
+    /// `prompt_cache_key` or session id) the healthy key that rendezvous hashing ranks first
     /// for it, so a session's turns meet the provider's prompt cache on one key, and a key
-    /// leaving the pool moves only its own sessions. Without a healthy key, as `select`.
+    /// leaving the pool moves only its own sessions; for a stored response
+    /// ([`Prefer::Key`]) the key that created it, whenever it can be used. Otherwise (no such
+    /// key usable), as `select`.
     pub fn select_for(
         self: &Arc<Self>,
         excluded: &dyn Fn(usize) -> bool,
-        affinity: Option<u64>,
+        prefer: Prefer,
         now: Instant,
     ) -> Result<Lease, Recovery> {
         let n = self.keys.len();
@@ -316,11 +319,15 @@ impl KeyPool {
             if best.is_none_or(|(_, c)| cost < c) {
                 best = Some((idx, cost));
             }
-            if let (Some(session), Health::Healthy) = (affinity, health) {
-                let score = rendezvous(session, &key.settings.id, key.settings.weight);
-                if sticky.is_none_or(|(_, s)| score > s) {
-                    sticky = Some((idx, score));
+            match (prefer, health) {
+                (Prefer::Key(k), _) if k == idx => sticky = Some((idx, f64::INFINITY)),
+                (Prefer::Session(session), Health::Healthy) => {
+                    let score = rendezvous(session, &key.settings.id, key.settings.weight);
+                    if sticky.is_none_or(|(_, s)| score > s) {
+                        sticky = Some((idx, score));
+                    }
                 }
+                _ => {}
             }
         }
         let Some((idx, _)) = sticky.or(best) else {
@@ -333,10 +340,10 @@ impl KeyPool {
             }
             Health::Healthy => None,
             // Lost a race to another request (took the probe, or cooled it): try again.
-            _ => return self.select_for(&|i| i == idx || excluded(i), affinity, now),
+            _ => return self.select_for(&|i| i == idx || excluded(i), prefer, now),
         };
         if probe_of.is_some() && key.apply(HealthEvent::ProbeStarted, now) != Health::Probing {
-            return self.select_for(&|i| i == idx || excluded(i), affinity, now);
+            return self.select_for(&|i| i == idx || excluded(i), prefer, now);
         }
         key.inflight.fetch_add(1, Ordering::Relaxed);
         Ok(Lease {
@@ -399,6 +406,24 @@ impl KeyPool {
     /// The provider's name.
     pub fn provider(&self) -> &str {
         &self.provider
+    }
+}
+
+/// Which key a request would rather have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefer {
+    /// Any: the least loaded, weighted by quality.
+    Any,
+    /// A session's (the hash of its name): its rendezvous-hashing key among the healthy ones.
+    Session(u64),
+    /// This key (it created the stored response the request refers to).
+    Key(usize),
+}
+
+impl KeyPool {
+    /// The index of the key whose bucket id is `bucket`.
+    pub fn index_of(&self, bucket: &str) -> Option<usize> {
+        self.keys.iter().position(|k| &*k.bucket == bucket)
     }
 }
 

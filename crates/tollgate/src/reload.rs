@@ -53,9 +53,11 @@ impl Reloader {
         seed: u64,
     ) -> Self {
         let limiter = Arc::new(Limiter::new(&settings.state, &metrics));
+        let health = crate::key_pool::store::for_limiter(&limiter);
         let parts = Parts {
             upstream,
-            health: crate::key_pool::store::for_limiter(&limiter),
+            pins: Arc::new(crate::key_pool::pins::Pins::new(Arc::clone(&health))),
+            health,
             limiter,
             metrics,
             seed,

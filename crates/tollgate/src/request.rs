@@ -51,6 +51,12 @@ pub struct GatewayRequest {
     /// The session the request belongs to (its `prompt_cache_key`, session id header or, where
     /// configured, `user`), hashed: its turns go to one key while that key is healthy.
     pub affinity: Option<u64>,
+    /// The stored response the request refers to (`previous_response_id`, or the id in
+    /// `/v1/responses/{id}`): it goes to the key that created it.
+    pub stored_response: Option<Box<str>>,
+    /// Whether the answer is a response the provider stores (a Responses request without
+    /// `store: false`): the key that made it is remembered.
+    pub stores_response: bool,
 }
 
 impl GatewayRequest {
@@ -78,6 +84,8 @@ impl GatewayRequest {
             include_usage: false,
             deadline: Instant::now() + std::time::Duration::from_secs(600),
             affinity: None,
+            stored_response: None,
+            stores_response: false,
         }
     }
 }

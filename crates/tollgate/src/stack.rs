@@ -80,6 +80,8 @@ pub struct Parts {
     pub metrics: Metrics,
     /// Seed of the jitter RNG.
     pub seed: u64,
+    /// Which key created which stored response (lives across reloads).
+    pub pins: Arc<crate::key_pool::pins::Pins>,
 }
 
 /// A gateway stack built from one config, with the key pools it runs on.
@@ -195,6 +197,7 @@ fn dispatch(
         metrics: parts.metrics.clone(),
         idle_timeout: settings.server.idle_timeout,
         max_event: settings.server.max_event,
+        pins: Arc::clone(&parts.pins),
         max_delay: r.max_delay,
     };
     let service = ServiceBuilder::new()

@@ -281,6 +281,21 @@ fn is_end(end: SseEnd, event: &[u8], id: &mut Option<String>) -> bool {
     }
 }
 
+/// The id of the Responses answer whose first bytes are `head`: the `response.id` of the
+/// first event that names one (`response.created`) in a stream, the top-level `id` of a
+/// plain answer.
+pub fn response_id_in(head: &[u8], sse: bool) -> Option<String> {
+    if !sse {
+        #[derive(serde::Deserialize)]
+        struct Plain {
+            id: Option<String>,
+        }
+        return serde_json::from_slice::<Plain>(head).ok()?.id;
+    }
+    let mut scanner = Scanner::new();
+    std::iter::from_fn(|| scanner.next_event(head)).find_map(|event| response_id(&sse::data(event)))
+}
+
 /// The `response.id` of a Responses event, read from its data.
 fn response_id(data: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]

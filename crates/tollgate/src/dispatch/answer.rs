@@ -86,6 +86,11 @@ impl SelectShared {
         let key = lease.id().to_owned();
         let pname = lease.provider().to_owned();
         let sse = req.stream && is_event_stream(&resp.headers);
+        if req.stores_response && resp.status.is_success() {
+            if let Some(id) = crate::stream::response_id_in(&prefix, sse) {
+                self.pins.record(&id, lease.bucket_id());
+            }
+        }
         let json = resp
             .headers
             .get(header::CONTENT_TYPE)

@@ -8,7 +8,7 @@ use super::decision::{decide, Exclude, KeyEffect, Then};
 use super::handles::Handles;
 use super::trail::{AttemptRecord, Failure, Trail};
 use crate::key_pool::store::HealthStore;
-use crate::key_pool::{after, KeyPool, Lease, Recovery};
+use crate::key_pool::{after, KeyPool, Lease, Prefer, Recovery};
 use crate::metrics::Metrics;
 use crate::provider::classify::Kind;
 use crate::provider::{Exchange, Raw};
@@ -68,6 +68,8 @@ pub(crate) struct SelectShared {
     pub(crate) idle_timeout: Duration,
     /// Largest event of a streamed answer.
     pub(crate) max_event: usize,
+    /// Which key created which stored response.
+    pub(crate) pins: Arc<crate::key_pool::pins::Pins>,
     /// A transient answer asking for longer than this cools its key instead of a backoff.
     pub(crate) max_delay: Duration,
 }
@@ -160,14 +162,14 @@ impl SelectShared {
         };
         let mut full: Vec<usize> = Vec::new();
         let mut no_key = NoKey::default();
+        let prefer = self.preference(&call.req, pool).await;
         loop {
             let hard = |i: usize| hard.contains(&i) || full.contains(&i);
-            let affinity = call.req.affinity;
-            let untried = pool.select_for(&|i| hard(i) || soft.contains(&i), affinity, now);
+            let untried = pool.select_for(&|i| hard(i) || soft.contains(&i), prefer, now);
             let lease = match untried {
                 Ok(lease) => lease,
                 Err(r1) => {
-                    match pool.select_for(&|i| hard(i) || not_ready.contains(&i), affinity, now) {
+                    match pool.select_for(&|i| hard(i) || not_ready.contains(&i), prefer, now) {
                         Ok(lease) => lease,
                         Err(r2) => {
                             no_key.recovery = r1.merge(r2);
@@ -191,6 +193,17 @@ impl SelectShared {
                 }
             }
         }
+    }
+
+    /// The key a request would rather have: the creator of the stored response it refers to,
+    /// else its session's.
+    async fn preference(&self, req: &GatewayRequest, pool: &KeyPool) -> Prefer {
+        if let Some(id) = req.stored_response.as_deref() {
+            if let Some(idx) = self.pins.key_of(id).await.and_then(|k| pool.index_of(&k)) {
+                return Prefer::Key(idx);
+            }
+        }
+        req.affinity.map_or(Prefer::Any, Prefer::Session)
     }
 
     /// Applies the outcome to the key and the trail; the answer on success.

@@ -209,9 +209,11 @@ fn setup(toml: &str) -> (Dispatch, Arc<Fake>, Metrics) {
     let fake = Arc::new(Fake::default());
     let metrics = Metrics::new().unwrap();
     let limiter = Arc::new(crate::rate_limit::Limiter::new(&settings.state, &metrics));
+    let health = crate::key_pool::store::for_limiter(&limiter);
     let parts = Parts {
         upstream: Arc::new(FakeUpstream(fake.clone())),
-        health: crate::key_pool::store::for_limiter(&limiter),
+        pins: Arc::new(crate::key_pool::pins::Pins::new(Arc::clone(&health))),
+        health,
         limiter,
         metrics: metrics.clone(),
         seed: 7,

@@ -299,6 +299,13 @@ impl Shared {
                     let body = decoded(&mut resp.headers, body, MAX_ANSWER_BODY);
                     resp.body = Box::pin(futures_util::stream::iter([Ok(body)]));
                 }
+                if req.stores_response {
+                    // A stored response: read whole, so the key that made it can be noted.
+                    let body = read_bounded(&mut resp.body, deadline, MAX_ANSWER_BODY).await;
+                    let body = decoded(&mut resp.headers, body, MAX_ANSWER_BODY);
+                    resp.body = Box::pin(futures_util::stream::empty());
+                    return Raw::Ok(resp, body);
+                }
                 return Raw::Ok(resp, Bytes::new());
             }
             let body = read_bounded(&mut resp.body, deadline, MAX_ANSWER_BODY).await;

@@ -325,6 +325,24 @@ impl RedisStore {
         let _: Option<()> = self.command(cmd).await;
     }
 
+    /// Records the key (bucket id) that created stored response `id`, for as long as the
+    /// provider keeps stored responses (30 days).
+    pub(crate) async fn pin_response(&self, id: &str, key: &str) {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}:resp:{id}", self.prefix))
+            .arg(key)
+            .arg("EX")
+            .arg(30 * 24 * 3600);
+        let _: Option<()> = self.command(cmd).await;
+    }
+
+    /// The key that created stored response `id`, when a replica recorded it.
+    pub(crate) async fn pinned_response(&self, id: &str) -> Option<String> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("{}:resp:{id}", self.prefix));
+        self.command::<Option<String>>(cmd).await.flatten()
+    }
+
     /// The shared health of `ids`, in order (`None` where nothing is recorded).
     pub(crate) async fn fetch_health(&self, ids: &[&str]) -> Option<Vec<Option<SharedHealth>>> {
         if ids.is_empty() {

@@ -93,6 +93,8 @@ async fn parse(
         .unwrap_or_default()
         .to_owned();
     let model_index = meta.model.as_deref().and_then(|m| settings.model_index(m));
+    let path_for_pin = path.clone();
+    let is_post = parts.method == Method::POST;
     Ok(GatewayRequest {
         headers: upstream_headers(&parts.headers, &request_id),
         credential: crate::auth::presented_key(&parts.headers).map(Box::from),
@@ -113,6 +115,10 @@ async fn parse(
         include_usage: meta.include_usage,
         deadline: received + settings.server.request_timeout,
         affinity,
+        stored_response: meta
+            .previous_response
+            .or_else(|| response_in_path(&path_for_pin)),
+        stores_response: endpoint == Endpoint::Responses && is_post && meta.stores,
     })
 }
 
@@ -123,6 +129,16 @@ struct Meta {
     include_usage: bool,
     /// The session named by the body (`prompt_cache_key`, else `user` when it counts), hashed.
     session: Option<u64>,
+    /// `previous_response_id`.
+    previous_response: Option<Box<str>>,
+    /// The answer is stored (no `store: false`).
+    stores: bool,
+}
+
+/// The response id of `responses/{id}` (and `responses/{id}/input_items`, `…/cancel`).
+fn response_in_path(path: &str) -> Option<Box<str>> {
+    let id = path.strip_prefix("responses/")?.split('/').next()?;
+    (!id.is_empty()).then(|| id.into())
 }
 
 /// The session a client names in a header (Codex sends `session-id`; Claude Code
@@ -150,6 +166,8 @@ fn parse_meta(
         stream: false,
         include_usage: false,
         session: None,
+        previous_response: None,
+        stores: true,
     };
     if is_json && !body.is_empty() && parts.method != Method::GET {
         let parsed: openai_types::RequestMeta<'_> =
@@ -166,6 +184,12 @@ fn parse_meta(
             .or(user)
             .filter(|v| !matches!(v.get(), "null" | "\"\""))
             .map(|v| crate::key_pool::affinity(v.get().as_bytes()));
+        meta.previous_response = parsed
+            .previous_response_id
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+            .filter(|id| !id.is_empty())
+            .map(String::into_boxed_str);
+        meta.stores = parsed.store.is_none_or(|v| v.get() != "false");
     }
     let needs_model = matches!(
         endpoint,

@@ -2,8 +2,8 @@
 
 use super::*;
 
-fn session(n: u32) -> Option<u64> {
-    Some(affinity(format!("\"session-{n}\"").as_bytes()))
+fn session(n: u32) -> Prefer {
+    Prefer::Session(affinity(format!("\"session-{n}\"").as_bytes()))
 }
 
 #[tokio::test(start_paused = true)]
@@ -39,7 +39,7 @@ async fn a_key_leaving_moves_only_its_own_sessions() {
         .map(|n| pool.select_for(NONE, session(n), now).unwrap().idx())
         .collect();
     // Key c cools: its sessions move, every other session stays where it was.
-    pool.select_for(&|i| i != 2, None, now)
+    pool.select_for(&|i| i != 2, Prefer::Any, now)
         .unwrap()
         .cool(Some(Duration::from_secs(30)), now);
     for (n, was) in before.iter().enumerate() {
