@@ -5,9 +5,10 @@
 //!
 //! Each test runs `sdk/client.py SCENARIO` against a real gateway and mock upstream; the script
 //! prints one JSON line of what the SDK observed and every assertion is made here. The SDK lives
-//! in a virtualenv at `<target>/sdk-venv`, provisioned on first use (see [`sdk_python`]). When it
-//! cannot be provisioned the tests print `SKIPPED: openai SDK unavailable: <reason>` and pass,
-//! unless `TOLLGATE_REQUIRE_SDK=1`, which makes them fail with the reason.
+//! in a virtualenv at `<target>/sdk-venv`, provisioned on first use (see
+//! [`tollgate_e2e::openai_sdk`]). When it cannot be provisioned the tests print
+//! `SKIPPED: openai SDK unavailable: <reason>` and pass, unless `TOLLGATE_REQUIRE_SDK=1`, which
+//! makes them fail with the reason.
 // clippy.toml's allow-unwrap-in-tests covers test functions, not the helpers beside them.
 #![expect(
     clippy::unwrap_used,
@@ -16,104 +17,8 @@
 
 use mock_upstream::{Fault, MockConfig, MockHandle};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::time::Duration;
-use tollgate_e2e::{provider, provision, Gateway};
-
-/// Set to `1` to fail, not skip, when the SDK cannot be provisioned (meant for CI).
-const REQUIRE_SDK: &str = "TOLLGATE_REQUIRE_SDK";
-/// The pip requirement installed into the virtualenv.
-const SDK_REQUIREMENT: &str = "openai>=1.50,<3";
-/// Longest a whole `client.py` run may take; the SDK's own timeout per request is 20s.
-const CLIENT_LIMIT: Duration = Duration::from_secs(90);
-
-// ---- provisioning ----------------------------------------------------------------------------
-
-/// The virtualenv's python, with `openai` importable; provisioned once per test process (see
-/// [`tollgate_e2e::provision`]).
-fn sdk_python() -> Result<PathBuf, String> {
-    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    PYTHON
-        .get_or_init(|| {
-            let venv = provision::target_dir()?.join("sdk-venv");
-            let python = venv.join("bin").join("python");
-            provision::provision(
-                &venv,
-                || has_sdk(&python).then(|| python.clone()),
-                || install(&venv, &python),
-            )
-        })
-        .clone()
-}
-
-fn has_sdk(python: &Path) -> bool {
-    Command::new(python)
-        .args(["-c", "import openai"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn install(venv: &Path, python: &Path) -> Result<(), String> {
-    let mut venv_cmd = Command::new("python3");
-    venv_cmd.args(["-m", "venv", "--clear"]).arg(venv);
-    provision::run_step(venv_cmd, "python3 -m venv")?;
-    let mut pip = Command::new(python);
-    pip.args(["-m", "pip", "install", "--quiet", SDK_REQUIREMENT]);
-    provision::run_step(pip, &format!("pip install '{SDK_REQUIREMENT}'"))
-}
-
-/// The SDK's python, or `None` after printing why the test is skipped.
-async fn sdk() -> Option<PathBuf> {
-    let result = tokio::task::spawn_blocking(sdk_python).await.unwrap();
-    provision::or_skip(result, "openai SDK", REQUIRE_SDK)
-}
-
-// ---- running a scenario ----------------------------------------------------------------------
-
-/// Runs `client.py scenario` against `gw` and returns the JSON line it printed.
-async fn observe(python: &Path, gw: &Gateway, scenario: &str) -> Value {
-    let child = Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/client.py"))
-        .arg(scenario)
-        .env("OPENAI_BASE_URL", gw.base_url())
-        .env("OPENAI_API_KEY", "client-key")
-        .env_remove("OPENAI_ORG_ID")
-        .env_remove("OPENAI_PROJECT_ID")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    // Blocking wait off the runtime thread: the mock upstream is served on this runtime.
-    let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
-    let out: Output = match tokio::time::timeout(CLIENT_LIMIT, waited).await {
-        Ok(joined) => joined.unwrap().unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!(
-                "client.py {scenario} ran over {CLIENT_LIMIT:?}; gateway logs:\n{}",
-                gw.logs()
-            );
-        }
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "client.py {scenario}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("client.py {scenario} printed no JSON ({e}):\n{stdout}{stderr}"))
-}
+use tollgate_e2e::openai_sdk::{observe, sdk};
+use tollgate_e2e::{provider, Gateway};
 
 /// Asserts the SDK raised nothing, showing the observation and gateway logs otherwise.
 fn assert_no_exception(seen: &Value, gw: &Gateway) {

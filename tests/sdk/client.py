@@ -2,8 +2,8 @@
 
 Usage: client.py SCENARIO. The client reads OPENAI_BASE_URL and OPENAI_API_KEY from the
 environment. Each scenario prints one JSON line with what it observed and exits 0, also when
-the SDK raised: the Rust test (tests/sdk.rs) makes every assertion about the gateway. Exit
-status 2 means a bad invocation.
+the SDK raised: the Rust tests (tests/sdk.rs, tests/responses.rs) make every assertion about
+the gateway. Exit status 2 means a bad invocation.
 """
 
 import json
@@ -221,6 +221,109 @@ def tools_stream():
     }
 
 
+# ---- the Responses API ------------------------------------------------------------------------
+
+RESPONSES_MODEL = "gpt-4o-mini"
+RESPONSES_INPUT = "hi"
+TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+# What `responses_usage` sends as `prompt_cache_key` on both turns: one session.
+SESSION = "tollgate-e2e-session"
+
+
+def dump(model):
+    """A pydantic model (usage, error) as JSON, or None."""
+    return model.model_dump() if model is not None else None
+
+
+def summary(response):
+    """What a `response` object says: id, status, text, error and usage."""
+    return {
+        "id": response.id,
+        "status": response.status,
+        "model": response.model,
+        "text": response.output_text,
+        "error": dump(response.error),
+        "usage": dump(response.usage),
+    }
+
+
+def event_record(event):
+    """One stream event: its type, and what matters for it (a delta, an error, a terminal)."""
+    record = {"type": event.type}
+    if event.type == "response.output_text.delta":
+        record["delta"] = event.delta
+    elif event.type == "error":
+        record["code"] = getattr(event, "code", None)
+        record["message"] = getattr(event, "message", None)
+    elif event.type in TERMINAL or event.type == "response.created":
+        record["response"] = summary(event.response)
+    return record
+
+
+def stream_summary(observed):
+    """Types, text and terminal event of the events recorded in `observed["events"]`."""
+    events = observed.get("events", [])
+    observed["types"] = [e["type"] for e in events]
+    observed["text"] = "".join(e.get("delta", "") for e in events)
+    terminals = [e for e in events if e["type"] in TERMINAL]
+    observed["terminal"] = terminals[-1] if terminals else None
+    return observed
+
+
+def responses_plain(c=None, **extra):
+    raw = (c or client()).responses.with_raw_response.create(
+        model=RESPONSES_MODEL, input=RESPONSES_INPUT, **extra
+    )
+    observed = summary(raw.parse())
+    observed["headers"] = headers(raw)
+    return observed
+
+
+def responses_stream_events(observed, c=None, **extra):
+    """Iterates a streamed response with `create(stream=True)`, recording every event."""
+    events = observed["events"] = []
+    raw = (c or client()).responses.with_raw_response.create(
+        model=RESPONSES_MODEL, input=RESPONSES_INPUT, stream=True, **extra
+    )
+    observed["headers"] = headers(raw)
+    for event in raw.parse():
+        events.append(event_record(event))
+
+
+def responses_stream(c=None, **extra):
+    """A streamed response; a failure (raised by the SDK) is part of the observation."""
+    observed = {"exception": None}
+    try:
+        responses_stream_events(observed, c, **extra)
+    except Exception as e:  # noqa: BLE001 - the class is the observation
+        observed["exception"] = exception(e)
+    return stream_summary(observed)
+
+
+def responses_stream_manager():
+    """`client.responses.stream(...)` as a context manager, then `get_final_response()`."""
+    observed = {"exception": None, "events": [], "final": None}
+    try:
+        with client().responses.stream(model=RESPONSES_MODEL, input=RESPONSES_INPUT) as stream:
+            raw = getattr(stream, "_response", None)
+            if raw is not None:
+                observed["headers"] = {name: raw.headers.get(name) for name in HEADERS}
+            for event in stream:
+                observed["events"].append(event_record(event))
+            observed["final"] = summary(stream.get_final_response())
+    except Exception as e:  # noqa: BLE001 - the class is the observation
+        observed["exception"] = exception(e)
+    return stream_summary(observed)
+
+
+def responses_usage():
+    """One session's two turns: plain, then streamed, with the same `prompt_cache_key`."""
+    c = client()
+    plain = responses_plain(c, prompt_cache_key=SESSION)
+    streamed = responses_stream(c, prompt_cache_key=SESSION)
+    return {"plain": plain, "stream": streamed}
+
+
 SCENARIOS = {
     "chat": chat,
     "stream": lambda: stream(stream_options=INCLUDE_USAGE),
@@ -232,6 +335,10 @@ SCENARIOS = {
     "chain_stream": lambda: stream(CHAIN_MODEL, stream_options=INCLUDE_USAGE),
     "chain_tools": tools,
     "chain_tools_stream": tools_stream,
+    "responses": responses_plain,
+    "responses_stream": responses_stream,
+    "responses_stream_manager": responses_stream_manager,
+    "responses_usage": responses_usage,
 }
 
 
