@@ -21,7 +21,7 @@
 use mock_upstream::{Fault, MockHandle, Recorded, TOOL_MARKER, TOOL_OUTPUT};
 use serde_json::Value;
 use std::time::Duration;
-use tollgate_e2e::codex_cli::{codex, exec, CodexRun};
+use tollgate_e2e::codex_cli::{self, codex, exec, CodexRun};
 use tollgate_e2e::{metric, mock, provider, Gateway};
 
 /// The model Codex asks for; the mock answers any.
@@ -94,8 +94,17 @@ async fn plain_turn() {
 #[tokio::test]
 async fn in_stream_rate_limit_on_the_first_key_is_retried_before_codex_sees_it() {
     let Some(codex) = codex().await else { return };
-    // "bad" is listed first, so the first attempt of the first request goes to it.
-    let (m, gw) = gateway(&["bad", "good"]).await;
+    // "bad" is listed first, so the first attempt of the first request goes to it (with sticky
+    // sessions off: Codex's session would otherwise pick its own key).
+    let m = mock().await;
+    let gw = Gateway::start(
+        &format!(
+            "[retry]\nsticky_sessions = false\n{}",
+            provider("openai", &m.base_url(), &["bad", "good"], true)
+        ),
+        &[],
+    )
+    .await;
     m.script_always(
         "sk-bad",
         Fault::response_rate_limited(Duration::from_secs(5)),
@@ -191,4 +200,44 @@ async fn tool_call_round_trip() {
     );
     // The mock's last word repeats the tool's output.
     assert!(run.stdout.contains(TOOL_OUTPUT), "{}", run.transcript());
+}
+
+#[tokio::test]
+async fn the_built_in_provider_falls_back_to_http_after_one_426() {
+    let Some(codex) = codex().await else { return };
+    let (m, gw) = gateway(&["k1"]).await;
+
+    let run = codex_cli::exec_via(
+        codex_cli::Via::BuiltIn,
+        &codex,
+        &gw.base_url(),
+        "client-key",
+        MODEL,
+        "say hi",
+        &[],
+    )
+    .await;
+
+    assert_clean_turn(&run, &gw);
+    assert_eq!(run.stdout.trim(), MOCK_TEXT, "{}", run.transcript());
+    assert_eq!(responses_requests(&m).len(), 1, "{}", run.transcript());
+    assert!(
+        m.requests().iter().all(|r| r.method == "POST"),
+        "the WebSocket attempt never reached the upstream: {:?}",
+        m.requests()
+            .iter()
+            .map(|r| (&r.method, &r.path))
+            .collect::<Vec<_>>()
+    );
+    let upgrades = gw
+        .logs()
+        .lines()
+        .filter(|l| l.contains("\"message\":\"request\"") && l.contains("\"status\":426"))
+        .count();
+    assert_eq!(
+        upgrades,
+        1,
+        "one WebSocket try, answered 426: {}",
+        gw.logs()
+    );
 }

@@ -137,10 +137,41 @@ impl CodexRun {
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
+/// How Codex is pointed at the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A model provider of its own (`model_providers.tollgate`, `wire_api = "responses"`).
+    Provider,
+    /// Codex's built-in OpenAI provider with `openai_base_url` (it tries a WebSocket first).
+    BuiltIn,
+}
+
 /// Runs `codex exec PROMPT` (plus `extra` arguments before the prompt) with a model provider
 /// "tollgate" at `base_url` speaking the Responses API over HTTP, `api_key` as its bearer
 /// token, and `model`. Waits at most [`EXEC_LIMIT`], then kills its process group.
 pub async fn exec(
+    codex: &Path,
+    base_url: &str,
+    api_key: &str,
+    model: &str,
+    prompt: &str,
+    extra: &[&str],
+) -> CodexRun {
+    exec_via(
+        Via::Provider,
+        codex,
+        base_url,
+        api_key,
+        model,
+        prompt,
+        extra,
+    )
+    .await
+}
+
+/// [`exec`], pointed at the gateway `via` a provider of its own or the built-in one.
+pub async fn exec_via(
+    via: Via,
     codex: &Path,
     base_url: &str,
     api_key: &str,
@@ -160,11 +191,15 @@ pub async fn exec(
     let provider = format!(
         r#"model_providers.tollgate={{ name = "tollgate", base_url = "{base_url}", env_key = "OPENAI_API_KEY", wire_api = "responses" }}"#
     );
+    let builtin = format!("openai_base_url={base_url}");
     let mut cmd = tokio::process::Command::new(codex);
     cmd.arg("exec")
-        .args(["--skip-git-repo-check", "--color", "never", "-m", model])
-        .args(["-c", "model_provider=tollgate", "-c", &provider])
-        .args(["-c", "analytics.enabled=false"])
+        .args(["--skip-git-repo-check", "--color", "never", "-m", model]);
+    match via {
+        Via::Provider => cmd.args(["-c", "model_provider=tollgate", "-c", &provider]),
+        Via::BuiltIn => cmd.args(["-c", &builtin]),
+    };
+    cmd.args(["-c", "analytics.enabled=false"])
         .args(extra)
         .arg(prompt)
         .current_dir(&work)
@@ -173,6 +208,8 @@ pub async fn exec(
         .env("HOME", &home)
         .env("CODEX_HOME", &home)
         .env("OPENAI_API_KEY", api_key)
+        // The built-in provider reads its key from CODEX_API_KEY, not OPENAI_API_KEY.
+        .env("CODEX_API_KEY", api_key)
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost")
         .stdin(Stdio::null())
