@@ -716,3 +716,25 @@ async fn a_websocket_upgrade_gets_426_with_an_openai_error_and_a_request_id() {
     }
     assert!(m.requests().is_empty(), "nothing reached the upstream");
 }
+
+#[tokio::test]
+async fn sdk_turns_of_one_session_meet_one_key() {
+    let Some(python) = sdk().await else { return };
+    let (_m, gw) = gateway(&["k1", "k2", "k3", "k4"], "").await;
+    let seen = observe(&python, &gw, "responses_sticky").await;
+    assert_no_exception(&seen, &gw);
+    let distinct = |name: &str| {
+        seen["keys"][name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(distinct("cache_key").len(), 1, "{seen}");
+    assert_eq!(distinct("session_header").len(), 1, "{seen}");
+    assert!(
+        distinct("none").len() > 1,
+        "requests of no session spread: {seen}"
+    );
+}

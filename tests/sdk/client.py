@@ -324,6 +324,24 @@ def responses_usage():
     return {"plain": plain, "stream": streamed}
 
 
+def responses_sticky():
+    """Six turns of one conversation by `prompt_cache_key`, six by a `session-id` header, and
+    six of no session: the key that served each."""
+    c = client()
+    keys = {"cache_key": [], "session_header": [], "none": []}
+    for _ in range(6):
+        keys["cache_key"].append(
+            responses_plain(c, prompt_cache_key="sdk-conversation-1")["headers"]["x-tollgate-key"]
+        )
+        keys["session_header"].append(
+            responses_plain(c, extra_headers={"session-id": "sdk-session-2"})["headers"][
+                "x-tollgate-key"
+            ]
+        )
+        keys["none"].append(responses_plain(c)["headers"]["x-tollgate-key"])
+    return {"keys": keys}
+
+
 SCENARIOS = {
     "chat": chat,
     "stream": lambda: stream(stream_options=INCLUDE_USAGE),
@@ -339,6 +357,7 @@ SCENARIOS = {
     "responses_stream": responses_stream,
     "responses_stream_manager": responses_stream_manager,
     "responses_usage": responses_usage,
+    "responses_sticky": responses_sticky,
 }
 
 
