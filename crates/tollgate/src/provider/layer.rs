@@ -77,6 +77,8 @@ struct Shared {
     providers: Arc<[Provider]>,
     first_byte_timeout: Duration,
     first_event_timeout: Duration,
+    /// Largest event of a streamed answer (a translated stream's upstream events included).
+    max_event: usize,
     /// `[model index or last = "other"]`.
     ttft: Vec<Histogram>,
     /// `[provider]`.
@@ -114,6 +116,7 @@ impl ProviderLayer {
                 providers,
                 first_byte_timeout: settings.server.first_byte_timeout,
                 first_event_timeout: settings.server.first_event_timeout,
+                max_event: settings.server.max_event,
                 ttft,
                 upstream_duration,
             }),
@@ -334,7 +337,7 @@ impl Shared {
                 self.ttft[model].observe(req.received.elapsed().as_secs_f64());
                 let body =
                     std::mem::replace(&mut resp.body, Box::pin(futures_util::stream::empty()));
-                let (prefix, body) = provider.stream(req, prefix, body);
+                let (prefix, body) = provider.stream(req, prefix, body, self.max_event);
                 resp.body = body;
                 Raw::Ok(resp, prefix)
             }

@@ -158,12 +158,15 @@ impl Provider {
     }
 
     /// A success stream in OpenAI's event format: `prefix` (the events already read) and the
-    /// rest of the body, translated as they arrive where the dialect needs it.
+    /// rest of the body, translated as they arrive where the dialect needs it. An upstream
+    /// event that grows past `max_event` before it ends fails the stream (the translator would
+    /// hold it whole).
     pub fn stream(
         &self,
         req: &GatewayRequest,
         prefix: Bytes,
         body: BodyStream,
+        max_event: usize,
     ) -> (Bytes, BodyStream) {
         if self.settings.kind != ProviderKind::Anthropic {
             return (prefix, body);
@@ -176,10 +179,15 @@ impl Provider {
         let mut first = Vec::new();
         translator.push(&prefix, &mut first);
         let rest = body.filter_map(move |chunk| {
-            let out = chunk.map(|c| {
+            let out = chunk.and_then(|c| {
                 let mut out = Vec::new();
                 translator.push(&c, &mut out);
-                Bytes::from(out)
+                match translator.pending() > max_event {
+                    true => Err(crate::upstream::UpstreamError::Transport(format!(
+                        "upstream event larger than {max_event} bytes"
+                    ))),
+                    false => Ok(Bytes::from(out)),
+                }
             });
             // An upstream chunk that translates to nothing (a `ping`, thinking, a server-tool
             // block, an event still incomplete) still shows the upstream is alive: an SSE
@@ -416,9 +424,35 @@ mod tests {
             &req,
             Bytes::new(),
             Box::pin(futures_util::stream::iter(chunks)),
+            1 << 20,
         );
         let out: Vec<Bytes> = body.map(Result::unwrap).collect().await;
         assert_eq!(out.len(), 3, "one frame per upstream chunk: {out:?}");
         assert!(out.iter().all(|b| b.as_ref() == KEEP_ALIVE), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn an_anthropic_event_that_never_ends_fails_the_stream_at_max_event() {
+        use futures_util::StreamExt;
+        let p = Provider::new(provider(ProviderKind::Anthropic));
+        let req = request(
+            "chat/completions",
+            r#"{"model":"m","stream":true,"messages":[]}"#,
+        );
+        let endless = futures_util::stream::repeat_with(|| {
+            Ok::<_, crate::upstream::UpstreamError>(Bytes::from(vec![b'x'; 64 << 10]))
+        });
+        let (_, body) = p.stream(
+            &req,
+            Bytes::from_static(b"data: "),
+            Box::pin(endless),
+            1 << 20,
+        );
+        let out: Vec<_> = body.take(40).collect().await;
+        let failed = out
+            .iter()
+            .position(Result::is_err)
+            .expect("the stream fails");
+        assert!(failed <= 17, "failed after {failed} chunks of 64 KiB");
     }
 }

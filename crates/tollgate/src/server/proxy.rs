@@ -93,7 +93,11 @@ async fn parse(
         .unwrap_or_default()
         .to_owned();
     let model_index = meta.model.as_deref().and_then(|m| settings.model_index(m));
-    let path_for_pin = path.clone();
+    let stored_response = match meta.previous_response {
+        Some(id) => Some(id),
+        None if endpoint == Endpoint::Responses => response_in_path(&path),
+        None => None,
+    };
     let is_post = parts.method == Method::POST;
     Ok(GatewayRequest {
         headers: upstream_headers(&parts.headers, &request_id),
@@ -115,9 +119,7 @@ async fn parse(
         include_usage: meta.include_usage,
         deadline: received + settings.server.request_timeout,
         affinity,
-        stored_response: meta
-            .previous_response
-            .or_else(|| response_in_path(&path_for_pin)),
+        stored_response,
         stores_response: endpoint == Endpoint::Responses && is_post && meta.stores,
     })
 }

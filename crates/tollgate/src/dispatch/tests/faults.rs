@@ -272,3 +272,29 @@ async fn a_chain_of_windows_too_small_answers_400_context_length_exceeded() {
     );
     assert!(fake.log().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_keys_retry_after_is_never_applied_to_another_keys_retry() {
+    let toml = providers(
+        "max_delay = \"5s\"\nmax_attempts = 3",
+        &[("p", &["a", "b"])],
+    )
+    .replace("max_delay = \"1s\"\n", "");
+    let (d, fake, _) = setup(&toml);
+    fake.script("a", [Reply::Status(503, &[("retry-after", "2")], "{}")]);
+    fake.script("b", [UNAVAILABLE]);
+    let start = Instant::now();
+    let answer = d.dispatch(&chat()).await.unwrap();
+    assert_eq!(answer.status, 200);
+    let log = fake.log();
+    assert_eq!(log.len(), 3, "{:?}", fake.keys());
+    assert_eq!(
+        log[2].0, "b",
+        "the key with no wait of its own is reused first"
+    );
+    assert!(
+        log[2].2 - start < Duration::from_secs(1),
+        "b's retry waited its own backoff, not a's 2 s: {:?}",
+        log[2].2 - start
+    );
+}

@@ -201,6 +201,11 @@ impl StreamTranslator {
         }
     }
 
+    /// Bytes of an upstream event not complete yet.
+    pub fn pending(&self) -> usize {
+        self.framer.pending()
+    }
+
     /// True once `message_stop` (→ `data: [DONE]`) or an error event has been emitted.
     pub fn is_done(&self) -> bool {
         self.done
