@@ -35,7 +35,7 @@ mod report;
 mod soak;
 
 use std::net::SocketAddr;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -240,18 +240,7 @@ fn meta(
     reset: bool,
     loadavg: Option<String>,
 ) -> Value {
-    let git = |cmd: &[&str]| {
-        Command::new("git")
-            .args(cmd)
-            .current_dir(procs::workspace())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let (git, unix) = (procs::git, procs::unix_time());
     json!({
         "commit": git(&["rev-parse", "HEAD"]),
         "dirty": git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),

@@ -281,3 +281,21 @@ pub(crate) fn rss_kib(pid: u32) -> Result<(u64, u64), BoxError> {
 pub(crate) fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
+
+/// What `git CMD` prints in the workspace, when it succeeds (for the facts of a run).
+pub(crate) fn git(cmd: &[&str]) -> Option<String> {
+    Command::new("git")
+        .args(cmd)
+        .current_dir(workspace())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

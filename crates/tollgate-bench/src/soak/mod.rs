@@ -20,7 +20,6 @@ mod report;
 mod scenario;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,18 +242,7 @@ async fn scrape(addr: std::net::SocketAddr) -> Result<String, BoxError> {
 
 /// Facts about the run: the command, the commit, the machine.
 fn meta(args: &SoakArgs, bin_dir: &std::path::Path) -> Value {
-    let git = |cmd: &[&str]| {
-        Command::new("git")
-            .args(cmd)
-            .current_dir(procs::workspace())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let (git, unix) = (procs::git, procs::unix_time());
     let argv: Vec<String> = std::env::args().collect();
     json!({
         "command": argv.join(" "),
