@@ -34,6 +34,9 @@ pub enum GatewayError {
     /// No route for the model and no default provider.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// A path that could reach outside the endpoint it names (`..`, encoded slashes, `//`).
+    #[error("Invalid path: {0}")]
+    InvalidPath(&'static str),
     /// A WebSocket upgrade: the gateway serves HTTP only (a client falls back at once).
     #[error("WebSocket upgrades are not supported here; send the request over HTTP (for the Responses API, POST /v1/responses with stream: true)")]
     UpgradeRequired,
@@ -118,6 +121,7 @@ impl GatewayError {
             GatewayError::InvalidJson(_)
             | GatewayError::MissingModel
             | GatewayError::IntegerAboveMax { .. }
+            | GatewayError::InvalidPath(_)
             | GatewayError::EndpointUnsupported { .. } => StatusCode::BAD_REQUEST,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::ModelNotFound(_) | GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -145,6 +149,7 @@ impl GatewayError {
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound { .. }
             | GatewayError::UpgradeRequired
+            | GatewayError::InvalidPath(_)
             | GatewayError::EndpointUnsupported { .. } => "invalid_request_error",
             GatewayError::RateLimited { .. } => "rate_limit_error",
             GatewayError::Unauthorized | GatewayError::ModelNotAllowed(_) => {
@@ -170,6 +175,7 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => Some("model_not_found"),
             GatewayError::NotFound { .. } => Some("unknown_url"),
             GatewayError::UpgradeRequired => Some("websocket_not_supported"),
+            GatewayError::InvalidPath(_) => Some("invalid_path"),
             GatewayError::EndpointUnsupported { .. } => Some("unsupported_endpoint"),
             GatewayError::RateLimited { .. } => Some("rate_limit_exceeded"),
             GatewayError::AllFailed { .. } => Some("upstream_error"),
@@ -195,6 +201,7 @@ impl GatewayError {
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::NotFound { .. }
             | GatewayError::UpgradeRequired
+            | GatewayError::InvalidPath(_)
             | GatewayError::RateLimited { .. }
             | GatewayError::AllFailed { .. }
             | GatewayError::Unavailable { .. }
@@ -216,6 +223,7 @@ impl GatewayError {
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound { .. }
             | GatewayError::UpgradeRequired
+            | GatewayError::InvalidPath(_)
             | GatewayError::EndpointUnsupported { .. } => false,
             GatewayError::Unauthorized | GatewayError::ModelNotAllowed(_) => false,
             GatewayError::ClientRateLimited { retry_after, .. } => retry_after.is_some(),
@@ -238,6 +246,7 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::NotFound { .. } => "not_found",
             GatewayError::UpgradeRequired => "upgrade_required",
+            GatewayError::InvalidPath(_) => "invalid_path",
             GatewayError::EndpointUnsupported { .. } => "unsupported_endpoint",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::AllFailed { .. } => "all_failed",

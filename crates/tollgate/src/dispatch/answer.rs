@@ -85,6 +85,8 @@ impl SelectShared {
     ) -> Answer {
         let key = lease.id().to_owned();
         let pname = lease.provider().to_owned();
+        let mut resp = resp;
+        strip_key_limits(&mut resp.headers);
         let sse = req.stream && is_event_stream(&resp.headers);
         if req.stores_response && resp.status.is_success() {
             if let Some(id) = crate::stream::response_id_in(&prefix, sse) {
@@ -125,5 +127,22 @@ impl SelectShared {
             attempts,
             served,
         }
+    }
+}
+
+/// The upstream key's own rate-limit headers (read into its buckets already) are the gateway's
+/// business, not the client's: a client sees its own limits (the client-limit layer sets them)
+/// or none.
+fn strip_key_limits(headers: &mut http::HeaderMap) {
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            n.starts_with("x-ratelimit-") || n.starts_with("anthropic-ratelimit-")
+        })
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
     }
 }

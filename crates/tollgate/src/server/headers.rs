@@ -1,5 +1,8 @@
-//! Which headers cross the gateway: hop-by-hop headers never do, the client's credentials never
-//! go upstream, and the upstream's framing headers are recomputed for the client.
+//! Which headers cross the gateway: hop-by-hop headers never do (nor any the client names in
+//! `Connection`), the client's credentials, cookies, proxy and forwarding headers never go
+//! upstream, nor provider feature switches billed to the gateway's key (`anthropic-beta`;
+//! `openai-beta` outside the endpoints that require it); the upstream's cookies, organization and
+//! project ids and request id never reach the client, whose `x-request-id` is the gateway's.
 
 use http::header::{self, HeaderName};
 use http::HeaderMap;
@@ -16,8 +19,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::HOST,
 ];
 
-/// Client headers that must not reach the upstream: its credentials and org scoping.
-const CLIENT_ONLY: [&str; 7] = [
+/// Client headers that must not reach the upstream: its credentials and org scoping, its
+/// cookies, proxy and forwarding headers, and provider feature switches.
+const CLIENT_ONLY: [&str; 13] = [
     "authorization",
     "api-key",
     "x-api-key",
@@ -25,15 +29,52 @@ const CLIENT_ONLY: [&str; 7] = [
     "openai-project",
     "keep-alive",
     "proxy-connection",
+    "cookie",
+    "forwarded",
+    "x-real-ip",
+    "via",
+    "anthropic-beta",
+    "client-ip",
 ];
 
-/// The client's headers as they go upstream.
-pub(super) fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMap {
+/// Header name prefixes that never go upstream.
+const CLIENT_ONLY_PREFIXES: [&str; 2] = ["x-forwarded-", "proxy-"];
+
+/// Upstream answer headers the client never sees.
+const UPSTREAM_ONLY: [&str; 4] = [
+    "set-cookie",
+    "openai-organization",
+    "openai-project",
+    "x-request-id",
+];
+
+/// Endpoints whose requests need `openai-beta` (the Assistants API and its objects).
+fn needs_openai_beta(path: &str) -> bool {
+    ["assistants", "threads", "vector_stores"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
+/// The client's headers as they go upstream (`path` is the one after `/v1/`).
+pub(super) fn upstream_headers(client: &HeaderMap, request_id: &str, path: &str) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(client.len() + 1);
+    // Headers the client marks as connection-specific (`Connection: x-secret-hop`) stop here.
+    let named_in_connection = |name: &HeaderName| {
+        client.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+            })
+        })
+    };
     for (name, value) in client {
+        let n = name.as_str();
         if HOP_BY_HOP.contains(name)
-            || CLIENT_ONLY.contains(&name.as_str())
+            || CLIENT_ONLY.contains(&n)
+            || CLIENT_ONLY_PREFIXES.iter().any(|p| n.starts_with(p))
             || name == header::CONTENT_LENGTH
+            || (n == "openai-beta" && !needs_openai_beta(path))
+            || named_in_connection(name)
         {
             continue;
         }
@@ -54,12 +95,20 @@ pub(super) fn upstream_headers(client: &HeaderMap, request_id: &str) -> HeaderMa
     out
 }
 
-/// The upstream's headers as they go to the client.
+/// The upstream's headers as they go to the client (the gateway's own, such as its
+/// `x-request-id`, are added by the edge). The upstream's request id stays findable as
+/// `x-upstream-request-id`.
 pub(super) fn client_headers(upstream: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         upstream.remove(name);
     }
-    for name in ["keep-alive", "proxy-connection"] {
+    if let Some(id) = upstream.get("x-request-id").cloned() {
+        upstream.insert("x-upstream-request-id", id);
+    }
+    for name in ["keep-alive", "proxy-connection"]
+        .into_iter()
+        .chain(UPSTREAM_ONLY)
+    {
         upstream.remove(name);
     }
 }
@@ -85,7 +134,7 @@ mod tests {
         ] {
             client.insert(HeaderName::from_static(k), v.parse().unwrap());
         }
-        let up = upstream_headers(&client, "req-1");
+        let up = upstream_headers(&client, "req-1", "chat/completions");
         let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 4, "{names:?}");
         assert_eq!(
@@ -95,5 +144,57 @@ mod tests {
         assert_eq!(up["content-type"], "application/json");
         assert_eq!(up["x-stainless-retry-count"], "0");
         assert_eq!(up["x-request-id"], "req-1");
+    }
+
+    #[test]
+    fn cookies_forwarding_and_feature_headers_stay_behind() {
+        let mut client = HeaderMap::new();
+        for (k, v) in [
+            ("cookie", "session=abc"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "evil"),
+            ("x-real-ip", "1.2.3.4"),
+            ("via", "1.1 proxy"),
+            ("proxy-authorization", "Basic x"),
+            ("anthropic-beta", "context-1m-2025-08-07"),
+            ("openai-beta", "assistants=v2"),
+            ("connection", "x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("x-stainless-lang", "python"),
+        ] {
+            client.append(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        let up = upstream_headers(&client, "req-1", "chat/completions");
+        let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x-stainless-lang", "accept-encoding", "x-request-id"],
+            "{names:?}"
+        );
+        let up = upstream_headers(&client, "req-1", "assistants/asst_1");
+        assert_eq!(
+            up["openai-beta"], "assistants=v2",
+            "the Assistants API needs it"
+        );
+    }
+
+    #[test]
+    fn the_upstreams_identity_and_cookies_never_reach_the_client() {
+        let mut up = HeaderMap::new();
+        for (k, v) in [
+            ("set-cookie", "__cf_bm=x"),
+            ("openai-organization", "org-secret"),
+            ("openai-project", "proj_1"),
+            ("x-request-id", "req_upstream"),
+            ("content-type", "application/json"),
+        ] {
+            up.insert(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        client_headers(&mut up);
+        let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(up.contains_key("content-type"));
+        assert_eq!(up["x-upstream-request-id"], "req_upstream");
     }
 }

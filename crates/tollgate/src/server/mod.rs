@@ -7,6 +7,7 @@
 pub mod access;
 mod admin;
 mod headers;
+mod path;
 mod proxy;
 
 use crate::error::GatewayError;

@@ -68,6 +68,10 @@ async fn parse(
 ) -> Result<GatewayRequest, GatewayError> {
     let settings = &rt.settings;
     let (parts, body) = req.into_parts();
+    if let Some(why) = super::path::refusal(parts.uri.path()) {
+        // Refused before anything else: never forwarded with an upstream key.
+        return Err(GatewayError::InvalidPath(why));
+    }
     if is_websocket_upgrade(&parts.headers) {
         // Codex tries a WebSocket first; a 426 sends it to HTTP at once (a 404 or a relayed
         // GET costs it several reconnects at every start).
@@ -100,7 +104,7 @@ async fn parse(
     };
     let is_post = parts.method == Method::POST;
     Ok(GatewayRequest {
-        headers: upstream_headers(&parts.headers, &request_id),
+        headers: upstream_headers(&parts.headers, &request_id, &path),
         credential: crate::auth::presented_key(&parts.headers).map(Box::from),
         id: request_id,
         method: parts.method,
