@@ -212,6 +212,9 @@ fn prepare_body(
     target: &Target,
 ) -> Result<Bytes, anthropic::TranslateError> {
     let model = target.model.as_deref();
+    if provider.kind == ProviderKind::Azure {
+        azure_checks(req, model.or(req.model.as_deref()).unwrap_or_default())?;
+    }
     match provider.kind {
         ProviderKind::Anthropic => {
             let opts = anthropic::RequestOptions {
@@ -228,6 +231,34 @@ fn prepare_body(
             _ => req.body.clone(),
         }),
     }
+}
+
+/// What an Azure request may put into its upstream URL and method: a deployment name of the
+/// characters Azure allows (letters, digits, `-`, `_`, `.`; not `.` or `..` alone), and the
+/// method its operation takes (POST). Nothing a client sends changes the path or the query.
+fn azure_checks(req: &GatewayRequest, deployment: &str) -> Result<(), anthropic::TranslateError> {
+    let refuse = |message: String, param: &str| anthropic::TranslateError::Unsupported {
+        message,
+        param: Some(param.to_owned()),
+    };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if deployment.is_empty()
+        || deployment.len() > 64
+        || matches!(deployment, "." | "..")
+        || !deployment.chars().all(allowed)
+    {
+        return Err(refuse(
+            "the model is not a valid Azure deployment name (letters, digits, `-`, `_` and `.`, at most 64)".into(),
+            "model",
+        ));
+    }
+    if req.method != http::Method::POST {
+        return Err(refuse(
+            format!("{} is not allowed on this endpoint", req.method),
+            "method",
+        ));
+    }
+    Ok(())
 }
 
 fn sensitive(value: &str) -> Result<HeaderValue, BuildError> {
@@ -400,8 +431,15 @@ mod tests {
         assert_eq!(up.headers["api-key"], "az-key");
         assert!(up.headers.get(AUTHORIZATION).is_none());
         let files = request("files", "");
+        let target = Target {
+            provider: 0,
+            model: None,
+            max_tokens: 64,
+            context_window: None,
+            fit_max_tokens: false,
+        };
         assert!(matches!(
-            build_for(&p, &files, None, "k"),
+            build(&p, &files, &target, Bytes::new(), &Secret::new("k")),
             Err(BuildError::Unsupported)
         ));
     }
@@ -454,5 +492,32 @@ mod tests {
             .position(Result::is_err)
             .expect("the stream fails");
         assert!(failed <= 17, "failed after {failed} chunks of 64 KiB");
+    }
+
+    #[test]
+    fn azure_refuses_deployment_names_and_methods_that_would_change_the_url() {
+        let p = Provider::new(provider(ProviderKind::Azure));
+        let target = |model: &str| Target {
+            provider: 0,
+            model: Some(model.into()),
+            max_tokens: 64,
+            context_window: None,
+            fit_max_tokens: false,
+        };
+        let chat = request("chat/completions", r#"{"model":"m","messages":[]}"#);
+        for bad in [
+            "dep1?api-version=2025-01-01-preview&",
+            "dep1#frag",
+            "x/../../files/file-abc?api-version=2024-10-21#",
+            "..",
+            "dep 1",
+            "",
+        ] {
+            assert!(p.prepare(&chat, &target(bad)).is_err(), "{bad:?}");
+        }
+        assert!(p.prepare(&chat, &target("gpt-4o-mini.v2_prod-1")).is_ok());
+        let mut delete = chat.clone();
+        delete.method = http::Method::DELETE;
+        assert!(p.prepare(&delete, &target("dep1")).is_err());
     }
 }
