@@ -119,3 +119,67 @@ async fn identity_cookie_and_feature_headers_stay_on_their_side() {
         r.headers()
     );
 }
+
+#[tokio::test]
+async fn the_model_allow_list_holds_under_every_media_type_and_in_forms() {
+    let m = mock().await;
+    let gw = Gateway::start(
+        &format!(
+            "{}[[clients]]\nname = \"search\"\nkey = \"tg-search\"\nmodels = [\"gpt-4o-mini\"]\n",
+            provider("openai", &m.base_url(), &["a"], true)
+        ),
+        &[],
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let forbidden = r#"{"model":"o1-pro","input":"hi"}"#;
+    for media in [
+        "application/json",
+        "Application/JSON",
+        "text/plain",
+        "application/merge-patch+json",
+    ] {
+        let r = c
+            .post(gw.url("/v1/responses"))
+            .bearer_auth("tg-search")
+            .header("content-type", media)
+            .body(forbidden)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{media}");
+    }
+    // A multipart form names its model too.
+    let form = "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-large\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n--XyZ--\r\n";
+    let r = c
+        .post(gw.url("/v1/audio/transcriptions"))
+        .bearer_auth("tg-search")
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+    // An upload that must name a model and names none is refused, not sent with our key.
+    let nameless = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--XyZ--\r\n";
+    let r = c
+        .post(gw.url("/v1/audio/transcriptions"))
+        .bearer_auth("tg-search")
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(nameless)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(m.requests().is_empty(), "{:?}", m.requests());
+    // What the client may use still passes, whatever the media type says.
+    let r = c
+        .post(gw.url("/v1/responses"))
+        .bearer_auth("tg-search")
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(r#"{"model":"gpt-4o-mini","input":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -6,6 +6,7 @@
 
 pub mod access;
 mod admin;
+mod form;
 mod headers;
 mod path;
 mod proxy;

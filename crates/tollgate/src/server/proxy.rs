@@ -85,7 +85,7 @@ async fn parse(
         .to_owned();
     let body = read_body(body, settings.server.max_body).await?;
     let endpoint = Endpoint::from_path(&path);
-    let meta = parse_meta(&parts, &body, endpoint, settings.retry.sticky_user)?;
+    let meta = parse_meta(&parts, &body, endpoint, settings.retry.sticky_user).await?;
     let affinity = match settings.retry.sticky_sessions {
         true => meta.session.or_else(|| session_header(&parts.headers)),
         false => None,
@@ -156,7 +156,10 @@ fn session_header(headers: &http::HeaderMap) -> Option<u64> {
         .map(|v| crate::key_pool::affinity(v.as_bytes()))
 }
 
-fn parse_meta(
+/// The fields the gateway routes on, from every body that names them: JSON whatever its media
+/// type says (compared case-insensitively; `text/plain` and `+json` included), and the `model`
+/// of a multipart form.
+async fn parse_meta(
     parts: &Parts,
     body: &Bytes,
     endpoint: Endpoint,
@@ -165,8 +168,13 @@ fn parse_meta(
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let is_json = content_type.map_or(!body.is_empty(), |ct| ct.starts_with("application/json"));
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let media = content_type.as_deref().unwrap_or_default();
+    let is_form = media.starts_with("multipart/form-data");
+    let looks_json = body.trim_ascii_start().first() == Some(&b'{');
+    let says_json = media.starts_with("application/json") || media.contains("+json");
+    let is_json = !is_form && (says_json || looks_json || content_type.is_none());
     let mut meta = Meta {
         model: None,
         stream: false,
@@ -197,10 +205,27 @@ fn parse_meta(
             .map(String::into_boxed_str);
         meta.stores = parsed.store.is_none_or(|v| v.get() != "false");
     }
-    let needs_model = matches!(
-        endpoint,
-        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
-    );
+    if is_form && parts.method == Method::POST {
+        // The boundary is case-sensitive: the header as sent, not its lowercased media type.
+        let original = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        meta.model = super::form::model(original, body).await.map_err(|why| {
+            GatewayError::InvalidJson(format!("unreadable multipart form: {why}"))
+        })?;
+    }
+    let is_audio_upload = endpoint == Endpoint::Audio
+        && (parts.uri.path().ends_with("/transcriptions")
+            || parts.uri.path().ends_with("/translations"));
+    let creates_response = endpoint == Endpoint::Responses && parts.uri.path() == "/v1/responses";
+    let needs_model = is_audio_upload
+        || creates_response
+        || matches!(
+            endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+        );
     if needs_model && parts.method == Method::POST && meta.model.is_none() {
         return Err(GatewayError::MissingModel);
     }
