@@ -1557,6 +1557,46 @@ fn every_gateway_config_passes_check_config() {
         "{live}: the key comes from the environment"
     );
 
+    // Open mode: the image, the compose gateway and the cluster require a client key from the
+    // environment; only the demo (fake keys) opts into serving every caller without one.
+    let image_config = stages()
+        .last()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k == "COPY")
+        .find_map(|(_, a)| {
+            let parts: Vec<&str> = a.split_whitespace().collect();
+            (parts.len() >= 2 && parts[parts.len() - 1] == "/etc/tollgate/tollgate.toml")
+                .then(|| parts[parts.len() - 2].to_owned())
+        })
+        .expect("the image copies a config to /etc/tollgate/tollgate.toml");
+    assert!(resolved.contains_key(&image_config), "{image_config}");
+    let demo_file = gateway_config_mount(&c["services"]["tollgate-demo"]).unwrap();
+    for (what, cfg) in resolved.iter().chain([(&configmap, &k8s_cfg)]) {
+        let clients = cfg["clients"].as_array().unwrap();
+        let open = &cfg["server"]["open"];
+        if *what == demo_file {
+            assert_eq!(
+                open, true,
+                "{what}: the demo opts into open mode explicitly"
+            );
+            assert!(clients.is_empty(), "{what}: clients");
+        } else {
+            assert_eq!(open, false, "{what}: server.open");
+            assert!(!clients.is_empty(), "{what}: should require client keys");
+        }
+    }
+    for (what, text) in [
+        (image_config.as_str(), read(&image_config)),
+        (live.as_str(), read(&live)),
+        ("the ConfigMap", text.to_owned()),
+    ] {
+        assert!(
+            env_refs(&text).contains("TOLLGATE_CLIENT_KEY"),
+            "{what}: the client key comes from the environment"
+        );
+    }
+
     // Kubernetes: Redis, as many replicas as the Deployment, a grace period past the drain.
     assert_eq!(str_at(&k8s_cfg, "/state/backend"), "redis");
     let dep = k8s("Deployment", "tollgate");

@@ -120,6 +120,8 @@ pub async fn serve(
         );
         let _ = stop_tx.send(true);
     });
+    // The peer address, for open mode's loopback check (server/open.rs).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     // Small writes (SSE chunks) must not wait for Nagle's algorithm and the peer's delayed ACK.
     let server = axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(stopped());
     let drain_deadline = {

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use tollgate::config::{Config, Sources};
 
 const USAGE: &str = "usage:
-  tollgate [--config PATH] [--listen ADDR]   run the gateway
+  tollgate [--config PATH] [--listen ADDR] [--open]
+                                             run the gateway (--open: with no [[clients]],
+                                             serve every peer, not only loopback ones)
   tollgate check-config PATH                 validate a config and print it resolved (secrets as ***)
   tollgate healthcheck [URL]                 exit 0 when URL (default http://127.0.0.1:8080/healthz) answers 200
   tollgate --version
@@ -30,7 +32,7 @@ enum Command {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
     let mut sources = Sources {
         path: std::env::var_os("TOLLGATE_CONFIG").map(PathBuf::from),
-        listen: None,
+        ..Sources::default()
     };
     let mut first = true;
     while let Some(arg) = args.next() {
@@ -54,6 +56,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "--listen" | "-l" => {
                 sources.listen = Some(args.next().ok_or("--listen needs an ADDR")?)
             }
+            "--open" => sources.open = true,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -87,7 +90,7 @@ fn main() -> ExitCode {
 fn check_config(path: PathBuf) -> ExitCode {
     match Config::load(&Sources {
         path: Some(path),
-        listen: None,
+        ..Sources::default()
     })
     .and_then(|c| c.validate())
     {

@@ -188,15 +188,14 @@ impl Reloader {
 
 fn build(settings: Arc<Settings>, parts: &Parts, previous: Option<&Gateway>) -> Runtime {
     let auth = Arc::new(Auth::new(&settings.clients));
-    if auth.is_open() {
-        tracing::warn!("no [[clients]] configured: OPEN MODE, anyone who reaches this port can use the upstream keys");
-    }
     let gateway = crate::stack::gateway(&settings, Arc::clone(&auth), parts, previous);
-    Runtime {
+    let runtime = Runtime {
         settings,
         gateway,
         auth,
-    }
+    };
+    crate::server::open::warn_if_open(&runtime);
+    runtime
 }
 
 fn key_set(s: &Settings) -> HashSet<(String, String)> {

@@ -15,6 +15,8 @@
 //!    never printed by a log or span;
 //! 7. `CatchPanic` (tower-http): a panic becomes a 500 and the server keeps serving;
 //! 8. `RequestBodyLimit` (tower-http): `server.max_body` (read at start);
+//! 9. [`OpenModeLayer`]: with no clients and no `server.open`, a peer that is not loopback
+//!    gets 403 `open_mode_loopback_only` (reads the live config, so reloads apply);
 //!
 //! then the handler reads the body once into a [`GatewayRequest`] and calls the gateway stack.
 //!
@@ -63,6 +65,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 pub use crate::server::access::{AccessLayer, AnswerRecord};
+pub use crate::server::open::OpenModeLayer;
 
 /// A gateway stack, type-erased: what the handler calls.
 pub type GatewayService = BoxCloneSyncService<GatewayRequest, Answer, GatewayError>;
@@ -247,7 +250,12 @@ fn drop_bad_request_id<B>(mut req: http::Request<B>) -> http::Request<B> {
 }
 
 /// Wraps the `/v1/*` routes in the edge stack (order: this module's docs).
-pub fn edge<S>(router: axum::Router<S>, metrics: Arc<Metrics>, max_body: usize) -> axum::Router<S>
+pub fn edge<S>(
+    router: axum::Router<S>,
+    metrics: Arc<Metrics>,
+    max_body: usize,
+    open: OpenModeLayer,
+) -> axum::Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -274,6 +282,7 @@ where
         )
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
         .layer(CatchPanicLayer::custom(crate::server::access::panic_answer))
-        .layer(RequestBodyLimitLayer::new(max_body));
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(open);
     router.layer(layers)
 }

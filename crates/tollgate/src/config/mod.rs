@@ -5,6 +5,7 @@
 mod access;
 mod secret;
 mod settings;
+mod source;
 
 pub use access::{Backend, ClientSettings, LimitsSettings, StateSettings};
 pub use secret::Secret;
@@ -13,7 +14,7 @@ pub use settings::{
     Settings, TargetSettings,
 };
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::Serialized;
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -145,6 +146,9 @@ pub struct ServerConfig {
     pub max_event: String,
     /// `json` or `pretty`.
     pub log_format: String,
+    /// With no `[[clients]]` (open mode), serve peers other than loopback too. Off, open mode
+    /// answers them 403: anyone who reaches the port would use the upstream keys.
+    pub open: bool,
 }
 
 impl Default for ServerConfig {
@@ -161,6 +165,7 @@ impl Default for ServerConfig {
             max_body: "32MiB".into(),
             max_event: "16MiB".into(),
             log_format: "json".into(),
+            open: false,
         }
     }
 }
@@ -298,20 +303,24 @@ pub struct Sources {
     pub path: Option<std::path::PathBuf>,
     /// `--listen ADDR`, applied last.
     pub listen: Option<String>,
+    /// `--open`: sets `server.open`, applied last.
+    pub open: bool,
 }
 
-/// A config that could not be loaded: figment's message or every validation problem.
+/// A config that could not be loaded: what figment could not read or every validation problem.
+/// No problem quotes a value from the file or the environment, so none can print a secret.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.join("\n"))]
 pub struct ConfigError {
-    /// One line per problem, each starting with the key path.
+    /// One line per problem: the key path first, or the source (file, environment) and then
+    /// the line and column or the key path.
     pub problems: Vec<String>,
 }
 
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
         ConfigError {
-            problems: e.into_iter().map(|e| e.to_string()).collect(),
+            problems: e.into_iter().map(|e| source::describe(&e)).collect(),
         }
     }
 }
@@ -354,7 +363,7 @@ impl Config {
 
     /// Parses a TOML document alone (no environment overrides); for tests and tools.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Ok(Figment::from(Toml::string(text)).extract::<Config>()?)
+        Ok(Figment::from(source::TomlText::string(text)).extract::<Config>()?)
     }
 
     fn load_with(
@@ -370,7 +379,11 @@ impl Config {
                         path.display()
                     )));
                 }
-                figment = figment.merge(Toml::file_exact(path));
+                // Read once: a reload parses exactly the text it read, never a later write.
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::one(format!("config file {}: {e}", path.display()))
+                })?;
+                figment = figment.merge(source::TomlText::file(path, text));
             }
             None => {
                 if let Some(zero) = zero_config(env) {
@@ -378,14 +391,13 @@ impl Config {
                 }
             }
         }
-        // Only SECTION__FIELD variables: TOLLGATE_UPSTREAM_URL and secrets named TOLLGATE_* are not config keys.
-        figment = figment.merge(
-            Env::prefixed("TOLLGATE_")
-                .filter(|k| k.as_str().contains("__"))
-                .split("__"),
-        );
+        let (typed, secrets) = source::env_overrides();
+        figment = figment.merge(typed).merge(secrets);
         if let Some(listen) = &sources.listen {
             figment = figment.merge(("server.listen", listen.as_str()));
+        }
+        if sources.open {
+            figment = figment.merge(("server.open", true));
         }
         Ok(figment.extract::<Config>()?)
     }

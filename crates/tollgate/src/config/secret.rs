@@ -38,8 +38,8 @@ impl Serialize for Secret {
     }
 }
 
-/// Accepts strings and, since environment values that look like numbers arrive as numbers,
-/// integers too: a secret stays the string it was written as.
+/// Accepts strings and, for a TOML integer (`token = 777`), integers as their digits. Environment
+/// values of secret fields arrive as strings (`source::RawEnv`), so `000777` keeps its zeros.
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct SecretVisitor;

@@ -70,6 +70,8 @@ pub struct ServerSettings {
     pub max_event: usize,
     /// Logs as JSON (else human-readable).
     pub log_json: bool,
+    /// Open mode (no clients) serves every peer, not only loopback ones.
+    pub open: bool,
 }
 
 /// Validated `[retry]`.
@@ -304,6 +306,7 @@ impl Config {
                     true
                 }
             },
+            open: s.open,
         };
         let r = &self.retry;
         let retry = RetrySettings {

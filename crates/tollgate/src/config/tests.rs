@@ -9,7 +9,7 @@ use std::path::PathBuf;
 fn sources(path: &str) -> Sources {
     Sources {
         path: Some(PathBuf::from(path)),
-        listen: None,
+        ..Sources::default()
     }
 }
 
@@ -235,7 +235,7 @@ fn example_configs_parse() {
         if path.extension().is_some_and(|e| e == "toml") {
             let config = Config::load(&Sources {
                 path: Some(path.clone()),
-                listen: None,
+                ..Sources::default()
             })
             .unwrap();
             config
@@ -283,4 +283,105 @@ fn client_keys_may_be_given_as_sha256() {
         settings.clients[0].key_sha256,
         crate::digest::sha256(b"abc")
     );
+}
+
+/// A one-provider config whose key line is `line`.
+fn with_key_line(line: &str) -> String {
+    format!("[server]\nlisten = \"127.0.0.1:1\"\n\n[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\n{line}\n")
+}
+
+#[test]
+fn a_syntax_error_names_file_line_and_column_but_never_the_line() {
+    let broken = [
+        // (the key line, where the error is and what it says)
+        (
+            r#"keys = [{ id = "a", secret = "sk-live-123" } oops"#,
+            "line 7, column 46: TOML syntax error: invalid array; expected `]`",
+        ),
+        (
+            r#"keys = [{ id = "a", secret = "sk-live-123 }]"#,
+            "line 7, column 45: TOML syntax error: invalid basic string",
+        ),
+        (
+            r#"secret = "sk-live-123" = 1"#,
+            "line 7, column 24: TOML syntax error: expected newline, `#`",
+        ),
+        (
+            "keys = [{ id = \"a\", secret = \"sk-live-123\" }\n[admin]",
+            "line 8, column 1: TOML syntax error: invalid array; expected `]`",
+        ),
+    ];
+    for (line, expected) in broken {
+        Jail::expect_with(|jail| {
+            jail.create_file("t.toml", &with_key_line(line))?;
+            let err = Config::load(&sources("t.toml")).unwrap_err();
+            assert_eq!(err.problems, [format!("t.toml: {expected}")], "{line}");
+            let from_string = Config::from_toml(&with_key_line(line)).unwrap_err();
+            assert_eq!(from_string.problems, [format!("TOML string: {expected}")]);
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_named_by_kind_not_quoted() {
+    let err = Config::from_toml(&with_key_line(r#"keys = "sk-live-123""#)).unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains("sk-live-123"), "{text}");
+    assert!(text.contains("providers.0.keys"), "{text}");
+    assert!(text.contains("found a string"), "{text}");
+}
+
+#[test]
+fn secrets_from_the_environment_stay_the_strings_they_were() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "t.toml",
+            &with_key_line(r#"keys = [{ id = "a", secret = "sk" }]"#),
+        )?;
+        jail.set_env("TOLLGATE_ADMIN__TOKEN", "000777");
+        jail.set_env("TOLLGATE_RETRY__MAX_ATTEMPTS", "7");
+        let config = Config::load(&sources("t.toml")).unwrap();
+        assert_eq!(config.admin.token.as_ref().unwrap().expose(), "000777");
+        let settings = config.validate().unwrap();
+        assert_eq!(
+            settings.admin_token_sha256,
+            Some(crate::digest::sha256(b"000777"))
+        );
+        assert_eq!(settings.retry.max_attempts, 7, "other fields stay typed");
+        jail.set_env("TOLLGATE_ADMIN__TOKEN", "true");
+        let config = Config::load(&sources("t.toml")).unwrap();
+        assert_eq!(config.admin.token.as_ref().unwrap().expose(), "true");
+        Ok(())
+    });
+}
+
+#[test]
+fn open_mode_beyond_loopback_is_opted_into_by_file_env_or_flag() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "t.toml",
+            &with_key_line(r#"keys = [{ id = "a", secret = "sk" }]"#),
+        )?;
+        let load = |s: &Sources| Config::load(s).unwrap().validate().unwrap().server.open;
+        assert!(!load(&sources("t.toml")), "off by default");
+        let flagged = Sources {
+            open: true,
+            ..sources("t.toml")
+        };
+        assert!(load(&flagged));
+        jail.set_env("TOLLGATE_SERVER__OPEN", "true");
+        assert!(load(&sources("t.toml")));
+        jail.create_file(
+            "open.toml",
+            &with_key_line("keys = [{ id = \"a\", secret = \"sk\" }]")
+                .replace("[server]\n", "[server]\nopen = true\n"),
+        )?;
+        jail.set_env("TOLLGATE_SERVER__OPEN", "false");
+        assert!(
+            !load(&sources("open.toml")),
+            "the environment overrides the file"
+        );
+        Ok(())
+    });
 }

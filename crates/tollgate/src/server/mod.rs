@@ -8,6 +8,7 @@ pub mod access;
 mod admin;
 mod form;
 mod headers;
+pub mod open;
 mod path;
 mod proxy;
 
@@ -36,7 +37,8 @@ pub struct AppState {
 pub fn router(state: AppState, with_admin: bool) -> Router {
     let max_body = state.reloader.current().settings.server.max_body;
     let v1 = Router::new().route("/v1/{*path}", any(proxy::proxy));
-    crate::stack::edge(v1, Arc::clone(&state.metrics), max_body)
+    let open = open::OpenModeLayer::new(Arc::clone(&state.reloader));
+    crate::stack::edge(v1, Arc::clone(&state.metrics), max_body, open)
         .route("/v1", any(not_found))
         .merge(ops_router(with_admin))
         .fallback(not_found)
