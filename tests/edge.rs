@@ -183,3 +183,33 @@ async fn the_model_allow_list_holds_under_every_media_type_and_in_forms() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn a_request_without_a_valid_key_is_refused_before_its_body_is_read() {
+    let m = mock().await;
+    let gw = Gateway::start(
+        &format!(
+            "{}[[clients]]\nname = \"team\"\nkey = \"tg-team\"\n",
+            provider("openai", &m.base_url(), &["a"], true)
+        ),
+        &[],
+    )
+    .await;
+    for auth in ["", "authorization: Bearer tg-wrong\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        // Announces 10 MB and sends none of it: an answer proves nothing was waited for.
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n{auth}content-type: application/json\r\ncontent-length: 10000000\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+        assert!(text.contains("invalid_api_key"), "{text}");
+    }
+    assert!(m.requests().is_empty());
+}

@@ -66,9 +66,13 @@ where
     }
 
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
-        let client = match self.auth.authenticate_key(req.credential.as_deref()) {
-            Ok(client) => client,
-            Err(Denied::BadKey) => return Either::Left(ready(Err(GatewayError::Unauthorized))),
+        // The edge may have authenticated the client already (before reading the body).
+        let client = match req.client.take() {
+            Some(client) => Some(client),
+            None => match self.auth.authenticate_key(req.credential.as_deref()) {
+                Ok(client) => client,
+                Err(Denied::BadKey) => return Either::Left(ready(Err(GatewayError::Unauthorized))),
+            },
         };
         if let (Some(c), Some(model)) = (&client, req.model.as_deref()) {
             if !c.allows(model) {

@@ -23,10 +23,20 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
     let received = Instant::now();
     // One runtime for the whole request, even if the config is reloaded meanwhile.
     let rt = state.reloader.current();
-    let gw = match parse(&rt, req, received).await {
+    // The client key is checked from the headers first: a request without a valid key is
+    // answered before a byte of its body is read.
+    let client = match rt
+        .auth
+        .authenticate_key(crate::auth::presented_key(req.headers()))
+    {
+        Ok(client) => client,
+        Err(_) => return failed(GatewayError::Unauthorized, "other"),
+    };
+    let mut gw = match parse(&rt, req, received).await {
         Ok(gw) => gw,
         Err(e) => return failed(e, "other"),
     };
+    gw.client = client;
     let model = gw
         .model_index
         .map_or("other", |i| rt.settings.models[i].name.as_str());
