@@ -370,3 +370,6 @@ pub fn data(event: &[u8]) -> Cow<'_, [u8]> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+pub(crate) mod fuzz;

@@ -537,3 +537,6 @@ impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Drop for Guard<F> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;

@@ -264,6 +264,9 @@ pub fn with_include_usage(body: &[u8]) -> Option<Bytes> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

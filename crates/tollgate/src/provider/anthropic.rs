@@ -14,6 +14,8 @@
 //!
 //! The mapping follows `PROTOCOLS.md` (Anthropic section).
 
+#[cfg(test)]
+mod fuzz;
 mod request;
 mod response;
 mod stream;

@@ -131,6 +131,9 @@ pub(super) fn stream_error_envelope(json: Bytes) -> Bytes {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -168,6 +168,9 @@ pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u6
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -32,6 +32,9 @@ pub(super) fn refusal(path: &str) -> Option<&'static str> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -315,3 +315,6 @@ fn respond(answer: Answer, model: &str) -> Response<Body> {
     });
     resp
 }
+
+#[cfg(test)]
+mod fuzz;

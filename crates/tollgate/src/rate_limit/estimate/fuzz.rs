@@ -1,0 +1,182 @@
+//! Property tests over hostile request bodies (issue 21's fuzz target for the token
+//! estimate): any body, for any endpoint, is charged a count that cannot overflow (linear in
+//! its size, the total at most [`MAX_TOKENS`]), or refused for an allowance beyond it.
+
+use super::*;
+use crate::sse::fuzz::config;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+fn endpoint() -> impl Strategy<Value = Endpoint> {
+    prop::sample::select(vec![
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Responses,
+        Endpoint::Models,
+        Endpoint::Moderations,
+        Endpoint::Images,
+        Endpoint::Audio,
+        Endpoint::Files,
+        Endpoint::Other,
+    ])
+}
+
+/// Allowances as a hostile client writes them: at and past every edge, and not numbers.
+fn allowance_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => (0u64..100_000).prop_map(Value::from),
+        1 => any::<u64>().prop_map(Value::from),
+        1 => prop::sample::select(vec![
+            json!(MAX_TOKENS),
+            json!(MAX_TOKENS + 1),
+            json!(u64::MAX),
+            json!(i64::MAX),
+            json!(-1),
+            json!(1.5),
+            json!(1e300),
+            json!("100"),
+            Value::Null,
+            json!([]),
+        ]),
+    ]
+}
+
+/// A content value: text, parts (text and images of each detail), or something else.
+fn content() -> impl Strategy<Value = Value> {
+    let part = prop_oneof![
+        "\\PC{0,40}".prop_map(|t| json!({"type": "text", "text": t})),
+        Just(
+            json!({"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}})
+        ),
+        Just(json!({"type": "image_url"})),
+        Just(json!({"type": "input_image"})),
+        Just(json!({"type": "input_text", "text": 5})),
+        Just(json!({"type": ["image_url"]})),
+        Just(json!(7)),
+        Just(Value::Null),
+    ];
+    prop_oneof![
+        "\\PC{0,60}".prop_map(Value::from),
+        prop::collection::vec(part, 0..8).prop_map(Value::Array),
+        Just(json!({"text": "x"})),
+        Just(Value::Null),
+        Just(json!(12)),
+    ]
+}
+
+fn message() -> impl Strategy<Value = Value> {
+    (content(), any::<bool>(), prop::option::of("\\PC{0,30}")).prop_map(
+        |(content, named, calls)| {
+            let mut m = json!({"role": "user", "content": content});
+            if named {
+                m["name"] = json!("ann");
+            }
+            if let Some(calls) = calls {
+                m["tool_calls"] =
+                    json!([{"id": "c", "function": {"name": "f", "arguments": calls}}]);
+            }
+            m
+        },
+    )
+}
+
+/// A request body of any shape the estimate reads, with any of its fields out of place.
+fn body() -> impl Strategy<Value = Vec<u8>> {
+    let input = prop_oneof![
+        "\\PC{0,60}".prop_map(Value::from),
+        prop::collection::vec(
+            prop_oneof![
+                content().prop_map(|c| json!({"type": "message", "content": c})),
+                "\\PC{0,30}".prop_map(|o| json!({"type": "function_call_output", "output": o})),
+                Just(json!({"content": {"nested": [1, 2]}})),
+                Just(json!(3)),
+            ],
+            0..6
+        )
+        .prop_map(Value::Array),
+        Just(json!({"a": 1})),
+    ];
+    let messages = prop_oneof![
+        4 => prop::collection::vec(message(), 0..6).prop_map(Value::Array),
+        1 => Just(json!("not a list")),
+        1 => Just(json!([1, "x"])),
+    ];
+    let fields = (
+        prop::option::of(messages),
+        prop::option::of(input),
+        prop::option::of("\\PC{0,40}".prop_map(Value::from)),
+        prop::option::of(content()),
+        prop::option::of(allowance_value()),
+        prop::option::of(allowance_value()),
+        prop::option::of(allowance_value()),
+        any::<bool>(),
+    );
+    let shaped = fields.prop_map(|(messages, input, instructions, prompt, a, b, c, dup)| {
+        let mut body = serde_json::Map::new();
+        body.insert("model".into(), json!("m"));
+        let named = [
+            ("messages", messages),
+            ("input", input),
+            ("instructions", instructions),
+            ("prompt", prompt),
+            ("max_tokens", a),
+            ("max_completion_tokens", b),
+            ("max_output_tokens", c),
+        ];
+        for (name, value) in named {
+            if let Some(value) = value {
+                body.insert(name.into(), value);
+            }
+        }
+        let mut text = Value::Object(body).to_string();
+        if dup {
+            // A field named twice: the parse fails, the bytes are counted.
+            text.insert_str(1, "\"max_tokens\":1,\"max_tokens\":2,");
+        }
+        text.into_bytes()
+    });
+    prop_oneof![
+        6 => shaped,
+        1 => prop::collection::vec(any::<u8>(), 0..128),
+        1 => "\\{\"messages\":\\[\\{\"content\":\\[\\{\"type\":\"image_url\"\\}(,\\{\"type\":\"image_url\"\\}){0,64}\\]\\}\\]\\}"
+            .prop_map(String::into_bytes),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(2048))]
+
+    /// Any body, for any endpoint and default: a prompt estimate linear in the body's size
+    /// (so no body that fits in memory can overflow it), the allowance the body names (else the
+    /// default, for endpoints that generate), and a total at most `MAX_TOKENS` or a refusal
+    /// that names the field holding an allowance past it.
+    #[test]
+    fn any_body_is_charged_a_bounded_count_or_refused(
+        body in body(),
+        endpoint in endpoint(),
+        default_max_tokens in any::<u32>(),
+    ) {
+        let (prompt, completion) = estimate(&body, endpoint, default_max_tokens);
+        // The most tokens per byte: an image part of 21 bytes (`{"type":"image_url"},`) is 765.
+        prop_assert!(prompt <= 40 * body.len() as u64 + 3, "{} tokens for {} bytes", prompt, body.len());
+        let generates = matches!(
+            endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses
+        );
+        if !generates {
+            prop_assert_eq!(completion, 0);
+        }
+        match total(&body, endpoint, default_max_tokens) {
+            Ok(total) => {
+                prop_assert!(total <= MAX_TOKENS);
+                prop_assert_eq!(total, prompt.saturating_add(completion).min(MAX_TOKENS));
+            }
+            Err(Uncountable { param, value }) => {
+                prop_assert!(value > MAX_TOKENS && value == completion);
+                let v: Value = serde_json::from_slice(&body).expect("a refused body parsed");
+                prop_assert_eq!(v[param].as_u64(), Some(value));
+            }
+        }
+    }
+}
