@@ -367,6 +367,13 @@ impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
         self.watch.as_ref().is_none_or(|w| w.seen)
     }
 
+    /// Whether the stream's last event (`[DONE]`, a terminal Responses event) went out.
+    fn ended_honestly(&self) -> bool {
+        self.watch
+            .as_ref()
+            .is_some_and(|w| w.end != SseEnd::Close && w.seen)
+    }
+
     fn pass(&mut self, chunk: Bytes) -> Bytes {
         if let Some(watch) = self.watch.as_mut() {
             if watch.see(&chunk).is_err() {
@@ -487,6 +494,13 @@ pub fn guard(
                 "stream_event_too_large",
             ),
             Ok(None) if g.complete() => {
+                let rest = g.flush();
+                g.finish(StreamEnd::Complete);
+                return rest.map(|r| (Ok(r), None));
+            }
+            // After the protocol's last event, a break or a silence ends nothing the client is
+            // owed: no error event follows a complete answer.
+            Ok(Some(Err(_))) | Err(_) if g.ended_honestly() => {
                 let rest = g.flush();
                 g.finish(StreamEnd::Complete);
                 return rest.map(|r| (Ok(r), None));

@@ -20,9 +20,15 @@ pub(super) fn refusal(path: &str) -> Option<&'static str> {
     if lower.contains("%00") || rest.contains('\0') {
         return Some("NUL is not allowed in the path");
     }
+    if lower.contains("%25") {
+        // A server that decodes twice would see `%2e%2e` or `%2f` here.
+        return Some("percent-encoded `%` is not allowed in the path");
+    }
     for segment in lower.split('/') {
         let decoded = segment.replace("%2e", ".");
-        match decoded.as_str() {
+        // Path parameters (`..;x`, as Tomcat reads them) do not hide a dot segment.
+        let bare = decoded.split(';').next().unwrap_or_default();
+        match bare {
             "" => return Some("empty path segments (//) are not allowed"),
             "." | ".." => return Some("`.` and `..` segments are not allowed in the path"),
             _ => {}
@@ -52,6 +58,10 @@ mod tests {
             "/v1/files/a%5c..%5cb",
             "/v1/files\\..\\b",
             "/v1/files/a%00b",
+            "/v1/%252e%252e/admin",
+            "/v1/files/%252f..%252fadmin",
+            "/v1/..;/admin",
+            "/v1/files/.;x/y",
             "/v1/models/",
             "/v1/",
             "/v2/models",

@@ -184,3 +184,27 @@ async fn an_event_that_never_ends_is_cut_at_max_event() {
     assert!(last.contains("stream_event_too_large"), "{last}");
     assert_eq!(end.lock().unwrap().unwrap(), StreamEnd::Oversized);
 }
+
+#[tokio::test]
+async fn a_break_after_the_last_event_adds_no_error() {
+    let done = "data: [DONE]\n\n";
+    let chunks: Vec<Result<Bytes, UpstreamError>> = vec![
+        Ok(Bytes::from_static(b"data: {\"choices\":[]}\n\n")),
+        Ok(Bytes::from(done)),
+        Err(UpstreamError::Transport("reset".into())),
+    ];
+    let (text, end) = collect_framed(Box::pin(stream::iter(chunks)), SseEnd::Done).await;
+    assert_eq!(end, StreamEnd::Complete);
+    assert!(text.ends_with(done), "{text}");
+    let completed = event(
+        "response.completed",
+        r#"{"type":"response.completed","response":{"id":"r","status":"completed"}}"#,
+    );
+    let chunks: Vec<Result<Bytes, UpstreamError>> = vec![
+        Ok(Bytes::from(completed.clone())),
+        Err(UpstreamError::Transport("reset".into())),
+    ];
+    let (text, end) = collect_framed(Box::pin(stream::iter(chunks)), SseEnd::Terminal).await;
+    assert_eq!(end, StreamEnd::Complete);
+    assert!(!text.contains("response.failed"), "{text}");
+}
