@@ -118,6 +118,11 @@ async fn a_refused_reload_names_the_line_in_its_answer_and_log_without_printing_
         "{message}"
     );
     assert_eq!(body["error"]["code"], "invalid_config");
+    // The log line is written as the answer goes out: wait for it (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gw.logs().contains("config reload refused") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let logs = gw.logs();
     assert_eq!(logs.matches("config reload refused").count(), 1, "{logs}");
     assert!(!logs.contains(SECRET), "{logs}");
