@@ -372,6 +372,12 @@ async fn open_mode_refuses_a_peer_that_is_not_loopback_unless_opted_in() {
     let local = format!("http://127.0.0.1:{}/v1/chat/completions", gw.port);
     let (status, body) = Namespaces::curl(&ns.gateway, &local);
     assert_ne!(status, 403, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gw.logs().contains("refused a peer that is not loopback")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(gw.logs().contains("refused a peer that is not loopback"));
     drop(gw);
 
