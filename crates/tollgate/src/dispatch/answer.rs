@@ -134,14 +134,14 @@ impl SelectShared {
 /// business, not the client's: a client sees its own limits (the client-limit layer sets them)
 /// or none.
 fn strip_key_limits(headers: &mut http::HeaderMap) {
-    let names: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|n| {
-            let n = n.as_str();
-            n.starts_with("x-ratelimit-") || n.starts_with("anthropic-ratelimit-")
-        })
-        .cloned()
-        .collect();
+    let is_limit = |n: &http::HeaderName| {
+        let n = n.as_str();
+        n.starts_with("x-ratelimit-") || n.starts_with("anthropic-ratelimit-")
+    };
+    if !headers.keys().any(is_limit) {
+        return;
+    }
+    let names: Vec<http::HeaderName> = headers.keys().filter(|n| is_limit(n)).cloned().collect();
     for name in names {
         headers.remove(name);
     }

@@ -58,13 +58,16 @@ fn needs_openai_beta(path: &str) -> bool {
 /// The client's headers as they go upstream (`path` is the one after `/v1/`).
 pub(super) fn upstream_headers(client: &HeaderMap, request_id: &str, path: &str) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(client.len() + 1);
-    // Headers the client marks as connection-specific (`Connection: x-secret-hop`) stop here.
+    // Headers the client marks as connection-specific (`Connection: x-secret-hop`) stop here;
+    // `keep-alive` and `close` name no header worth the lookups.
+    let connection: Option<&str> = client
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.eq_ignore_ascii_case("keep-alive") && !v.eq_ignore_ascii_case("close"));
     let named_in_connection = |name: &HeaderName| {
-        client.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-            })
+        connection.is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
         })
     };
     for (name, value) in client {

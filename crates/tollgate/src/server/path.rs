@@ -13,6 +13,13 @@ pub(super) fn refusal(path: &str) -> Option<&'static str> {
     if rest.is_empty() {
         return Some("the path names no endpoint");
     }
+    // The common path (`chat/completions`, `models/gpt-4o`) has none of the bytes a refusal
+    // needs: no copy, no decoding.
+    let suspect = |b: u8| matches!(b, b'%' | b'.' | b'\\' | 0 | b';');
+    let empty_segment = rest.starts_with('/') || rest.ends_with('/') || rest.contains("//");
+    if !rest.bytes().any(suspect) && !empty_segment {
+        return None;
+    }
     let lower = rest.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") || rest.contains('\\') {
         return Some("encoded slashes and backslashes are not allowed in the path");
