@@ -82,10 +82,7 @@ const ERROR_EVENTS: [&[u8]; 2] = [b"error", b"response.failed"];
 
 fn inspect_event(event: &[u8]) -> EventKind {
     let data = sse::data(event);
-    let name = sse::name(event)
-        .map(<[u8]>::trim_ascii)
-        .filter(|n| !n.is_empty())
-        .or_else(|| json_type(&data));
+    let name = event_name(event, &data);
     if data.is_empty() {
         return EventKind::Skip;
     }
@@ -108,6 +105,14 @@ fn inspect_event(event: &[u8]) -> EventKind {
         return EventKind::Skip;
     }
     EventKind::Data
+}
+
+/// An event's name: its `event:` line, else the `type` its data starts with.
+fn event_name<'a>(event: &'a [u8], data: &'a [u8]) -> Option<&'a [u8]> {
+    sse::name(event)
+        .map(<[u8]>::trim_ascii)
+        .filter(|n| !n.is_empty())
+        .or_else(|| json_type(data))
 }
 
 /// The `type` of an event whose data starts with it (`{"type":"response.created",…}`), for
@@ -269,10 +274,7 @@ fn is_end(end: SseEnd, event: &[u8], id: &mut Option<String>) -> bool {
         SseEnd::Done => sse::data(event).trim_ascii() == b"[DONE]",
         SseEnd::Terminal => {
             let data = sse::data(event);
-            let name = sse::name(event)
-                .map(<[u8]>::trim_ascii)
-                .filter(|n| !n.is_empty())
-                .or_else(|| json_type(&data));
+            let name = event_name(event, &data);
             if id.is_none() {
                 *id = response_id(&data);
             }

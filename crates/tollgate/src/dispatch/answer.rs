@@ -78,14 +78,13 @@ impl SelectShared {
         req: &GatewayRequest,
         provider: usize,
         lease: Lease,
-        resp: UpstreamResponse,
+        mut resp: UpstreamResponse,
         prefix: Bytes,
         attempts: u32,
         served: Served,
     ) -> Answer {
         let key = lease.id().to_owned();
         let pname = lease.provider().to_owned();
-        let mut resp = resp;
         strip_key_limits(&mut resp.headers);
         let sse = req.stream && is_event_stream(&resp.headers);
         if req.stores_response && resp.status.is_success() {

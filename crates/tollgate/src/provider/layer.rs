@@ -176,6 +176,13 @@ async fn read_bounded(body: &mut BodyStream, deadline: Instant, limit: usize) ->
     buf.freeze()
 }
 
+/// An answer's whole body (up to `MAX_ANSWER_BODY`), decoded when compressed; its headers
+/// then describe the decoded body.
+async fn read_whole(resp: &mut UpstreamResponse, deadline: Instant) -> Bytes {
+    let body = read_bounded(&mut resp.body, deadline, MAX_ANSWER_BODY).await;
+    decoded(&mut resp.headers, body, MAX_ANSWER_BODY)
+}
+
 /// Whether an answer is an SSE stream.
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
@@ -295,24 +302,17 @@ impl Shared {
         }
         if !(req.stream && is_event_stream(&resp.headers)) {
             if !provider.translates_answers() {
-                if is_encoded(&resp.headers) {
-                    // Compressed though asked for identity: decoded, so that usage is read and
-                    // every client, whatever it accepts, can read the answer.
-                    let body = read_bounded(&mut resp.body, deadline, MAX_ANSWER_BODY).await;
-                    let body = decoded(&mut resp.headers, body, MAX_ANSWER_BODY);
-                    resp.body = Box::pin(futures_util::stream::iter([Ok(body)]));
+                // Passed through as it streams, unless it must be read whole: compressed though
+                // asked for identity (decoded, so usage is read and any client can read it), or
+                // a stored response (so the key that made it can be noted).
+                if !is_encoded(&resp.headers) && !req.stores_response {
+                    return Raw::Ok(resp, Bytes::new());
                 }
-                if req.stores_response {
-                    // A stored response: read whole, so the key that made it can be noted.
-                    let body = read_bounded(&mut resp.body, deadline, MAX_ANSWER_BODY).await;
-                    let body = decoded(&mut resp.headers, body, MAX_ANSWER_BODY);
-                    resp.body = Box::pin(futures_util::stream::empty());
-                    return Raw::Ok(resp, body);
-                }
-                return Raw::Ok(resp, Bytes::new());
+                let body = read_whole(&mut resp, deadline).await;
+                resp.body = Box::pin(futures_util::stream::empty());
+                return Raw::Ok(resp, body);
             }
-            let body = read_bounded(&mut resp.body, deadline, MAX_ANSWER_BODY).await;
-            let body = decoded(&mut resp.headers, body, MAX_ANSWER_BODY);
+            let body = read_whole(&mut resp, deadline).await;
             return match provider.translate_answer(req, &mut resp.headers, &body) {
                 Ok(json) => {
                     resp.body = Box::pin(futures_util::stream::iter([Ok(json)]));

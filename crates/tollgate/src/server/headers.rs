@@ -48,6 +48,13 @@ const UPSTREAM_ONLY: [&str; 4] = [
     "x-request-id",
 ];
 
+/// Whether a comma-separated header value (`Connection`, `Upgrade`) lists `token`, in any case.
+pub(super) fn lists(value: &str, token: &str) -> bool {
+    value
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// Endpoints whose requests need `openai-beta` (the Assistants API and its objects).
 fn needs_openai_beta(path: &str) -> bool {
     ["assistants", "threads", "vector_stores"]
@@ -64,12 +71,8 @@ pub(super) fn upstream_headers(client: &HeaderMap, request_id: &str, path: &str)
         .get(header::CONNECTION)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.eq_ignore_ascii_case("keep-alive") && !v.eq_ignore_ascii_case("close"));
-    let named_in_connection = |name: &HeaderName| {
-        connection.is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-        })
-    };
+    let named_in_connection =
+        |name: &HeaderName| connection.is_some_and(|v| lists(v, name.as_str()));
     for (name, value) in client {
         let n = name.as_str();
         if HOP_BY_HOP.contains(name)

@@ -63,10 +63,8 @@ fn failed(e: GatewayError, model: &str) -> Response<Body> {
 /// Whether a request asks to switch to WebSocket (`Upgrade: websocket`, any case).
 fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
     headers.get_all(header::UPGRADE).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
-        })
+        v.to_str()
+            .is_ok_and(|v| super::headers::lists(v, "websocket"))
     })
 }
 
@@ -178,12 +176,18 @@ async fn parse_meta(
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    let media = content_type.as_deref().unwrap_or_default();
-    let is_form = media.starts_with("multipart/form-data");
+        .and_then(|v| v.to_str().ok());
+    // Media types compare case-insensitively (compared in place: no copy per request).
+    let media = content_type.unwrap_or_default().as_bytes();
+    let starts = |prefix: &[u8]| {
+        media
+            .get(..prefix.len())
+            .is_some_and(|m| m.eq_ignore_ascii_case(prefix))
+    };
+    let is_form = starts(b"multipart/form-data");
     let looks_json = body.trim_ascii_start().first() == Some(&b'{');
-    let says_json = media.starts_with("application/json") || media.contains("+json");
+    let says_json =
+        starts(b"application/json") || media.windows(5).any(|w| w.eq_ignore_ascii_case(b"+json"));
     let is_json = !is_form && (says_json || looks_json || content_type.is_none());
     let mut meta = Meta {
         model: None,
@@ -216,13 +220,9 @@ async fn parse_meta(
         meta.stores = parsed.store.is_none_or(|v| v.get() != "false");
     }
     if is_form && parts.method == Method::POST {
-        // The boundary is case-sensitive: the header as sent, not its lowercased media type.
-        let original = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        meta.model = super::form::model(original, body).await.map_err(|why| {
+        // The boundary is case-sensitive: the header as sent.
+        let form_type = content_type.unwrap_or_default();
+        meta.model = super::form::model(form_type, body).await.map_err(|why| {
             GatewayError::InvalidJson(format!("unreadable multipart form: {why}"))
         })?;
     }
