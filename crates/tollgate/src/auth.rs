@@ -135,6 +135,9 @@ mod tests {
             tpm: None,
             max_concurrent,
             models: models.iter().map(|m| (*m).to_owned()).collect(),
+            endpoints: Default::default(),
+            forward_headers: Default::default(),
+            max_body: None,
         }
     }
 

@@ -70,3 +70,193 @@ impl Endpoint {
         }
     }
 }
+
+/// The endpoint families a client may be allowed (`[[clients]] endpoints`), by the first
+/// segment of the path after `/v1/`. The first eight are the inference endpoints every client
+/// has unless its `endpoints` says otherwise; the rest reach objects stored under the upstream
+/// key (or the organization itself) and are opt-in.
+const FAMILIES: [&str; 20] = [
+    "chat",
+    "completions",
+    "responses",
+    "embeddings",
+    "moderations",
+    "images",
+    "audio",
+    "models",
+    "files",
+    "uploads",
+    "batches",
+    "vector_stores",
+    "fine_tuning",
+    "assistants",
+    "threads",
+    "conversations",
+    "containers",
+    "evals",
+    "organization",
+    "realtime",
+];
+
+/// The inference families (the default).
+const INFERENCE: u32 = 0xff;
+
+/// A set of endpoint families, as bits of [`FAMILIES`]; a path of no known family needs `"*"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    bits: u32,
+    any: bool,
+}
+
+impl Default for Families {
+    /// The inference endpoints.
+    fn default() -> Self {
+        Families {
+            bits: INFERENCE,
+            any: false,
+        }
+    }
+}
+
+impl Families {
+    /// Every endpoint, known or not.
+    pub const ALL: Families = Families {
+        bits: u32::MAX,
+        any: true,
+    };
+
+    /// From config names: a family, `"inference"` for the default eight, `"*"` for all; none
+    /// given means the default.
+    pub fn parse(names: &[String]) -> Result<Families, String> {
+        if names.is_empty() {
+            return Ok(Families::default());
+        }
+        let mut set = Families {
+            bits: 0,
+            any: false,
+        };
+        for name in names {
+            match name.as_str() {
+                "*" => set = Families::ALL,
+                "inference" => set.bits |= INFERENCE,
+                n => match FAMILIES.iter().position(|f| *f == n) {
+                    Some(i) => set.bits |= 1 << i,
+                    None => {
+                        return Err(format!(
+                            "an entry is not one of \"inference\", \"*\", {}",
+                            FAMILIES.join(", ")
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(set)
+    }
+
+    /// Whether a path (after `/v1/`) is in the set; the family's name when it is not.
+    pub fn check(self, path: &str) -> Result<(), &'static str> {
+        let first = path.split('/').next().unwrap_or_default();
+        match FAMILIES.iter().position(|f| *f == first) {
+            Some(i) if self.bits & (1 << i) != 0 => Ok(()),
+            Some(i) => Err(FAMILIES[i]),
+            None if self.any => Ok(()),
+            None => Err("*"),
+        }
+    }
+
+    /// The names in the set, for the config dump.
+    pub fn names(self) -> Vec<&'static str> {
+        if self.any {
+            return vec!["*"];
+        }
+        FAMILIES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.bits & (1 << i) != 0)
+            .map(|(_, f)| *f)
+            .collect()
+    }
+}
+
+/// Provider feature headers a client may have forwarded (`[[clients]] forward_headers`): each
+/// turns on features billed to the gateway's key, so none crosses unless allowed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeatureHeaders {
+    /// `anthropic-beta`.
+    pub anthropic_beta: bool,
+    /// `openai-beta` (always forwarded on the Assistants endpoints, which require it).
+    pub openai_beta: bool,
+}
+
+impl FeatureHeaders {
+    /// From config names.
+    pub fn parse(names: &[String]) -> Result<FeatureHeaders, String> {
+        let mut set = FeatureHeaders::default();
+        for name in names {
+            match name.to_ascii_lowercase().as_str() {
+                "anthropic-beta" => set.anthropic_beta = true,
+                "openai-beta" => set.openai_beta = true,
+                _ => return Err("an entry is not one of anthropic-beta, openai-beta".into()),
+            }
+        }
+        Ok(set)
+    }
+
+    /// The names in the set, for the config dump.
+    pub fn names(self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.anthropic_beta {
+            names.push("anthropic-beta");
+        }
+        if self.openai_beta {
+            names.push("openai-beta");
+        }
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn clients_call_inference_endpoints_unless_given_more() {
+        let default = Families::parse(&[]).expect("empty is the default");
+        for path in [
+            "chat/completions",
+            "responses/resp_1",
+            "models",
+            "audio/speech",
+        ] {
+            assert_eq!(default.check(path), Ok(()), "{path}");
+        }
+        assert_eq!(default.check("files/file-1/content"), Err("files"));
+        assert_eq!(
+            default.check("organization/usage/completions"),
+            Err("organization")
+        );
+        assert_eq!(default.check("batches"), Err("batches"));
+        assert_eq!(default.check("something_new"), Err("*"));
+
+        let files = Families::parse(&names(&["inference", "files"])).expect("valid");
+        assert_eq!(files.check("files"), Ok(()));
+        assert_eq!(files.check("batches"), Err("batches"));
+        let only_files = Families::parse(&names(&["files"])).expect("valid");
+        assert_eq!(only_files.check("chat/completions"), Err("chat"));
+        let all = Families::parse(&names(&["*"])).expect("valid");
+        assert_eq!(all.check("something_new"), Ok(()));
+        assert_eq!(all.names(), ["*"]);
+        assert!(Families::parse(&names(&["file"])).is_err());
+    }
+
+    #[test]
+    fn feature_headers_are_named_ones_only() {
+        let set = FeatureHeaders::parse(&names(&["Anthropic-Beta"])).expect("valid");
+        assert!(set.anthropic_beta && !set.openai_beta);
+        assert!(FeatureHeaders::parse(&names(&["cookie"])).is_err());
+    }
+}

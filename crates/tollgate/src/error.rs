@@ -92,6 +92,17 @@ pub enum GatewayError {
     /// The client may not use this model.
     #[error("this key may not use model `{0}`")]
     ModelNotAllowed(String),
+    /// The client may not call this family of endpoints (`*`: one the gateway does not know).
+    #[error("this key may not call the `{0}` endpoints (the client's `endpoints` setting in the gateway's config)")]
+    EndpointNotAllowed(&'static str),
+    /// A stored object the client did not create (or that does not exist).
+    #[error("No such object: '{id}'")]
+    ObjectNotFound {
+        /// The id named.
+        id: String,
+        /// The body field that named it (`None`: the path).
+        param: Option<&'static str>,
+    },
     /// The client is over its own RPM/TPM limit.
     #[error("Rate limit reached for {dimension} per minute on this gateway key; {}", retry_hint(.retry_after))]
     ClientRateLimited {
@@ -131,7 +142,10 @@ impl GatewayError {
             GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
-            GatewayError::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            GatewayError::ModelNotAllowed(_) | GatewayError::EndpointNotAllowed(_) => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::ObjectNotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::ClientRateLimited { .. } | GatewayError::TooManyConcurrent { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -152,9 +166,10 @@ impl GatewayError {
             | GatewayError::InvalidPath(_)
             | GatewayError::EndpointUnsupported { .. } => "invalid_request_error",
             GatewayError::RateLimited { .. } => "rate_limit_error",
-            GatewayError::Unauthorized | GatewayError::ModelNotAllowed(_) => {
-                "invalid_request_error"
-            }
+            GatewayError::Unauthorized
+            | GatewayError::ModelNotAllowed(_)
+            | GatewayError::EndpointNotAllowed(_)
+            | GatewayError::ObjectNotFound { .. } => "invalid_request_error",
             GatewayError::ClientRateLimited { .. } | GatewayError::TooManyConcurrent { .. } => {
                 "rate_limit_error"
             }
@@ -183,6 +198,8 @@ impl GatewayError {
             GatewayError::DeadlineExceeded { .. } => Some("timeout"),
             GatewayError::Unauthorized => Some("invalid_api_key"),
             GatewayError::ModelNotAllowed(_) => Some("model_not_allowed"),
+            GatewayError::EndpointNotAllowed(_) => Some("endpoint_not_allowed"),
+            GatewayError::ObjectNotFound { .. } => Some("not_found"),
             GatewayError::ClientRateLimited { .. } => Some("rate_limit_exceeded"),
             GatewayError::TooManyConcurrent { .. } => Some("too_many_concurrent_requests"),
             GatewayError::Internal { .. } => Some("internal_error"),
@@ -197,6 +214,8 @@ impl GatewayError {
             | GatewayError::ModelNotAllowed(_)
             | GatewayError::EndpointUnsupported { .. } => Some("model"),
             GatewayError::IntegerAboveMax { param, .. } => Some(param),
+            GatewayError::ObjectNotFound { param, .. } => *param,
+            GatewayError::EndpointNotAllowed(_) => None,
             GatewayError::InvalidJson(_)
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::NotFound { .. }
@@ -225,7 +244,10 @@ impl GatewayError {
             | GatewayError::UpgradeRequired
             | GatewayError::InvalidPath(_)
             | GatewayError::EndpointUnsupported { .. } => false,
-            GatewayError::Unauthorized | GatewayError::ModelNotAllowed(_) => false,
+            GatewayError::Unauthorized
+            | GatewayError::ModelNotAllowed(_)
+            | GatewayError::EndpointNotAllowed(_)
+            | GatewayError::ObjectNotFound { .. } => false,
             GatewayError::ClientRateLimited { retry_after, .. } => retry_after.is_some(),
             GatewayError::RateLimited { .. }
             | GatewayError::AllFailed { .. }
@@ -254,6 +276,8 @@ impl GatewayError {
             GatewayError::DeadlineExceeded { .. } => "deadline",
             GatewayError::Unauthorized => "unauthorized",
             GatewayError::ModelNotAllowed(_) => "model_not_allowed",
+            GatewayError::EndpointNotAllowed(_) => "endpoint_not_allowed",
+            GatewayError::ObjectNotFound { .. } => "object_not_found",
             GatewayError::ClientRateLimited { .. } => "client_rate_limited",
             GatewayError::TooManyConcurrent { .. } => "too_many_concurrent",
             GatewayError::Internal { .. } => "internal",

@@ -11,7 +11,6 @@
 
 pub mod health;
 pub mod outlier;
-pub mod pins;
 pub mod store;
 
 pub use health::{Health, HealthEvent};

@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod error;
 pub mod key_pool;
 pub mod metrics;
+pub mod ownership;
 pub mod provider;
 pub mod rate_limit;
 pub mod reload;

@@ -56,7 +56,7 @@ impl Reloader {
         let health = crate::key_pool::store::for_limiter(&limiter);
         let parts = Parts {
             upstream,
-            pins: Arc::new(crate::key_pool::pins::Pins::new(Arc::clone(&health))),
+            records: Arc::new(crate::ownership::records::Records::new(Arc::clone(&health))),
             health,
             limiter,
             metrics,

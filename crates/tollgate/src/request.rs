@@ -51,12 +51,16 @@ pub struct GatewayRequest {
     /// The session the request belongs to (its `prompt_cache_key`, session id header or, where
     /// configured, `user`), hashed: its turns go to one key while that key is healthy.
     pub affinity: Option<u64>,
-    /// The stored response the request refers to (`previous_response_id`, or the id in
-    /// `/v1/responses/{id}`): it goes to the key that created it.
-    pub stored_response: Option<Box<str>>,
-    /// Whether the answer is a response the provider stores (a Responses request without
-    /// `store: false`): the key that made it is remembered.
-    pub stores_response: bool,
+    /// The stored object the request refers to (the id in its path, e.g. `/v1/responses/{id}`,
+    /// or its `previous_response_id`): it goes to the key that holds it.
+    pub object: Option<Box<str>>,
+    /// The key (bucket id) that holds [`Self::object`], when the ownership layer knows it.
+    pub object_key: Option<Arc<str>>,
+    /// The body asks for its answer to be stored (a Responses request without `store: false`,
+    /// a chat completion with `store: true`).
+    pub stores: bool,
+    /// The answer names objects the caller now owns: it is read whole and they are recorded.
+    pub records: bool,
 }
 
 impl GatewayRequest {
@@ -84,8 +88,10 @@ impl GatewayRequest {
             include_usage: false,
             deadline: Instant::now() + std::time::Duration::from_secs(600),
             affinity: None,
-            stored_response: None,
-            stores_response: false,
+            object: None,
+            object_key: None,
+            stores: false,
+            records: false,
         }
     }
 }

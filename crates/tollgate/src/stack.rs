@@ -83,8 +83,8 @@ pub struct Parts {
     pub metrics: Metrics,
     /// Seed of the jitter RNG.
     pub seed: u64,
-    /// Which key created which stored response (lives across reloads).
-    pub pins: Arc<crate::key_pool::pins::Pins>,
+    /// Who owns each object created through the gateway (lives across reloads).
+    pub records: Arc<crate::ownership::records::Records>,
 }
 
 /// A gateway stack built from one config, with the key pools it runs on.
@@ -118,6 +118,9 @@ pub fn gateway(
     let keys_have_tpm = pools.iter().any(|p| p.has_tpm());
     let service = ServiceBuilder::new()
         .layer(ClientAuthLayer::new(auth))
+        .layer(crate::ownership::OwnershipLayer::new(Arc::clone(
+            &parts.records,
+        )))
         .layer(ClientLimitLayer::new(
             Arc::clone(&parts.limiter),
             parts.metrics.clone(),
@@ -200,7 +203,7 @@ fn dispatch(
         metrics: parts.metrics.clone(),
         idle_timeout: settings.server.idle_timeout,
         max_event: settings.server.max_event,
-        pins: Arc::clone(&parts.pins),
+        records: Arc::clone(&parts.records),
         max_delay: r.max_delay,
     };
     let service = ServiceBuilder::new()

@@ -298,6 +298,17 @@ pub fn response_id_in(head: &[u8], sse: bool) -> Option<String> {
     std::iter::from_fn(|| scanner.next_event(head)).find_map(|event| response_id(&sse::data(event)))
 }
 
+/// The top-level `id` of a stream's first event (a chat completion chunk's `chatcmpl-…`).
+pub fn first_event_id(head: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Chunk {
+        id: Option<String>,
+    }
+    let mut scanner = Scanner::new();
+    let event = scanner.next_event(head)?;
+    serde_json::from_slice::<Chunk>(&sse::data(event)).ok()?.id
+}
+
 /// The `response.id` of a Responses event, read from its data.
 fn response_id(data: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]

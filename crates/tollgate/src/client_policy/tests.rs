@@ -12,6 +12,9 @@ fn client(rpm: u32, max_concurrent: Option<u32>) -> Arc<crate::auth::Client> {
         tpm: None,
         max_concurrent,
         models: vec![],
+        endpoints: Default::default(),
+        forward_headers: Default::default(),
+        max_body: None,
     }]);
     auth.authenticate_key(Some("k")).unwrap().unwrap()
 }
@@ -94,6 +97,9 @@ async fn the_layer_refuses_unknown_keys_and_models_outside_the_allow_list() {
         tpm: None,
         max_concurrent: None,
         models: vec!["m".into()],
+        endpoints: Default::default(),
+        forward_headers: Default::default(),
+        max_body: None,
     }]));
     let inner = service_fn(|req: GatewayRequest| async move {
         assert_eq!(
@@ -138,6 +144,9 @@ fn metered(rpm: u32, tpm: u32) -> Arc<crate::auth::Client> {
         tpm: Some(tpm),
         max_concurrent: None,
         models: vec![],
+        endpoints: Default::default(),
+        forward_headers: Default::default(),
+        max_body: None,
     }]);
     auth.authenticate_key(Some("k")).unwrap().unwrap()
 }

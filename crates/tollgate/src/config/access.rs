@@ -60,6 +60,25 @@ pub struct ClientSettings {
     pub max_concurrent: Option<u32>,
     /// Allowed models; empty = all.
     pub models: Vec<String>,
+    /// Endpoint families the client may call.
+    #[serde(serialize_with = "families")]
+    pub endpoints: crate::endpoint::Families,
+    /// Provider feature headers forwarded for this client.
+    #[serde(serialize_with = "features")]
+    pub forward_headers: crate::endpoint::FeatureHeaders,
+    /// Largest request body in bytes (`None`: `server.max_body`).
+    pub max_body: Option<usize>,
+}
+
+fn families<S: serde::Serializer>(f: &crate::endpoint::Families, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(f.names())
+}
+
+fn features<S: serde::Serializer>(
+    f: &crate::endpoint::FeatureHeaders,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(f.names())
 }
 
 fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -97,6 +116,7 @@ pub(super) fn validate_state(c: &StateConfig, p: &mut Problems) -> StateSettings
 
 pub(super) fn validate_clients(
     clients: &[ClientConfig],
+    server_max_body: usize,
     p: &mut Problems,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<ClientSettings> {
@@ -142,6 +162,32 @@ pub(super) fn validate_clients(
                 tpm: p.per_minute(&format!("{path}.tpm"), c.tpm),
                 max_concurrent: c.max_concurrent,
                 models: c.models.clone(),
+                endpoints: crate::endpoint::Families::parse(&c.endpoints).unwrap_or_else(|e| {
+                    p.push(&format!("{path}.endpoints"), e);
+                    crate::endpoint::Families::default()
+                }),
+                forward_headers: crate::endpoint::FeatureHeaders::parse(&c.forward_headers)
+                    .unwrap_or_else(|e| {
+                        p.push(&format!("{path}.forward_headers"), e);
+                        crate::endpoint::FeatureHeaders::default()
+                    }),
+                max_body: c.max_body.as_deref().and_then(|raw| {
+                    let limit = crate::units::parse_size(raw).and_then(|n| usize::try_from(n).ok());
+                    match limit {
+                        Some(n) if n <= server_max_body => Some(n),
+                        Some(_) => {
+                            p.push(
+                                &format!("{path}.max_body"),
+                                "must be at most server.max_body (the edge refuses larger bodies for everyone)",
+                            );
+                            None
+                        }
+                        None => {
+                            p.push(&format!("{path}.max_body"), "is not a size (e.g. \"1MiB\")");
+                            None
+                        }
+                    }
+                }),
             }
         })
         .collect()

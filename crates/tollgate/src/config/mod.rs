@@ -116,6 +116,13 @@ pub struct ClientConfig {
     pub max_concurrent: Option<u32>,
     /// Models the client may use (configured names or pass-through names); empty = all.
     pub models: Vec<String>,
+    /// Endpoint families the client may call (`"inference"`, `"files"`, `"batches"`, …, `"*"`);
+    /// empty = the inference endpoints.
+    pub endpoints: Vec<String>,
+    /// Provider feature headers forwarded for this client (`anthropic-beta`, `openai-beta`).
+    pub forward_headers: Vec<String>,
+    /// Largest request body for this client (at most `server.max_body`).
+    pub max_body: Option<String>,
 }
 
 /// `[server]`.

@@ -362,7 +362,7 @@ impl Config {
             max_queue_wait: p.duration("limits.max_queue_wait", &self.limits.max_queue_wait),
         };
         let state = super::access::validate_state(&self.state, &mut p);
-        let clients = super::access::validate_clients(&self.clients, &mut p, env);
+        let clients = super::access::validate_clients(&self.clients, server.max_body, &mut p, env);
         let admin_token_sha256 =
             self.admin
                 .token

@@ -87,10 +87,8 @@ impl SelectShared {
         let pname = lease.provider().to_owned();
         strip_key_limits(&mut resp.headers);
         let sse = req.stream && is_event_stream(&resp.headers);
-        if req.stores_response && resp.status.is_success() {
-            if let Some(id) = crate::stream::response_id_in(&prefix, sse) {
-                self.pins.record(&id, lease.bucket_id());
-            }
+        if req.records && resp.status.is_success() {
+            crate::ownership::record_answer(&self.records, req, &prefix, sse, lease.bucket_id());
         }
         let json = resp
             .headers

@@ -240,7 +240,7 @@ async fn key_selection_never_gives_a_request_the_same_key_twice() {
         idle_timeout: Duration::from_secs(60),
         max_event: 1 << 20,
         max_delay: Duration::from_secs(20),
-        pins: Arc::new(crate::key_pool::pins::Pins::new(Arc::new(
+        records: Arc::new(crate::ownership::records::Records::new(Arc::new(
             crate::key_pool::store::MemoryHealth,
         ))),
     });

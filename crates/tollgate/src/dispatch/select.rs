@@ -68,8 +68,8 @@ pub(crate) struct SelectShared {
     pub(crate) idle_timeout: Duration,
     /// Largest event of a streamed answer.
     pub(crate) max_event: usize,
-    /// Which key created which stored response.
-    pub(crate) pins: Arc<crate::key_pool::pins::Pins>,
+    /// Who owns each object created through the gateway.
+    pub(crate) records: Arc<crate::ownership::records::Records>,
     /// A transient answer asking for longer than this cools its key instead of a backoff.
     pub(crate) max_delay: Duration,
 }
@@ -198,10 +198,8 @@ impl SelectShared {
     /// The key a request would rather have: the creator of the stored response it refers to,
     /// else its session's.
     async fn preference(&self, req: &GatewayRequest, pool: &KeyPool) -> Prefer {
-        if let Some(id) = req.stored_response.as_deref() {
-            if let Some(idx) = self.pins.key_of(id).await.and_then(|k| pool.index_of(&k)) {
-                return Prefer::Key(idx);
-            }
+        if let Some(idx) = req.object_key.as_deref().and_then(|k| pool.index_of(k)) {
+            return Prefer::Key(idx);
         }
         req.affinity.map_or(Prefer::Any, Prefer::Session)
     }

@@ -212,7 +212,7 @@ fn setup(toml: &str) -> (Dispatch, Arc<Fake>, Metrics) {
     let health = crate::key_pool::store::for_limiter(&limiter);
     let parts = Parts {
         upstream: Arc::new(FakeUpstream(fake.clone())),
-        pins: Arc::new(crate::key_pool::pins::Pins::new(Arc::clone(&health))),
+        records: Arc::new(crate::ownership::records::Records::new(Arc::clone(&health))),
         health,
         limiter,
         metrics: metrics.clone(),

@@ -15,10 +15,10 @@ pub trait HealthStore: Send + Sync + std::fmt::Debug {
     fn fetch<'a>(&'a self, ids: &'a [&'a str]) -> BoxFuture<'a, Option<Vec<Option<SharedHealth>>>>;
     /// Whether anything is shared (a pull loop is worth running).
     fn is_shared(&self) -> bool;
-    /// Records that key `key` created stored response `response`; never makes the caller wait.
-    fn pin(&self, response: &str, key: &str);
-    /// The key that created `response`, as another replica recorded it.
-    fn pinned<'a>(&'a self, response: &'a str) -> BoxFuture<'a, Option<String>>;
+    /// Records `object`'s owner (encoded) for `ttl_secs`; never makes the caller wait.
+    fn pin(&self, object: &str, owner: &str, ttl_secs: u64);
+    /// `object`'s owner as another replica recorded it.
+    fn pinned<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Option<String>>;
 }
 
 /// One process: its pools are the only view, nothing to share.
@@ -33,7 +33,7 @@ impl HealthStore for MemoryHealth {
     fn is_shared(&self) -> bool {
         false
     }
-    fn pin(&self, _: &str, _: &str) {}
+    fn pin(&self, _: &str, _: &str, _: u64) {}
     fn pinned<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Option<String>> {
         Box::pin(std::future::ready(None))
     }
@@ -67,14 +67,14 @@ impl HealthStore for RedisHealth {
     fn is_shared(&self) -> bool {
         true
     }
-    fn pin(&self, response: &str, key: &str) {
-        let (redis, response, key) = (Arc::clone(&self.redis), response.to_owned(), key.to_owned());
+    fn pin(&self, object: &str, owner: &str, ttl_secs: u64) {
+        let (redis, object, owner) = (Arc::clone(&self.redis), object.to_owned(), owner.to_owned());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { redis.pin_response(&response, &key).await });
+            handle.spawn(async move { redis.pin_object(&object, &owner, ttl_secs).await });
         }
     }
-    fn pinned<'a>(&'a self, response: &'a str) -> BoxFuture<'a, Option<String>> {
-        Box::pin(self.redis.pinned_response(response))
+    fn pinned<'a>(&'a self, object: &'a str) -> BoxFuture<'a, Option<String>> {
+        Box::pin(self.redis.pinned_object(object))
     }
 }
 

@@ -304,8 +304,8 @@ impl Shared {
             if !provider.translates_answers() {
                 // Passed through as it streams, unless it must be read whole: compressed though
                 // asked for identity (decoded, so usage is read and any client can read it), or
-                // a stored response (so the key that made it can be noted).
-                if !is_encoded(&resp.headers) && !req.stores_response {
+                // an answer naming objects the caller now owns (so they are recorded).
+                if !is_encoded(&resp.headers) && !req.records {
                     return Raw::Ok(resp, Bytes::new());
                 }
                 let body = read_whole(&mut resp, deadline).await;

@@ -325,21 +325,21 @@ impl RedisStore {
         let _: Option<()> = self.command(cmd).await;
     }
 
-    /// Records the key (bucket id) that created stored response `id`, for as long as the
-    /// provider keeps stored responses (30 days).
-    pub(crate) async fn pin_response(&self, id: &str, key: &str) {
+    /// Records the owner of object `id` (its key and client, encoded by `ownership::records`)
+    /// for as long as the provider keeps the object.
+    pub(crate) async fn pin_object(&self, id: &str, owner: &str, ttl_secs: u64) {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(format!("{}:resp:{id}", self.prefix))
-            .arg(key)
+        cmd.arg(format!("{}:obj:{id}", self.prefix))
+            .arg(owner)
             .arg("EX")
-            .arg(30 * 24 * 3600);
+            .arg(ttl_secs.max(1));
         let _: Option<()> = self.command(cmd).await;
     }
 
-    /// The key that created stored response `id`, when a replica recorded it.
-    pub(crate) async fn pinned_response(&self, id: &str) -> Option<String> {
+    /// The owner of object `id`, when a replica recorded it.
+    pub(crate) async fn pinned_object(&self, id: &str) -> Option<String> {
         let mut cmd = redis::cmd("GET");
-        cmd.arg(format!("{}:resp:{id}", self.prefix));
+        cmd.arg(format!("{}:obj:{id}", self.prefix));
         self.command::<Option<String>>(cmd).await.flatten()
     }
 

@@ -62,8 +62,14 @@ fn needs_openai_beta(path: &str) -> bool {
         .any(|p| path.starts_with(p))
 }
 
-/// The client's headers as they go upstream (`path` is the one after `/v1/`).
-pub(super) fn upstream_headers(client: &HeaderMap, request_id: &str, path: &str) -> HeaderMap {
+/// The client's headers as they go upstream (`path` is the one after `/v1/`); `features` are
+/// the feature headers this client may have forwarded.
+pub(super) fn upstream_headers(
+    client: &HeaderMap,
+    request_id: &str,
+    path: &str,
+    features: crate::endpoint::FeatureHeaders,
+) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(client.len() + 1);
     // Headers the client marks as connection-specific (`Connection: x-secret-hop`) stop here;
     // `keep-alive` and `close` name no header worth the lookups.
@@ -75,12 +81,18 @@ pub(super) fn upstream_headers(client: &HeaderMap, request_id: &str, path: &str)
         |name: &HeaderName| connection.is_some_and(|v| lists(v, name.as_str()));
     for (name, value) in client {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(name)
-            || CLIENT_ONLY.contains(&n)
-            || CLIENT_ONLY_PREFIXES.iter().any(|p| n.starts_with(p))
-            || name == header::CONTENT_LENGTH
-            || (n == "openai-beta" && !needs_openai_beta(path))
-            || named_in_connection(name)
+        let allowed_feature = match n {
+            "anthropic-beta" => features.anthropic_beta,
+            "openai-beta" => features.openai_beta || needs_openai_beta(path),
+            _ => false,
+        };
+        if !allowed_feature
+            && (HOP_BY_HOP.contains(name)
+                || CLIENT_ONLY.contains(&n)
+                || CLIENT_ONLY_PREFIXES.iter().any(|p| n.starts_with(p))
+                || name == header::CONTENT_LENGTH
+                || n == "openai-beta"
+                || named_in_connection(name))
         {
             continue;
         }
@@ -140,7 +152,7 @@ mod tests {
         ] {
             client.insert(HeaderName::from_static(k), v.parse().unwrap());
         }
-        let up = upstream_headers(&client, "req-1", "chat/completions");
+        let up = upstream_headers(&client, "req-1", "chat/completions", Default::default());
         let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 4, "{names:?}");
         assert_eq!(
@@ -171,18 +183,29 @@ mod tests {
         ] {
             client.append(HeaderName::from_static(k), v.parse().unwrap());
         }
-        let up = upstream_headers(&client, "req-1", "chat/completions");
+        let up = upstream_headers(&client, "req-1", "chat/completions", Default::default());
         let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
             ["x-stainless-lang", "accept-encoding", "x-request-id"],
             "{names:?}"
         );
-        let up = upstream_headers(&client, "req-1", "assistants/asst_1");
+        let up = upstream_headers(&client, "req-1", "assistants/asst_1", Default::default());
         assert_eq!(
             up["openai-beta"], "assistants=v2",
             "the Assistants API needs it"
         );
+        let allowed = crate::endpoint::FeatureHeaders {
+            anthropic_beta: true,
+            openai_beta: false,
+        };
+        let up = upstream_headers(&client, "req-1", "chat/completions", allowed);
+        assert_eq!(
+            up["anthropic-beta"], "context-1m-2025-08-07",
+            "allowed for this client"
+        );
+        assert!(!up.contains_key("openai-beta"), "not allowed");
+        assert!(!up.contains_key("cookie"), "never allowed");
     }
 
     #[test]

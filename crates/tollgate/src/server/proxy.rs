@@ -32,7 +32,7 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
         Ok(client) => client,
         Err(_) => return failed(GatewayError::Unauthorized, "other"),
     };
-    let mut gw = match parse(&rt, req, received).await {
+    let mut gw = match parse(&rt, req, received, client.as_deref()).await {
         Ok(gw) => gw,
         Err(e) => return failed(e, "other"),
     };
@@ -73,6 +73,7 @@ async fn parse(
     rt: &Runtime,
     req: Request<Body>,
     received: Instant,
+    client: Option<&crate::auth::Client>,
 ) -> Result<GatewayRequest, GatewayError> {
     let settings = &rt.settings;
     let (parts, body) = req.into_parts();
@@ -91,7 +92,11 @@ async fn parse(
         .strip_prefix("/v1/")
         .unwrap_or_default()
         .to_owned();
-    let body = read_body(body, settings.server.max_body).await?;
+    // A client's own body limit is below the edge's (which applies to everyone).
+    let max_body = client
+        .and_then(|c| c.settings.max_body)
+        .unwrap_or(settings.server.max_body);
+    let body = read_body(body, &parts.headers, max_body, settings.server.max_body).await?;
     let endpoint = Endpoint::from_path(&path);
     let meta = parse_meta(&parts, &body, endpoint, settings.retry.sticky_user).await?;
     let affinity = match settings.retry.sticky_sessions {
@@ -105,14 +110,19 @@ async fn parse(
         .unwrap_or_default()
         .to_owned();
     let model_index = meta.model.as_deref().and_then(|m| settings.model_index(m));
-    let stored_response = match meta.previous_response {
-        Some(id) => Some(id),
-        None if endpoint == Endpoint::Responses => response_in_path(&path),
-        None => None,
-    };
     let is_post = parts.method == Method::POST;
+    // Stored by default on the Responses API, on request for chat completions.
+    let stores = is_post
+        && match path.as_str() {
+            "responses" => meta.store != Some(false),
+            "chat/completions" => meta.store == Some(true),
+            _ => false,
+        };
+    let features = client
+        .map(|c| c.settings.forward_headers)
+        .unwrap_or_default();
     Ok(GatewayRequest {
-        headers: upstream_headers(&parts.headers, &request_id, &path),
+        headers: upstream_headers(&parts.headers, &request_id, &path, features),
         credential: crate::auth::presented_key(&parts.headers).map(Box::from),
         id: request_id,
         method: parts.method,
@@ -131,8 +141,10 @@ async fn parse(
         include_usage: meta.include_usage,
         deadline: received + settings.server.request_timeout,
         affinity,
-        stored_response,
-        stores_response: endpoint == Endpoint::Responses && is_post && meta.stores,
+        object: meta.previous_response,
+        object_key: None,
+        stores,
+        records: stores,
     })
 }
 
@@ -145,14 +157,8 @@ struct Meta {
     session: Option<u64>,
     /// `previous_response_id`.
     previous_response: Option<Box<str>>,
-    /// The answer is stored (no `store: false`).
-    stores: bool,
-}
-
-/// The response id of `responses/{id}` (and `responses/{id}/input_items`, `…/cancel`).
-fn response_in_path(path: &str) -> Option<Box<str>> {
-    let id = path.strip_prefix("responses/")?.split('/').next()?;
-    (!id.is_empty()).then(|| id.into())
+    /// `store`, when it is a boolean.
+    store: Option<bool>,
 }
 
 /// The session a client names in a header (Codex sends `session-id`; Claude Code
@@ -195,7 +201,7 @@ async fn parse_meta(
         include_usage: false,
         session: None,
         previous_response: None,
-        stores: true,
+        store: None,
     };
     if is_json && !body.is_empty() && parts.method != Method::GET {
         let parsed: openai_types::RequestMeta<'_> =
@@ -217,7 +223,11 @@ async fn parse_meta(
             .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
             .filter(|id| !id.is_empty())
             .map(String::into_boxed_str);
-        meta.stores = parsed.store.is_none_or(|v| v.get() != "false");
+        meta.store = parsed.store.and_then(|v| match v.get() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        });
     }
     if is_form && parts.method == Method::POST {
         // The boundary is case-sensitive: the header as sent.
@@ -229,12 +239,12 @@ async fn parse_meta(
     let is_audio_upload = endpoint == Endpoint::Audio
         && (parts.uri.path().ends_with("/transcriptions")
             || parts.uri.path().ends_with("/translations"));
-    let creates_response = endpoint == Endpoint::Responses && parts.uri.path() == "/v1/responses";
+    // The endpoints that make something from a model (not `chat/completions/{id}`, which
+    // updates a stored completion, nor `responses/{id}/cancel`).
     let needs_model = is_audio_upload
-        || creates_response
         || matches!(
-            endpoint,
-            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+            parts.uri.path(),
+            "/v1/responses" | "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"
         );
     if needs_model && parts.method == Method::POST && meta.model.is_none() {
         return Err(GatewayError::MissingModel);
@@ -242,10 +252,36 @@ async fn parse_meta(
     Ok(meta)
 }
 
-async fn read_body(body: Body, max_body: usize) -> Result<Bytes, GatewayError> {
+/// Reads the body, up to `limit` (the client's own; the edge enforces `edge_limit`).
+async fn read_body(
+    body: Body,
+    headers: &http::HeaderMap,
+    limit: usize,
+    edge_limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let too_large = GatewayError::BodyTooLarge { limit };
+    if limit < edge_limit {
+        // Refused before a byte is read when the length is declared.
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large);
+        }
+        return match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+            Err(e) if e.downcast_ref::<axum::Error>().is_some_and(is_length_limit) => {
+                Err(GatewayError::BodyTooLarge { limit: edge_limit })
+            }
+            Err(_) => Err(GatewayError::InvalidJson(
+                "the request body could not be read".into(),
+            )),
+        };
+    }
     match body.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if is_length_limit(&e) => Err(GatewayError::BodyTooLarge { limit: max_body }),
+        Err(e) if is_length_limit(&e) => Err(too_large),
         Err(_) => Err(GatewayError::InvalidJson(
             "the request body could not be read".into(),
         )),

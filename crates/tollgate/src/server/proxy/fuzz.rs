@@ -110,14 +110,14 @@ fn expected(body: &Value, sticky_user: bool) -> Option<Meta> {
         .and_then(Value::as_str)
         .filter(|id| !id.is_empty())
         .map(Box::from);
-    let stores = body.get("store").is_none_or(|v| v != &json!(false));
+    let store = body.get("store").and_then(Value::as_bool);
     Some(Meta {
         model,
         stream,
         include_usage,
         session,
         previous_response,
-        stores,
+        store,
     })
 }
 
@@ -213,7 +213,7 @@ fn same(got: &Meta, want: &Meta) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.include_usage, want.include_usage);
     prop_assert_eq!(got.session, want.session);
     prop_assert_eq!(&got.previous_response, &want.previous_response);
-    prop_assert_eq!(got.stores, want.stores);
+    prop_assert_eq!(got.store, want.store);
     Ok(())
 }
 
@@ -248,7 +248,7 @@ proptest! {
                 include_usage: false,
                 session: None,
                 previous_response: None,
-                stores: true,
+                store: None,
             }),
             _ => expected(&body, sticky_user),
         };
@@ -313,16 +313,18 @@ proptest! {
         }
     }
 
-    /// A path's response id is a whole, non-empty segment after `responses/`; a session header
+    /// A path's object id is a whole, non-empty segment after its collection; a session header
     /// is hashed as it came.
     #[test]
     fn response_ids_and_session_headers_read_any_input(
-        path in "(responses/?)?[a-z_/%.]{0,12}",
+        path in "((responses|files|fine_tuning/jobs)/?)?[a-z_/%.]{0,12}",
         header in prop::collection::vec(any::<u8>(), 0..32),
     ) {
-        if let Some(id) = response_in_path(&path) {
+        let scope = crate::ownership::scope(&Method::GET, &path);
+        if let Some(id) = scope.object {
             prop_assert!(!id.is_empty() && !id.contains('/'));
-            let whole = format!("responses/{id}");
+            let collection = scope.collection.unwrap_or_default();
+            let whole = format!("{collection}/{id}");
             prop_assert!(path.starts_with(&whole));
         }
         let mut headers = http::HeaderMap::new();
