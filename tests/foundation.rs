@@ -133,7 +133,7 @@ async fn every_endpoint_shape_passes_through() {
         .json()
         .await
         .unwrap();
-    assert_eq!(r["object"], "mock.echo");
+    assert_eq!(r["object"], "file");
     let up = m
         .requests()
         .into_iter()
@@ -160,8 +160,8 @@ async fn every_endpoint_shape_passes_through() {
     // moderations, GET with path parameters, DELETE
     for (method, path) in [
         ("POST", "/v1/moderations"),
-        ("GET", "/v1/files/file-1/content"),
-        ("DELETE", "/v1/files/file-1"),
+        ("GET", "/v1/containers/cntr_1/files"),
+        ("DELETE", "/v1/vector_stores/vs_1"),
     ] {
         let req = c.request(method.parse().unwrap(), gw.url(path));
         let req = if method == "POST" {

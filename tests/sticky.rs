@@ -185,7 +185,7 @@ async fn replicas_share_which_key_made_a_response_through_redis() {
     let (id, made_by) = create_stored(&a).await;
     // Replica b learns it from Redis (the pin is written in the background: wait until it is
     // there, then every read goes to the right key; a random key would 404 three times in four).
-    let pinned = format!("e2e-pins{}:resp:{id}", redis.port);
+    let pinned = format!("e2e-pins{}:obj:{id}", redis.port);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !redis_has(&redis, &pinned).await {
         assert!(

@@ -45,6 +45,8 @@ pub(crate) enum Route {
     Embeddings,
     Models,
     Speech,
+    /// `/v1/files…` and `/v1/batches…`.
+    Objects,
     Echo,
 }
 
@@ -52,7 +54,9 @@ pub(crate) enum Route {
 pub(crate) fn route(method: &Method, path: &str) -> Route {
     let path = path.trim_end_matches('/');
     let post = method == Method::POST;
-    if post && path.ends_with("/chat/completions") {
+    if crate::objects::is_objects_path(path) {
+        Route::Objects
+    } else if post && path.ends_with("/chat/completions") {
         Route::Chat
     } else if post && path.ends_with("/v1/messages") {
         Route::Messages
@@ -243,6 +247,12 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         Route::Embeddings => (answers::embeddings(&body, &knobs), fault),
         Route::Models => (answers::models(), fault),
         Route::Speech => (answers::speech(), fault),
+        Route::Objects => (
+            shared
+                .lock_objects()
+                .handle(&parts.method, &path, &body, shared.port),
+            fault,
+        ),
         Route::Echo => {
             let echo = json!({
                 "object": "mock.echo",

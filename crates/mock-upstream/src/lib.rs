@@ -132,6 +132,7 @@ mod anthropic;
 mod faults;
 mod gzip;
 mod handlers;
+mod objects;
 mod responses;
 mod sse;
 #[cfg(test)]
@@ -213,6 +214,8 @@ pub(crate) struct Shared {
     pub(crate) port: u16,
     /// Stored Responses API responses and the prompt cache, per key.
     responses: Mutex<responses::Store>,
+    /// Files and batches.
+    objects: Mutex<objects::Store>,
 }
 
 impl Shared {
@@ -237,6 +240,10 @@ impl Shared {
 
     pub(crate) fn lock_responses(&self) -> MutexGuard<'_, responses::Store> {
         lock(&self.responses)
+    }
+
+    pub(crate) fn lock_objects(&self) -> MutexGuard<'_, objects::Store> {
+        lock(&self.objects)
     }
 }
 
@@ -368,6 +375,7 @@ pub async fn start_on(addr: SocketAddr, config: MockConfig) -> std::io::Result<M
         seq: AtomicU64::new(0),
         port: addr.port(),
         responses: Mutex::new(responses::Store::default()),
+        objects: Mutex::new(objects::Store::default()),
     });
     let (shutdown, mut stop) = watch::channel(false);
     let app = Router::new()

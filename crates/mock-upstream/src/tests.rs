@@ -329,7 +329,7 @@ async fn other_endpoints_answer() -> TestResult {
     let echo = call(
         &mock,
         "DELETE",
-        "/v1/files/f1",
+        "/v1/vector_stores/vs_1",
         &[("content-type", "text/plain")],
         "abc",
     )
