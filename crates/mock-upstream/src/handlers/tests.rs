@@ -20,7 +20,9 @@ fn routes_by_suffix() {
     assert_eq!(route(&Method::GET, "/v1/models"), Route::Models);
     assert_eq!(route(&Method::POST, "/v1/audio/speech"), Route::Speech);
     assert_eq!(route(&Method::GET, "/v1/chat/completions"), Route::Echo);
-    assert_eq!(route(&Method::POST, "/v1/files"), Route::Echo);
+    assert_eq!(route(&Method::POST, "/v1/files"), Route::Objects);
+    assert_eq!(route(&Method::GET, "/v1/batches/batch_1"), Route::Objects);
+    assert_eq!(route(&Method::POST, "/v1/vector_stores"), Route::Echo);
     assert_eq!(route(&Method::POST, "/v1/responses"), Route::Responses);
     assert_eq!(
         route(&Method::POST, "/openai/v1/responses/"),
