@@ -436,4 +436,6 @@ pub fn record_answer(
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
