@@ -1658,3 +1658,66 @@ fn promtool_accepts_the_rules_and_config_and_the_rule_tests_pass() {
         );
     }
 }
+
+/// Every PromQL expression of the alert rules and the dashboard (panels and variables).
+fn queried_exprs() -> Vec<String> {
+    let mut exprs: Vec<String> = alert_rules()
+        .iter()
+        .map(|r| str_at(r, "/expr").to_owned())
+        .collect();
+    let d = json("deploy/grafana/dashboards/tollgate.json");
+    for p in panels(&d) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(str_at(t, "/expr").to_owned());
+        }
+    }
+    for v in d["templating"]["list"].as_array().into_iter().flatten() {
+        for key in ["query", "definition"] {
+            let query = v[key].as_str().or(v[key]["query"].as_str());
+            exprs.extend(query.and_then(variable_query_promql));
+        }
+    }
+    exprs
+}
+
+/// A fresh gateway, before any request, already exports every family the alerts and the
+/// dashboard query, so panels show 0 rather than "No data" and alert ratios are 0, not empty.
+#[tokio::test]
+async fn every_queried_metric_is_exported_before_any_traffic() {
+    let (a, b) = (tollgate_e2e::mock().await, tollgate_e2e::mock().await);
+    let toml = format!(
+        "{}{}[[models]]\nname = \"chat\"\ntargets = [{{ provider = \"a\" }}, {{ provider = \"b\" }}]\n[[clients]]\nname = \"team\"\nkey = \"tg-team\"\nrpm = 60\n",
+        tollgate_e2e::provider("a", &a.base_url(), &["a1", "a2"], true),
+        tollgate_e2e::provider("b", &b.base_url(), &["b1"], false),
+    );
+    let gw = tollgate_e2e::Gateway::start(&toml, &[]).await;
+    let text = gw.metrics().await;
+    let exported = exported_metrics();
+    let mut missing = Vec::new();
+    for name in metrics_named(&queried_exprs()) {
+        let series = match exported[&name].histogram {
+            true => format!("{name}_bucket"),
+            false => name.clone(),
+        };
+        let present = text.lines().any(|l| {
+            l.strip_prefix(series.as_str())
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        });
+        if !present {
+            missing.push(name);
+        }
+    }
+    assert!(missing.is_empty(), "no series before traffic: {missing:?}");
+    // The series alert ratios divide by read 0, each with its known labels.
+    for series in [
+        // (labels in the exposition's order: sorted by name)
+        "tollgate_requests_total{endpoint=\"chat_completions\",model=\"chat\",outcome=\"failed\",status_class=\"5xx\"} 0",
+        "tollgate_retries_total{provider=\"a\",reason=\"transient\"} 0",
+        "tollgate_fallbacks_total{from=\"a\",reason=\"rate_limited\",to=\"b\"} 0",
+        "tollgate_stream_errors_total{provider=\"b\",reason=\"broken\"} 0",
+        "tollgate_rate_limited_total{dimension=\"requests\",scope=\"client\"} 0",
+        "tollgate_config_reloads_total{result=\"failure\"} 0",
+    ] {
+        assert!(text.contains(series), "{series} missing");
+    }
+}

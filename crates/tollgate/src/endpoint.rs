@@ -27,6 +27,20 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint.
+    pub const ALL: [Endpoint; 10] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Responses,
+        Endpoint::Models,
+        Endpoint::Moderations,
+        Endpoint::Images,
+        Endpoint::Audio,
+        Endpoint::Files,
+        Endpoint::Other,
+    ];
+
     /// Classifies a path relative to `/v1/`.
     pub fn from_path(path: &str) -> Endpoint {
         let first = path.split('/').next().unwrap_or_default();

@@ -338,6 +338,14 @@ pub enum StreamEnd {
 }
 
 impl StreamEnd {
+    /// Every end but a complete one.
+    pub const FAILURES: [StreamEnd; 4] = [
+        StreamEnd::Broken,
+        StreamEnd::Idle,
+        StreamEnd::Truncated,
+        StreamEnd::Oversized,
+    ];
+
     /// Closed-set label.
     pub fn label(self) -> &'static str {
         match self {

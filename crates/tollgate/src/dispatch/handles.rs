@@ -3,8 +3,10 @@
 //! keys, models, outcome kinds), so every series can be created up front.
 
 use crate::config::Settings;
+use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
 use crate::provider::classify::Kind;
+use crate::stream::StreamEnd;
 use prometheus::IntCounter;
 
 /// Pre-resolved series.
@@ -16,8 +18,97 @@ pub(crate) struct Handles {
     attempts: Vec<Vec<Vec<IntCounter>>>,
 }
 
+/// Why a request leaves a target for the next one, besides an outcome kind's label.
+const FALLBACK_ENDS: [&str; 7] = [
+    "no_key",
+    "provider_down",
+    "budget_spent",
+    "wait_too_long",
+    "timeout",
+    "client_error",
+    "context_window",
+];
+
+/// The endpoints whose requests name a model (the rest are counted under `other`).
+const MODEL_ENDPOINTS: [Endpoint; 4] = [
+    Endpoint::ChatCompletions,
+    Endpoint::Responses,
+    Endpoint::Completions,
+    Endpoint::Embeddings,
+];
+
+/// Creates every series whose labels are known from the config at 0, so dashboards and alert
+/// ratios read 0 rather than nothing before the first event of each kind (the Prometheus
+/// instrumentation guide's advice). Runs at start and on every reload.
+fn prime(settings: &Settings, metrics: &Metrics) {
+    let models: Vec<&str> = settings
+        .models
+        .iter()
+        .map(|m| m.name.as_str())
+        .chain(["other"])
+        .collect();
+    let kinds = Kind::ALL.iter().map(|k| k.label());
+    for p in &settings.providers {
+        for reason in kinds.clone().filter(|k| *k != "success").chain(["unknown"]) {
+            metrics.retries.with_label_values(&[&p.name, reason]);
+        }
+        for end in StreamEnd::FAILURES {
+            metrics
+                .stream_errors
+                .with_label_values(&[&p.name, end.label()]);
+        }
+    }
+    for m in &settings.models {
+        for (i, from) in m.targets.iter().enumerate() {
+            for to in &m.targets[i + 1..] {
+                let (from, to) = (
+                    &settings.providers[from.provider].name,
+                    &settings.providers[to.provider].name,
+                );
+                for reason in kinds
+                    .clone()
+                    .filter(|k| *k != "success")
+                    .chain(FALLBACK_ENDS)
+                {
+                    metrics.fallbacks.with_label_values(&[from, to, reason]);
+                }
+            }
+        }
+    }
+    for scope in ["client", "upstream"] {
+        for dimension in ["requests", "tokens"] {
+            metrics.rate_limited.with_label_values(&[scope, dimension]);
+        }
+    }
+    for model in &models {
+        metrics.time_to_first_token.with_label_values(&[model]);
+        for endpoint in MODEL_ENDPOINTS {
+            for (class, outcome) in [
+                ("2xx", "first_try"),
+                ("2xx", "after_retry"),
+                ("2xx", "after_fallback"),
+                ("4xx", "failed"),
+                ("5xx", "failed"),
+            ] {
+                metrics
+                    .requests
+                    .with_label_values(&[model, endpoint.label(), class, outcome]);
+            }
+        }
+    }
+    for endpoint in Endpoint::ALL {
+        metrics
+            .request_duration
+            .with_label_values(&[endpoint.label()]);
+    }
+    for result in ["success", "failure"] {
+        metrics.config_reloads.with_label_values(&[result]);
+    }
+}
+
 impl Handles {
     pub(crate) fn new(settings: &Settings, metrics: &Metrics) -> Self {
+        prime(settings, metrics);
         let models: Vec<&str> = settings
             .models
             .iter()
