@@ -322,3 +322,71 @@ async fn a_separate_admin_listener_serves_metrics_and_admin() {
         200
     );
 }
+
+/// A client that leaves is counted and logged as `client_cancelled`, before the answer's head
+/// and mid-stream alike, and never as the upstream's stream error.
+#[tokio::test]
+async fn a_client_that_leaves_is_counted_as_cancelled_not_as_an_upstream_failure() {
+    let m = mock().await;
+    let gw = Gateway::start(&config(&m, &["k1"], ""), &[ADMIN]).await;
+    // Before the head: the upstream hangs, the client gives up.
+    let c = reqwest::Client::new();
+    let gone = c
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-fault", "hang")
+        .timeout(Duration::from_millis(300))
+        .json(&chat())
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client timed out");
+    // Mid-stream: the first chunk arrives, then the client drops the body.
+    let resp = c
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-fault", "hold")
+        .json(&json!({"model": "m", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    use futures_util::StreamExt;
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    let cancelled = |text: &str, class: &str| {
+        metric(
+            text,
+            &format!(
+                "tollgate_requests_total{{endpoint=\"chat_completions\",model=\"other\",outcome=\"client_cancelled\",status_class=\"{class}\"}}"
+            ),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = gw.metrics().await;
+        if cancelled(&text, "4xx") == 1.0 && cancelled(&text, "2xx") == 1.0 {
+            let broken: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("tollgate_stream_errors_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            assert_eq!(broken, 0.0, "a client leaving is not a stream error");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not counted: {}",
+            text.lines()
+                .filter(|l| l.starts_with("tollgate_requests_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = gw.logs();
+    assert_eq!(
+        logs.matches("client_cancelled").count(),
+        2,
+        "one access line each: {logs}"
+    );
+    assert!(!logs.contains("answer ended early"), "{logs}");
+}

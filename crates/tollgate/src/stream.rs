@@ -335,6 +335,8 @@ pub enum StreamEnd {
     Truncated,
     /// An event larger than `server.max_event`.
     Oversized,
+    /// The client left before the end: not the upstream's failure.
+    Cancelled,
 }
 
 impl StreamEnd {
@@ -354,6 +356,7 @@ impl StreamEnd {
             StreamEnd::Idle => "idle_timeout",
             StreamEnd::Truncated => "truncated",
             StreamEnd::Oversized => "event_too_large",
+            StreamEnd::Cancelled => "client_cancelled",
         }
     }
 }
@@ -565,8 +568,9 @@ pub fn guard(
 }
 
 impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Drop for Guard<F> {
+    /// Dropped before its end: the client stopped reading.
     fn drop(&mut self) {
-        self.finish(StreamEnd::Broken);
+        self.finish(StreamEnd::Cancelled);
     }
 }
 

@@ -31,10 +31,16 @@ impl SelectShared {
         let limiter = Arc::clone(&self.limiter);
         let request_id = req.id.clone();
         move |end, usage| {
-            if end != StreamEnd::Complete {
-                let pname = lease.provider();
-                stream_errors.with_label_values(&[pname, end.label()]).inc();
-                tracing::warn!(request_id = %request_id, provider = %pname, reason = end.label(), "answer ended early");
+            match end {
+                StreamEnd::Complete => {}
+                StreamEnd::Cancelled => {
+                    tracing::info!(request_id = %request_id, provider = %lease.provider(), "client left before the answer's end");
+                }
+                _ => {
+                    let pname = lease.provider();
+                    stream_errors.with_label_values(&[pname, end.label()]).inc();
+                    tracing::warn!(request_id = %request_id, provider = %pname, reason = end.label(), "answer ended early");
+                }
             }
             let Some(u) = usage else { return };
             let Some(actual) = plausible_total(&u) else {

@@ -89,6 +89,8 @@ fn prime(settings: &Settings, metrics: &Metrics) {
                 ("2xx", "after_fallback"),
                 ("4xx", "failed"),
                 ("5xx", "failed"),
+                ("2xx", "client_cancelled"),
+                ("4xx", "client_cancelled"),
             ] {
                 metrics
                     .requests

@@ -115,14 +115,152 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let _inflight = Dec(&layer.metrics.inflight);
+            // Until the answer's head exists, a client that leaves is counted and logged here.
+            let mut pending = Entry {
+                layer: layer.clone(),
+                request_id,
+                method,
+                uri,
+                received,
+                head: None,
+                status: 499,
+                record: None,
+                written: false,
+            };
             let resp = match fut.await {
-                Ok(resp) => resp.map(Body::new),
+                Ok(resp) => resp,
                 Err(never) => match never {},
             };
-            let resp = layer.envelope(resp, &request_id);
-            layer.record(&resp, &request_id, &method, &uri, received);
+            let (parts, body) = resp.into_parts();
+            let mut resp = layer.envelope(
+                Response::from_parts(parts, Body::new(body)),
+                &pending.request_id,
+            );
+            let elapsed = received.elapsed();
+            layer
+                .metrics
+                .request_duration
+                .with_label_values(&[endpoint_of(&pending.uri).label()])
+                .observe(elapsed.as_secs_f64());
+            pending.head = Some(elapsed);
+            pending.status = resp.status().as_u16();
+            pending.record = resp.extensions().get::<AnswerRecord>().cloned();
+            let remaining = resp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            let body = std::mem::replace(resp.body_mut(), Body::empty());
+            *resp.body_mut() = Body::new(Counted {
+                inner: body,
+                entry: Some(pending),
+                remaining,
+            });
             Ok(resp)
         })
+    }
+}
+
+fn endpoint_of(uri: &Uri) -> Endpoint {
+    Endpoint::from_path(uri.path().strip_prefix("/v1/").unwrap_or_default())
+}
+
+/// One request's access record, written once: when its answer's body has been sent (or
+/// failed), or when the client leaves first (`client_cancelled`).
+struct Entry {
+    layer: AccessLayer,
+    request_id: String,
+    method: Method,
+    uri: Uri,
+    received: Instant,
+    /// Time to the answer's head, once it exists.
+    head: Option<std::time::Duration>,
+    status: u16,
+    record: Option<AnswerRecord>,
+    written: bool,
+}
+
+impl Entry {
+    fn write(&mut self, outcome: Outcome) {
+        if !self.written {
+            self.written = true;
+            self.layer.record(self, outcome);
+        }
+    }
+}
+
+impl Drop for Entry {
+    /// Dropped without being written: the client left.
+    fn drop(&mut self) {
+        self.write(Outcome::ClientCancelled);
+    }
+}
+
+/// How a request ended, for the count and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Its answer went out whole (or failed on the upstream's side, counted there).
+    Sent,
+    /// The client left before its answer was sent.
+    ClientCancelled,
+}
+
+/// An answer's body that writes its request's access record at its end.
+struct Counted {
+    inner: Body,
+    entry: Option<Entry>,
+    /// Bytes still due when the answer declared a length: hyper stops reading there.
+    remaining: Option<u64>,
+}
+
+impl Counted {
+    fn sent(&mut self) {
+        if let Some(mut e) = self.entry.take() {
+            e.write(Outcome::Sent);
+        }
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(remaining) = self.remaining.as_mut() {
+                    *remaining = remaining.saturating_sub(len);
+                    if *remaining == 0 {
+                        self.sent();
+                    }
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.sent(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        // An empty body that was never polled went out whole with its head; any other left
+        // unfinished is the client's leaving (the entry's own drop).
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.sent();
+        }
     }
 }
 
@@ -147,44 +285,32 @@ impl AccessLayer {
         resp
     }
 
-    fn record(
-        &self,
-        resp: &Response<Body>,
-        request_id: &str,
-        method: &Method,
-        uri: &Uri,
-        received: Instant,
-    ) {
-        let path = uri.path().strip_prefix("/v1/").unwrap_or_default();
-        let endpoint = Endpoint::from_path(path);
-        let status = resp.status().as_u16();
-        let record = resp.extensions().get::<AnswerRecord>();
-        let served = match record {
-            Some(r) if status < 400 => r.served,
-            _ => Served::Failed,
+    fn record(&self, e: &Entry, outcome: Outcome) {
+        let path = e.uri.path().strip_prefix("/v1/").unwrap_or_default();
+        let endpoint = endpoint_of(&e.uri);
+        let record = e.record.as_ref();
+        let served = match (outcome, record) {
+            (Outcome::ClientCancelled, _) => "client_cancelled",
+            (Outcome::Sent, Some(r)) if e.status < 400 => r.served.label(),
+            (Outcome::Sent, _) => Served::Failed.label(),
         };
         let field = |f: fn(&AnswerRecord) -> &str| record.map_or("-", f);
         let model = record.map_or("other", |r| r.model.as_str());
-        let elapsed = received.elapsed();
-        let m = &self.metrics;
-        m.requests
-            .with_label_values(&[
-                model,
-                endpoint.label(),
-                status_class(status),
-                served.label(),
-            ])
+        self.metrics
+            .requests
+            .with_label_values(&[model, endpoint.label(), status_class(e.status), served])
             .inc();
-        m.request_duration
-            .with_label_values(&[endpoint.label()])
-            .observe(elapsed.as_secs_f64());
+        let elapsed = e.received.elapsed().as_secs_f64() * 1000.0;
+        let head = e.head.map_or(elapsed, |h| h.as_secs_f64() * 1000.0);
         tracing::info!(
-            request_id,
-            method = %method,
+            request_id = e.request_id,
+            method = %e.method,
             path,
             model,
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            status = e.status,
+            outcome = served,
+            latency_ms = head,
+            duration_ms = elapsed,
             provider = field(|r| &r.provider),
             key = field(|r| &r.key),
             attempts = record.map_or(0, |r| r.attempts),

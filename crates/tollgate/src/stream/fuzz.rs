@@ -102,6 +102,7 @@ fn code(end: StreamEnd) -> &'static str {
         StreamEnd::Idle => "stream_idle_timeout",
         StreamEnd::Truncated => "stream_truncated",
         StreamEnd::Oversized => "stream_event_too_large",
+        StreamEnd::Cancelled => "",
     }
 }
 

@@ -217,7 +217,7 @@ async fn a_body_read_to_its_declared_length_is_complete_even_if_never_polled_to_
 }
 
 #[tokio::test]
-async fn a_body_cut_before_its_declared_length_is_broken() {
+async fn a_body_dropped_before_its_declared_length_is_the_clients_leaving_not_a_break() {
     let end = Arc::new(Mutex::new(None));
     let e2 = end.clone();
     let body: BodyStream =
@@ -232,7 +232,7 @@ async fn a_body_cut_before_its_declared_length_is_broken() {
     ));
     s.next().await.unwrap().unwrap();
     drop(s);
-    assert_eq!(*end.lock().unwrap(), Some(StreamEnd::Broken));
+    assert_eq!(*end.lock().unwrap(), Some(StreamEnd::Cancelled));
 }
 
 #[tokio::test]
