@@ -64,6 +64,9 @@ pub struct ServerSettings {
     /// Drain time on shutdown.
     #[serde(with = "secs")]
     pub drain_timeout: Duration,
+    /// Longest wait for a request's header block (and a connection's first bytes), above zero.
+    #[serde(with = "secs")]
+    pub header_timeout: Duration,
     /// Largest request body in bytes.
     pub max_body: usize,
     /// Largest event of a streamed answer, in bytes.
@@ -273,6 +276,7 @@ impl Config {
             first_event_timeout: p.duration("server.first_event_timeout", &s.first_event_timeout),
             idle_timeout: p.duration("server.idle_timeout", &s.idle_timeout),
             drain_timeout: p.duration("server.drain_timeout", &s.drain_timeout),
+            header_timeout: p.duration("server.header_timeout", &s.header_timeout),
             max_body: parse_size(&s.max_body)
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or_else(|| {
@@ -308,6 +312,10 @@ impl Config {
             },
             open: s.open,
         };
+        if server.header_timeout.is_zero() && parse_duration(&s.header_timeout).is_some() {
+            // Zero would close every connection before its first request.
+            p.push("server.header_timeout", "must be longer than zero");
+        }
         let r = &self.retry;
         let retry = RetrySettings {
             max_attempts: r.max_attempts,

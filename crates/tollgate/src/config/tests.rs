@@ -164,6 +164,7 @@ fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused(
     let toml = r#"
         [server]
         request_timeout = "10000000000000000000s"
+        header_timeout = "0s"
         [retry]
         base_delay = "30s"
         max_delay = "20s"
@@ -187,6 +188,7 @@ fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused(
     let zero = "must be at least 1 (leave it out for no limit)";
     let expected = [
         "server.request_timeout: `10000000000000000000s` is longer than a year".to_owned(),
+        "server.header_timeout: must be longer than zero".to_owned(),
         "retry.base_delay: must not be longer than retry.max_delay".to_owned(),
         "retry.cooldown_default: must not be longer than retry.cooldown_max".to_owned(),
         format!("clients[0].rpm: {zero}"),
@@ -199,6 +201,7 @@ fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused(
         .replace("10000000000000000000s", "8760h")
         .replace("\"30s\"", "\"20s\"")
         .replace("\"10m\"", "\"5m\"")
+        .replace("\"0s\"", "\"1s\"")
         .replace("= 0", "= 1");
     let settings = Config::from_toml(&fixed)
         .unwrap()
@@ -209,6 +212,18 @@ fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused(
         "equal is fine"
     );
     assert_eq!(settings.providers[0].keys[1].tpm, Some(1));
+    assert_eq!(
+        settings.server.header_timeout,
+        std::time::Duration::from_secs(1)
+    );
+    let defaults = Config::from_toml(&fixed.replace("header_timeout = \"1s\"", ""))
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap();
+    assert_eq!(
+        defaults.server.header_timeout,
+        std::time::Duration::from_secs(10)
+    );
 }
 
 #[test]
