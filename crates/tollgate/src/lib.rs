@@ -80,6 +80,7 @@ pub fn build_app(
 }
 
 /// Binds the listeners, serves until SIGTERM/SIGINT, then drains for up to `drain_timeout`.
+/// Connections are served by `server::listen` (header timeout, header size).
 pub async fn serve(
     settings: Arc<Settings>,
     deps: Deps,
@@ -88,6 +89,7 @@ pub async fn serve(
     let drain = settings.server.drain_timeout;
     let listen = settings.server.listen;
     let admin = settings.server.admin_listen;
+    let header_timeout = settings.server.header_timeout;
     let (app, state) = build_app(settings, deps, sources);
     state.reloader.spawn_watchers();
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -103,11 +105,12 @@ pub async fn serve(
         tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
         let ops = server::ops_router(true).with_state(state.clone());
         let stop = stopped();
-        tokio::spawn(async move {
-            axum::serve(admin_listener.tap_io(no_delay), ops)
-                .with_graceful_shutdown(stop)
-                .await
-        });
+        tokio::spawn(server::listen::serve(
+            admin_listener.tap_io(no_delay),
+            ops,
+            header_timeout,
+            stop,
+        ));
     }
     tracing::info!(addr = %listener.local_addr()?, "listening");
     state.ready.store(true, Ordering::Relaxed);
@@ -121,10 +124,9 @@ pub async fn serve(
         );
         let _ = stop_tx.send(true);
     });
-    // The peer address, for open mode's loopback check (server/open.rs).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     // Small writes (SSE chunks) must not wait for Nagle's algorithm and the peer's delayed ACK.
-    let server = axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(stopped());
+    // The peer address reaches open mode's loopback check (server/open.rs) as ConnectInfo.
+    let server = server::listen::serve(listener.tap_io(no_delay), app, header_timeout, stopped());
     let drain_deadline = {
         let stop = stopped();
         async move {
@@ -133,7 +135,7 @@ pub async fn serve(
         }
     };
     tokio::select! {
-        result = server => result?,
+        () = server => {}
         () = drain_deadline => tracing::warn!(after = ?drain, "drain timeout: closing remaining connections"),
     }
     tracing::info!("stopped");

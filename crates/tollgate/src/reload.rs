@@ -227,6 +227,9 @@ fn warn_on_restart_only_changes(old: &Settings, new: &Settings) {
     if old.server.max_body != new.server.max_body {
         tracing::warn!("server.max_body changed: it takes effect after a restart");
     }
+    if old.server.header_timeout != new.server.header_timeout {
+        tracing::warn!("server.header_timeout changed: it takes effect after a restart");
+    }
     if old.state.backend != new.state.backend || old.state.redis_url != new.state.redis_url {
         tracing::warn!("state backend changed: it takes effect after a restart");
     }

@@ -89,11 +89,8 @@ pub(super) fn validate_state(c: &StateConfig, p: &mut Problems) -> StateSettings
     let backend = match c.backend.as_str() {
         "memory" => Backend::Memory,
         "redis" => Backend::Redis,
-        other => {
-            p.push(
-                "state.backend",
-                format_args!("`{other}` is not one of memory, redis"),
-            );
+        _ => {
+            p.push("state.backend", "is not one of memory, redis");
             Backend::Memory
         }
     };
@@ -120,7 +117,7 @@ pub(super) fn validate_clients(
     p: &mut Problems,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<ClientSettings> {
-    let mut names = std::collections::HashSet::new();
+    let mut names = std::collections::HashMap::new();
     clients
         .iter()
         .enumerate()
@@ -128,11 +125,13 @@ pub(super) fn validate_clients(
             let path = format!("clients[{i}]");
             if c.name.is_empty() {
                 p.push(&format!("{path}.name"), "must not be empty");
-            } else if !names.insert(c.name.clone()) {
+            } else if let Some(first) = names.get(&c.name) {
                 p.push(
                     &format!("{path}.name"),
-                    format_args!("`{}` is used by another client", c.name),
+                    format_args!("is the name of clients[{first}] too"),
                 );
+            } else {
+                names.insert(c.name.clone(), i);
             }
             let digest = match (&c.key, &c.key_sha256) {
                 (Some(key), None) => match expand_env(key.expose(), env) {

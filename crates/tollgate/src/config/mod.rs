@@ -146,6 +146,9 @@ pub struct ServerConfig {
     pub idle_timeout: String,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub drain_timeout: String,
+    /// Longest a client may take to send a request's header block (and its first bytes after
+    /// connecting); a connection idle this long between requests is closed too.
+    pub header_timeout: String,
     /// Largest accepted request body.
     pub max_body: String,
     /// Largest single event of a streamed answer: a longer one ends the stream with an error
@@ -169,6 +172,7 @@ impl Default for ServerConfig {
             first_event_timeout: "60s".into(),
             idle_timeout: "2m".into(),
             drain_timeout: "30s".into(),
+            header_timeout: "10s".into(),
             max_body: "32MiB".into(),
             max_event: "16MiB".into(),
             log_format: "json".into(),

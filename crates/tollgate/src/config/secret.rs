@@ -65,7 +65,19 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// Replaces each `${VAR}` in `raw` by that environment variable; names the first one missing.
+/// Whether a missing variable's name may be printed: a conventional name (capitals, digits,
+/// `_`; at most 64). Anything else may be a secret written between the braces by mistake.
+fn shown(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Replaces each `${VAR}` in `raw` by that environment variable; names the first one missing
+/// when its name is a conventional one.
 pub(crate) fn expand_env(
     raw: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -81,7 +93,14 @@ pub(crate) fn expand_env(
         let name = &after[..end];
         match lookup(name) {
             Some(v) => out.push_str(&v),
-            None => return Err(format!("environment variable {name} is not set")),
+            None if shown(name) => return Err(format!("environment variable {name} is not set")),
+            None => {
+                return Err(
+                    "the environment variable named in ${…} is not set (its name is \
+                            not shown: only names of capitals, digits and _ are)"
+                        .to_owned(),
+                )
+            }
         }
         rest = &after[end + 1..];
     }
@@ -116,5 +135,18 @@ mod tests {
             "environment variable B is not set"
         );
         assert!(expand_env("${A", &lookup).is_err());
+        // A secret written between the braces by mistake is not printed.
+        for inside in ["sk-live-123", "deadbeef0123", "9LIVES", ""] {
+            let err = expand_env(&format!("${{{inside}}}"), &lookup).unwrap_err();
+            assert!(
+                err.starts_with("the environment variable named in ${…} is not set"),
+                "{err}"
+            );
+            assert!(inside.is_empty() || !err.contains(inside), "{err}");
+        }
+        assert_eq!(
+            expand_env("${OPENAI_KEY_2}", &lookup).unwrap_err(),
+            "environment variable OPENAI_KEY_2 is not set"
+        );
     }
 }

@@ -64,6 +64,9 @@ pub struct ServerSettings {
     /// Drain time on shutdown.
     #[serde(with = "secs")]
     pub drain_timeout: Duration,
+    /// Longest wait for a request's header block (and a connection's first bytes), above zero.
+    #[serde(with = "secs")]
+    pub header_timeout: Duration,
     /// Largest request body in bytes.
     pub max_body: usize,
     /// Largest event of a streamed answer, in bytes.
@@ -178,6 +181,20 @@ pub struct TargetSettings {
     pub max_tokens: Option<u32>,
 }
 
+/// The configured providers' names, for a message about a name that is none of them.
+fn provider_names(providers: &[ProviderSettings]) -> String {
+    if providers.is_empty() {
+        return "none configured".to_owned();
+    }
+    let mut names: Vec<&str> = Vec::with_capacity(providers.len());
+    for p in providers {
+        if !names.contains(&p.name.as_str()) {
+            names.push(&p.name);
+        }
+    }
+    format!("one of {}", names.join(", "))
+}
+
 mod secs {
     use serde::Serializer;
     use std::time::Duration;
@@ -214,15 +231,12 @@ impl Problems {
             // Every duration here is a timeout, an interval or a cap: none needs more than a
             // year, and a far larger one overflows the clock it is added to.
             Some(d) if d > LONGEST => {
-                self.push(path, format_args!("`{raw}` is longer than a year"));
+                self.push(path, "is longer than a year");
                 Duration::ZERO
             }
             Some(d) => d,
             None => {
-                self.push(
-                    path,
-                    format_args!("`{raw}` is not a duration (e.g. \"250ms\", \"30s\", \"10m\")"),
-                );
+                self.push(path, "is not a duration (e.g. \"250ms\", \"30s\", \"10m\")");
                 Duration::ZERO
             }
         }
@@ -239,10 +253,7 @@ impl Problems {
 
     fn addr(&mut self, path: &str, raw: &str) -> SocketAddr {
         raw.parse().unwrap_or_else(|_| {
-            self.push(
-                path,
-                format_args!("`{raw}` is not an address like 0.0.0.0:8080"),
-            );
+            self.push(path, "is not an IP address and port like 0.0.0.0:8080");
             SocketAddr::from(([0, 0, 0, 0], 0))
         })
     }
@@ -273,13 +284,11 @@ impl Config {
             first_event_timeout: p.duration("server.first_event_timeout", &s.first_event_timeout),
             idle_timeout: p.duration("server.idle_timeout", &s.idle_timeout),
             drain_timeout: p.duration("server.drain_timeout", &s.drain_timeout),
+            header_timeout: p.duration("server.header_timeout", &s.header_timeout),
             max_body: parse_size(&s.max_body)
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or_else(|| {
-                    p.push(
-                        "server.max_body",
-                        format_args!("`{}` is not a size (e.g. \"32MiB\")", s.max_body),
-                    );
+                    p.push("server.max_body", "is not a size (e.g. \"32MiB\")");
                     0
                 }),
             max_event: parse_size(&s.max_event)
@@ -288,26 +297,24 @@ impl Config {
                 .unwrap_or_else(|| {
                     p.push(
                         "server.max_event",
-                        format_args!(
-                            "`{}` is not a size above zero (e.g. \"16MiB\")",
-                            s.max_event
-                        ),
+                        "is not a size above zero (e.g. \"16MiB\")",
                     );
                     0
                 }),
             log_json: match s.log_format.as_str() {
                 "json" => true,
                 "pretty" => false,
-                other => {
-                    p.push(
-                        "server.log_format",
-                        format_args!("`{other}` is not one of json, pretty"),
-                    );
+                _ => {
+                    p.push("server.log_format", "is not one of json, pretty");
                     true
                 }
             },
             open: s.open,
         };
+        if server.header_timeout.is_zero() && parse_duration(&s.header_timeout).is_some() {
+            // Zero would close every connection before its first request.
+            p.push("server.header_timeout", "must be longer than zero");
+        }
         let r = &self.retry;
         let retry = RetrySettings {
             max_attempts: r.max_attempts,
@@ -425,20 +432,22 @@ impl Config {
             let path = format!("providers[{i}]");
             if pc.name.is_empty() {
                 p.push(&format!("{path}.name"), "must not be empty");
-            } else if seen.insert(pc.name.clone(), i).is_some() {
+            } else if let Some(first) = seen.get(&pc.name) {
                 p.push(
                     &format!("{path}.name"),
-                    format_args!("`{}` is used by another provider", pc.name),
+                    format_args!("is the name of providers[{first}] too"),
                 );
+            } else {
+                seen.insert(pc.name.clone(), i);
             }
             let kind = match pc.kind.as_str() {
                 "openai" | "" => ProviderKind::OpenAi,
                 "azure" => ProviderKind::Azure,
                 "anthropic" => ProviderKind::Anthropic,
-                other => {
+                _ => {
                     p.push(
                         &format!("{path}.kind"),
-                        format_args!("`{other}` is not one of openai, azure, anthropic"),
+                        "is not one of openai, azure, anthropic",
                     );
                     ProviderKind::OpenAi
                 }
@@ -447,7 +456,7 @@ impl Config {
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                 p.push(
                     &format!("{path}.base_url"),
-                    format_args!("`{}` is not an http(s) URL", pc.base_url),
+                    "is not an http(s) URL (it must start with http:// or https://)",
                 );
             }
             if kind == ProviderKind::Azure && pc.api_version.is_none() {
@@ -468,11 +477,13 @@ impl Config {
                     let kpath = format!("{path}.keys[{k}]");
                     if kc.id.is_empty() {
                         p.push(&format!("{kpath}.id"), "must not be empty");
-                    } else if key_ids.insert(kc.id.clone(), k).is_some() {
+                    } else if let Some(first) = key_ids.get(&kc.id) {
                         p.push(
                             &format!("{kpath}.id"),
-                            format_args!("`{}` is used by another key", kc.id),
+                            format_args!("is the id of {path}.keys[{first}] too"),
                         );
+                    } else {
+                        key_ids.insert(kc.id.clone(), k);
                     }
                     let secret = match expand_env(kc.secret.expose(), env) {
                         Ok(s) if s.is_empty() => {
@@ -523,11 +534,13 @@ impl Config {
             let path = format!("models[{i}]");
             if mc.name.is_empty() {
                 p.push(&format!("{path}.name"), "must not be empty");
-            } else if index.insert(mc.name.clone(), i).is_some() {
+            } else if let Some(first) = index.get(&mc.name) {
                 p.push(
                     &format!("{path}.name"),
-                    format_args!("`{}` is listed twice", mc.name),
+                    format_args!("is the name of models[{first}] too"),
                 );
+            } else {
+                index.insert(mc.name.clone(), i);
             }
             if mc.targets.is_empty() {
                 p.push(
@@ -544,7 +557,10 @@ impl Config {
                     if provider.is_none() {
                         p.push(
                             &format!("{path}.targets[{t}].provider"),
-                            format_args!("no provider named `{}`", tc.provider),
+                            format_args!(
+                                "is not the name of a configured provider ({})",
+                                provider_names(providers)
+                            ),
                         );
                     }
                     Some(TargetSettings {

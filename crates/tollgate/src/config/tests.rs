@@ -142,11 +142,11 @@ fn every_problem_is_reported_with_its_path() {
             .unwrap_err()
             .problems;
         let expected = [
-            "server.request_timeout: `soon` is not a duration",
-            "providers[1].kind: `gemini` is not one of openai, azure, anthropic",
-            "providers[1].base_url: `ftp://b` is not an http(s) URL",
+            "server.request_timeout: is not a duration (e.g. \"250ms\", \"30s\", \"10m\")",
+            "providers[1].kind: is not one of openai, azure, anthropic",
+            "providers[1].base_url: is not an http(s) URL (it must start with http:// or https://)",
             "providers[1].keys[0].secret: environment variable OPENAI_KEY_B_UNSET is not set",
-            "models[0].targets[0].provider: no provider named `nobody`",
+            "models[0].targets[0].provider: is not the name of a configured provider (one of a, b)",
         ];
         for e in expected {
             assert!(
@@ -160,10 +160,80 @@ fn every_problem_is_reported_with_its_path() {
 }
 
 #[test]
+fn problems_name_the_key_and_what_is_expected_never_the_value() {
+    // A secret pasted into the wrong field, or a long hostile string: never printed back.
+    const V: &str = "sk-live-SECRET-0123456789";
+    let toml = format!(
+        r#"
+        [server]
+        listen = "{V}"
+        admin_listen = "{V}"
+        request_timeout = "{V}"
+        max_body = "{V}"
+        max_event = "{V}"
+        log_format = "{V}"
+        [state]
+        backend = "{V}"
+        [[providers]]
+        name = "a"
+        kind = "{V}"
+        base_url = "{V}"
+        keys = [{{ id = "k", secret = "x" }}, {{ id = "k", secret = "y" }}]
+        [[providers]]
+        name = "a"
+        base_url = "http://b/v1"
+        keys = [{{ id = "k", secret = "${{{V}}}" }}]
+        [[models]]
+        name = "m"
+        targets = [{{ provider = "{V}" }}]
+        [[models]]
+        name = "m"
+        targets = [{{ provider = "a" }}]
+        [[clients]]
+        name = "c"
+        key = "tg-1"
+        [[clients]]
+        name = "c"
+        key = "tg-2"
+        "#
+    );
+    let mut problems = Config::from_toml(&toml)
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap_err()
+        .problems;
+    for p in &problems {
+        assert!(!p.contains("SECRET"), "{p}");
+    }
+    problems.sort();
+    let mut expected = [
+        "server.listen: is not an IP address and port like 0.0.0.0:8080",
+        "server.admin_listen: is not an IP address and port like 0.0.0.0:8080",
+        "server.request_timeout: is not a duration (e.g. \"250ms\", \"30s\", \"10m\")",
+        "server.max_body: is not a size (e.g. \"32MiB\")",
+        "server.max_event: is not a size above zero (e.g. \"16MiB\")",
+        "server.log_format: is not one of json, pretty",
+        "state.backend: is not one of memory, redis",
+        "clients[1].name: is the name of clients[0] too",
+        "providers[0].kind: is not one of openai, azure, anthropic",
+        "providers[0].base_url: is not an http(s) URL (it must start with http:// or https://)",
+        "providers[0].keys[1].id: is the id of providers[0].keys[0] too",
+        "providers[1].name: is the name of providers[0] too",
+        "providers[1].keys[0].secret: the environment variable named in ${…} is not set (its \
+         name is not shown: only names of capitals, digits and _ are)",
+        "models[0].targets[0].provider: is not the name of a configured provider (one of a)",
+        "models[1].name: is the name of models[0] too",
+    ];
+    expected.sort_unstable();
+    assert_eq!(problems, expected);
+}
+
+#[test]
 fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused() {
     let toml = r#"
         [server]
         request_timeout = "10000000000000000000s"
+        header_timeout = "0s"
         [retry]
         base_delay = "30s"
         max_delay = "20s"
@@ -186,7 +256,8 @@ fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused(
         .problems;
     let zero = "must be at least 1 (leave it out for no limit)";
     let expected = [
-        "server.request_timeout: `10000000000000000000s` is longer than a year".to_owned(),
+        "server.request_timeout: is longer than a year".to_owned(),
+        "server.header_timeout: must be longer than zero".to_owned(),
         "retry.base_delay: must not be longer than retry.max_delay".to_owned(),
         "retry.cooldown_default: must not be longer than retry.cooldown_max".to_owned(),
         format!("clients[0].rpm: {zero}"),
@@ -199,6 +270,7 @@ fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused(
         .replace("10000000000000000000s", "8760h")
         .replace("\"30s\"", "\"20s\"")
         .replace("\"10m\"", "\"5m\"")
+        .replace("\"0s\"", "\"1s\"")
         .replace("= 0", "= 1");
     let settings = Config::from_toml(&fixed)
         .unwrap()
@@ -209,6 +281,18 @@ fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused(
         "equal is fine"
     );
     assert_eq!(settings.providers[0].keys[1].tpm, Some(1));
+    assert_eq!(
+        settings.server.header_timeout,
+        std::time::Duration::from_secs(1)
+    );
+    let defaults = Config::from_toml(&fixed.replace("header_timeout = \"1s\"", ""))
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap();
+    assert_eq!(
+        defaults.server.header_timeout,
+        std::time::Duration::from_secs(10)
+    );
 }
 
 #[test]

@@ -67,38 +67,84 @@ enum Decoder {
     Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
 }
 
+impl Write for Decoder {
+    fn write(&mut self, input: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Decoder::Gzip(d) => d.write(input),
+            Decoder::Deflate(d) => d.write(input),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Decoder::Gzip(d) => d.flush(),
+            Decoder::Deflate(d) => d.flush(),
+        }
+    }
+}
+
 impl Decoder {
-    fn feed(&mut self, chunk: &[u8]) -> std::io::Result<Bytes> {
-        let out = match self {
-            Decoder::Gzip(d) => {
-                d.write_all(chunk)?;
-                d.flush()?;
-                d.get_mut()
+    /// What was decoded and not yet taken.
+    fn out(&mut self) -> &mut Vec<u8> {
+        match self {
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::Deflate(d) => d.get_mut(),
+        }
+    }
+
+    /// Decodes one chunk. Fails as soon as it decodes to more than `limit` bytes: a small
+    /// chunk of a decompression bomb stops there, not when memory runs out (one `write`
+    /// decodes at most flate2's 32 KiB buffer, so at most about that much past `limit` is
+    /// ever held).
+    fn feed(&mut self, chunk: &[u8], limit: usize) -> std::io::Result<Bytes> {
+        let mut input = chunk;
+        while !input.is_empty() {
+            let n = self.write(input)?;
+            if n == 0 {
+                // The compressed stream ended and bytes follow it (what `write_all` reports).
+                return Err(std::io::ErrorKind::WriteZero.into());
             }
-            Decoder::Deflate(d) => {
-                d.write_all(chunk)?;
-                d.flush()?;
-                d.get_mut()
-            }
-        };
-        Ok(Bytes::from(std::mem::take(out)))
+            input = &input[n..];
+            self.within(limit)?;
+        }
+        self.flush()?;
+        self.within(limit)?;
+        Ok(Bytes::from(std::mem::take(self.out())))
+    }
+
+    fn within(&mut self, limit: usize) -> std::io::Result<()> {
+        if self.out().len() > limit {
+            return Err(std::io::Error::other(format!(
+                "one chunk decodes to more than {limit} bytes"
+            )));
+        }
+        Ok(())
     }
 }
 
 /// A streamed body decoded chunk by chunk as it arrives (gzip or deflate); any other body is
-/// returned as it is. A chunk that does not decode ends the stream with a transport error.
-pub(super) fn decode_stream(headers: &mut HeaderMap, body: BodyStream) -> BodyStream {
+/// returned as it is. A chunk that does not decode, or decodes to more than `limit` bytes (the
+/// server's `max_event`), ends the stream with a transport error.
+pub(super) fn decode_stream(headers: &mut HeaderMap, body: BodyStream, limit: usize) -> BodyStream {
     let mut decoder = match coding(headers) {
         Some(Coding::Gzip) => Decoder::Gzip(flate2::write::MultiGzDecoder::new(Vec::new())),
         Some(Coding::Deflate) => Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
         None => return body,
     };
     mark_decoded(headers);
-    Box::pin(body.map(move |chunk| {
-        let chunk = chunk?;
-        decoder
-            .feed(&chunk)
-            .map_err(|e| UpstreamError::Transport(format!("undecodable compressed answer: {e}")))
+    // The first error is the stream's last item: the decoder is of no use after it.
+    let mut failed = false;
+    Box::pin(body.scan((), move |(), chunk| {
+        if failed {
+            return std::future::ready(None);
+        }
+        let decoded = chunk.and_then(|chunk| {
+            decoder.feed(&chunk, limit).map_err(|e| {
+                UpstreamError::Transport(format!("undecodable compressed answer: {e}"))
+            })
+        });
+        failed = decoded.is_err();
+        std::future::ready(Some(decoded))
     }))
 }
 
@@ -178,7 +224,11 @@ mod tests {
             .map(|p| Ok(Bytes::copy_from_slice(p)))
             .collect();
         let mut headers = gzip_headers();
-        let body = decode_stream(&mut headers, Box::pin(futures_util::stream::iter(chunks)));
+        let body = decode_stream(
+            &mut headers,
+            Box::pin(futures_util::stream::iter(chunks)),
+            1 << 20,
+        );
         let out: Vec<u8> = body
             .map(|c| c.unwrap().to_vec())
             .collect::<Vec<_>>()
@@ -210,7 +260,76 @@ mod tests {
     async fn garbage_labelled_gzip_ends_with_an_error() {
         let mut headers = gzip_headers();
         let chunks = vec![Ok(Bytes::from_static(b"not gzip at all"))];
-        let mut body = decode_stream(&mut headers, Box::pin(futures_util::stream::iter(chunks)));
+        let mut body = decode_stream(
+            &mut headers,
+            Box::pin(futures_util::stream::iter(chunks)),
+            1 << 20,
+        );
         assert!(body.next().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_small_chunk_that_expands_past_the_limit_ends_the_stream() {
+        let limit = 1 << 20;
+        // 8 MiB of zeros compress to about 8 KiB; sent in one chunk (gzip) or two (deflate).
+        let zeros = vec![0u8; 8 << 20];
+        let mut deflate = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        deflate.write_all(&zeros).unwrap();
+        let deflate = deflate.finish().unwrap();
+        let gzipped = gzip(&zeros);
+        assert!(gzipped.len() < 16 << 10 && deflate.len() < 16 << 10);
+        let (first, second) = deflate.split_at(deflate.len() / 2);
+        for (coding, chunks) in [
+            ("gzip", vec![Bytes::from(gzipped)]),
+            (
+                "deflate",
+                vec![
+                    Bytes::copy_from_slice(first),
+                    Bytes::copy_from_slice(second),
+                ],
+            ),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_ENCODING, coding.parse().unwrap());
+            let chunks: Vec<Result<Bytes, UpstreamError>> = chunks.into_iter().map(Ok).collect();
+            let body = decode_stream(
+                &mut headers,
+                Box::pin(futures_util::stream::iter(chunks)),
+                limit,
+            );
+            let items = body.collect::<Vec<_>>().await;
+            // The first chunk already passes the limit: an error, nothing decoded handed on,
+            // and the stream ends there.
+            assert_eq!(items.len(), 1, "{coding}");
+            let Err(UpstreamError::Transport(message)) = &items[0] else {
+                panic!("{coding}: {:?}", items[0].as_ref().map(Bytes::len));
+            };
+            assert!(
+                message.contains("decodes to more than 1048576 bytes"),
+                "{coding}: {message}"
+            );
+        }
+        // The decoder stopped near the limit, not after inflating all 8 MiB.
+        let mut decoder = Decoder::Gzip(flate2::write::MultiGzDecoder::new(Vec::new()));
+        assert!(decoder.feed(&gzip(&zeros), limit).is_err());
+        let held = decoder.out().len();
+        assert!((limit..limit + (64 << 10)).contains(&held), "{held}");
+        // Under the limit the same bytes decode whole, chunk after chunk.
+        let mut headers = gzip_headers();
+        let small = gzip(&zeros[..limit / 2]);
+        let (a, b) = small.split_at(small.len() / 2);
+        let chunks = vec![Ok(Bytes::copy_from_slice(a)), Ok(Bytes::copy_from_slice(b))];
+        let body = decode_stream(
+            &mut headers,
+            Box::pin(futures_util::stream::iter(chunks)),
+            limit,
+        );
+        let out: usize = body
+            .map(|c| c.unwrap().len())
+            .collect::<Vec<_>>()
+            .await
+            .iter()
+            .sum();
+        assert_eq!(out, limit / 2);
     }
 }

@@ -326,7 +326,7 @@ impl Shared {
         if is_encoded(&resp.headers) {
             // A stream compressed though asked for identity: its events are read decoded.
             let body = std::mem::replace(&mut resp.body, Box::pin(futures_util::stream::empty()));
-            resp.body = decode_stream(&mut resp.headers, body);
+            resp.body = decode_stream(&mut resp.headers, body, self.max_event);
         }
         match peek_first_event(&mut resp.body, deadline).await {
             Ok(FirstEvent::Data(prefix)) => {

@@ -6,6 +6,10 @@
 //! size. The completion is the request's `max_completion_tokens`/`max_tokens`, else the
 //! configured default. A byte-based count is within a few percent of a tokenizer for English
 //! and costs nothing to load; `reconcile` removes the error once `usage` arrives.
+//!
+//! A body this shape refuses (a member named twice, an allowance written as `100.5`, `1e3` or
+//! `"100"`, a field of another type) is read again leniently (`lenient.rs`), so that no body is
+//! charged less than the well-formed body it stands for.
 
 use super::MAX_TOKENS;
 use crate::endpoint::Endpoint;
@@ -85,10 +89,11 @@ pub struct Uncountable {
 pub fn total(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> Result<u64, Uncountable> {
     let (prompt, completion) = estimate(body, endpoint, default_max_tokens);
     if completion > MAX_TOKENS {
-        let param = serde_json::from_slice::<Body<'_>>(body)
-            .ok()
-            .and_then(|b| allowance(&b))
-            .map_or("max_tokens", |(param, _)| param);
+        let param = match serde_json::from_slice::<Body<'_>>(body) {
+            Ok(b) => allowance(&b),
+            Err(_) => lenient::allowance_in(body),
+        }
+        .map_or("max_tokens", |(param, _)| param);
         return Err(Uncountable {
             param,
             value: completion,
@@ -126,7 +131,9 @@ fn input_tokens(raw: &RawValue) -> u64 {
             Ok(Item {
                 content: Some(content),
             }) => 3 + content_tokens(content),
-            _ => text_tokens(item.get().len()),
+            Ok(_) => text_tokens(item.get().len()),
+            // A `content` named twice: each one counted.
+            Err(_) => lenient::item_tokens(item),
         })
         .sum()
 }
@@ -134,7 +141,7 @@ fn input_tokens(raw: &RawValue) -> u64 {
 /// (prompt estimate, completion allowance) for a request body.
 pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u64, u64) {
     let Ok(parsed) = serde_json::from_slice::<Body<'_>>(body) else {
-        return (text_tokens(body.len()), 0);
+        return lenient::estimate(body, endpoint, default_max_tokens);
     };
     let prompt = match endpoint {
         Endpoint::ChatCompletions => {
@@ -158,14 +165,23 @@ pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u6
             .or(parsed.input)
             .map_or(text_tokens(body.len()), |p| text_tokens(p.get().len())),
     };
-    let completion = match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses => {
-            allowance(&parsed).map_or(u64::from(default_max_tokens), |(_, v)| v)
-        }
-        _ => 0,
+    let completion = if generates(endpoint) {
+        allowance(&parsed).map_or(u64::from(default_max_tokens), |(_, v)| v)
+    } else {
+        0
     };
     (prompt, completion)
 }
+
+/// Whether the endpoint writes an answer, charged a completion allowance.
+fn generates(endpoint: Endpoint) -> bool {
+    matches!(
+        endpoint,
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses
+    )
+}
+
+mod lenient;
 
 #[cfg(test)]
 mod fuzz;
@@ -261,5 +277,7 @@ mod tests {
     #[test]
     fn unparsable_bodies_count_their_bytes() {
         assert_eq!(estimate(b"xxxxxxxx", Endpoint::Other, 0), (2, 0));
+        // Where an answer is generated, the default allowance is charged on top.
+        assert_eq!(estimate(b"xxxxxxxx", Endpoint::ChatCompletions, 7), (2, 7));
     }
 }

@@ -206,7 +206,7 @@ proptest! {
         let mut h = headers(e.coding);
         let chunks: Vec<Result<Bytes, UpstreamError>> =
             chunked(&e.body, &cuts).into_iter().map(Ok).collect();
-        let body = decode_stream(&mut h, Box::pin(futures_util::stream::iter(chunks)));
+        let body = decode_stream(&mut h, Box::pin(futures_util::stream::iter(chunks)), 1 << 20);
         let items = body.collect::<Vec<_>>().now_or_never().expect("ready");
         let mut out = Vec::new();
         let mut failed = false;

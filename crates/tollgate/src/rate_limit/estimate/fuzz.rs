@@ -131,7 +131,7 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         }
         let mut text = Value::Object(body).to_string();
         if dup {
-            // A field named twice: the parse fails, the bytes are counted.
+            // A field named twice: the strict parse fails, the lenient one reads it.
             text.insert_str(1, "\"max_tokens\":1,\"max_tokens\":2,");
         }
         text.into_bytes()
@@ -174,9 +174,51 @@ proptest! {
             }
             Err(Uncountable { param, value }) => {
                 prop_assert!(value > MAX_TOKENS && value == completion);
-                let v: Value = serde_json::from_slice(&body).expect("a refused body parsed");
-                prop_assert_eq!(v[param].as_u64(), Some(value));
+                // The field it names is in the body and holds that allowance, read strictly, or
+                // leniently where the strict shape refuses the body.
+                let quoted = format!("\"{param}\"");
+                prop_assert!(String::from_utf8_lossy(&body).contains(&quoted));
+                let named = match serde_json::from_slice::<Body<'_>>(&body) {
+                    Ok(b) => allowance(&b),
+                    Err(_) => lenient::allowance_in(&body),
+                };
+                prop_assert_eq!(named, Some((param, value)));
             }
         }
+    }
+
+    /// A well-formed chat body rewritten the ways the strict shape refuses (its allowance as a
+    /// float, an exponent or a string; its messages or its allowance named twice, the real one
+    /// first or last) is charged at least what the well-formed body is, prompt and allowance.
+    #[test]
+    fn a_dodged_body_is_charged_at_least_its_well_formed_twin(
+        messages in prop::collection::vec(message(), 0..6),
+        extra in prop::collection::vec(message(), 0..3),
+        param in prop::sample::select(vec!["max_tokens", "max_completion_tokens", "max_output_tokens"]),
+        n in 0u64..1_000_000,
+        other in 0u64..1_000_000,
+        dodge in 0u8..6,
+        default_max_tokens in any::<u32>(),
+        endpoint in prop::sample::select(vec![
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Responses,
+        ]),
+    ) {
+        let (list, extra) = (Value::Array(messages).to_string(), Value::Array(extra).to_string());
+        let twin = format!(r#"{{"model":"m","messages":{list},"{param}":{n}}}"#);
+        let dodged = match dodge {
+            0 => format!(r#"{{"model":"m","messages":{list},"{param}":{n}.5}}"#),
+            1 => format!(r#"{{"model":"m","messages":{list},"{param}":{n}e0}}"#),
+            2 => format!(r#"{{"model":"m","messages":{list},"{param}":"{n}"}}"#),
+            3 => format!(r#"{{"model":"m","messages":{extra},"messages":{list},"{param}":{n}}}"#),
+            4 => format!(r#"{{"model":"m","messages":{list},"messages":{extra},"{param}":{n}}}"#),
+            _ => format!(r#"{{"model":"m","messages":{list},"{param}":{other},"{param}":{n}}}"#),
+        };
+        prop_assert!(serde_json::from_str::<Body<'_>>(&twin).is_ok());
+        prop_assert!(serde_json::from_str::<Body<'_>>(&dodged).is_err());
+        let d = estimate(dodged.as_bytes(), endpoint, default_max_tokens);
+        let t = estimate(twin.as_bytes(), endpoint, default_max_tokens);
+        prop_assert!(d.0 >= t.0 && d.1 >= t.1, "{:?} for {}, {:?} for {}", d, dodged, t, twin);
     }
 }
