@@ -10,80 +10,80 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tollgate::config::{Config, Sources};
 
-const USAGE: &str = "usage:
-  tollgate [--config PATH] [--listen ADDR] [--open]
-                                             run the gateway (--open: with no [[clients]],
-                                             serve every peer, not only loopback ones)
-  tollgate check-config PATH                 validate a config and print it resolved (secrets as ***)
-  tollgate healthcheck [URL]                 exit 0 when URL (default http://127.0.0.1:8080/healthz) answers 200
-  tollgate --version
-
-Without --config (or TOLLGATE_CONFIG), OPENAI_API_KEY or OPENAI_API_KEYS=sk-a,sk-b configure one
-provider (TOLLGATE_UPSTREAM_URL, default https://api.openai.com/v1) that serves every model.
-TOLLGATE_SECTION__FIELD variables override the config (e.g. TOLLGATE_SERVER__LISTEN=0.0.0.0:9000).";
-
-enum Command {
-    Run(Sources),
-    Check(PathBuf),
-    Healthcheck(String),
-    Version,
+/// The gateway's command line. Each flag can also be set from the environment variable its
+/// help names; without a subcommand the gateway runs.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An OpenAI-compatible gateway: rate limits, a key pool, retries and fallback.",
+    after_help = "Without --config, OPENAI_API_KEY or OPENAI_API_KEYS=sk-a,sk-b configure one provider \
+(TOLLGATE_UPSTREAM_URL, default https://api.openai.com/v1) that serves every model. \
+TOLLGATE_SECTION__FIELD variables override the config (e.g. TOLLGATE_SERVER__LISTEN=0.0.0.0:9000)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
-    let mut sources = Sources {
-        path: std::env::var_os("TOLLGATE_CONFIG").map(PathBuf::from),
-        ..Sources::default()
-    };
-    let mut first = true;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "check-config" if first => {
-                return args
-                    .next()
-                    .map(|p| Command::Check(p.into()))
-                    .ok_or("check-config needs a PATH".into())
-            }
-            "healthcheck" if first => {
-                let url = args
-                    .next()
-                    .unwrap_or_else(|| "http://127.0.0.1:8080/healthz".into());
-                return Ok(Command::Healthcheck(url));
-            }
-            "--version" | "-V" => return Ok(Command::Version),
-            "--config" | "-c" => {
-                sources.path = Some(args.next().ok_or("--config needs a PATH")?.into())
-            }
-            "--listen" | "-l" => {
-                sources.listen = Some(args.next().ok_or("--listen needs an ADDR")?)
-            }
-            "--open" => sources.open = true,
-            "--help" | "-h" => return Err(String::new()),
-            other => return Err(format!("unknown argument `{other}`")),
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run(RunArgs),
+    /// Validate a config and print it resolved (secrets as ***); exit 1 when it is invalid.
+    CheckConfig {
+        /// The config file.
+        #[arg(env = "TOLLGATE_CONFIG", value_name = "PATH")]
+        path: PathBuf,
+    },
+    /// Exit 0 when URL answers 200 (for container health checks).
+    Healthcheck {
+        /// The health endpoint.
+        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+struct RunArgs {
+    /// The config file (TOML).
+    #[arg(short, long, env = "TOLLGATE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The address to listen on, overriding the config's server.listen.
+    #[arg(short, long, env = "TOLLGATE_SERVER__LISTEN", value_name = "ADDR", value_parser = listen_addr)]
+    listen: Option<String>,
+    /// With no [[clients]], serve every peer, not only loopback ones (the config's server.open).
+    #[arg(long, env = "TOLLGATE_SERVER__OPEN")]
+    open: bool,
+}
+
+/// An address to listen on: `IP:PORT`.
+fn listen_addr(value: &str) -> Result<String, String> {
+    value
+        .parse::<std::net::SocketAddr>()
+        .map(|_| value.to_owned())
+        .map_err(|_| "expected IP:PORT, e.g. 0.0.0.0:8080".to_owned())
+}
+
+impl RunArgs {
+    fn sources(self) -> Sources {
+        Sources {
+            path: self.config,
+            listen: self.listen,
+            open: self.open,
         }
-        first = false;
     }
-    Ok(Command::Run(sources))
 }
 
 fn main() -> ExitCode {
-    let command = match parse_args(std::env::args().skip(1)) {
-        Ok(c) => c,
-        Err(msg) => {
-            if !msg.is_empty() {
-                eprintln!("tollgate: {msg}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match command {
-        Command::Version => {
-            eprintln!("tollgate {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Command::Check(path) => check_config(path),
-        Command::Healthcheck(url) => healthcheck(&url),
-        Command::Run(sources) => run(sources),
+    let cli = <Cli as clap::Parser>::parse();
+    match cli.command {
+        Some(Command::CheckConfig { path }) => check_config(path),
+        Some(Command::Healthcheck { url }) => healthcheck(&url),
+        Some(Command::Run(args)) => run(args.sources()),
+        None => run(cli.run.sources()),
     }
 }
 

@@ -413,6 +413,10 @@ fn a_value_of_the_wrong_type_is_named_by_kind_not_quoted() {
     let text = err.to_string();
     assert!(!text.contains("sk-live-123"), "{text}");
     assert!(text.contains("providers.0.keys"), "{text}");
+    assert!(
+        !text.contains("default."),
+        "no internal profile prefix: {text}"
+    );
     assert!(text.contains("found a string"), "{text}");
 }
 

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use openai_types::ErrorEnvelope;
 
 pub(super) fn router() -> Router<AppState> {
@@ -29,13 +29,14 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 }
 
 /// `None` when the caller may proceed; else the answer (404 when admin is off, 401 on a bad token).
-fn check(state: &AppState, headers: &HeaderMap, path: &str) -> Option<Response<Body>> {
+fn check(state: &AppState, req: &Request<Body>) -> Option<Response<Body>> {
+    let headers = req.headers();
     let runtime = state.reloader.current();
     let Some(expected) = runtime.settings.admin_token_sha256 else {
         return Some(
             GatewayError::NotFound {
-                method: "GET".into(),
-                path: path.into(),
+                method: req.method().to_string(),
+                path: req.uri().path().to_owned(),
             }
             .to_response(),
         );
@@ -59,7 +60,7 @@ fn check(state: &AppState, headers: &HeaderMap, path: &str) -> Option<Response<B
 }
 
 async fn keys(State(state): State<AppState>, req: Request<Body>) -> Response<Body> {
-    if let Some(denied) = check(&state, req.headers(), "/admin/keys") {
+    if let Some(denied) = check(&state, &req) {
         return denied;
     }
     let runtime = state.reloader.current();
@@ -99,7 +100,7 @@ async fn keys(State(state): State<AppState>, req: Request<Body>) -> Response<Bod
 }
 
 async fn config(State(state): State<AppState>, req: Request<Body>) -> Response<Body> {
-    if let Some(denied) = check(&state, req.headers(), "/admin/config") {
+    if let Some(denied) = check(&state, &req) {
         return denied;
     }
     let runtime = state.reloader.current();
@@ -110,7 +111,7 @@ async fn config(State(state): State<AppState>, req: Request<Body>) -> Response<B
 }
 
 async fn reload(State(state): State<AppState>, req: Request<Body>) -> Response<Body> {
-    if let Some(denied) = check(&state, req.headers(), "/admin/reload") {
+    if let Some(denied) = check(&state, &req) {
         return denied;
     }
     let reloader = state.reloader.clone();
