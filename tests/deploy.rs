@@ -1,5 +1,6 @@
 //! Static checks of the deployment files (deploy/, docker-compose.yml, .dockerignore): every
-//! YAML and JSON file parses; the Dockerfile builds both binaries and runs them unprivileged;
+//! YAML and JSON file parses; the Dockerfile builds both binaries and runs them unprivileged,
+//! and its prebuilt target (the one CI builds and tests/image.rs starts) shares that runtime;
 //! the compose file, the Prometheus config and the Kubernetes manifests refer to files, names
 //! and ports that exist; the alert rules and the Grafana dashboard query only metrics and labels
 //! the gateway exports (read from `crates/tollgate/src/metrics.rs`, so a renamed metric fails
@@ -637,17 +638,68 @@ fn stages() -> Vec<Vec<(String, String)>> {
     stages
 }
 
+/// A stage's FROM: the image or stage it starts from, and its own name (`FROM base AS name`).
+fn stage_from(stage: &[(String, String)]) -> (String, Option<String>) {
+    let parts: Vec<&str> = stage[0].1.split_whitespace().collect();
+    match parts[..] {
+        [base] => (base.to_owned(), None),
+        [base, as_, name] if as_.eq_ignore_ascii_case("as") => {
+            (base.to_owned(), Some(name.to_owned()))
+        }
+        _ => panic!("FROM {}: expected `image [AS name]`", stage[0].1),
+    }
+}
+
+/// The stage named `name` (`None`: the last one, what a build without --target makes).
+fn stage(name: Option<&str>) -> Vec<(String, String)> {
+    let stages = stages();
+    match name {
+        None => stages.last().unwrap().clone(),
+        Some(name) => stages
+            .into_iter()
+            .find(|s| stage_from(s).1.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("the Dockerfile has no stage `{name}`")),
+    }
+}
+
+/// What an image target is made of: its stage after the stages it is built FROM, the base's
+/// FROM first.
+fn target(name: Option<&str>) -> Vec<(String, String)> {
+    let mut chain = stage(name);
+    loop {
+        let (base, _) = stage_from(&chain);
+        let Some(parent) = stages()
+            .into_iter()
+            .find(|s| stage_from(s).1.as_deref() == Some(base.as_str()))
+        else {
+            return chain;
+        };
+        chain = parent
+            .into_iter()
+            .chain(chain.into_iter().skip(1))
+            .collect();
+    }
+}
+
+/// The default target (`docker build -f deploy/Dockerfile .`): the image users build.
+fn image() -> Vec<(String, String)> {
+    target(None)
+}
+
 fn exec_form(args: &str) -> Vec<String> {
     let v: Value = serde_json::from_str(args)
         .unwrap_or_else(|e| panic!("`{args}` is not the exec (JSON array) form: {e}"));
     strings(&v)
 }
 
-/// The `ENV` of the runtime stage: the environment every gateway config runs with.
+/// The image's `ENV`: the environment every gateway config runs with.
 fn image_env() -> Vec<(String, String)> {
-    stages()
-        .last()
-        .unwrap()
+    env_of(&image())
+}
+
+/// The `ENV` of a target's instructions.
+fn env_of(instructions: &[(String, String)]) -> Vec<(String, String)> {
+    instructions
         .iter()
         .filter(|(k, _)| k == "ENV")
         .map(|(_, a)| {
@@ -669,22 +721,112 @@ fn dockerignored(path: &str) -> bool {
         .any(|p| path == p || path.starts_with(&format!("{p}/")))
 }
 
+/// The arguments of every `kw` instruction of `instructions`.
+fn find(instructions: &[(String, String)], kw: &str) -> Vec<String> {
+    instructions
+        .iter()
+        .filter(|(k, _)| k == kw)
+        .map(|(_, a)| a.clone())
+        .collect()
+}
+
+/// What a user of an image target relies on: the base, the CA store, an unprivileged user, the
+/// healthcheck, ports, listen address, entrypoint, the default config and both binaries.
+fn check_runtime(what: &str, runtime: &[(String, String)]) {
+    assert!(
+        runtime[0].1.contains("debian:bookworm-slim"),
+        "{what}: based on {}",
+        runtime[0].1
+    );
+    let runs = find(runtime, "RUN").join("\n");
+    assert!(
+        runs.contains("apt-get install") && runs.contains("ca-certificates"),
+        "{what} does not install ca-certificates"
+    );
+    let user = find(runtime, "USER");
+    let user = user.last().unwrap_or_else(|| panic!("{what} sets no USER"));
+    let name = user.split(':').next().unwrap();
+    assert!(
+        name != "root" && name != "0" && !name.is_empty(),
+        "{what}: USER is root: {user}"
+    );
+    let health = find(runtime, "HEALTHCHECK");
+    let health = health
+        .last()
+        .unwrap_or_else(|| panic!("{what}: no HEALTHCHECK"));
+    let cmd = exec_form(&health[health.find("CMD").expect("HEALTHCHECK without CMD") + 3..]);
+    assert_eq!(
+        cmd[..2],
+        ["tollgate", "healthcheck"],
+        "{what}: HEALTHCHECK {health}"
+    );
+    assert!(
+        cmd.get(2).is_some_and(|u| u.ends_with(":8080/healthz")),
+        "{what}: HEALTHCHECK should probe :8080/healthz: {cmd:?}"
+    );
+    let exposed: Vec<String> = find(runtime, "EXPOSE")
+        .iter()
+        .flat_map(|a| {
+            a.split_whitespace()
+                .map(|p| p.split('/').next().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for port in ["8080", "9090"] {
+        assert!(
+            exposed.iter().any(|p| p == port),
+            "{what}: EXPOSE lacks {port}: {exposed:?}"
+        );
+    }
+    assert_eq!(
+        env_of(runtime)
+            .iter()
+            .find(|(k, _)| k == "TOLLGATE_SERVER__LISTEN")
+            .map(|(_, v)| v.as_str()),
+        Some("0.0.0.0:8080"),
+        "{what} should listen on 0.0.0.0:8080"
+    );
+    assert_eq!(
+        exec_form(
+            find(runtime, "ENTRYPOINT")
+                .last()
+                .unwrap_or_else(|| panic!("{what}: no ENTRYPOINT"))
+        ),
+        ["tollgate"],
+        "{what}: ENTRYPOINT"
+    );
+    let default_cmd = exec_form(
+        find(runtime, "CMD")
+            .last()
+            .unwrap_or_else(|| panic!("{what}: no CMD")),
+    );
+    assert_eq!(default_cmd[0], "--config", "{what}: CMD");
+    let copies = find(runtime, "COPY");
+    assert!(
+        copies.iter().any(|c| c.starts_with("--from=")
+            && c.contains("tollgate")
+            && c.contains("mock-upstream")
+            && c.ends_with("/usr/local/bin/")),
+        "{what} should copy both binaries into /usr/local/bin/: {copies:?}"
+    );
+    assert!(
+        copies
+            .iter()
+            .any(|c| c.ends_with(&format!(" {}", default_cmd[1]))),
+        "{what}: the default --config {} is not copied into the image",
+        default_cmd[1]
+    );
+}
+
 #[test]
 fn dockerfile_builds_both_binaries_and_runs_them_unprivileged() {
     let stages = stages();
     assert!(stages.len() >= 2, "expected a build and a runtime stage");
-    let (build, runtime) = (&stages[0], stages.last().unwrap());
-    let find = |stage: &Vec<(String, String)>, kw: &str| -> Vec<String> {
-        stage
-            .iter()
-            .filter(|(k, _)| k == kw)
-            .map(|(_, a)| a.clone())
-            .collect()
-    };
+    let build = stage(Some("build"));
 
     // Build stage: a Rust image, a locked release build of both binaries.
     assert!(build[0].1.contains("rust:"), "build stage: {}", build[0].1);
-    let builds = find(build, "RUN").join("\n");
+    let builds = find(&build, "RUN").join("\n");
     for needle in [
         "cargo build",
         "--release",
@@ -699,7 +841,7 @@ fn dockerfile_builds_both_binaries_and_runs_them_unprivileged() {
     let members_list = &manifest[manifest.find("members").unwrap()..];
     let members_list =
         &members_list[members_list.find('[').unwrap()..=members_list.find(']').unwrap()];
-    let copied: Vec<String> = find(build, "COPY")
+    let copied: Vec<String> = find(&build, "COPY")
         .iter()
         .flat_map(|a| {
             let parts: Vec<&str> = a
@@ -727,78 +869,13 @@ fn dockerfile_builds_both_binaries_and_runs_them_unprivileged() {
         );
     }
 
-    // Runtime stage.
+    // The default target: the runtime with the build stage's binaries.
+    check_runtime("the default target", &image());
     assert!(
-        runtime[0].1.contains("debian:bookworm-slim"),
-        "runtime stage: {}",
-        runtime[0].1
-    );
-    let runs = find(runtime, "RUN").join("\n");
-    assert!(
-        runs.contains("apt-get install") && runs.contains("ca-certificates"),
-        "runtime stage does not install ca-certificates"
-    );
-    let user = find(runtime, "USER");
-    let user = user.last().expect("runtime stage sets no USER");
-    let name = user.split(':').next().unwrap();
-    assert!(
-        name != "root" && name != "0" && !name.is_empty(),
-        "runtime USER is root: {user}"
-    );
-    let health = find(runtime, "HEALTHCHECK");
-    let health = health.last().expect("no HEALTHCHECK");
-    let cmd = exec_form(&health[health.find("CMD").expect("HEALTHCHECK without CMD") + 3..]);
-    assert_eq!(
-        cmd[..2],
-        ["tollgate", "healthcheck"],
-        "HEALTHCHECK {health}"
-    );
-    assert!(
-        cmd.get(2).is_some_and(|u| u.ends_with(":8080/healthz")),
-        "HEALTHCHECK should probe :8080/healthz: {cmd:?}"
-    );
-    let exposed: Vec<String> = find(runtime, "EXPOSE")
-        .iter()
-        .flat_map(|a| {
-            a.split_whitespace()
-                .map(|p| p.split('/').next().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    for port in ["8080", "9090"] {
-        assert!(
-            exposed.iter().any(|p| p == port),
-            "EXPOSE lacks {port}: {exposed:?}"
-        );
-    }
-    assert_eq!(
-        image_env()
+        find(&stage(None), "COPY")
             .iter()
-            .find(|(k, _)| k == "TOLLGATE_SERVER__LISTEN")
-            .map(|(_, v)| v.as_str()),
-        Some("0.0.0.0:8080"),
-        "the image should listen on 0.0.0.0:8080"
-    );
-    assert_eq!(
-        exec_form(find(runtime, "ENTRYPOINT").last().expect("no ENTRYPOINT")),
-        ["tollgate"]
-    );
-    let default_cmd = exec_form(find(runtime, "CMD").last().expect("no CMD"));
-    assert_eq!(default_cmd[0], "--config");
-    let copies = find(runtime, "COPY");
-    assert!(
-        copies.iter().any(|c| c.starts_with("--from=")
-            && c.contains("tollgate")
-            && c.contains("mock-upstream")
-            && c.ends_with("/usr/local/bin/")),
-        "runtime stage should copy both binaries into /usr/local/bin/: {copies:?}"
-    );
-    assert!(
-        copies
-            .iter()
-            .any(|c| c.ends_with(&format!(" {}", default_cmd[1]))),
-        "the default --config {} is not copied into the image",
-        default_cmd[1]
+            .any(|c| c.starts_with("--from=build ")),
+        "the default target should take the binaries of the build stage"
     );
 
     // COPY sources from the context exist and are not excluded by .dockerignore.
@@ -830,6 +907,49 @@ fn dockerfile_builds_both_binaries_and_runs_them_unprivileged() {
             ".dockerignore should exclude {heavy}/"
         );
     }
+}
+
+#[test]
+fn dockerfile_prebuilt_target_shares_the_runtime_with_the_full_build() {
+    let prebuilt = target(Some("prebuilt"));
+    check_runtime("the prebuilt target", &prebuilt);
+    // Both final stages add only the binaries to one common base: every other line is shared.
+    let (default, own) = (stage(None), stage(Some("prebuilt")));
+    assert_eq!(
+        stage_from(&default).0,
+        stage_from(&own).0,
+        "the default and prebuilt targets should start from one runtime stage"
+    );
+    for (what, s) in [("default", &default), ("prebuilt", &own)] {
+        assert!(
+            s[1..]
+                .iter()
+                .all(|(k, a)| k == "COPY" && a.ends_with(" /usr/local/bin/")),
+            "the {what} target should only copy the binaries: {s:?}"
+        );
+    }
+    // Its binaries come from a named build context, documented and given by CI.
+    let copy = find(&own, "COPY").pop().unwrap();
+    let context = copy
+        .strip_prefix("--from=")
+        .and_then(|c| c.split_whitespace().next())
+        .expect("the prebuilt target copies --from a build context");
+    assert!(
+        stages()
+            .iter()
+            .all(|s| stage_from(s).1.as_deref() != Some(context)),
+        "--from={context} should name a build context, not a stage"
+    );
+    let flag = format!("--build-context {context}=target/release");
+    assert!(
+        read("deploy/Dockerfile").contains(&flag),
+        "the Dockerfile's header should show `{flag}`"
+    );
+    let ci = read(".ci/run");
+    assert!(
+        ci.contains("--target prebuilt") && ci.contains(&format!("--build-context {context}=")),
+        ".ci/run should build the prebuilt target with --build-context {context}=DIR"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1560,9 +1680,7 @@ fn every_gateway_config_passes_check_config() {
 
     // Open mode: the image, the compose gateway and the cluster require a client key from the
     // environment; only the demo (fake keys) opts into serving every caller without one.
-    let image_config = stages()
-        .last()
-        .unwrap()
+    let image_config = image()
         .iter()
         .filter(|(k, _)| k == "COPY")
         .find_map(|(_, a)| {

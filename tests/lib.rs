@@ -7,6 +7,7 @@
 )]
 
 pub mod codex_cli;
+pub mod container;
 pub mod provision;
 
 use std::io::{BufRead, BufReader};
