@@ -141,13 +141,29 @@ const QUOTED: [&[u8]; 10] = [
 
 /// Whether a body may name a stored object: one of [`QUOTED`] in its bytes, or an ASCII
 /// character written as a `\u00XX` escape (which could spell a field name past the byte
-/// search; text outside ASCII, escaped by many clients, does not count).
+/// search; text outside ASCII, escaped by many clients, does not count). One pass over the
+/// body's underscores and backslashes (every name but `conversation` has an underscore), and
+/// one search for `"conversation"`: this runs on every tenant's request.
 fn may_reference(body: &[u8]) -> bool {
-    QUOTED
-        .iter()
-        .any(|name| memchr::memmem::find(body, name).is_some())
-        || memchr::memmem::find_iter(body, b"\\u00")
-            .any(|at| matches!(body.get(at + 4), Some(b'2'..=b'7')))
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    static CONVERSATION: LazyLock<Finder<'static>> =
+        LazyLock::new(|| Finder::new(b"\"conversation\""));
+    let named_at = |i: usize| {
+        QUOTED.iter().any(|name| {
+            // Each name is tried where its first underscore would sit.
+            let first = name.iter().position(|b| *b == b'_').unwrap_or(usize::MAX);
+            i.checked_sub(first)
+                .and_then(|start| body.get(start..))
+                .is_some_and(|rest| rest.starts_with(name))
+        })
+    };
+    memchr::memchr2_iter(b'_', b'\\', body).any(|i| match body[i] {
+        b'_' => named_at(i),
+        _ => body
+            .get(i + 1..i + 5)
+            .is_some_and(|e| e.starts_with(b"u00") && matches!(e[3], b'2'..=b'7')),
+    }) || CONVERSATION.find(body).is_some()
 }
 
 /// The objects a JSON body names in [`REFERENCES`] fields, with the field; empty when the body

@@ -118,6 +118,7 @@ where
             // Until the answer's head exists, a client that leaves is counted and logged here.
             let mut pending = Entry {
                 layer: layer.clone(),
+                endpoint: endpoint_of(&uri),
                 request_id,
                 method,
                 uri,
@@ -140,7 +141,7 @@ where
             layer
                 .metrics
                 .request_duration
-                .with_label_values(&[endpoint_of(&pending.uri).label()])
+                .with_label_values(&[pending.endpoint.label()])
                 .observe(elapsed.as_secs_f64());
             pending.head = Some(elapsed);
             pending.status = resp.status().as_u16();
@@ -168,6 +169,7 @@ fn endpoint_of(uri: &Uri) -> Endpoint {
 /// failed), or when the client leaves first (`client_cancelled`).
 struct Entry {
     layer: AccessLayer,
+    endpoint: Endpoint,
     request_id: String,
     method: Method,
     uri: Uri,
@@ -287,7 +289,7 @@ impl AccessLayer {
 
     fn record(&self, e: &Entry, outcome: Outcome) {
         let path = e.uri.path().strip_prefix("/v1/").unwrap_or_default();
-        let endpoint = endpoint_of(&e.uri);
+        let endpoint = e.endpoint;
         let record = e.record.as_ref();
         let served = match (outcome, record) {
             (Outcome::ClientCancelled, _) => "client_cancelled",

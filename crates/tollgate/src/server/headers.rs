@@ -117,16 +117,20 @@ pub(super) fn upstream_headers(
 /// `x-request-id`, are added by the edge). The upstream's request id stays findable as
 /// `x-upstream-request-id`.
 pub(super) fn client_headers(upstream: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
-        upstream.remove(name);
+    let stays = |name: &HeaderName| {
+        !(HOP_BY_HOP.contains(name)
+            || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+            || UPSTREAM_ONLY.contains(&name.as_str()))
+    };
+    // One look at the few headers an answer has; the lookups only when one must go.
+    if upstream.keys().all(stays) {
+        return;
     }
     if let Some(id) = upstream.get("x-request-id").cloned() {
         upstream.insert("x-upstream-request-id", id);
     }
-    for name in ["keep-alive", "proxy-connection"]
-        .into_iter()
-        .chain(UPSTREAM_ONLY)
-    {
+    let gone: Vec<HeaderName> = upstream.keys().filter(|n| !stays(n)).cloned().collect();
+    for name in gone {
         upstream.remove(name);
     }
 }

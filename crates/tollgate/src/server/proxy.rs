@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::State;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -164,10 +164,16 @@ struct Meta {
 /// The session a client names in a header (Codex sends `session-id`; Claude Code
 /// `x-claude-code-session-id`), hashed.
 fn session_header(headers: &http::HeaderMap) -> Option<u64> {
-    ["session-id", "session_id", "x-claude-code-session-id"]
+    // One pass over the request's few headers (three hashed lookups cost more).
+    headers
         .iter()
-        .find_map(|name| headers.get(*name))
-        .map(|v| crate::key_pool::affinity(v.as_bytes()))
+        .find(|(name, _)| {
+            matches!(
+                name.as_str(),
+                "session-id" | "session_id" | "x-claude-code-session-id"
+            )
+        })
+        .map(|(_, v)| crate::key_pool::affinity(v.as_bytes()))
 }
 
 /// The fields the gateway routes on, from every body that names them: JSON whatever its media
@@ -333,12 +339,15 @@ fn respond(answer: Answer, model: &str) -> Response<Body> {
             _ => {}
         }
     }
-    headers.insert("x-tollgate-attempts", HeaderValue::from(answer.attempts));
+    const ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts");
+    const PROVIDER: HeaderName = HeaderName::from_static("x-tollgate-provider");
+    const KEY: HeaderName = HeaderName::from_static("x-tollgate-key");
+    headers.insert(ATTEMPTS, HeaderValue::from(answer.attempts));
     if let Ok(v) = HeaderValue::try_from(answer.provider.as_str()) {
-        headers.insert("x-tollgate-provider", v);
+        headers.insert(PROVIDER, v);
     }
     if let Ok(v) = HeaderValue::try_from(answer.key.as_str()) {
-        headers.insert("x-tollgate-key", v);
+        headers.insert(KEY, v);
     }
     *resp.headers_mut() = headers;
     let served = answer.served;
