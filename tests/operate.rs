@@ -390,3 +390,109 @@ async fn a_client_that_leaves_is_counted_as_cancelled_not_as_an_upstream_failure
     );
     assert!(!logs.contains("answer ended early"), "{logs}");
 }
+
+/// What a request that spans a reload does lands where the next request looks: a client's
+/// stream opened before two reloads still holds its `max_concurrent` slot, and a 429 answered
+/// after a reload cools the key in the new config's pool.
+#[tokio::test]
+async fn requests_in_flight_across_reloads_keep_their_counts_and_outcomes() {
+    let m = mock().await;
+    let extra = "watch_interval = \"0s\"\n[[clients]]\nname = \"team\"\nkey = \"tg-team\"\nmax_concurrent = 1\n";
+    let toml = config(&m, &["a", "b"], extra)
+        .replace("[[clients]]", "[retry]\nmax_attempts = 1\n[[clients]]");
+    let gw = Gateway::start(&toml, &[ADMIN]).await;
+    let c = reqwest::Client::new();
+    let reload = || async {
+        let r = admin(&gw, "POST", "/admin/reload", ADMIN.1).await;
+        assert_eq!(r.status(), 200);
+    };
+    // A stream held open on key a, then two reloads.
+    m.script("sk-a", [Fault::HoldAfterFirst]);
+    let open = c
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("tg-team")
+        .json(&json!({"model": "m", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    reload().await;
+    reload().await;
+    let second = c
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("tg-team")
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        second.status(),
+        429,
+        "the open stream still holds the client's one slot"
+    );
+    drop(open);
+    m.release_holds();
+
+    // A request sent before a reload is answered 429 after it: key a cools in the new pool.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let slot_free = || async {
+        c.post(gw.url("/v1/chat/completions"))
+            .bearer_auth("tg-team")
+            .json(&chat())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    while slot_free().await == 429 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = [m.requests_for_key("sk-a"), m.requests_for_key("sk-b")];
+    for key in ["sk-a", "sk-b"] {
+        m.script(
+            key,
+            [Fault::rate_limited(60).after(Duration::from_millis(400))],
+        );
+    }
+    let slow = {
+        let c = c.clone();
+        let url = gw.url("/v1/chat/completions");
+        tokio::spawn(async move {
+            c.post(url)
+                .bearer_auth("tg-team")
+                .json(&chat())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    until("the slow request reached a key", || {
+        m.requests_for_key("sk-a") + m.requests_for_key("sk-b") > before[0] + before[1]
+    })
+    .await;
+    let used = if m.requests_for_key("sk-a") > before[0] {
+        0
+    } else {
+        1
+    };
+    reload().await;
+    assert_eq!(
+        slow.await.unwrap(),
+        429,
+        "one attempt, answered 429 after the reload"
+    );
+    m.clear();
+    let keys: Value = admin(&gw, "GET", "/admin/keys", ADMIN.1)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let a = &keys["providers"][0]["keys"][used];
+    assert_eq!(a["id"], ["a", "b"][used]);
+    assert_eq!(a["state"], "cooling", "{keys}");
+}

@@ -32,6 +32,8 @@ pub enum Fault {
     },
     /// Wait this long before sending headers, then answer normally.
     Delay(Duration),
+    /// Wait this long, then apply the inner fault (a slow 429, say).
+    Delayed(Duration, Box<Fault>),
     /// Send this many body pieces (SSE events when streaming; for a plain
     /// answer, the first half of the body when N >= 1), then abort the body
     /// with an error: the client sees a truncated response and never `[DONE]`.
@@ -119,6 +121,11 @@ impl Fault {
             body: error_body_for_status(status).to_string(),
             headers: Vec::new(),
         }
+    }
+
+    /// This fault, after `wait`.
+    pub fn after(self, wait: Duration) -> Fault {
+        Fault::Delayed(wait, Box::new(self))
     }
 
     /// A 429 `rate_limit_exceeded` answer carrying `retry-after: <secs>`.

@@ -203,6 +203,13 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         other => other,
     };
     let fault = match fault {
+        Some(Fault::Delayed(wait, inner)) => {
+            tokio::time::sleep(wait).await;
+            Some(*inner)
+        }
+        other => other,
+    };
+    let fault = match fault {
         Some(Fault::Delay(wait)) => {
             tokio::time::sleep(wait).await;
             None
@@ -380,6 +387,7 @@ fn respond(
         Some((
             Fault::Status { .. }
             | Fault::Delay(_)
+            | Fault::Delayed(..)
             | Fault::Hang
             | Fault::HugeUsage
             | Fault::ResponseFailed { .. }

@@ -15,7 +15,9 @@ pub struct Client {
     pub settings: ClientSettings,
     /// Its rate-limit bucket id (`c:<name>`), shared rather than rebuilt per request.
     pub bucket: Arc<str>,
-    inflight: AtomicU32,
+    /// Requests in flight, shared with the same client of earlier and later configs: a reload
+    /// does not let a client past its `max_concurrent`.
+    inflight: Arc<AtomicU32>,
 }
 
 impl Client {
@@ -62,6 +64,17 @@ pub struct Auth {
 impl Auth {
     /// Builds the table; empty means open mode.
     pub fn new(clients: &[ClientSettings]) -> Self {
+        Self::carry_over(clients, None)
+    }
+
+    /// The table of a reloaded config: a client of the same name as in `previous` keeps
+    /// counting its requests in flight where it was.
+    pub fn carry_over(clients: &[ClientSettings], previous: Option<&Auth>) -> Self {
+        let inflight = |name: &str| {
+            previous
+                .and_then(|p| p.clients.iter().find(|c| c.settings.name == name))
+                .map_or_else(|| Arc::new(AtomicU32::new(0)), |c| Arc::clone(&c.inflight))
+        };
         Auth {
             clients: clients
                 .iter()
@@ -69,7 +82,7 @@ impl Auth {
                     Arc::new(Client {
                         settings: c.clone(),
                         bucket: Arc::from(format!("c:{}", c.name)),
-                        inflight: AtomicU32::new(0),
+                        inflight: inflight(&c.name),
                     })
                 })
                 .collect(),
@@ -213,6 +226,34 @@ mod tests {
         assert!(c.enter().is_none());
         drop(g1);
         assert!(c.enter().is_some());
+    }
+
+    #[test]
+    fn a_reload_keeps_counting_a_clients_requests_in_flight() {
+        let old = Auth::new(&[client("a", "k", &[], Some(1))]);
+        let held = old
+            .authenticate(&headers("api-key", "k"))
+            .unwrap()
+            .unwrap()
+            .enter()
+            .unwrap();
+        let new = Auth::carry_over(&[client("a", "k2", &[], Some(1))], Some(&old));
+        let c = new
+            .authenticate(&headers("api-key", "k2"))
+            .unwrap()
+            .unwrap();
+        assert!(
+            c.enter().is_none(),
+            "the stream opened before the reload still counts"
+        );
+        drop(held);
+        assert!(c.enter().is_some());
+        let other = Auth::carry_over(&[client("b", "k", &[], Some(1))], Some(&new));
+        let b = other
+            .authenticate(&headers("api-key", "k"))
+            .unwrap()
+            .unwrap();
+        assert!(b.enter().is_some(), "a new name starts from zero");
     }
 
     #[test]

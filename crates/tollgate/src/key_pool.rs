@@ -82,8 +82,11 @@ struct PoolKey {
     settings: KeySettings,
     bucket: Arc<str>,
     limits: Limits,
-    state: Mutex<KeyState>,
-    inflight: AtomicU32,
+    /// Shared with the same key in the pools of earlier and later configs: an answer to a
+    /// request that spans a reload lands where the next request looks.
+    state: Arc<Mutex<KeyState>>,
+    /// Requests using the key, whichever config's pool they started from.
+    inflight: Arc<AtomicU32>,
     gauges: [IntGauge; 5],
     cooldowns: prometheus::Counter,
     ejections: prometheus::IntCounter,
@@ -158,8 +161,10 @@ impl KeyPool {
         Self::carry_over(provider, keys, policy, metrics, None)
     }
 
-    /// A pool for a reloaded config: keys with the same id and secret as in `previous` keep
-    /// their health (a cooling key stays cooling); new keys start healthy.
+    /// A pool for a reloaded config: keys with the same id and secret as in `previous` share
+    /// their health and in-flight count with it (a cooling key stays cooling, a 429 answered
+    /// to a request sent before the reload cools the key for both, a probe in flight is not
+    /// started again); new keys start healthy.
     pub fn carry_over(
         provider: &str,
         keys: &[KeySettings],
@@ -173,17 +178,19 @@ impl KeyPool {
                 .keys
                 .iter()
                 .find(|o| o.settings.id == k.id && o.settings.secret == k.secret)?;
-            let state = old.state();
-            Some(match state.health {
-                // A probe in flight belongs to the old pool: let the new one probe again.
-                Health::Probing => (Health::Disabled { probe_at: now }, state.outlier),
-                h => (h, state.outlier),
-            })
+            Some((Arc::clone(&old.state), Arc::clone(&old.inflight)))
         };
         let keys = keys
             .iter()
             .map(|k| {
-                let (health, outlier) = kept(k).unwrap_or((Health::Healthy, Outlier::new(now)));
+                let (state, inflight) = kept(k).unwrap_or_else(|| {
+                    let fresh = KeyState {
+                        health: Health::Healthy,
+                        outlier: Outlier::new(now),
+                    };
+                    (Arc::new(Mutex::new(fresh)), Arc::new(AtomicU32::new(0)))
+                });
+                let health = state.lock().unwrap_or_else(|p| p.into_inner()).health;
                 let labels = |s| metrics.key_state.with_label_values(&[provider, &k.id, s]);
                 let gauges = Health::LABELS.map(labels);
                 for (g, s) in gauges.iter().zip(Health::LABELS) {
@@ -196,8 +203,8 @@ impl KeyPool {
                         rpm: k.rpm,
                         tpm: k.tpm,
                     },
-                    state: Mutex::new(KeyState { health, outlier }),
-                    inflight: AtomicU32::new(0),
+                    state,
+                    inflight,
                     gauges,
                     cooldowns: metrics.key_cooldowns.with_label_values(&[provider, &k.id]),
                     ejections: metrics.key_ejections.with_label_values(&[provider, &k.id]),

@@ -106,7 +106,7 @@ impl Reloader {
         };
         let old = self.current();
         warn_on_restart_only_changes(&old.settings, &settings);
-        let runtime = build(settings, &self.parts, Some(&old.gateway));
+        let runtime = build(settings, &self.parts, Some(&old));
         forget_removed_keys(&self.parts.metrics, &old.settings, &runtime.settings);
         self.current.store(Arc::new(runtime));
         self.parts
@@ -186,9 +186,17 @@ impl Reloader {
     }
 }
 
-fn build(settings: Arc<Settings>, parts: &Parts, previous: Option<&Gateway>) -> Runtime {
-    let auth = Arc::new(Auth::new(&settings.clients));
-    let gateway = crate::stack::gateway(&settings, Arc::clone(&auth), parts, previous);
+fn build(settings: Arc<Settings>, parts: &Parts, previous: Option<&Runtime>) -> Runtime {
+    let auth = Arc::new(Auth::carry_over(
+        &settings.clients,
+        previous.map(|p| &*p.auth),
+    ));
+    let gateway = crate::stack::gateway(
+        &settings,
+        Arc::clone(&auth),
+        parts,
+        previous.map(|p| &p.gateway),
+    );
     let runtime = Runtime {
         settings,
         gateway,

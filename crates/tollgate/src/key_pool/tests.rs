@@ -328,3 +328,48 @@ async fn five_transient_failures_eject_a_key_until_one_probe_decides() {
 }
 
 mod sticky;
+
+#[tokio::test(start_paused = true)]
+async fn what_happens_to_a_request_sent_before_a_reload_lands_in_the_new_pool() {
+    let (old, metrics) = pool(&["a", "b"]);
+    let now = Instant::now();
+    let mut in_flight = old.select(&|i| i != 0, now).unwrap();
+    let keys = [KeySettings {
+        id: "a".into(),
+        secret: Secret::new("sk-a".to_owned()),
+        weight: 1,
+        rpm: None,
+        tpm: None,
+    }];
+    let new = KeyPool::carry_over("p", &keys, old.policy, &metrics, Some(&old));
+    assert_eq!(
+        new.view(now)[0].inflight,
+        1,
+        "the old request counts in the new pool"
+    );
+    // A 429 answered to the old request cools the key the new pool hands out.
+    in_flight.cool(Some(Duration::from_secs(60)), now);
+    drop(in_flight);
+    assert!(
+        matches!(new.health(0), Health::Cooling { .. }),
+        "{:?}",
+        new.health(0)
+    );
+    assert_eq!(new.view(now)[0].inflight, 0);
+    assert!(
+        new.select(NONE, now).is_err(),
+        "the cooling key is not picked"
+    );
+
+    // A probe started before a reload is not started again by the new pool.
+    let (old, metrics) = pool(&["a"]);
+    old.select(NONE, now).unwrap().disable(None, now);
+    let probe_time = now + Duration::from_secs(30);
+    let _probe = old.select(NONE, probe_time).unwrap();
+    let new = KeyPool::carry_over("p", &keys, old.policy, &metrics, Some(&old));
+    assert_eq!(new.health(0), Health::Probing);
+    assert!(
+        new.select(NONE, probe_time).is_err(),
+        "one probe at a time, across reloads"
+    );
+}
