@@ -50,7 +50,7 @@ impl Deps {
         settings: &Settings,
     ) -> Result<Deps, Box<dyn std::error::Error + Send + Sync>> {
         Ok(Deps {
-            upstream: Arc::new(HttpUpstream::new(settings.server.connect_timeout)?),
+            upstream: Arc::new(HttpUpstream::new(settings)?),
             metrics: Metrics::new()?,
             seed: rand::random(),
         })

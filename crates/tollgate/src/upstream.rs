@@ -13,6 +13,8 @@ use hyper_util::rt::TokioExecutor;
 use std::pin::Pin;
 use std::time::Duration;
 
+mod egress;
+
 /// A response body as a stream of chunks.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
 
@@ -27,6 +29,8 @@ pub struct UpstreamRequest {
     pub headers: HeaderMap,
     /// Body bytes (shared, cheap to clone per attempt).
     pub body: Bytes,
+    /// The provider whose own connections (its `ca_file`) carry it; `None`: the shared ones.
+    pub egress: Option<std::sync::Arc<str>>,
 }
 
 /// An upstream's response head and streaming body.
@@ -59,6 +63,10 @@ pub enum UpstreamError {
     /// The connection broke during the exchange.
     #[error("upstream connection failed: {0}")]
     Transport(String),
+    /// The connection cannot work as configured (an untrusted certificate, a proxy that
+    /// refuses the gateway's credentials): a configuration error, not a transient one.
+    #[error("upstream not reachable as configured: {0}")]
+    Setup(String),
 }
 
 /// Sends requests upstream.
@@ -99,11 +107,17 @@ impl tower::Service<UpstreamRequest> for UpstreamService {
     }
 }
 
-/// The production upstream: one pooled hyper client (HTTP/1.1 and HTTP/2 over rustls with the
-/// Mozilla roots, plain HTTP too), no redirects followed, bodies passed through undecoded.
+/// A pooled hyper client over the egress connector.
+type Pooled = Client<HttpsConnector<egress::Egress>, Full<Bytes>>;
+
+/// The production upstream: pooled hyper clients (HTTP/1.1 and HTTP/2 over rustls, plain HTTP
+/// too) trusting Mozilla's and the system's roots plus the configured `ca_file`s, through the
+/// configured or environment's proxy; no redirects followed, bodies passed through undecoded.
+/// A provider with its own `ca_file` gets its own client, trusting that file too.
 #[derive(Clone)]
 pub struct HttpUpstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    shared: Pooled,
+    own: std::sync::Arc<std::collections::HashMap<String, Pooled>>,
 }
 
 impl std::fmt::Debug for HttpUpstream {
@@ -113,24 +127,48 @@ impl std::fmt::Debug for HttpUpstream {
 }
 
 impl HttpUpstream {
-    /// Builds the pooled client.
-    pub fn new(connect_timeout: Duration) -> Result<Self, rustls::Error> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(30)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(https);
-        Ok(HttpUpstream { client })
+    /// Builds the pooled clients for `settings` (egress settings are read at start).
+    pub fn new(settings: &crate::config::Settings) -> Result<Self, rustls::Error> {
+        let connect_timeout = settings.server.connect_timeout;
+        let proxy = egress::matcher(&settings.egress).map(std::sync::Arc::new);
+        let global: Vec<&std::path::Path> =
+            settings.egress.ca_file.as_deref().into_iter().collect();
+        let client = |extra: &[&std::path::Path]| -> Result<Pooled, rustls::Error> {
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_connect_timeout(Some(connect_timeout));
+            http.set_nodelay(true);
+            http.set_keepalive(Some(Duration::from_secs(30)));
+            let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(egress::roots(extra))
+            .with_no_client_auth();
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(egress::Egress::new(http, proxy.clone()));
+            Ok(Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(1024)
+                .build(https))
+        };
+        let shared = client(&global)?;
+        let mut own = std::collections::HashMap::new();
+        for p in &settings.providers {
+            if let Some(file) = &p.ca_file {
+                let mut extra = global.clone();
+                extra.push(file);
+                own.insert(p.name.clone(), client(&extra)?);
+            }
+        }
+        Ok(HttpUpstream {
+            shared,
+            own: std::sync::Arc::new(own),
+        })
     }
 }
 
@@ -159,14 +197,21 @@ impl Upstream for HttpUpstream {
                 )))))
             }
         };
+        let client = req
+            .egress
+            .as_deref()
+            .and_then(|name| self.own.get(name))
+            .unwrap_or(&self.shared);
         let mut request = http::Request::new(Full::new(req.body));
         *request.method_mut() = req.method;
         *request.uri_mut() = uri;
         *request.headers_mut() = req.headers;
-        let sent = self.client.request(request);
+        let sent = client.request(request);
         Box::pin(async move {
             let resp = sent.await.map_err(|e| {
-                if e.is_connect() {
+                if let Some(why) = egress::setup_failure(&e) {
+                    UpstreamError::Setup(why)
+                } else if e.is_connect() {
                     UpstreamError::Connect(describe(&e))
                 } else {
                     UpstreamError::Transport(describe(&e))

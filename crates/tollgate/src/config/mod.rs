@@ -3,11 +3,13 @@
 //! variables), and `validate()` into the typed `Settings` the gateway runs on.
 
 mod access;
+mod egress;
 mod secret;
 mod settings;
 mod source;
 
 pub use access::{Backend, ClientSettings, LimitsSettings, StateSettings};
+pub use egress::{EgressConfig, EgressSettings, Proxy};
 pub use secret::Secret;
 pub use settings::{
     KeySettings, ModelRoute, ProviderKind, ProviderSettings, RetrySettings, ServerSettings,
@@ -39,6 +41,8 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// The admin API (`/admin/*`).
     pub admin: AdminConfig,
+    /// How upstreams are reached: extra certificate authorities, the HTTP proxy.
+    pub egress: EgressConfig,
 }
 
 /// `[admin]`.
@@ -261,6 +265,9 @@ pub struct ProviderConfig {
     pub default: bool,
     /// The provider's API keys.
     pub keys: Vec<KeyConfig>,
+    /// PEM file of certificate authorities trusted for this provider, beyond the system's and
+    /// `egress.ca_file`.
+    pub ca_file: Option<String>,
 }
 
 /// One upstream API key.

@@ -35,6 +35,8 @@ pub struct Settings {
     /// How often the config file is checked for changes (zero: never).
     #[serde(with = "secs")]
     pub watch_interval: Duration,
+    /// How upstreams are reached.
+    pub egress: super::EgressSettings,
     #[serde(skip)]
     model_index: HashMap<String, usize>,
 }
@@ -140,6 +142,8 @@ pub struct ProviderSettings {
     pub default: bool,
     /// Keys in config order.
     pub keys: Vec<KeySettings>,
+    /// Certificate authorities trusted for this provider only.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A validated upstream key.
@@ -369,6 +373,7 @@ impl Config {
             max_queue_wait: p.duration("limits.max_queue_wait", &self.limits.max_queue_wait),
         };
         let state = super::access::validate_state(&self.state, &mut p);
+        let egress = super::egress::validate(&self.egress, &mut p, env);
         let clients = super::access::validate_clients(&self.clients, server.max_body, &mut p, env);
         let admin_token_sha256 =
             self.admin
@@ -417,6 +422,7 @@ impl Config {
             clients,
             admin_token_sha256,
             watch_interval,
+            egress,
             model_index,
         })
     }
@@ -518,6 +524,10 @@ impl Config {
                 },
                 default: pc.default,
                 keys,
+                ca_file: pc
+                    .ca_file
+                    .as_deref()
+                    .and_then(|f| super::egress::ca_file(f, &format!("{path}.ca_file"), p)),
             });
         }
         out

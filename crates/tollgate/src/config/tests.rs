@@ -473,3 +473,38 @@ fn open_mode_beyond_loopback_is_opted_into_by_file_env_or_flag() {
         Ok(())
     });
 }
+
+#[test]
+fn egress_files_and_proxies_are_checked_and_never_printed() {
+    let text = format!(
+        "{}ca_file = \"/nonexistent/ca.pem\"\n[egress]\nproxy = \"socks5://user:hunter2@proxy:1080\"\n",
+        with_key_line(r#"keys = [{ id = "a", secret = "sk-a" }]"#)
+    );
+    let problems = Config::from_toml(&text)
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap_err()
+        .problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("providers[0].ca_file: is not a readable PEM file")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("egress.proxy: must be an http:// URL")),
+        "{problems:?}"
+    );
+    assert!(!problems.join("\n").contains("hunter2"), "{problems:?}");
+    let ok = format!(
+        "{}[egress]\nproxy = \"none\"\nno_proxy = \"internal.example\"\n",
+        with_key_line(r#"keys = [{ id = "a", secret = "sk-a" }]"#)
+    );
+    let settings = Config::from_toml(&ok)
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap();
+    assert!(matches!(settings.egress.proxy, super::Proxy::Off));
+}

@@ -96,6 +96,11 @@ pub fn decide(kind: Kind) -> Decision {
             Then::NextTarget("model_unavailable"),
         ),
         Kind::ClientError => (KeyEffect::Keep, Exclude::No, Then::PassThrough),
+        Kind::Misconfigured => (
+            KeyEffect::Keep,
+            Exclude::No,
+            Then::NextTarget("misconfigured"),
+        ),
     };
     Decision { key, exclude, then }
 }
@@ -129,6 +134,12 @@ mod tests {
                 Then::NextTarget("model_unavailable"),
             ),
             (Kind::ClientError, K::Keep, X::No, Then::PassThrough),
+            (
+                Kind::Misconfigured,
+                K::Keep,
+                X::No,
+                Then::NextTarget("misconfigured"),
+            ),
         ];
         assert_eq!(rows.len(), Kind::ALL.len(), "every kind has a row");
         for (kind, key, exclude, then) in rows {

@@ -24,6 +24,9 @@ pub enum Outcome<'a> {
     },
     /// TCP/TLS connection failed.
     ConnectError,
+    /// The connection cannot work as configured: the upstream's certificate is not trusted,
+    /// or the proxy refused the gateway's credentials.
+    SetupError,
     /// No headers (or no first stream event) within the timeout.
     Timeout,
     /// The connection broke otherwise.
@@ -54,6 +57,10 @@ pub enum Kind {
     ContextTooLong,
     /// Any other 4xx: returned to the client as is.
     ClientError,
+    /// The provider cannot be reached as configured (an untrusted certificate, a proxy that
+    /// refuses the gateway's credentials): no key can fix it, so the next target is asked at
+    /// once and no key is blamed.
+    Misconfigured,
 }
 
 impl Kind {
@@ -70,11 +77,12 @@ impl Kind {
             Kind::Timeout => "timeout",
             Kind::ContextTooLong => "context_too_long",
             Kind::ClientError => "client_error",
+            Kind::Misconfigured => "misconfigured",
         }
     }
 
     /// Every kind, for pre-registering metric series.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Success,
         Kind::RateLimited,
         Kind::QuotaExhausted,
@@ -85,6 +93,7 @@ impl Kind {
         Kind::Timeout,
         Kind::ContextTooLong,
         Kind::ClientError,
+        Kind::Misconfigured,
     ];
 }
 
@@ -205,6 +214,12 @@ pub fn classify(outcome: Outcome<'_>, now: SystemTime) -> Verdict {
             body,
         } => (status, Some(headers), body),
         Outcome::StreamError { body } => (0, None, body),
+        Outcome::SetupError => {
+            return Verdict {
+                kind: Kind::Misconfigured,
+                wait: None,
+            }
+        }
         Outcome::ConnectError | Outcome::TransportError => {
             return Verdict {
                 kind: Kind::Transient,

@@ -228,6 +228,7 @@ impl Shared {
                 let outcome = match e {
                     UpstreamError::Timeout(_) => Outcome::Timeout,
                     UpstreamError::Connect(_) => Outcome::ConnectError,
+                    UpstreamError::Setup(_) => Outcome::SetupError,
                     UpstreamError::Transport(_) => Outcome::TransportError,
                 };
                 (classify(outcome, wall), None)

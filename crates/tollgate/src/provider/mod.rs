@@ -325,6 +325,11 @@ fn build(
         url,
         headers,
         body,
+        // A provider with its own certificate authorities has its own connections.
+        egress: provider
+            .ca_file
+            .as_ref()
+            .map(|_| std::sync::Arc::from(provider.name.as_str())),
     })
 }
 
@@ -355,6 +360,7 @@ mod tests {
                 rpm: None,
                 tpm: None,
             }],
+            ca_file: None,
         }
     }
 
