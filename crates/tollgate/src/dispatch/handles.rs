@@ -40,13 +40,7 @@ const MODEL_ENDPOINTS: [Endpoint; 4] = [
 /// Creates every series whose labels are known from the config at 0, so dashboards and alert
 /// ratios read 0 rather than nothing before the first event of each kind (the Prometheus
 /// instrumentation guide's advice). Runs at start and on every reload.
-fn prime(settings: &Settings, metrics: &Metrics) {
-    let models: Vec<&str> = settings
-        .models
-        .iter()
-        .map(|m| m.name.as_str())
-        .chain(["other"])
-        .collect();
+fn prime(settings: &Settings, metrics: &Metrics, models: &[&str]) {
     let kinds = Kind::ALL.iter().map(|k| k.label());
     for p in &settings.providers {
         for reason in kinds.clone().filter(|k| *k != "success").chain(["unknown"]) {
@@ -80,7 +74,7 @@ fn prime(settings: &Settings, metrics: &Metrics) {
             metrics.rate_limited.with_label_values(&[scope, dimension]);
         }
     }
-    for model in &models {
+    for model in models {
         metrics.time_to_first_token.with_label_values(&[model]);
         for endpoint in MODEL_ENDPOINTS {
             for (class, outcome) in [
@@ -110,13 +104,14 @@ fn prime(settings: &Settings, metrics: &Metrics) {
 
 impl Handles {
     pub(crate) fn new(settings: &Settings, metrics: &Metrics) -> Self {
-        prime(settings, metrics);
+        // The configured models' labels, and `other` for pass-through ones.
         let models: Vec<&str> = settings
             .models
             .iter()
             .map(|m| m.name.as_str())
             .chain(["other"])
             .collect();
+        prime(settings, metrics, &models);
         let tokens = settings
             .providers
             .iter()
