@@ -96,7 +96,7 @@ fn image_runs_unprivileged_with_the_documented_entrypoint_config_and_ports() {
     let version = ctr.exec(&["tollgate", "--version"]);
     assert!(version.status.success());
     assert_eq!(
-        String::from_utf8_lossy(&version.stderr).trim(),
+        String::from_utf8_lossy(&version.stdout).trim(),
         format!("tollgate {}", env!("CARGO_PKG_VERSION"))
     );
 }
