@@ -241,4 +241,20 @@ fn warn_on_restart_only_changes(old: &Settings, new: &Settings) {
     if old.state.backend != new.state.backend || old.state.redis_url != new.state.redis_url {
         tracing::warn!("state backend changed: it takes effect after a restart");
     }
+    let cas = |s: &Settings| {
+        let own: Vec<_> = s.providers.iter().map(|p| (&p.name, &p.ca_file)).collect();
+        (
+            s.egress.ca_file.clone(),
+            s.egress.no_proxy.clone(),
+            format!("{own:?}"),
+        )
+    };
+    let proxy = |s: &Settings| match &s.egress.proxy {
+        crate::config::Proxy::FromEnv => None,
+        crate::config::Proxy::Off => Some(String::new()),
+        crate::config::Proxy::Url(u) => Some(u.expose().to_owned()),
+    };
+    if cas(old) != cas(new) || proxy(old) != proxy(new) {
+        tracing::warn!("[egress] or a provider's ca_file changed: it takes effect after a restart");
+    }
 }
