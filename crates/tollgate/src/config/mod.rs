@@ -6,6 +6,7 @@ mod access;
 mod secret;
 mod settings;
 mod source;
+mod telemetry;
 
 pub use access::{Backend, ClientSettings, LimitsSettings, StateSettings};
 pub use secret::Secret;
@@ -13,6 +14,7 @@ pub use settings::{
     KeySettings, ModelRoute, ProviderKind, ProviderSettings, RetrySettings, ServerSettings,
     Settings, TargetSettings,
 };
+pub use telemetry::{Otlp, Protocol, Resolved, Sampling, TelemetryConfig, TelemetrySettings};
 
 use figment::providers::Serialized;
 use figment::Figment;
@@ -39,6 +41,8 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// The admin API (`/admin/*`).
     pub admin: AdminConfig,
+    /// OpenTelemetry traces over OTLP (the `OTEL_*` variables win over it).
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[admin]`.

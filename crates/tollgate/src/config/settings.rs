@@ -35,6 +35,8 @@ pub struct Settings {
     /// How often the config file is checked for changes (zero: never).
     #[serde(with = "secs")]
     pub watch_interval: Duration,
+    /// `[telemetry]` as the file has it (the `OTEL_*` variables are added at start).
+    pub telemetry: super::TelemetrySettings,
     #[serde(skip)]
     model_index: HashMap<String, usize>,
 }
@@ -386,6 +388,7 @@ impl Config {
             "admin.watch_interval",
             self.admin.watch_interval.as_deref().unwrap_or("2s"),
         );
+        let telemetry = self.telemetry.validate(&mut p);
         let providers = self.validate_providers(&mut p, env);
         let (models, model_index) = self.validate_models(&mut p, &providers);
         let defaults: Vec<usize> = providers
@@ -417,6 +420,7 @@ impl Config {
             clients,
             admin_token_sha256,
             watch_interval,
+            telemetry,
             model_index,
         })
     }
