@@ -69,7 +69,11 @@ pub fn init(json: bool, otlp: Option<&Otlp>) -> Telemetry {
         .with_target(false)
         .with_ansi(ansi);
     let fmt = match json {
-        true => fmt.json().flatten_event(true).with_filter(env_filter()).boxed(),
+        true => fmt
+            .json()
+            .flatten_event(true)
+            .with_filter(env_filter())
+            .boxed(),
         false => fmt.with_filter(env_filter()).boxed(),
     };
     // The gateway's own spans and events only, whatever RUST_LOG says of the logs: the
