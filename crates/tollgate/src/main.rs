@@ -142,13 +142,28 @@ fn run(sources: Sources) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tollgate::telemetry::init(settings.server.log_json);
-    let result = runtime().and_then(|rt| {
-        rt.block_on(async {
-            let deps = tollgate::Deps::production(&settings).map_err(std::io::Error::other)?;
-            tollgate::serve(settings, deps, Some(sources)).await
-        })
+    let traces = settings.telemetry.resolve(&|name| std::env::var(name).ok());
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Inside the runtime: the trace exporter's batch task runs on its workers.
+    let telemetry = {
+        let _entered = rt.enter();
+        tollgate::telemetry::init(settings.server.log_json, traces.otlp.as_ref())
+    };
+    for warning in &traces.warnings {
+        tracing::warn!(warning, "telemetry setting ignored");
+    }
+    let result = rt.block_on(async {
+        let deps = tollgate::Deps::production(&settings).map_err(std::io::Error::other)?;
+        tollgate::serve(settings, deps, Some(sources)).await
     });
+    // The spans still queued go out (the runtime's workers run the exporter meanwhile).
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

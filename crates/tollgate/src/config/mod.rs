@@ -7,6 +7,7 @@ mod egress;
 mod secret;
 mod settings;
 mod source;
+mod telemetry;
 
 pub use access::{Backend, ClientSettings, LimitsSettings, StateSettings};
 pub use egress::{EgressConfig, EgressSettings, Proxy};
@@ -15,6 +16,7 @@ pub use settings::{
     KeySettings, ModelRoute, ProviderKind, ProviderSettings, RetrySettings, ServerSettings,
     Settings, TargetSettings,
 };
+pub use telemetry::{Otlp, Protocol, Resolved, Sampling, TelemetryConfig, TelemetrySettings};
 
 use figment::providers::Serialized;
 use figment::Figment;
@@ -43,6 +45,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// How upstreams are reached: extra certificate authorities, the HTTP proxy.
     pub egress: EgressConfig,
+    /// OpenTelemetry traces over OTLP (the `OTEL_*` variables win over it).
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[admin]`.

@@ -37,6 +37,8 @@ pub struct Settings {
     pub watch_interval: Duration,
     /// How upstreams are reached.
     pub egress: super::EgressSettings,
+    /// `[telemetry]` as the file has it (the `OTEL_*` variables are added at start).
+    pub telemetry: super::TelemetrySettings,
     #[serde(skip)]
     model_index: HashMap<String, usize>,
 }
@@ -391,6 +393,7 @@ impl Config {
             "admin.watch_interval",
             self.admin.watch_interval.as_deref().unwrap_or("2s"),
         );
+        let telemetry = self.telemetry.validate(&mut p);
         let providers = self.validate_providers(&mut p, env);
         let (models, model_index) = self.validate_models(&mut p, &providers);
         let defaults: Vec<usize> = providers
@@ -423,6 +426,7 @@ impl Config {
             admin_token_sha256,
             watch_interval,
             egress,
+            telemetry,
             model_index,
         })
     }

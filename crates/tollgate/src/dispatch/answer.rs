@@ -17,12 +17,14 @@ use std::sync::Arc;
 
 impl SelectShared {
     /// What runs when an answer's body ends: the key's lease is released, stream failures are
-    /// counted, real usage is counted and reconciled with the buckets' estimate.
+    /// counted, real usage is counted and reconciled with the buckets' estimate and recorded on
+    /// the attempt's `span` (which ends then).
     pub(super) fn on_end(
         &self,
         req: &GatewayRequest,
         provider: usize,
         lease: Lease,
+        span: tracing::Span,
     ) -> impl FnOnce(StreamEnd, Option<Usage>) + Send + 'static {
         let counters = self.handles.tokens(provider, req.model_index);
         let stream_errors = self.metrics.stream_errors.clone();
@@ -47,6 +49,9 @@ impl SelectShared {
                 tracing::warn!(request_id = %request_id, provider = %lease.provider(), prompt_tokens = u.prompt_tokens, completion_tokens = u.completion_tokens, total_tokens = u.total_tokens, "implausible usage ignored: the estimate stands");
                 return;
             };
+            if !span.is_none() {
+                crate::telemetry::spans::usage(&span, u.prompt_tokens, u.completion_tokens);
+            }
             counters[0].inc_by(u.prompt_tokens);
             counters[1].inc_by(u.completion_tokens);
             counters[2].inc_by(u.cached_tokens().min(u.prompt_tokens));
@@ -88,6 +93,7 @@ impl SelectShared {
         prefix: Bytes,
         attempts: u32,
         served: Served,
+        span: tracing::Span,
     ) -> Answer {
         let key = lease.id().to_owned();
         let pname = lease.provider().to_owned();
@@ -118,7 +124,7 @@ impl SelectShared {
                 .and_then(|v| v.to_str().ok()?.parse().ok());
             Framing::Raw { length }
         };
-        let on_end = self.on_end(req, provider, lease);
+        let on_end = self.on_end(req, provider, lease, span);
         let body = guard(prefix, resp.body, self.idle_timeout, framing, tap, on_end);
         let body = Body::from_stream(body);
         Answer {

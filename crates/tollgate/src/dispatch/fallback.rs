@@ -183,6 +183,22 @@ impl FallbackShared {
             "attempts_exhausted" => trail.lock().last_kind.map_or("no_key", Kind::label),
             other => other,
         };
+        if crate::telemetry::enabled() {
+            crate::telemetry::spans::current_event(
+                "fallback",
+                vec![
+                    opentelemetry::KeyValue::new(
+                        "from",
+                        self.providers[from.provider].name().to_owned(),
+                    ),
+                    opentelemetry::KeyValue::new(
+                        "to",
+                        self.providers[to.provider].name().to_owned(),
+                    ),
+                    opentelemetry::KeyValue::new("reason", reason),
+                ],
+            );
+        }
         self.metrics
             .fallbacks
             .with_label_values(&[

@@ -262,6 +262,7 @@ async fn key_selection_never_gives_a_request_the_same_key_twice() {
                 },
                 status: Some(429),
                 elapsed: Duration::from_millis(5),
+                span: tracing::Span::none(),
             })
         }
     });

@@ -274,6 +274,9 @@ impl RetryShared {
             call.trail.lock().wait_too_long = true;
             return Err(TargetEnd::Next("wait_too_long"));
         }
+        if crate::telemetry::enabled() {
+            self.trace_wait("backoff", call, delay);
+        }
         tokio::time::sleep(delay).await;
         Ok(())
     }
@@ -298,6 +301,9 @@ impl RetryShared {
             };
             if fits {
                 self.metrics.ratelimit_wait.observe(refill.as_secs_f64());
+                if crate::telemetry::enabled() {
+                    self.trace_wait("bucket_wait", call, refill);
+                }
                 tokio::time::sleep(refill).await;
                 return Ok(());
             }
@@ -310,6 +316,9 @@ impl RetryShared {
         if let (Some(at), true) = (rec.cooling, call.is_last && no_key.refill.is_none()) {
             if at < deadline {
                 // Every key is cooling and nothing is left to fall back to: wait for the first.
+                if crate::telemetry::enabled() {
+                    self.trace_wait("key_wait", call, at.saturating_duration_since(now));
+                }
                 tokio::time::sleep_until(at).await;
                 return Ok(());
             }
@@ -322,6 +331,22 @@ impl RetryShared {
         } else {
             "no_key"
         }))
+    }
+}
+
+impl RetryShared {
+    /// A wait as an event of the request's span (traces on only).
+    fn trace_wait(&self, name: &'static str, call: &TargetCall, wait: Duration) {
+        crate::telemetry::spans::current_event(
+            name,
+            vec![
+                opentelemetry::KeyValue::new(
+                    "tollgate.provider",
+                    self.provider_names[call.target.provider].clone(),
+                ),
+                opentelemetry::KeyValue::new("wait_ms", crate::telemetry::spans::ms(wait)),
+            ],
+        );
     }
 }
 

@@ -17,6 +17,7 @@ use crate::request::{Answer, GatewayRequest, KeyedCall, Served, Target};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
+use opentelemetry::KeyValue;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -186,6 +187,19 @@ impl SelectShared {
                         .rate_limited
                         .with_label_values(&["upstream", refused.dimension.label()])
                         .inc();
+                    if crate::telemetry::enabled() {
+                        crate::telemetry::spans::current_event(
+                            "bucket_full",
+                            vec![
+                                KeyValue::new("tollgate.key", lease.id().to_owned()),
+                                KeyValue::new("dimension", refused.dimension.label()),
+                                KeyValue::new(
+                                    "wait_ms",
+                                    refused.wait.map_or(-1, crate::telemetry::spans::ms),
+                                ),
+                            ],
+                        );
+                    }
                     if let Some(wait) = refused.wait {
                         no_key.refill = Some(no_key.refill.map_or(wait, |w| w.min(wait)));
                     }
@@ -227,6 +241,9 @@ impl SelectShared {
         }
         self.handles.attempt(provider, lease.idx(), kind).inc();
         let attempt_no = call.trail.attempts() + 1;
+        if !exchange.span.is_none() {
+            crate::telemetry::spans::attempt_no(&exchange.span, attempt_no, call.served.label());
+        }
         let pname = lease.provider();
         if let Raw::Transport(e) = &exchange.raw {
             tracing::warn!(request_id = %call.req.id, provider = %pname, key = lease.id(), attempt = attempt_no, error = %e, "upstream attempt failed");
@@ -264,7 +281,7 @@ impl SelectShared {
             latency: exchange.elapsed,
             now,
         };
-        self.apply_key_effect(decision.key, &mut lease, effect, call);
+        self.apply_key_effect(decision.key, &mut lease, effect, call, &exchange.span);
         match (decision.then, exchange.raw) {
             (Then::Answer, Raw::Ok(resp, prefix)) => {
                 let attempts = call.trail.attempts();
@@ -276,6 +293,7 @@ impl SelectShared {
                     prefix,
                     attempts,
                     call.served,
+                    exchange.span,
                 ))
             }
             (Then::Answer, _) => Err(Missed::Failed(Then::Retry)),
@@ -299,6 +317,7 @@ impl SelectShared {
         lease: &mut Lease,
         at: Effect,
         call: &AttemptCall,
+        span: &tracing::Span,
     ) {
         let Effect {
             asked,
@@ -306,16 +325,30 @@ impl SelectShared {
             now,
         } = at;
         let shared_until = |d: Duration| unix_ms().saturating_add(d.as_millis() as u64);
+        let traced = |name: &'static str, key: &Lease, length: Duration| {
+            if !span.is_none() {
+                crate::telemetry::spans::event(
+                    span,
+                    name,
+                    vec![
+                        KeyValue::new("tollgate.key", key.id().to_owned()),
+                        KeyValue::new("for_ms", crate::telemetry::spans::ms(length)),
+                    ],
+                );
+            }
+        };
         match effect {
             KeyEffect::Restore => lease.success(latency, now),
             KeyEffect::Cool => {
                 let wait = lease.cool(asked, now);
+                traced("key_cooled", lease, wait);
                 call.trail.lock().note_cooling(after(now, wait));
                 self.health
                     .publish(lease.bucket().0, SharedHealth::Cooling(shared_until(wait)));
             }
             KeyEffect::Disable => {
                 let interval = lease.disable(asked, now);
+                traced("key_disabled", lease, interval);
                 self.note_probe(call, after(now, interval));
                 self.health.publish(
                     lease.bucket().0,
@@ -325,6 +358,7 @@ impl SelectShared {
             KeyEffect::Fail => {
                 if let Some(len) = lease.transient(latency, now) {
                     tracing::warn!(request_id = %call.req.id, provider = %lease.provider(), key = lease.id(), ejected_ms = len.as_millis() as u64, "key ejected after transient failures");
+                    traced("key_ejected", lease, len);
                     self.note_probe(call, after(now, len));
                     self.health
                         .publish(lease.bucket().0, SharedHealth::Ejected(shared_until(len)));

@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
+use tracing::{Instrument, Span};
 
 /// Largest upstream error body kept for classification and pass-through.
 const MAX_ERROR_BODY: usize = 1 << 20;
@@ -60,6 +61,8 @@ pub struct Exchange {
     pub status: Option<u16>,
     /// How long the upstream took to answer (headers, or a stream's first event).
     pub elapsed: Duration,
+    /// The attempt's span (`Span::none()` with traces off); a success's ends with its body.
+    pub span: tracing::Span,
 }
 
 impl Exchange {
@@ -161,7 +164,21 @@ where
     fn call(&mut self, call: KeyedCall) -> Self::Future {
         let shared = Arc::clone(&self.shared);
         let inner = self.inner.clone();
-        Box::pin(async move { Ok(shared.exchange(inner, call).await) })
+        if !crate::telemetry::enabled() {
+            return Box::pin(async move { Ok(shared.exchange(inner, call, Span::none()).await) });
+        }
+        let provider = &shared.providers[call.target.provider];
+        let span = crate::telemetry::spans::attempt(
+            provider.settings().kind,
+            provider.name(),
+            &call.req,
+            &call.target,
+            call.key.id(),
+        );
+        Box::pin(async move {
+            let exchange = shared.exchange(inner, call, span.clone());
+            Ok(exchange.instrument(span).await)
+        })
     }
 }
 
@@ -183,6 +200,25 @@ async fn read_whole(resp: &mut UpstreamResponse, deadline: Instant) -> Bytes {
     decoded(&mut resp.headers, body, MAX_ANSWER_BODY)
 }
 
+/// Records an attempt's outcome on its span, and the model its answer names: from the events
+/// already read, else from the body's first chunk as it passes.
+fn trace_outcome(span: &Span, raw: &mut Raw, status: Option<u16>, kind: Kind) {
+    crate::telemetry::spans::outcome(span, status, kind.label(), kind == Kind::Success);
+    let Raw::Ok(resp, prefix) = raw else { return };
+    if !prefix.is_empty() {
+        crate::telemetry::spans::response_model(span, prefix);
+        return;
+    }
+    let body = std::mem::replace(&mut resp.body, Box::pin(futures_util::stream::empty()));
+    let span = span.clone();
+    let mut first = true;
+    resp.body = Box::pin(body.inspect(move |chunk| {
+        if let (true, Ok(chunk)) = (std::mem::take(&mut first), chunk) {
+            crate::telemetry::spans::response_model(&span, chunk);
+        }
+    }));
+}
+
 /// Whether an answer is an SSE stream.
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
@@ -192,12 +228,12 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
 }
 
 impl Shared {
-    async fn exchange<S>(&self, upstream: S, call: KeyedCall) -> Exchange
+    async fn exchange<S>(&self, upstream: S, call: KeyedCall, span: Span) -> Exchange
     where
         S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>,
     {
         let started = Instant::now();
-        let raw = self.raw(upstream, &call).await;
+        let raw = self.raw(upstream, &call, &span).await;
         let elapsed = started.elapsed();
         let wall = SystemTime::now();
         let (verdict, status) = match &raw {
@@ -255,22 +291,34 @@ impl Shared {
             )),
             other => other,
         };
+        let mut raw = raw;
+        if !span.is_none() {
+            trace_outcome(&span, &mut raw, status, verdict.kind);
+        }
         Exchange {
             raw,
             verdict,
             status,
             elapsed,
+            span,
         }
     }
 
-    async fn raw<S>(&self, upstream: S, call: &KeyedCall) -> Raw
+    async fn raw<S>(&self, upstream: S, call: &KeyedCall, span: &Span) -> Raw
     where
         S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>,
     {
         let provider = &self.providers[call.target.provider];
         let req = &call.req;
         let up = match provider.build(req, &call.target, call.body.clone(), call.key.secret()) {
-            Ok(up) => up,
+            Ok(mut up) => {
+                if !span.is_none() {
+                    // The attempt's context replaces the client's: the upstream's spans are
+                    // this attempt's children.
+                    crate::telemetry::spans::inject(span, &mut up.headers);
+                }
+                up
+            }
             Err(e) => {
                 return Raw::Transport(UpstreamError::Connect(format!(
                     "the request cannot be built: {e}"

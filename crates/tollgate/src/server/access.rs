@@ -46,12 +46,16 @@ pub fn panic_answer(_: Box<dyn Any + Send + 'static>) -> Response<http_body_util
 }
 
 /// The span of one request (request id, method, path); per-request, so under `tollgate::server`.
+/// With traces on, the richer span of `telemetry::spans::request`, the client's trace its parent.
 pub fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
     let id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
+    if crate::telemetry::enabled() {
+        return crate::telemetry::spans::request(req, id);
+    }
     tracing::info_span!("request", request_id = id, method = %req.method(), path = req.uri().path())
 }
 

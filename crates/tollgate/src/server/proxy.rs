@@ -20,6 +20,14 @@ use tower::ServiceExt;
 
 /// Handles every `/v1/*` request.
 pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> Response<Body> {
+    let resp = handle(state, req).await;
+    if crate::telemetry::enabled() {
+        trace_answer(&resp);
+    }
+    resp
+}
+
+async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
     let received = Instant::now();
     // One runtime for the whole request, even if the config is reloaded meanwhile.
     let rt = state.reloader.current();
@@ -40,9 +48,25 @@ pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> 
     let model = gw
         .model_index
         .map_or("other", |i| rt.settings.models[i].name.as_str());
+    if crate::telemetry::enabled() {
+        crate::telemetry::spans::requested(&tracing::Span::current(), gw.model.as_deref());
+    }
     match rt.gateway.service.clone().oneshot(gw).await {
         Ok(answer) => respond(answer, model),
         Err(e) => failed(e, model),
+    }
+}
+
+/// Puts the answer on the request span (traces on only).
+fn trace_answer(resp: &Response<Body>) {
+    if let Some(r) = resp.extensions().get::<AnswerRecord>() {
+        let status = resp.status().as_u16();
+        let outcome = match status < 400 {
+            true => r.served.label(),
+            false => Served::Failed.label(),
+        };
+        let span = tracing::Span::current();
+        crate::telemetry::spans::answered(&span, status, &r.provider, &r.key, r.attempts, outcome);
     }
 }
 
