@@ -392,3 +392,33 @@ async fn a_collector_that_is_down_costs_one_warning_not_the_requests() {
     }
     assert_eq!(warnings(&gw), 1, "{}", gw.logs());
 }
+
+/// A client that leaves mid-answer marks the request span `client_cancelled`.
+#[tokio::test]
+async fn a_client_that_leaves_is_the_request_spans_outcome() {
+    let m = mock().await;
+    let (addr, collector) = http_collector().await;
+    let endpoint = format!("http://{addr}");
+    let gw = Gateway::start(
+        &config(&m, &["a"], ""),
+        &[FAST_BATCHES, ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    )
+    .await;
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-mock-fault", "hold")
+        .json(&json!({"model": "m", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    use futures_util::StreamExt;
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    let (request, _) = spans(&collector, 1).await;
+    assert_eq!(
+        attr(&request.attributes, "tollgate.outcome").as_deref(),
+        Some("client_cancelled")
+    );
+}

@@ -31,6 +31,8 @@ pub struct AnswerRecord {
     pub attempts: u32,
     /// How it was served.
     pub served: Served,
+    /// The request span, when traces are on (a client that leaves mid-answer is marked on it).
+    pub span: Option<tracing::Span>,
 }
 
 /// Marks the 500 that `CatchPanic` made, so this layer can give it the envelope.
@@ -156,8 +158,8 @@ where
                 .and_then(|v| v.to_str().ok()?.parse().ok());
             let body = std::mem::replace(resp.body_mut(), Body::empty());
             *resp.body_mut() = Body::new(Counted {
-                inner: body,
                 entry: Some(pending),
+                inner: body,
                 remaining,
             });
             Ok(resp)
@@ -212,8 +214,9 @@ enum Outcome {
 
 /// An answer's body that writes its request's access record at its end.
 struct Counted {
-    inner: Body,
+    // First, so it is written while the body (which holds the request span open) still lives.
     entry: Option<Entry>,
+    inner: Body,
     /// Bytes still due when the answer declared a length: hyper stops reading there.
     remaining: Option<u64>,
 }
@@ -300,6 +303,9 @@ impl AccessLayer {
             (Outcome::Sent, Some(r)) if e.status < 400 => r.served.label(),
             (Outcome::Sent, _) => Served::Failed.label(),
         };
+        if let Some(span) = record.and_then(|r| r.span.as_ref()) {
+            span.record("tollgate.outcome", served);
+        }
         let field = |f: fn(&AnswerRecord) -> &str| record.map_or("-", f);
         let model = record.map_or("other", |r| r.model.as_str());
         self.metrics

@@ -20,11 +20,28 @@ use tower::ServiceExt;
 
 /// Handles every `/v1/*` request.
 pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> Response<Body> {
-    let resp = handle(state, req).await;
-    if crate::telemetry::enabled() {
-        trace_answer(&resp);
+    if !crate::telemetry::enabled() {
+        return handle(state, req).await;
     }
+    // Traces on: a client that leaves before the answer's head is the request span's outcome.
+    let mut left = Cancelled(Some(tracing::Span::current()));
+    let mut resp = handle(state, req).await;
+    let span = left.0.take();
+    trace_answer(&mut resp, span);
     resp
+}
+
+/// Marks the request span `client_cancelled` when dropped armed (the handler's future dropped
+/// because the client went away).
+struct Cancelled(Option<tracing::Span>);
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        if let Some(span) = self.0.take() {
+            span.record("tollgate.outcome", "client_cancelled");
+            span.record("http.response.status_code", 499);
+        }
+    }
 }
 
 async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
@@ -58,15 +75,13 @@ async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
 }
 
 /// Puts the answer on the request span (traces on only).
-fn trace_answer(resp: &Response<Body>) {
-    if let Some(r) = resp.extensions().get::<AnswerRecord>() {
-        let status = resp.status().as_u16();
-        let outcome = match status < 400 {
-            true => r.served.label(),
-            false => Served::Failed.label(),
-        };
-        let span = tracing::Span::current();
-        crate::telemetry::spans::answered(&span, status, &r.provider, &r.key, r.attempts, outcome);
+fn trace_answer(resp: &mut Response<Body>, span: Option<tracing::Span>) {
+    let status = resp.status().as_u16();
+    if let Some(r) = resp.extensions_mut().get_mut::<AnswerRecord>() {
+        let span = span.unwrap_or_else(tracing::Span::current);
+        crate::telemetry::spans::answered(&span, status, &r.provider, &r.key, r.attempts);
+        // The access layer records the outcome when the body has gone out or the client left.
+        r.span = Some(span);
     }
 }
 
@@ -80,6 +95,7 @@ fn failed(e: GatewayError, model: &str) -> Response<Body> {
         key: "-".into(),
         attempts: 0,
         served: Served::Failed,
+        span: None,
     });
     resp
 }
@@ -381,6 +397,7 @@ fn respond(answer: Answer, model: &str) -> Response<Body> {
         key: answer.key,
         attempts: answer.attempts,
         served,
+        span: None,
     });
     resp
 }

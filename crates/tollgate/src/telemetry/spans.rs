@@ -109,8 +109,9 @@ pub fn requested(span: &Span, model: Option<&str>) {
     }
 }
 
-/// Records the answer on the request span.
-pub fn answered(span: &Span, status: u16, provider: &str, key: &str, attempts: u32, outcome: &str) {
+/// Records the answer's head on the request span (its outcome is recorded once the body has
+/// gone out or the client left: the access layer's).
+pub fn answered(span: &Span, status: u16, provider: &str, key: &str, attempts: u32) {
     span.record("http.response.status_code", status);
     if status >= 400 {
         // A string, as `error.type` is (an HTTP status code by the HTTP conventions).
@@ -123,7 +124,6 @@ pub fn answered(span: &Span, status: u16, provider: &str, key: &str, attempts: u
         span.record("tollgate.key", key);
     }
     span.record("tollgate.attempts", attempts);
-    span.record("tollgate.outcome", outcome);
 }
 
 /// The span of one upstream attempt, a child of the current (request) span.
