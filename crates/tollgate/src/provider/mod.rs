@@ -11,6 +11,7 @@ pub mod anthropic;
 pub mod classify;
 mod encoding;
 mod layer;
+pub mod responses;
 
 pub use layer::{is_event_stream, Exchange, ProviderLayer, ProviderService, Raw};
 
