@@ -4,8 +4,9 @@
 //! (`previous_response_id`, `conversation`, an `item_reference`) is refused with the parameter
 //! named, never sent without it.
 //!
-//! Not wired into routing yet (issue 23): answers and streams still have to be written back in
-//! the Responses shape.
+//! The way back: a chat completion as a Responses `response` object ([`from_chat`]), and a chat
+//! stream's chunks as the Responses events clients parse ([`StreamWriter`]). Not wired into
+//! routing yet (issue 23).
 
 use serde_json::{json, Map, Value};
 
@@ -339,6 +340,379 @@ fn response_format(format: &Value) -> Result<Option<Value>, Refused> {
             "text.format",
             format!("`text.format` of type `{other}` cannot be sent to this model's target"),
         )),
+    }
+}
+
+/// The Responses `usage` of a chat `usage`.
+fn usage(chat: &Value) -> Value {
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let input = n(chat, "prompt_tokens");
+    let output = n(chat, "completion_tokens");
+    let cached = chat
+        .get("prompt_tokens_details")
+        .map_or(0, |d| n(d, "cached_tokens"));
+    let reasoning = chat
+        .get("completion_tokens_details")
+        .map_or(0, |d| n(d, "reasoning_tokens"));
+    json!({
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": n(chat, "total_tokens").max(input.saturating_add(output)),
+    })
+}
+
+/// Whether and why a chat `finish_reason` left the answer incomplete.
+fn incomplete(finish_reason: Option<&str>) -> Option<&'static str> {
+    match finish_reason {
+        Some("length") => Some("max_output_tokens"),
+        Some("content_filter") => Some("content_filter"),
+        _ => None,
+    }
+}
+
+/// A chat completion (non-streamed) as a Responses `response` object: its message as an
+/// `output_text` message item, each tool call as a `function_call` item, usage renamed.
+pub fn from_chat(chat: &Value) -> Value {
+    let id = chat.get("id").and_then(Value::as_str).unwrap_or("chat");
+    let choice = chat.get("choices").and_then(|c| c.get(0));
+    let message = choice.and_then(|c| c.get("message"));
+    let mut output = Vec::new();
+    let text = message
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !text.is_empty() {
+        output.push(json!({
+            "type": "message",
+            "id": format!("msg_{id}"),
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }));
+    }
+    let calls = message
+        .and_then(|m| m.get("tool_calls"))
+        .and_then(Value::as_array);
+    for (i, call) in calls.into_iter().flatten().enumerate() {
+        let function = call.get("function");
+        let field = |k: &str| {
+            function
+                .and_then(|f| f.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        output.push(json!({
+            "type": "function_call",
+            "id": format!("fc_{id}_{i}"),
+            "call_id": call.get("id").and_then(Value::as_str).unwrap_or_default(),
+            "name": field("name"),
+            "arguments": field("arguments"),
+            "status": "completed",
+        }));
+    }
+    let finish = choice
+        .and_then(|c| c.get("finish_reason"))
+        .and_then(Value::as_str);
+    let why = incomplete(finish);
+    json!({
+        "id": format!("resp_{id}"),
+        "object": "response",
+        "created_at": chat.get("created").cloned().unwrap_or(json!(0)),
+        "status": if why.is_some() { "incomplete" } else { "completed" },
+        "incomplete_details": why.map(|reason| json!({"reason": reason})),
+        "error": null,
+        "model": chat.get("model").cloned().unwrap_or(Value::Null),
+        "output": output,
+        "usage": chat.get("usage").map(usage),
+    })
+}
+
+/// One Responses stream event: its name (`event:`) and its data (which carries the same `type`
+/// and the event's `sequence_number`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The event's type.
+    pub name: &'static str,
+    /// Its JSON.
+    pub data: Value,
+}
+
+impl Event {
+    /// As SSE bytes.
+    pub fn encode(events: &[Event]) -> bytes::Bytes {
+        let mut out = String::new();
+        for e in events {
+            out.push_str("event: ");
+            out.push_str(e.name);
+            out.push_str("\ndata: ");
+            out.push_str(&e.data.to_string());
+            out.push_str("\n\n");
+        }
+        bytes::Bytes::from(out)
+    }
+}
+
+/// One output item being written.
+#[derive(Debug)]
+enum Item {
+    Message {
+        id: String,
+        text: String,
+    },
+    Call {
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+impl Item {
+    fn json(&self, status: &str) -> Value {
+        match self {
+            Item::Message { id, text } => {
+                let content = match status {
+                    "in_progress" => json!([]),
+                    _ => json!([{"type": "output_text", "text": text, "annotations": []}]),
+                };
+                json!({"type": "message", "id": id, "status": status, "role": "assistant", "content": content})
+            }
+            Item::Call {
+                id,
+                call_id,
+                name,
+                arguments,
+            } => json!({
+                "type": "function_call", "id": id, "call_id": call_id, "name": name,
+                "arguments": if status == "in_progress" { "" } else { arguments.as_str() },
+                "status": status,
+            }),
+        }
+    }
+}
+
+/// Writes a chat stream's chunks as a Responses stream: `response.created`, `in_progress`,
+/// then per output item `output_item.added`, its parts and deltas, their `done` events and
+/// `output_item.done`, and at the end `response.completed` (or `response.incomplete`) with
+/// the whole output and usage; every event numbered from 0.
+#[derive(Debug, Default)]
+pub struct StreamWriter {
+    seq: u64,
+    started: bool,
+    ended: bool,
+    id: String,
+    model: Value,
+    created: Value,
+    items: Vec<Item>,
+    /// Index (in `items`) of the item still open, if any.
+    open: Option<usize>,
+    /// Chat tool-call index → index in `items`.
+    calls: Vec<(u64, usize)>,
+    usage: Option<Value>,
+    finish: Option<String>,
+}
+
+impl StreamWriter {
+    fn event(&mut self, name: &'static str, mut data: Value) -> Event {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        Event { name, data }
+    }
+
+    fn response(&self, status: &str) -> Value {
+        let done = status != "in_progress";
+        let why = incomplete(self.finish.as_deref());
+        json!({
+            "id": format!("resp_{}", self.id),
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "incomplete_details": if done { why.map(|r| json!({"reason": r})) } else { None },
+            "error": null,
+            "model": self.model,
+            "output": if done { self.items.iter().map(|i| i.json("completed")).collect() } else { Vec::new() },
+            "usage": if done { self.usage.clone() } else { None },
+        })
+    }
+
+    /// Closes the open item: its `done` events.
+    fn close(&mut self, out: &mut Vec<Event>) {
+        let Some(index) = self.open.take() else {
+            return;
+        };
+        let item = &self.items[index];
+        let done = item.json("completed");
+        match item {
+            Item::Message { id, text } => {
+                let (id, text) = (id.clone(), text.clone());
+                let common = json!({"item_id": id, "output_index": index, "content_index": 0});
+                let mut text_done = common.clone();
+                text_done["text"] = json!(text);
+                out.push(self.event("response.output_text.done", text_done));
+                let mut part = common;
+                part["part"] = json!({"type": "output_text", "text": text, "annotations": []});
+                out.push(self.event("response.content_part.done", part));
+            }
+            Item::Call { id, arguments, .. } => {
+                let data = json!({"item_id": id, "output_index": index, "arguments": arguments});
+                out.push(self.event("response.function_call_arguments.done", data));
+            }
+        }
+        out.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": index, "item": done}),
+        ));
+    }
+
+    /// Opens `item`: its `added` events.
+    fn open(&mut self, item: Item, out: &mut Vec<Event>) -> usize {
+        self.close(out);
+        let index = self.items.len();
+        let added = item.json("in_progress");
+        let message_id = match &item {
+            Item::Message { id, .. } => Some(id.clone()),
+            Item::Call { .. } => None,
+        };
+        self.items.push(item);
+        self.open = Some(index);
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": added}),
+        ));
+        if let Some(id) = message_id {
+            out.push(self.event(
+                "response.content_part.added",
+                json!({"item_id": id, "output_index": index, "content_index": 0,
+                       "part": {"type": "output_text", "text": "", "annotations": []}}),
+            ));
+        }
+        index
+    }
+
+    /// The events one chat chunk (a `data:` payload) makes.
+    pub fn chunk(&mut self, chunk: &Value) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.ended {
+            return out;
+        }
+        if !self.started {
+            self.started = true;
+            self.id = chunk
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("chat")
+                .to_owned();
+            self.model = chunk.get("model").cloned().unwrap_or(Value::Null);
+            self.created = chunk.get("created").cloned().unwrap_or(json!(0));
+            let created = json!({"response": self.response("in_progress")});
+            out.push(self.event("response.created", created.clone()));
+            out.push(self.event("response.in_progress", created));
+        }
+        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(usage(u));
+        }
+        let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
+            return out;
+        };
+        let delta = choice.get("delta");
+        if let Some(text) = delta
+            .and_then(|d| d.get("content"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            let index = match self
+                .open
+                .filter(|i| matches!(self.items[*i], Item::Message { .. }))
+            {
+                Some(i) => i,
+                None => {
+                    let id = format!("msg_{}", self.id);
+                    self.open(
+                        Item::Message {
+                            id,
+                            text: String::new(),
+                        },
+                        &mut out,
+                    )
+                }
+            };
+            if let Item::Message { id, text: all } = &mut self.items[index] {
+                all.push_str(text);
+                let id = id.clone();
+                out.push(self.event(
+                    "response.output_text.delta",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}),
+                ));
+            }
+        }
+        let calls = delta
+            .and_then(|d| d.get("tool_calls"))
+            .and_then(Value::as_array);
+        for call in calls.into_iter().flatten() {
+            let chat_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let function = call.get("function");
+            let index = match self.calls.iter().find(|(c, _)| *c == chat_index) {
+                Some((_, i)) => *i,
+                None => {
+                    let item = Item::Call {
+                        id: format!("fc_{}_{chat_index}", self.id),
+                        call_id: call
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        name: function
+                            .and_then(|f| f.get("name"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        arguments: String::new(),
+                    };
+                    let i = self.open(item, &mut out);
+                    self.calls.push((chat_index, i));
+                    i
+                }
+            };
+            let fragment = function
+                .and_then(|f| f.get("arguments"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if let (false, Item::Call { id, arguments, .. }) =
+                (fragment.is_empty(), &mut self.items[index])
+            {
+                arguments.push_str(fragment);
+                let id = id.clone();
+                out.push(self.event(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": index, "delta": fragment}),
+                ));
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish = Some(reason.to_owned());
+        }
+        out
+    }
+
+    /// The closing events, once the chat stream has ended (`[DONE]`): the open item's `done`
+    /// events and `response.completed` (or `response.incomplete`). Nothing after the first call.
+    pub fn finish(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.ended || !self.started {
+            return out;
+        }
+        self.close(&mut out);
+        self.ended = true;
+        let (name, status) = match incomplete(self.finish.as_deref()) {
+            Some(_) => ("response.incomplete", "incomplete"),
+            None => ("response.completed", "completed"),
+        };
+        let response = json!({"response": self.response(status)});
+        out.push(self.event(name, response));
+        out
     }
 }
 

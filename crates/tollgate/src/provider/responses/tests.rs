@@ -257,8 +257,57 @@ mod fuzz {
         })
     }
 
+    /// A chat chunk of any shape the writer reads.
+    fn chunk() -> impl Strategy<Value = Value> {
+        let text = prop::option::of("[a-z{}\":]{0,6}");
+        let call = (
+            0u64..3,
+            prop::option::of("[a-z_]{1,5}"),
+            prop::option::of("[a-z{}\":]{0,6}"),
+        );
+        let finish = prop::option::of(prop::sample::select(vec![
+            "stop",
+            "length",
+            "tool_calls",
+            "content_filter",
+        ]));
+        (text, prop::collection::vec(call, 0..3), finish, any::<bool>()).prop_map(|(text, calls, finish, usage)| {
+            let calls: Vec<Value> = calls
+                .into_iter()
+                .map(|(i, name, args)| json!({"index": i, "id": name.as_ref().map(|n| format!("call_{n}")), "function": {"name": name, "arguments": args}}))
+                .collect();
+            let mut chunk = json!({"id": "c", "choices": [{"index": 0, "delta": {"content": text, "tool_calls": calls}, "finish_reason": finish}]});
+            if usage {
+                chunk["usage"] = json!({"prompt_tokens": 1, "completion_tokens": 2});
+            }
+            chunk
+        })
+    }
+
     proptest! {
         #![proptest_config(crate::sse::fuzz::config(256))]
+
+        /// Any chunks: events numbered 0, 1, 2, … each carrying its type, one terminal event last,
+        /// and the terminal response holds exactly the text and arguments the deltas carried.
+        #[test]
+        fn any_chat_stream_writes_a_well_formed_responses_stream(chunks in prop::collection::vec(chunk(), 1..8)) {
+            let mut w = StreamWriter::default();
+            let mut events: Vec<Event> = chunks.iter().flat_map(|c| w.chunk(c)).collect();
+            events.extend(w.finish());
+            for (i, e) in events.iter().enumerate() {
+                prop_assert_eq!(&e.data["sequence_number"], &json!(i));
+                prop_assert_eq!(&e.data["type"], &json!(e.name));
+            }
+            let last = events.last().expect("a started stream ends");
+            prop_assert!(matches!(last.name, "response.completed" | "response.incomplete"));
+            let terminal = events.iter().filter(|e| e.name.starts_with("response.completed") || e.name == "response.incomplete").count();
+            prop_assert_eq!(terminal, 1);
+            let deltas: String = events.iter().filter(|e| e.name == "response.output_text.delta").filter_map(|e| e.data["delta"].as_str()).collect();
+            let texts: String = last.data["response"]["output"].as_array().into_iter().flatten()
+                .filter(|i| i["type"] == "message")
+                .filter_map(|i| i["content"][0]["text"].as_str()).collect();
+            prop_assert_eq!(deltas, texts);
+        }
 
         /// No body makes the translation panic; what it makes is a chat body with messages.
         #[test]
@@ -276,4 +325,132 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn a_chat_completion_becomes_a_response() {
+    let chat = json!({
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "llama-3",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant",
+            "content": "Running it.",
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "exec_command", "arguments": "{\"cmd\":\"ls\"}"}}],
+        }}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17, "prompt_tokens_details": {"cached_tokens": 4}},
+    });
+    assert_eq!(
+        from_chat(&chat),
+        json!({
+            "id": "resp_chatcmpl-1",
+            "object": "response",
+            "created_at": 1700000000,
+            "status": "completed",
+            "incomplete_details": null,
+            "error": null,
+            "model": "llama-3",
+            "output": [
+                {"type": "message", "id": "msg_chatcmpl-1", "status": "completed", "role": "assistant",
+                 "content": [{"type": "output_text", "text": "Running it.", "annotations": []}]},
+                {"type": "function_call", "id": "fc_chatcmpl-1_0", "call_id": "call_1", "name": "exec_command",
+                 "arguments": "{\"cmd\":\"ls\"}", "status": "completed"},
+            ],
+            "usage": {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 5,
+                      "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 17},
+        })
+    );
+    let cut = json!({"id": "c", "choices": [{"finish_reason": "length", "message": {"content": "partial"}}]});
+    let response = from_chat(&cut);
+    assert_eq!(response["status"], "incomplete");
+    assert_eq!(
+        response["incomplete_details"],
+        json!({"reason": "max_output_tokens"})
+    );
+    assert_eq!(response["usage"], Value::Null);
+}
+
+#[test]
+fn a_chat_stream_becomes_responses_events_in_order() {
+    let chunks = [
+        json!({"id": "c1", "model": "llama-3", "created": 7, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}),
+        json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "Run"}}]}),
+        json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "ning."}}]}),
+        json!({"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "exec_command", "arguments": ""}}]}}]}),
+        json!({"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"cmd\":"}}]}}]}),
+        json!({"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"ls\"}"}}]}}]}),
+        json!({"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        json!({"id": "c1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}),
+    ];
+    let mut w = StreamWriter::default();
+    let mut events: Vec<Event> = chunks.iter().flat_map(|c| w.chunk(c)).collect();
+    events.extend(w.finish());
+    assert!(w.finish().is_empty(), "one end only");
+    let names: Vec<&str> = events.iter().map(|e| e.name).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.data["type"], e.name, "every data carries its type");
+        assert_eq!(e.data["sequence_number"], i, "numbered from 0");
+    }
+    assert_eq!(events[6].data["text"], "Running.");
+    assert_eq!(events[12].data["arguments"], "{\"cmd\":\"ls\"}");
+    let done = &events[14].data["response"];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["id"], "resp_c1");
+    assert_eq!(done["output"][0]["content"][0]["text"], "Running.");
+    assert_eq!(done["output"][1]["call_id"], "call_1");
+    assert_eq!(done["output"][1]["arguments"], "{\"cmd\":\"ls\"}");
+    assert_eq!(done["usage"]["input_tokens"], 9);
+    assert_eq!(done["usage"]["output_tokens"], 4);
+    // What the same answer is when not streamed: the same output.
+    let plain = from_chat(
+        &json!({"id": "c1", "choices": [{"finish_reason": "tool_calls", "message": {
+        "content": "Running.",
+        "tool_calls": [{"id": "call_1", "function": {"name": "exec_command", "arguments": "{\"cmd\":\"ls\"}"}}]}}]}),
+    );
+    assert_eq!(plain["output"], done["output"]);
+    let encoded = Event::encode(&events[..1]);
+    assert!(
+        encoded.starts_with(b"event: response.created\ndata: {"),
+        "{encoded:?}"
+    );
+    assert!(encoded.ends_with(b"\n\n"));
+}
+
+#[test]
+fn a_stream_cut_by_its_token_limit_ends_incomplete() {
+    let mut w = StreamWriter::default();
+    let mut events = w.chunk(&json!({"id": "c", "choices": [{"delta": {"content": "par"}}]}));
+    events.extend(
+        w.chunk(&json!({"id": "c", "choices": [{"delta": {}, "finish_reason": "length"}]})),
+    );
+    events.extend(w.finish());
+    let last = events.last().unwrap();
+    assert_eq!(last.name, "response.incomplete");
+    assert_eq!(
+        last.data["response"]["incomplete_details"]["reason"],
+        "max_output_tokens"
+    );
+    // A stream that never started writes nothing at its end.
+    assert!(StreamWriter::default().finish().is_empty());
 }
