@@ -629,7 +629,12 @@ impl StreamWriter {
             {
                 Some(i) => i,
                 None => {
-                    let id = format!("msg_{}", self.id);
+                    // Text again after a tool call is a message item of its own.
+                    let first = !self.items.iter().any(|i| matches!(i, Item::Message { .. }));
+                    let id = match first {
+                        true => format!("msg_{}", self.id),
+                        false => format!("msg_{}_{}", self.id, self.items.len()),
+                    };
                     self.open(
                         Item::Message {
                             id,
