@@ -302,7 +302,7 @@ where
     }
 
     fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
-        let client = req.client.as_ref().map(|c| Arc::clone(&c.bucket));
+        let tenant = req.client.is_some();
         if let Some(c) = &req.client {
             if let Err(family) = c.settings.endpoints.check(&req.path) {
                 return Either::Left(ready(Err(GatewayError::EndpointNotAllowed(family))));
@@ -316,11 +316,11 @@ where
             req.object = Some(id.into());
         }
         // Only a tenant's body is searched for the objects it names.
-        let refs = match &client {
-            Some(_) if req.method == Method::POST => references(&req.body),
-            _ => Vec::new(),
+        let refs = match tenant && req.method == Method::POST {
+            true => references(&req.body),
+            false => Vec::new(),
         };
-        if req.object.is_none() && refs.is_empty() && !(scope.lists && client.is_some()) {
+        if req.object.is_none() && refs.is_empty() && !(scope.lists && tenant) {
             return Either::Right(Either::Left(self.inner.call(req)));
         }
         let lists = scope.lists;
@@ -330,6 +330,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let records = Arc::clone(&self.records);
         Either::Right(Either::Right(Box::pin(async move {
+            let client = req.client.as_ref().map(|c| Arc::clone(&c.bucket));
             // The object in the path, else the response the body continues.
             if let Some(id) = req.object.clone() {
                 let owner = records.owner_of(&id).await;

@@ -151,7 +151,8 @@ where
                 .observe(elapsed.as_secs_f64());
             pending.head = Some(elapsed);
             pending.status = resp.status().as_u16();
-            pending.record = resp.extensions().get::<AnswerRecord>().cloned();
+            // Taken, not copied: nothing outside this layer reads it.
+            pending.record = resp.extensions_mut().remove::<AnswerRecord>();
             let remaining = resp
                 .headers()
                 .get(http::header::CONTENT_LENGTH)
