@@ -188,7 +188,8 @@ async fn parse(
     })
 }
 
-/// The fields of the body the gateway routes on.
+/// The fields of the body the gateway routes on (none of them, by default).
+#[derive(Default)]
 struct Meta {
     model: Option<String>,
     stream: bool,
@@ -241,14 +242,7 @@ async fn parse_meta(
     let says_json =
         starts(b"application/json") || media.windows(5).any(|w| w.eq_ignore_ascii_case(b"+json"));
     let is_json = !is_form && (says_json || looks_json || content_type.is_none());
-    let mut meta = Meta {
-        model: None,
-        stream: false,
-        include_usage: false,
-        session: None,
-        previous_response: None,
-        store: None,
-    };
+    let mut meta = Meta::default();
     if is_json && !body.is_empty() && parts.method != Method::GET {
         let parsed: openai_types::RequestMeta<'_> =
             serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;

@@ -8,18 +8,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 fn endpoint() -> impl Strategy<Value = Endpoint> {
-    prop::sample::select(vec![
-        Endpoint::ChatCompletions,
-        Endpoint::Completions,
-        Endpoint::Embeddings,
-        Endpoint::Responses,
-        Endpoint::Models,
-        Endpoint::Moderations,
-        Endpoint::Images,
-        Endpoint::Audio,
-        Endpoint::Files,
-        Endpoint::Other,
-    ])
+    prop::sample::select(Endpoint::ALL.to_vec())
 }
 
 /// Allowances as a hostile client writes them: at and past every edge, and not numbers.

@@ -242,14 +242,7 @@ proptest! {
             return Ok(());
         };
         let want = match method {
-            Method::GET => Some(Meta {
-                model: None,
-                stream: false,
-                include_usage: false,
-                session: None,
-                previous_response: None,
-                store: None,
-            }),
+            Method::GET => Some(Meta::default()),
             _ => expected(&body, sticky_user),
         };
         match (got, want) {
