@@ -216,6 +216,21 @@ impl Gateway {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Opens a chat stream the mock holds after its first chunk (`x-mock-fault: hold`), reads
+    /// that chunk and goes away, as a client that leaves mid-answer does.
+    pub async fn leave_mid_stream(&self) {
+        let mut resp = reqwest::Client::new()
+            .post(self.url("/v1/chat/completions"))
+            .header("x-mock-fault", "hold")
+            .header("content-type", "application/json")
+            .body(r#"{"model": "m", "stream": true, "messages": []}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.chunk().await.unwrap().is_some(), "a first chunk");
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(self.url("/metrics"))

@@ -340,18 +340,7 @@ async fn a_client_that_leaves_is_counted_as_cancelled_not_as_an_upstream_failure
         .await;
     assert!(gone.is_err(), "the client timed out");
     // Mid-stream: the first chunk arrives, then the client drops the body.
-    let resp = c
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-fault", "hold")
-        .json(&json!({"model": "m", "stream": true, "messages": []}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.bytes_stream();
-    use futures_util::StreamExt;
-    body.next().await.unwrap().unwrap();
-    drop(body);
+    gw.leave_mid_stream().await;
     let cancelled = |text: &str, class: &str| {
         metric(
             text,

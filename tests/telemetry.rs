@@ -404,18 +404,7 @@ async fn a_client_that_leaves_is_the_request_spans_outcome() {
         &[FAST_BATCHES, ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     )
     .await;
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .header("x-mock-fault", "hold")
-        .json(&json!({"model": "m", "stream": true, "messages": []}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.bytes_stream();
-    use futures_util::StreamExt;
-    body.next().await.unwrap().unwrap();
-    drop(body);
+    gw.leave_mid_stream().await;
     let (request, _) = spans(&collector, 1).await;
     assert_eq!(
         attr(&request.attributes, "tollgate.outcome").as_deref(),
