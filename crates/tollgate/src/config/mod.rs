@@ -13,8 +13,8 @@ pub use access::{Backend, ClientSettings, LimitsSettings, StateSettings};
 pub use egress::{EgressConfig, EgressSettings, Proxy};
 pub use secret::Secret;
 pub use settings::{
-    KeySettings, ModelRoute, ProviderKind, ProviderSettings, RetrySettings, ServerSettings,
-    Settings, TargetSettings,
+    KeySettings, ModelRoute, ProviderKind, ProviderSettings, ResponsesMode, RetrySettings,
+    ServerSettings, Settings, TargetSettings,
 };
 pub use telemetry::{Otlp, Protocol, Resolved, Sampling, TelemetryConfig, TelemetrySettings};
 
@@ -272,6 +272,10 @@ pub struct ProviderConfig {
     /// PEM file of certificate authorities trusted for this provider, beyond the system's and
     /// `egress.ca_file`.
     pub ca_file: Option<String>,
+    /// How it serves `POST /v1/responses`: `native` (the Responses API itself; the default for
+    /// `openai` and `azure`) or `chat` (translated to Chat Completions; always for
+    /// `anthropic`, through its Messages translation).
+    pub responses: Option<String>,
 }
 
 /// One upstream API key.

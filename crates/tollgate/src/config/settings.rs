@@ -146,6 +146,19 @@ pub struct ProviderSettings {
     pub keys: Vec<KeySettings>,
     /// Certificate authorities trusted for this provider only.
     pub ca_file: Option<std::path::PathBuf>,
+    /// How it serves the Responses API.
+    pub responses: ResponsesMode,
+}
+
+/// How a provider serves `POST /v1/responses`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponsesMode {
+    /// The upstream speaks the Responses API.
+    Native,
+    /// The request is translated to Chat Completions (and on to the provider's dialect), and
+    /// the answer back.
+    Chat,
 }
 
 /// A validated upstream key.
@@ -475,6 +488,22 @@ impl Config {
                     "is required for kind = \"azure\"",
                 );
             }
+            let responses = match (kind, pc.responses.as_deref()) {
+                (ProviderKind::Anthropic, None | Some("chat")) => ResponsesMode::Chat,
+                (_, None | Some("native")) => ResponsesMode::Native,
+                (_, Some("chat")) => ResponsesMode::Chat,
+                (ProviderKind::Anthropic, Some(_)) => {
+                    p.push(
+                        &format!("{path}.responses"),
+                        "must be \"chat\" for kind = \"anthropic\" (its Responses requests are translated)",
+                    );
+                    ResponsesMode::Chat
+                }
+                (_, Some(_)) => {
+                    p.push(&format!("{path}.responses"), "is not one of native, chat");
+                    ResponsesMode::Native
+                }
+            };
             if pc.keys.is_empty() {
                 p.push(&format!("{path}.keys"), "at least one key is required");
             }
@@ -532,6 +561,7 @@ impl Config {
                     .ca_file
                     .as_deref()
                     .and_then(|f| super::egress::ca_file(f, &format!("{path}.ca_file"), p)),
+                responses,
             });
         }
         out

@@ -117,7 +117,7 @@ impl RouteLayer {
         };
         let chain: Vec<Target> = targets
             .into_iter()
-            .filter(|t| self.providers[t.provider].supports(req.endpoint))
+            .filter(|t| self.providers[t.provider].supports(req))
             .collect();
         if chain.is_empty() {
             return Err(GatewayError::EndpointUnsupported {

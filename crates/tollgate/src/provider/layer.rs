@@ -349,8 +349,9 @@ impl Shared {
                 body,
             };
         }
+        provider.answer_headers(req, &mut resp.headers);
         if !(req.stream && is_event_stream(&resp.headers)) {
-            if !provider.translates_answers() {
+            if !provider.translates_answers(req) {
                 // Passed through as it streams, unless it must be read whole: compressed though
                 // asked for identity (decoded, so usage is read and any client can read it), or
                 // an answer naming objects the caller now owns (so they are recorded).

@@ -15,7 +15,7 @@ pub mod responses;
 
 pub use layer::{is_event_stream, Exchange, ProviderLayer, ProviderService, Raw};
 
-use crate::config::{ProviderKind, ProviderSettings, Secret};
+use crate::config::{ProviderKind, ProviderSettings, ResponsesMode, Secret};
 use crate::request::{Endpoint, GatewayRequest, Target};
 use crate::upstream::{BodyStream, UpstreamRequest};
 use bytes::Bytes;
@@ -23,15 +23,6 @@ use futures_util::StreamExt;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderMap;
 use std::time::SystemTime;
-
-/// Whether a provider of `kind` can serve `endpoint`.
-pub fn supports(kind: ProviderKind, endpoint: Endpoint) -> bool {
-    match kind {
-        ProviderKind::OpenAi => true,
-        ProviderKind::Azure => azure_operation(endpoint).is_some(),
-        ProviderKind::Anthropic => endpoint == Endpoint::ChatCompletions,
-    }
-}
 
 fn azure_operation(endpoint: Endpoint) -> Option<&'static str> {
     match endpoint {
@@ -41,6 +32,22 @@ fn azure_operation(endpoint: Endpoint) -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// How a provider serves one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// It cannot.
+    Unsupported,
+    /// In its own dialect: the body as sent (the model renamed), or, for Anthropic, a chat
+    /// request translated.
+    Native,
+    /// A Responses request through the chat pivot: read into a chat body, sent as chat (or
+    /// on to Anthropic's Messages), and the answer written back as a Responses answer.
+    ResponsesViaChat,
+}
+
+/// The answer header naming the tools a translated request left out.
+const DROPPED_TOOLS: http::HeaderName = http::HeaderName::from_static("x-tollgate-dropped-tools");
 
 /// Why a request could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -96,21 +103,39 @@ impl Provider {
         &self.settings
     }
 
-    /// Whether it can serve `endpoint`.
-    pub fn supports(&self, endpoint: Endpoint) -> bool {
-        supports(self.settings.kind, endpoint)
+    /// How it serves `req`. Only creating a response (`POST /v1/responses`) crosses dialects:
+    /// a provider without the Responses API cannot retrieve, cancel or list one.
+    pub fn serving(&self, req: &GatewayRequest) -> Serving {
+        let kind = self.settings.kind;
+        let responses = req.endpoint == Endpoint::Responses;
+        if responses
+            && (kind == ProviderKind::Anthropic || self.settings.responses == ResponsesMode::Chat)
+        {
+            return match req.method == http::Method::POST && req.path == "responses" {
+                true => Serving::ResponsesViaChat,
+                false => Serving::Unsupported,
+            };
+        }
+        let native = match kind {
+            ProviderKind::OpenAi => true,
+            ProviderKind::Azure => responses || azure_operation(req.endpoint).is_some(),
+            ProviderKind::Anthropic => req.endpoint == Endpoint::ChatCompletions,
+        };
+        match native {
+            true => Serving::Native,
+            false => Serving::Unsupported,
+        }
+    }
+
+    /// Whether it can serve `req` at all.
+    pub fn supports(&self, req: &GatewayRequest) -> bool {
+        self.serving(req) != Serving::Unsupported
     }
 
     /// The body sent to `target`, computed once per target: unchanged when the model name is
     /// the same, the model renamed otherwise, or translated for Anthropic.
     pub fn prepare(&self, req: &GatewayRequest, target: &Target) -> Result<Bytes, Refusal> {
-        prepare_body(&self.settings, req, target).map_err(|e| Refusal {
-            message: e.to_string(),
-            param: match e {
-                anthropic::TranslateError::Unsupported { param, .. } => param,
-                anthropic::TranslateError::Invalid(_) => None,
-            },
-        })
+        prepare_body(&self.settings, self.serving(req), req, target)
     }
 
     /// Builds the upstream request for one attempt with the target's prepared `body`.
@@ -121,15 +146,16 @@ impl Provider {
         body: Bytes,
         key: &Secret,
     ) -> Result<UpstreamRequest, BuildError> {
-        build(&self.settings, req, target, body, key)
+        build(&self.settings, self.serving(req), req, target, body, key)
     }
 
-    /// Whether a plain (non-stream) success answer must be read whole and translated.
-    pub fn translates_answers(&self) -> bool {
+    /// Whether a plain (non-stream) success answer to `req` must be read whole and translated.
+    pub fn translates_answers(&self, req: &GatewayRequest) -> bool {
         self.settings.kind == ProviderKind::Anthropic
+            || self.serving(req) == Serving::ResponsesViaChat
     }
 
-    /// A whole plain success answer in OpenAI's shape (only called when
+    /// A whole plain success answer in the client's dialect (only called when
     /// [`Provider::translates_answers`]); `Err` when it does not translate.
     pub fn translate_answer(
         &self,
@@ -137,14 +163,47 @@ impl Provider {
         headers: &mut HeaderMap,
         body: &[u8],
     ) -> Result<Bytes, String> {
-        let json = anthropic::translate_response(
-            body,
-            req.model.as_deref().unwrap_or_default(),
-            unix_now(),
-        )
-        .map_err(|e| e.to_string())?;
+        let chat = match self.settings.kind {
+            ProviderKind::Anthropic => Bytes::from(
+                anthropic::translate_response(
+                    body,
+                    req.model.as_deref().unwrap_or_default(),
+                    unix_now(),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            ProviderKind::OpenAi | ProviderKind::Azure => Bytes::copy_from_slice(body),
+        };
+        let json = match self.serving(req) {
+            Serving::ResponsesViaChat => {
+                let chat: serde_json::Value =
+                    serde_json::from_slice(&chat).map_err(|e| e.to_string())?;
+                if !chat.get("choices").is_some_and(serde_json::Value::is_array) {
+                    return Err("a chat answer without `choices`".into());
+                }
+                Bytes::from(responses::from_chat(&chat).to_string())
+            }
+            Serving::Native | Serving::Unsupported => chat,
+        };
         json_content_type(headers);
-        Ok(Bytes::from(json))
+        Ok(json)
+    }
+
+    /// Marks a success answer to `req` with what its translation left out: the tools a
+    /// translated Responses request could not send (`x-tollgate-dropped-tools`, never taken
+    /// from the upstream).
+    pub fn answer_headers(&self, req: &GatewayRequest, headers: &mut HeaderMap) {
+        headers.remove(DROPPED_TOOLS);
+        if self.serving(req) != Serving::ResponsesViaChat {
+            return;
+        }
+        let dropped = responses::dropped_tools(&req.body);
+        if let Some(value) = (!dropped.is_empty())
+            .then(|| HeaderValue::try_from(dropped.join(", ")).ok())
+            .flatten()
+        {
+            headers.insert(DROPPED_TOOLS, value);
+        }
     }
 
     /// An upstream error body (or a stream's error event) in OpenAI's error shape.
@@ -169,21 +228,30 @@ impl Provider {
         body: BodyStream,
         max_event: usize,
     ) -> (Bytes, BodyStream) {
-        if self.settings.kind != ProviderKind::Anthropic {
+        let via_chat = self.serving(req) == Serving::ResponsesViaChat;
+        let anthropic = self.settings.kind == ProviderKind::Anthropic;
+        if !(anthropic || via_chat) {
             return (prefix, body);
         }
-        let mut translator = anthropic::StreamTranslator::new(
-            req.model.as_deref().unwrap_or_default(),
-            req.include_usage,
-            unix_now(),
-        );
+        let mut translation = StreamTranslation {
+            // The Responses stream ends with its usage: the chat stream must carry it.
+            anthropic: anthropic.then(|| {
+                anthropic::StreamTranslator::new(
+                    req.model.as_deref().unwrap_or_default(),
+                    req.include_usage || via_chat,
+                    unix_now(),
+                )
+            }),
+            responses: via_chat.then(responses::ChatStream::default),
+            chat: Vec::new(),
+        };
         let mut first = Vec::new();
-        translator.push(&prefix, &mut first);
+        translation.push(&prefix, &mut first);
         let rest = body.filter_map(move |chunk| {
             let out = chunk.and_then(|c| {
                 let mut out = Vec::new();
-                translator.push(&c, &mut out);
-                match translator.pending() > max_event {
+                translation.push(&c, &mut out);
+                match translation.pending() > max_event {
                     true => Err(crate::upstream::UpstreamError::Transport(format!(
                         "upstream event larger than {max_event} bytes"
                     ))),
@@ -202,43 +270,127 @@ impl Provider {
     }
 }
 
+/// A stream's way from the upstream's dialect to the client's: Anthropic's events to chat
+/// chunks, chat chunks to Responses events, or both in turn.
+struct StreamTranslation {
+    anthropic: Option<anthropic::StreamTranslator>,
+    responses: Option<responses::ChatStream>,
+    /// Chat chunks between the two steps.
+    chat: Vec<u8>,
+}
+
+impl StreamTranslation {
+    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        match (&mut self.anthropic, &mut self.responses) {
+            (Some(anthropic), Some(responses)) => {
+                self.chat.clear();
+                anthropic.push(input, &mut self.chat);
+                responses.push(&self.chat, out);
+            }
+            (Some(anthropic), None) => anthropic.push(input, out),
+            (None, Some(responses)) => responses.push(input, out),
+            (None, None) => out.extend_from_slice(input),
+        }
+    }
+
+    /// Bytes of unfinished events held.
+    fn pending(&self) -> usize {
+        self.anthropic.as_ref().map_or(0, |a| a.pending())
+            + self.responses.as_ref().map_or(0, |r| r.pending())
+    }
+}
+
 /// The SSE comment sent for upstream activity that translates to nothing.
 const KEEP_ALIVE: &[u8] = b":\n\n";
 
+impl From<anthropic::TranslateError> for Refusal {
+    fn from(e: anthropic::TranslateError) -> Refusal {
+        Refusal {
+            message: e.to_string(),
+            param: match e {
+                anthropic::TranslateError::Unsupported { param, .. } => param,
+                anthropic::TranslateError::Invalid(_) => None,
+            },
+        }
+    }
+}
+
+impl From<responses::Refused> for Refusal {
+    fn from(e: responses::Refused) -> Refusal {
+        Refusal {
+            message: e.to_string(),
+            param: Some(e.param().to_owned()),
+        }
+    }
+}
+
 /// The body sent to `target`, computed once per target: unchanged when the model name is the
-/// same, the model renamed otherwise, or translated for Anthropic.
+/// same, the model renamed otherwise, or translated (a chat request for Anthropic, a Responses
+/// request for a chat target).
 fn prepare_body(
     provider: &ProviderSettings,
+    serving: Serving,
     req: &GatewayRequest,
     target: &Target,
-) -> Result<Bytes, anthropic::TranslateError> {
+) -> Result<Bytes, Refusal> {
     let model = target.model.as_deref();
-    if provider.kind == ProviderKind::Azure {
-        azure_checks(req, model.or(req.model.as_deref()).unwrap_or_default())?;
+    let upstream_model = model.or(req.model.as_deref()).unwrap_or_default();
+    let native_responses = serving == Serving::Native && req.endpoint == Endpoint::Responses;
+    if provider.kind == ProviderKind::Azure && !native_responses {
+        azure_checks(req, upstream_model)?;
     }
+    let chat = match serving {
+        Serving::ResponsesViaChat => {
+            let chat = responses::to_chat(&req.body)?;
+            if !chat.dropped_tools.is_empty() {
+                tracing::info!(
+                    request_id = %req.id,
+                    provider = %provider.name,
+                    tools = %chat.dropped_tools.join(", "),
+                    "tools left out: the target cannot run them"
+                );
+            }
+            let mut body = chat.body;
+            body["model"] = serde_json::Value::from(upstream_model);
+            if provider.kind == ProviderKind::Anthropic
+                && body.get("response_format").is_some_and(|f| !f.is_null())
+            {
+                return Err(Refusal {
+                    message: "`text.format` asks for JSON output, which this model's Anthropic target cannot be held to".into(),
+                    param: Some("text.format".into()),
+                });
+            }
+            Some(Bytes::from(body.to_string()))
+        }
+        Serving::Native | Serving::Unsupported => None,
+    };
     match provider.kind {
         ProviderKind::Anthropic => {
             let opts = anthropic::RequestOptions {
-                upstream_model: model.or(req.model.as_deref()).unwrap_or_default(),
+                upstream_model,
                 default_max_tokens: target.max_tokens,
                 version: provider.api_version.as_deref().unwrap_or("2023-06-01"),
             };
-            anthropic::translate_request(&req.body, &opts).map(Bytes::from)
+            let chat = chat.as_ref().unwrap_or(&req.body);
+            Ok(Bytes::from(anthropic::translate_request(chat, &opts)?))
         }
-        ProviderKind::OpenAi | ProviderKind::Azure => Ok(match (model, req.model.as_deref()) {
-            (Some(upstream), Some(asked)) if upstream != asked => {
-                with_model(&req.body, upstream).unwrap_or_else(|| req.body.clone())
-            }
-            _ => req.body.clone(),
-        }),
+        ProviderKind::OpenAi | ProviderKind::Azure => {
+            Ok(match (chat, model, req.model.as_deref()) {
+                (Some(chat), _, _) => chat,
+                (None, Some(upstream), Some(asked)) if upstream != asked => {
+                    with_model(&req.body, upstream).unwrap_or_else(|| req.body.clone())
+                }
+                _ => req.body.clone(),
+            })
+        }
     }
 }
 
 /// What an Azure request may put into its upstream URL and method: a deployment name of the
 /// characters Azure allows (letters, digits, `-`, `_`, `.`; not `.` or `..` alone), and the
 /// method its operation takes (POST). Nothing a client sends changes the path or the query.
-fn azure_checks(req: &GatewayRequest, deployment: &str) -> Result<(), anthropic::TranslateError> {
-    let refuse = |message: String, param: &str| anthropic::TranslateError::Unsupported {
+fn azure_checks(req: &GatewayRequest, deployment: &str) -> Result<(), Refusal> {
+    let refuse = |message: String, param: &str| Refusal {
         message,
         param: Some(param.to_owned()),
     };
@@ -270,22 +422,42 @@ fn sensitive(value: &str) -> Result<HeaderValue, BuildError> {
 
 fn build(
     provider: &ProviderSettings,
+    serving: Serving,
     req: &GatewayRequest,
     target: &Target,
     body: Bytes,
     key: &Secret,
 ) -> Result<UpstreamRequest, BuildError> {
     let mut headers = req.headers.clone();
+    let via_chat = serving == Serving::ResponsesViaChat;
+    if via_chat {
+        json_content_type(&mut headers);
+    }
     let url = match provider.kind {
+        _ if serving == Serving::Unsupported => return Err(BuildError::Unsupported),
         ProviderKind::OpenAi => {
             headers.insert(
                 AUTHORIZATION,
                 sensitive(&format!("Bearer {}", key.expose()))?,
             );
-            let mut url = String::with_capacity(provider.base_url.len() + req.path.len() + 2);
+            let path = match via_chat {
+                true => "chat/completions",
+                false => &req.path,
+            };
+            let mut url = String::with_capacity(provider.base_url.len() + path.len() + 2);
             url.push_str(&provider.base_url);
             url.push('/');
-            url.push_str(&req.path);
+            url.push_str(path);
+            if let (false, Some(q)) = (via_chat, &req.query) {
+                url.push('?');
+                url.push_str(q);
+            }
+            url
+        }
+        ProviderKind::Azure if req.endpoint == Endpoint::Responses && !via_chat => {
+            // The Responses API is Azure's v1 API: the deployment is the body's `model`.
+            headers.insert("api-key", sensitive(key.expose())?);
+            let mut url = format!("{}/openai/v1/{}", provider.base_url, req.path);
             if let Some(q) = &req.query {
                 url.push('?');
                 url.push_str(q);
@@ -293,7 +465,10 @@ fn build(
             url
         }
         ProviderKind::Azure => {
-            let op = azure_operation(req.endpoint).ok_or(BuildError::Unsupported)?;
+            let op = match via_chat {
+                true => "chat/completions",
+                false => azure_operation(req.endpoint).ok_or(BuildError::Unsupported)?,
+            };
             headers.insert("api-key", sensitive(key.expose())?);
             let deployment = target
                 .model
@@ -307,9 +482,6 @@ fn build(
             )
         }
         ProviderKind::Anthropic => {
-            if req.endpoint != Endpoint::ChatCompletions {
-                return Err(BuildError::Unsupported);
-            }
             headers.insert("x-api-key", sensitive(key.expose())?);
             let version = provider.api_version.as_deref().unwrap_or("2023-06-01");
             headers.insert(
@@ -362,6 +534,7 @@ mod tests {
                 tpm: None,
             }],
             ca_file: None,
+            responses: ResponsesMode::Native,
         }
     }
 
@@ -378,8 +551,9 @@ mod tests {
             context_window: None,
             fit_max_tokens: false,
         };
-        let body = prepare_body(p, req, &target).unwrap();
-        build(p, req, &target, body, &Secret::new(key))
+        let provider = Provider::new(p.clone());
+        let body = provider.prepare(req, &target).unwrap();
+        provider.build(req, &target, body, &Secret::new(key))
     }
 
     #[test]
@@ -400,7 +574,8 @@ mod tests {
         assert_eq!(body["model"], "claude-x");
         assert_eq!(body["system"], "be brief");
         assert_eq!(body["max_tokens"], 64);
-        assert!(!supports(ProviderKind::Anthropic, Endpoint::Embeddings));
+        let embeddings = request("embeddings", r#"{"model":"m","input":"x"}"#);
+        assert!(!Provider::new(p).supports(&embeddings));
     }
 
     fn request(path: &str, body: &str) -> GatewayRequest {
@@ -446,7 +621,7 @@ mod tests {
             fit_max_tokens: false,
         };
         assert!(matches!(
-            build(&p, &files, &target, Bytes::new(), &Secret::new("k")),
+            Provider::new(p).build(&files, &target, Bytes::new(), &Secret::new("k")),
             Err(BuildError::Unsupported)
         ));
     }
@@ -526,5 +701,217 @@ mod tests {
         let mut delete = chat.clone();
         delete.method = http::Method::DELETE;
         assert!(p.prepare(&delete, &target("dep1")).is_err());
+    }
+
+    fn target(model: &str) -> Target {
+        Target {
+            provider: 0,
+            model: Some(model.into()),
+            max_tokens: 64,
+            context_window: None,
+            fit_max_tokens: false,
+        }
+    }
+
+    const CODEX_TURN: &str = r#"{"model":"alias","instructions":"Be brief.","store":false,"stream":true,
+        "input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"hi"}]}],
+        "tools":[{"type":"function","name":"exec_command","parameters":{"type":"object"}},{"type":"web_search"}]}"#;
+
+    #[test]
+    fn responses_are_native_or_translated_per_provider() {
+        let create = request("responses", CODEX_TURN);
+        let mut get = request("responses/resp_1", "");
+        get.method = Method::GET;
+        let chat_mode = |kind| {
+            let mut p = provider(kind);
+            p.responses = ResponsesMode::Chat;
+            Provider::new(p)
+        };
+        let native = Provider::new(provider(ProviderKind::OpenAi));
+        let azure = Provider::new(provider(ProviderKind::Azure));
+        let anthropic = Provider::new(provider(ProviderKind::Anthropic));
+        assert_eq!(native.serving(&create), Serving::Native);
+        assert_eq!(native.serving(&get), Serving::Native);
+        assert_eq!(azure.serving(&create), Serving::Native);
+        assert_eq!(anthropic.serving(&create), Serving::ResponsesViaChat);
+        assert_eq!(anthropic.serving(&get), Serving::Unsupported);
+        for kind in [ProviderKind::OpenAi, ProviderKind::Azure] {
+            assert_eq!(chat_mode(kind).serving(&create), Serving::ResponsesViaChat);
+            assert_eq!(chat_mode(kind).serving(&get), Serving::Unsupported);
+        }
+        let chat = request("chat/completions", r#"{"model":"m","messages":[]}"#);
+        assert_eq!(
+            chat_mode(ProviderKind::OpenAi).serving(&chat),
+            Serving::Native
+        );
+
+        // A chat-only OpenAI-compatible server gets a chat request at /chat/completions.
+        let mut openai = provider(ProviderKind::OpenAi);
+        openai.responses = ResponsesMode::Chat;
+        let mut create_q = create.clone();
+        create_q.query = Some("x=1".into());
+        let up = build_for(&openai, &create_q, Some("llama"), "sk-1").unwrap();
+        assert_eq!(up.url, "https://host/v1/chat/completions");
+        let body: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(body["model"], "llama");
+        assert_eq!(body["messages"][0]["content"], "Be brief.");
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["tools"].as_array().unwrap().len(), 1);
+
+        // Anthropic gets a Messages request.
+        let up = build_for(
+            &provider(ProviderKind::Anthropic),
+            &create,
+            Some("claude"),
+            "a",
+        )
+        .unwrap();
+        assert!(up.url.ends_with("/v1/messages"), "{}", up.url);
+        let body: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(body["system"], "Be brief.");
+        assert_eq!(body["tools"][0]["name"], "exec_command");
+        assert_eq!(body["max_tokens"], 64);
+
+        // Azure: the v1 Responses API natively, its chat deployment when translated.
+        let mut az = provider(ProviderKind::Azure);
+        az.base_url = "https://res.openai.azure.com".into();
+        let up = build_for(&az, &create, Some("dep-1"), "az").unwrap();
+        assert_eq!(up.url, "https://res.openai.azure.com/openai/v1/responses");
+        assert_eq!(up.headers["api-key"], "az");
+        let body: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(body["model"], "dep-1");
+        az.responses = ResponsesMode::Chat;
+        let up = build_for(&az, &create, Some("dep-1"), "az").unwrap();
+        assert_eq!(
+            up.url,
+            "https://res.openai.azure.com/openai/deployments/dep-1/chat/completions?api-version=2024-10-21"
+        );
+    }
+
+    #[test]
+    fn a_translated_responses_request_is_refused_naming_what_cannot_cross() {
+        let anthropic = Provider::new(provider(ProviderKind::Anthropic));
+        let stateful = request(
+            "responses",
+            r#"{"model":"m","input":"hi","previous_response_id":"resp_1"}"#,
+        );
+        let refusal = anthropic.prepare(&stateful, &target("c")).unwrap_err();
+        assert_eq!(refusal.param.as_deref(), Some("previous_response_id"));
+        let json = request(
+            "responses",
+            r#"{"model":"m","input":"hi","text":{"format":{"type":"json_schema","name":"x","schema":{"type":"object"}}}}"#,
+        );
+        let refusal = anthropic.prepare(&json, &target("c")).unwrap_err();
+        assert_eq!(refusal.param.as_deref(), Some("text.format"));
+        // A chat target honors the format as `response_format`.
+        let mut chat = provider(ProviderKind::OpenAi);
+        chat.responses = ResponsesMode::Chat;
+        let body = Provider::new(chat).prepare(&json, &target("c")).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["response_format"]["type"], "json_schema");
+    }
+
+    #[test]
+    fn translated_answers_come_back_as_responses_with_the_dropped_tools_named() {
+        let anthropic = Provider::new(provider(ProviderKind::Anthropic));
+        let mut plain = request("responses", CODEX_TURN);
+        plain.stream = false;
+        let message = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[{"type":"tool_use","id":"toolu_1","name":"exec_command","input":{"cmd":"ls"}}],"stop_reason":"tool_use","usage":{"input_tokens":7,"output_tokens":3}}"#;
+        let mut headers = HeaderMap::new();
+        let out = anthropic
+            .translate_answer(&plain, &mut headers, message.as_bytes())
+            .unwrap();
+        let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(out["object"], "response");
+        assert_eq!(out["output"][0]["type"], "function_call");
+        assert_eq!(out["output"][0]["call_id"], "toolu_1");
+        assert_eq!(out["output"][0]["arguments"], r#"{"cmd":"ls"}"#);
+        assert_eq!(out["usage"]["input_tokens"], 7);
+        headers.insert(DROPPED_TOOLS, HeaderValue::from_static("spoofed"));
+        anthropic.answer_headers(&plain, &mut headers);
+        assert_eq!(headers[DROPPED_TOOLS], "web_search");
+        let native = Provider::new(provider(ProviderKind::OpenAi));
+        native.answer_headers(&plain, &mut headers);
+        assert!(headers.get(DROPPED_TOOLS).is_none(), "never the upstream's");
+        // A chat-only server's plain answer.
+        let mut p = provider(ProviderKind::OpenAi);
+        p.responses = ResponsesMode::Chat;
+        let chat = Provider::new(p);
+        assert!(chat.translates_answers(&plain));
+        let answer = r#"{"id":"c1","model":"llama","choices":[{"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}]}"#;
+        let out = chat
+            .translate_answer(&plain, &mut HeaderMap::new(), answer.as_bytes())
+            .unwrap();
+        let out: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(out["output"][0]["content"][0]["text"], "hello");
+        assert!(chat
+            .translate_answer(&plain, &mut HeaderMap::new(), br#"{"error":{}}"#)
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn an_anthropic_stream_becomes_a_responses_stream_at_every_chunking() {
+        use futures_util::StreamExt;
+        let anthropic = Provider::new(provider(ProviderKind::Anthropic));
+        let req = request("responses", CODEX_TURN);
+        let events = [
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[],"usage":{"input_tokens":11,"output_tokens":1}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Running"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"exec_command","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"cmd\":"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"ls\"}"}}"#,
+            r#"{"type":"content_block_stop","index":1}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}}"#,
+            r#"{"type":"message_stop"}"#,
+        ];
+        let mut input = String::new();
+        for e in events {
+            let v: serde_json::Value = serde_json::from_str(e).unwrap();
+            input.push_str(&format!(
+                "event: {}\ndata: {e}\n\n",
+                v["type"].as_str().unwrap()
+            ));
+        }
+        let mut outputs = Vec::new();
+        for size in [1, 2, 7, 64, input.len()] {
+            let pieces: Vec<Result<Bytes, crate::upstream::UpstreamError>> = input
+                .as_bytes()
+                .chunks(size)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            let (first, rest) = anthropic.stream(
+                &req,
+                Bytes::new(),
+                Box::pin(futures_util::stream::iter(pieces)),
+                1 << 20,
+            );
+            let mut out = first.to_vec();
+            let rest: Vec<Bytes> = rest.map(Result::unwrap).collect().await;
+            for b in rest.iter().filter(|b| b.as_ref() != KEEP_ALIVE) {
+                out.extend_from_slice(b);
+            }
+            outputs.push(String::from_utf8(out).unwrap());
+        }
+        assert!(outputs.iter().all(|o| o == &outputs[0]), "{outputs:#?}");
+        let last = outputs[0].trim_end().rsplit("\n\n").next().unwrap();
+        assert!(
+            last.starts_with("event: response.completed\ndata: "),
+            "{last}"
+        );
+        let done: serde_json::Value =
+            serde_json::from_str(last.split_once("data: ").unwrap().1).unwrap();
+        assert_eq!(
+            done["response"]["output"][0]["content"][0]["text"],
+            "Running"
+        );
+        assert_eq!(done["response"]["output"][1]["name"], "exec_command");
+        assert_eq!(
+            done["response"]["output"][1]["arguments"],
+            r#"{"cmd":"ls"}"#
+        );
+        assert_eq!(done["response"]["usage"]["input_tokens"], 11);
+        assert_eq!(done["response"]["usage"]["output_tokens"], 5);
     }
 }

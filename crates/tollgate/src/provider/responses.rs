@@ -5,10 +5,13 @@
 //! named, never sent without it.
 //!
 //! The way back: a chat completion as a Responses `response` object ([`from_chat`]), and a chat
-//! stream's chunks as the Responses events clients parse ([`StreamWriter`]). Not wired into
-//! routing yet (issue 23).
+//! stream's chunks as the Responses events clients parse ([`StreamWriter`], fed by
+//! [`ChatStream`] from the chat stream's bytes). [`super::Provider`] uses them for every target
+//! whose `Serving` is `ResponsesViaChat`.
 
+use crate::sse::{self, SseFramer};
 use serde_json::{json, Map, Value};
+use std::ops::ControlFlow;
 
 /// A Responses request as a Chat Completions body.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +69,9 @@ pub fn to_chat(body: &[u8]) -> Result<ChatRequest, Refused> {
             return Err(Refused::Stateful(stateful));
         }
     }
+    if req.get("background") == Some(&Value::Bool(true)) {
+        return Err(Refused::Stateful("background"));
+    }
     let mut out = Map::new();
     if let Some(model) = req.get("model") {
         out.insert("model".into(), model.clone());
@@ -115,7 +121,13 @@ pub fn to_chat(body: &[u8]) -> Result<ChatRequest, Refused> {
     if let Some(max) = req.get("max_output_tokens").filter(|v| !v.is_null()) {
         out.insert("max_tokens".into(), max.clone());
     }
-    for same in ["temperature", "top_p", "user"] {
+    for same in [
+        "temperature",
+        "top_p",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+    ] {
         if let Some(v) = req.get(same).filter(|v| !v.is_null()) {
             out.insert(same.into(), v.clone());
         }
@@ -264,6 +276,22 @@ fn text_of(parts: &[Value]) -> String {
         })
         .collect::<Vec<_>>()
         .join("")
+}
+
+/// The tools a Responses body names that [`to_chat`] leaves out (by name, else type), read
+/// without parsing the rest of the body: for the answer header.
+pub fn dropped_tools(body: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Tools {
+        #[serde(default)]
+        tools: Option<Vec<Value>>,
+    }
+    let Ok(Tools { tools: Some(tools) }) = serde_json::from_slice::<Tools>(body) else {
+        return Vec::new();
+    };
+    self::tools(Some(&Value::Array(tools)))
+        .map(|(_, dropped)| dropped)
+        .unwrap_or_default()
 }
 
 /// Function tools in the chat shape; every other tool left out, by name.
@@ -442,15 +470,21 @@ pub struct Event {
 impl Event {
     /// As SSE bytes.
     pub fn encode(events: &[Event]) -> bytes::Bytes {
-        let mut out = String::new();
-        for e in events {
-            out.push_str("event: ");
-            out.push_str(e.name);
-            out.push_str("\ndata: ");
-            out.push_str(&e.data.to_string());
-            out.push_str("\n\n");
-        }
+        let mut out = Vec::new();
+        Event::write(events, &mut out);
         bytes::Bytes::from(out)
+    }
+
+    /// Appends them to `out` as SSE.
+    pub fn write(events: &[Event], out: &mut Vec<u8>) {
+        for e in events {
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(e.name.as_bytes());
+            out.extend_from_slice(b"\ndata: ");
+            // Writing a `Value` into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &e.data);
+            out.extend_from_slice(b"\n\n");
+        }
     }
 }
 
@@ -718,6 +752,68 @@ impl StreamWriter {
         let response = json!({"response": self.response(status)});
         out.push(self.event(name, response));
         out
+    }
+}
+
+impl StreamWriter {
+    /// The closing event of a stream the upstream failed after its first output (a chat
+    /// chunk carrying an `error`): `response.failed` with that error. Nothing after it.
+    pub fn fail(&mut self, error: &Value) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.ended {
+            return out;
+        }
+        self.ended = true;
+        let text = |k: &str| error.get(k).and_then(Value::as_str);
+        let code = text("code")
+            .or_else(|| text("type"))
+            .unwrap_or("server_error");
+        let message = text("message").unwrap_or("the upstream failed the stream");
+        let mut response = self.response("failed");
+        response["error"] = json!({"code": code, "message": message});
+        out.push(self.event("response.failed", json!({"response": response})));
+        out
+    }
+}
+
+/// A chat SSE stream's bytes, in any chunking, as Responses SSE events: each `data:` chunk
+/// through a [`StreamWriter`], `[DONE]` as its end, a chunk carrying an `error` (or one that
+/// is not JSON) as `response.failed`.
+#[derive(Debug, Default)]
+pub struct ChatStream {
+    framer: SseFramer,
+    writer: StreamWriter,
+}
+
+impl ChatStream {
+    /// Reads `input`, appending the events it completes to `out`.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let writer = &mut self.writer;
+        self.framer.feed(input, |event| {
+            let data = sse::data(event);
+            let data = data.trim_ascii();
+            let events = match data {
+                b"" => return ControlFlow::Continue(()),
+                b"[DONE]" => writer.finish(),
+                json => match serde_json::from_slice::<Value>(json) {
+                    Ok(chunk) => match chunk.get("error").filter(|e| !e.is_null()) {
+                        Some(error) => writer.fail(error),
+                        None => writer.chunk(&chunk),
+                    },
+                    Err(_) => writer.fail(&json!({
+                        "code": "bad_response",
+                        "message": "the upstream sent an event that is not JSON",
+                    })),
+                },
+            };
+            Event::write(&events, out);
+            ControlFlow::Continue(())
+        });
+    }
+
+    /// Bytes of an unfinished chat event held.
+    pub fn pending(&self) -> usize {
+        self.framer.pending()
     }
 }
 

@@ -54,6 +54,7 @@ fn a_codex_turn_becomes_a_chat_request() {
             "tool_choice": "auto",
             "parallel_tool_calls": false,
             "max_tokens": 4096,
+            "prompt_cache_key": "session-1",
             "reasoning_effort": "high",
             "stream": true,
             "stream_options": {"include_usage": true},
@@ -453,4 +454,159 @@ fn a_stream_cut_by_its_token_limit_ends_incomplete() {
     );
     // A stream that never started writes nothing at its end.
     assert!(StreamWriter::default().finish().is_empty());
+}
+
+/// The chat stream of `chunks` (each a `data:` event, `\r\n` line ends for one of them) then
+/// `[DONE]`, as bytes.
+fn chat_sse(chunks: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let end = if i == 1 { "\r\n\r\n" } else { "\n\n" };
+        out.extend_from_slice(format!("data: {c}{end}").as_bytes());
+    }
+    out.extend_from_slice(b": keep-alive\n\ndata: [DONE]\n\n");
+    out
+}
+
+/// The Responses events `input` reads to, fed in pieces of `size` bytes.
+fn read_in_pieces(input: &[u8], size: usize) -> Vec<u8> {
+    let mut stream = ChatStream::default();
+    let mut out = Vec::new();
+    for piece in input.chunks(size.max(1)) {
+        stream.push(piece, &mut out);
+    }
+    assert_eq!(stream.pending(), 0, "nothing left unread");
+    out
+}
+
+/// `(event name, data)` of SSE bytes, checking each event's name is its data's `type`.
+fn parse_events(sse: &[u8]) -> Vec<(String, Value)> {
+    let text = std::str::from_utf8(sse).unwrap();
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (name, data) = e.split_once('\n').unwrap();
+            let name = name.strip_prefix("event: ").unwrap().to_owned();
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(data["type"], name.as_str());
+            (name, data)
+        })
+        .collect()
+}
+
+#[test]
+fn a_chat_stream_reads_the_same_at_every_chunking() {
+    let chunks = [
+        json!({"id": "c2", "model": "m", "created": 1, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+        json!({"id": "c2", "choices": [{"index": 0, "delta": {"content": "hé "}}]}),
+        json!({"id": "c2", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_9", "type": "function", "function": {"name": "exec_command", "arguments": "{\"cmd\""}}]}}]}),
+        json!({"id": "c2", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":\"ls\"}"}}]}}]}),
+        json!({"id": "c2", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        json!({"id": "c2", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}),
+    ];
+    let input = chat_sse(&chunks);
+    let whole = read_in_pieces(&input, usize::MAX);
+    for size in [1, 2, 7, 64] {
+        assert_eq!(
+            read_in_pieces(&input, size),
+            whole,
+            "pieces of {size} bytes"
+        );
+    }
+    let events = parse_events(&whole);
+    let (last, done) = events.last().unwrap();
+    assert_eq!(last, "response.completed");
+    assert_eq!(done["response"]["output"][0]["content"][0]["text"], "hé ");
+    assert_eq!(
+        done["response"]["output"][1]["arguments"],
+        "{\"cmd\":\"ls\"}"
+    );
+    assert_eq!(done["response"]["usage"]["total_tokens"], 7);
+    for (i, (_, data)) in events.iter().enumerate() {
+        assert_eq!(data["sequence_number"], i);
+    }
+}
+
+#[test]
+fn an_error_chunk_after_output_fails_the_response() {
+    let mut input = chat_sse(&[
+        json!({"id": "c3", "choices": [{"index": 0, "delta": {"content": "par"}}]}),
+        json!({"error": {"message": "overloaded", "type": "server_error", "code": "server_is_overloaded"}}),
+    ]);
+    // Nothing after the failure counts, [DONE] included.
+    input.extend_from_slice(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n");
+    let events = parse_events(&read_in_pieces(&input, 3));
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.starts_with("response.output_text.delta"))
+            .count(),
+        1,
+        "{names:?}"
+    );
+    let (last, failed) = events.last().unwrap();
+    assert_eq!(last, "response.failed");
+    assert_eq!(failed["response"]["status"], "failed");
+    assert_eq!(failed["response"]["error"]["code"], "server_is_overloaded");
+    assert_eq!(failed["response"]["error"]["message"], "overloaded");
+
+    let garbage = b"data: {\"id\":\"c4\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {not json\n\n";
+    let events = parse_events(&read_in_pieces(garbage, 5));
+    assert_eq!(events.last().unwrap().0, "response.failed");
+}
+
+#[test]
+fn the_dropped_tools_are_named_without_reading_the_rest() {
+    let body = json!({"model": "m", "input": [{"role": "user", "content": "hi"}], "tools": [
+        {"type": "function", "name": "exec_command", "parameters": {}},
+        {"type": "web_search"},
+        {"type": "custom", "name": "apply_patch"},
+    ]});
+    assert_eq!(
+        dropped_tools(body.to_string().as_bytes()),
+        ["web_search", "apply_patch"]
+    );
+    assert!(dropped_tools(b"{\"input\":\"hi\"}").is_empty());
+    assert!(dropped_tools(b"not json").is_empty());
+}
+
+#[test]
+fn the_remaining_rows_translate_drop_or_refuse() {
+    let out = chat(json!({
+        "model": "m",
+        "input": [
+            {"type": "message", "role": "system", "content": "sys"},
+            {"role": "user", "content": "go"},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_text", "text": "o"}, {"type": "input_text", "text": "k"}]},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+        ],
+        "tools": [{"type": "function", "name": "f"}],
+        "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "f"}]},
+        "safety_identifier": "hash-1",
+        "metadata": {"k": "v"},
+        "service_tier": "flex",
+        "truncation": "auto",
+        "top_logprobs": 2,
+        "store": true,
+    }));
+    assert_eq!(
+        out.body,
+        json!({
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "sys"},
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": "auto",
+            "safety_identifier": "hash-1",
+        })
+    );
+    let refused = to_chat(br#"{"model":"m","input":"x","background":true}"#).unwrap_err();
+    assert_eq!(refused.param(), "background");
 }
