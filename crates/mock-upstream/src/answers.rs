@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::faults;
 use crate::sse::{self, StreamKind, StreamSpec};
+use crate::{chat, tools::Reply};
 
 /// A computed answer before faults shape how it is sent.
 pub(crate) struct Answer {
@@ -38,15 +39,30 @@ impl Answer {
         Answer::json(status, &faults::error_envelope(message, kind, None))
     }
 }
+
+/// The text of every route's usual answer (streamed chat and completions send `tok{i} `
+/// instead).
+pub(crate) const DEFAULT_TEXT: &str = "Hello from mock";
+
 /// Per-request settings after header overrides.
 pub(crate) struct Knobs {
     pub(crate) seq: u64,
+    /// The bound port: with `seq`, it makes ids unique across the servers of a test.
+    pub(crate) port: u16,
     pub(crate) chunks: usize,
     pub(crate) chunk_delay: Duration,
     pub(crate) prompt_tokens: usize,
     /// Report `u64::MAX` tokens in every usage object (`Fault::HugeUsage`).
     pub(crate) huge_usage: bool,
 }
+
+impl Knobs {
+    /// `<port>_<seq>`, the tail of ids that must not repeat across servers (`resp_…`, `call_…`).
+    pub(crate) fn tag(&self) -> String {
+        format!("{}_{}", self.port, self.seq)
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -76,36 +92,39 @@ fn model_of(request: &serde_json::Map<String, Value>) -> String {
         .to_owned()
 }
 
-/// Chat completions and legacy completions, plain or streamed.
+/// Chat completions and legacy completions, plain or streamed. A chat request in Codex's tool
+/// round trip gets its answer from [`chat::answer`].
 pub(crate) fn completion(body: &Bytes, knobs: &Knobs, kind: StreamKind) -> Answer {
     let request = match parse_object(body) {
         Ok(request) => request,
         Err(answer) => return answer,
     };
-    let (id, created, model) = (
-        match kind {
+    let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
+    let include_usage = request
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    let spec = StreamSpec {
+        kind,
+        id: match kind {
             StreamKind::Chat => format!("chatcmpl-mock-{}", knobs.seq),
             StreamKind::Completion => format!("cmpl-mock-{}", knobs.seq),
         },
-        unix_now(),
-        model_of(&request),
-    );
-    if request.get("stream").and_then(Value::as_bool) == Some(true) {
-        let include_usage = request
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            == Some(true);
-        let spec = StreamSpec {
-            kind,
-            id,
-            created,
-            model,
-            chunks: knobs.chunks,
-            include_usage,
-            prompt_tokens: knobs.prompt_tokens,
-            huge_usage: knobs.huge_usage,
-        };
+        created: unix_now(),
+        model: model_of(&request),
+        chunks: knobs.chunks,
+        include_usage,
+        prompt_tokens: knobs.prompt_tokens,
+        huge_usage: knobs.huge_usage,
+    };
+    if kind == StreamKind::Chat {
+        match chat::reply_for(&request) {
+            Reply::Default => {}
+            reply => return chat::answer(&spec, reply, &knobs.tag(), stream),
+        }
+    }
+    if stream {
         return Answer {
             status: StatusCode::OK,
             content_type: "text/event-stream",
@@ -118,21 +137,21 @@ pub(crate) fn completion(body: &Bytes, knobs: &Knobs, kind: StreamKind) -> Answe
             "chat.completion",
             json!({
                 "index": 0,
-                "message": { "role": "assistant", "content": "Hello from mock" },
+                "message": { "role": "assistant", "content": DEFAULT_TEXT },
                 "logprobs": null,
                 "finish_reason": "stop",
             }),
         ),
         StreamKind::Completion => (
             "text_completion",
-            json!({ "text": "Hello from mock", "index": 0, "logprobs": null, "finish_reason": "stop" }),
+            json!({ "text": DEFAULT_TEXT, "index": 0, "logprobs": null, "finish_reason": "stop" }),
         ),
     };
     let value = json!({
-        "id": id,
+        "id": spec.id,
         "object": object,
-        "created": created,
-        "model": model,
+        "created": spec.created,
+        "model": spec.model,
         "choices": [choice],
         "usage": if knobs.huge_usage {
             sse::huge_usage()
@@ -206,6 +225,7 @@ mod tests {
     fn embeddings_count_inputs() {
         let knobs = Knobs {
             seq: 1,
+            port: 1,
             chunks: 1,
             chunk_delay: Duration::ZERO,
             prompt_tokens: 1,

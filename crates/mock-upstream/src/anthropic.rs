@@ -9,10 +9,26 @@
 //! starting with `user`, a tool's `input_schema.type` is not `"object"`, or
 //! `temperature`/`top_p`/`top_k` is sent with version `2026-10-21` (or later).
 //!
-//! A valid request gets a `text` block `"Hello from mock"` (streamed as
-//! `tok0 `, `tok1 `, ... deltas); when it has `tools` and its last user
-//! message contains "use a tool", a `tool_use` block calling the first tool
-//! with `{"city":"Paris"}` instead.
+//! A valid request gets one content block (`answer`), chosen from its last
+//! `user` message:
+//!
+//! - with `tool_result` blocks: a `text` block `"tool said: <content>"` (each
+//!   result's content a string or text blocks, joined), streamed as a few
+//!   `text_delta`s;
+//! - text containing [`crate::TOOL_MARKER`] and `tools` with one named
+//!   `exec_command` (else `shell`): a `tool_use` block (`id`
+//!   `toolu_<port>_<n>`) whose `input` is `{"cmd":"echo tollgate-tool-ok"}`
+//!   (for `shell`, `{"command":["echo","tollgate-tool-ok"]}`), `stop_reason`
+//!   `tool_use`; streamed, its `input_json_delta`s are an empty piece and then
+//!   at least 2 pieces of that JSON. Without either tool, a `text` block saying
+//!   so. This is Codex CLI's tool round trip (crate docs);
+//! - otherwise, when the request has `tools` and the message contains "use a
+//!   tool": a `tool_use` block (`id` `toolu_mock_1`) calling the first tool with
+//!   `{"city":"Paris"}`, streamed as `""`, `{"city": `, `"Paris"}`;
+//! - anything else: a `text` block `"Hello from mock"`, streamed as `tok0 `,
+//!   `tok1 `, ... deltas.
+//!
+//! `usage.output_tokens` is the chunk count in every case.
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -40,9 +56,6 @@ pub(crate) const ALLOWED_FIELDS: &[&str] = &[
 
 /// The first API version that rejects sampling parameters.
 const SAMPLING_REJECTED_FROM: &str = "2026-10-21";
-
-/// The text that makes a request with tools get a `tool_use` answer.
-const TOOL_TRIGGER: &str = "use a tool";
 
 /// `{"type":"error","error":{"type","message"},"request_id"}`.
 pub(crate) fn error_body(kind: &str, message: &str) -> Value {
@@ -114,27 +127,7 @@ pub(crate) fn messages(body: &Bytes, version: Option<&str>, knobs: &Knobs) -> An
     if let Err(message) = validate(&request, version) {
         return invalid(&message);
     }
-    let spec = Spec {
-        id: format!("msg_mock_{}", knobs.seq),
-        model: request
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        tool: tool_to_call(&request),
-        chunks: knobs.chunks,
-        input_tokens: knobs.prompt_tokens,
-    };
-    if request.get("stream").and_then(Value::as_bool) == Some(true) {
-        Answer {
-            status: StatusCode::OK,
-            content_type: "text/event-stream",
-            pieces: stream_events(&spec),
-            streaming: true,
-        }
-    } else {
-        Answer::json(StatusCode::OK, &message(&spec))
-    }
+    answer::answer(&request, knobs)
 }
 
 /// Checks a request like the real API; the error names the offending field.
@@ -223,126 +216,7 @@ fn validate_tools(tools: Option<&Value>) -> Result<(), String> {
     Ok(())
 }
 
-/// The first tool's name, when the request has tools and its last user message
-/// asks to "use a tool".
-fn tool_to_call(request: &Map<String, Value>) -> Option<String> {
-    let first_tool = request.get("tools")?.get(0)?.get("name")?.as_str()?;
-    let last_user = request
-        .get("messages")?
-        .as_array()?
-        .iter()
-        .rev()
-        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
-    let asks = match last_user.get("content")? {
-        Value::String(text) => text.contains(TOOL_TRIGGER),
-        Value::Array(blocks) => blocks.iter().any(|b| {
-            b.get("type").and_then(Value::as_str) == Some("text")
-                && b.get("text")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| t.contains(TOOL_TRIGGER))
-        }),
-        _ => false,
-    };
-    asks.then(|| first_tool.to_owned())
-}
-
-/// What one answer says, plain or streamed.
-struct Spec {
-    id: String,
-    model: String,
-    /// `Some(name)`: answer with a `tool_use` block for this tool.
-    tool: Option<String>,
-    chunks: usize,
-    input_tokens: usize,
-}
-
-impl Spec {
-    fn stop_reason(&self) -> &'static str {
-        if self.tool.is_some() {
-            "tool_use"
-        } else {
-            "end_turn"
-        }
-    }
-}
-
-const TOOL_USE_ID: &str = "toolu_mock_1";
-
-/// The plain `message` answer.
-fn message(spec: &Spec) -> Value {
-    let block = match &spec.tool {
-        Some(name) => json!({
-            "type": "tool_use", "id": TOOL_USE_ID, "name": name, "input": { "city": "Paris" },
-        }),
-        None => json!({ "type": "text", "text": "Hello from mock" }),
-    };
-    json!({
-        "id": spec.id,
-        "type": "message",
-        "role": "assistant",
-        "model": spec.model,
-        "content": [block],
-        "stop_reason": spec.stop_reason(),
-        "stop_sequence": null,
-        "usage": { "input_tokens": spec.input_tokens, "output_tokens": spec.chunks },
-    })
-}
-
-/// The named events of a streamed answer, in the real API's order.
-fn stream_events(spec: &Spec) -> Vec<Bytes> {
-    let mut events = Vec::with_capacity(spec.chunks + 7);
-    let start = json!({
-        "id": spec.id, "type": "message", "role": "assistant", "model": spec.model,
-        "content": [], "stop_reason": null, "stop_sequence": null,
-        "usage": { "input_tokens": spec.input_tokens, "output_tokens": 1 },
-    });
-    events.push(event("message_start", json!({ "message": start })));
-    let (block, deltas) = match &spec.tool {
-        Some(name) => (
-            json!({ "type": "tool_use", "id": TOOL_USE_ID, "name": name, "input": {} }),
-            // Like the real API: an empty first piece, then the JSON in pieces.
-            ["", r#"{"city": "#, r#""Paris"}"#]
-                .iter()
-                .map(|p| json!({ "type": "input_json_delta", "partial_json": p }))
-                .collect::<Vec<_>>(),
-        ),
-        None => (
-            json!({ "type": "text", "text": "" }),
-            (0..spec.chunks)
-                .map(|i| json!({ "type": "text_delta", "text": format!("tok{i} ") }))
-                .collect(),
-        ),
-    };
-    events.push(event(
-        "content_block_start",
-        json!({ "index": 0, "content_block": block }),
-    ));
-    events.push(event("ping", json!({})));
-    for delta in deltas {
-        events.push(event(
-            "content_block_delta",
-            json!({ "index": 0, "delta": delta }),
-        ));
-    }
-    events.push(event("content_block_stop", json!({ "index": 0 })));
-    events.push(event(
-        "message_delta",
-        json!({
-            "delta": { "stop_reason": spec.stop_reason(), "stop_sequence": null },
-            "usage": { "output_tokens": spec.chunks },
-        }),
-    ));
-    events.push(event("message_stop", json!({})));
-    events
-}
-
-/// A named event whose data carries the same name as its `type`.
-fn event(name: &str, mut data: Value) -> Bytes {
-    if let Some(map) = data.as_object_mut() {
-        map.insert("type".to_owned(), Value::from(name));
-    }
-    sse::named_event(name, &data)
-}
+mod answer;
 
 #[cfg(test)]
 mod tests;

@@ -77,8 +77,9 @@ pub enum Fault {
     /// a client must still treat as a failed turn.
     ResponseEndAfter(usize),
     /// Send the body up to its first piece of output (a stream's role-only
-    /// chunk or `response.created` and the first delta; a plain body's first
-    /// half), then wait for `MockHandle::release_holds` before sending the rest.
+    /// chunk or `response.created` and the first delta, or a chat chunk that
+    /// starts a tool call; a plain body's first half), then wait for
+    /// `MockHandle::release_holds` before sending the rest.
     HoldAfterFirst,
     /// Send nothing, not even headers, until `MockHandle::release_holds` (then answer
     /// normally) or until the client hangs up: an upstream that took the request and went

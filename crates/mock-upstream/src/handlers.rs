@@ -42,6 +42,9 @@ pub(crate) enum Route {
     ResponseGet,
     /// `DELETE /v1/responses/{id}`.
     ResponseDelete,
+    /// Any of the three above on a server without the Responses API
+    /// ([`crate::MockConfig::responses_api`] off).
+    NoResponses,
     Embeddings,
     Models,
     Speech,
@@ -133,7 +136,14 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 /// The one axum handler behind every path.
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let route = route(&parts.method, parts.uri.path());
+    let route = match route(&parts.method, parts.uri.path()) {
+        Route::Responses | Route::ResponseGet | Route::ResponseDelete
+            if !shared.config.responses_api =>
+        {
+            Route::NoResponses
+        }
+        route => route,
+    };
     let dialect = route.dialect();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
@@ -168,6 +178,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     let (fault, gzip) = unwrap_gzip(fault);
     let mut knobs = Knobs {
         seq,
+        port: shared.port,
         chunks: header_u64(&parts.headers, "x-mock-chunks").map_or(shared.config.chunks, |n| {
             usize::try_from(n).unwrap_or(usize::MAX)
         }),
@@ -242,6 +253,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         Route::Responses => responses::create(&body, key, &knobs, &shared, fault),
         Route::ResponseGet => (responses::retrieve(&shared, key, id), fault),
         Route::ResponseDelete => (responses::delete(&shared, key, id), fault),
+        Route::NoResponses => (responses::unsupported(&method, &path), fault),
         Route::Chat => (answers::completion(&body, &knobs, StreamKind::Chat), fault),
         Route::Messages => (
             anthropic::messages(&body, version.as_deref(), &knobs),

@@ -19,7 +19,10 @@
 //! | `POST /v1/audio/speech`      | 1024 bytes of `audio/mpeg`                             |
 //! | anything else                | `{"object": "mock.echo", ...}`                         |
 //!
-//! Routes match on path suffix, so Azure-style deployment paths work too.
+//! Routes match on path suffix, so Azure-style deployment paths work too. The
+//! three `responses` routes exist only while [`MockConfig::responses_api`] is on
+//! (the default); see "The Responses API". Chat completions, Anthropic messages
+//! and the Responses API all play Codex CLI's tool round trip (next sections).
 //!
 //! `/v1/messages` speaks Anthropic's dialect and validates strictly like the
 //! real API (an `anthropic-version` header, `max_tokens`, alternating
@@ -28,12 +31,65 @@
 //! `invalid_request_error` otherwise. Faults there are Anthropic-shaped:
 //! [`Fault::status`] bodies (`529` → `overloaded_error`, `429` →
 //! `rate_limit_error`, `401` → `authentication_error`...) and an
-//! `event: error` for [`Fault::StreamErrorFirst`]. A request with `tools`
-//! whose last user message says "use a tool" gets a `tool_use` answer.
+//! `event: error` for [`Fault::StreamErrorFirst`]. Outside the tool round trip,
+//! a request with `tools` whose last user message says "use a tool" gets a
+//! `tool_use` answer calling its first tool with `{"city":"Paris"}`.
+//!
+//! # Codex's tool round trip
+//!
+//! Chat completions, Anthropic messages and the Responses API answer Codex
+//! CLI's tool round trip alike, so Codex can be run through a gateway that
+//! translates its Responses requests into either of the others. The request's
+//! last turn decides:
+//!
+//! - **a tool's output**: a text answer `"tool said: <output>"`. That is, on
+//!   Responses, a last input item `function_call_output` (a list-shaped output
+//!   is the `text` of its parts); on chat, a last message with role `tool`
+//!   (content a string, or the `text` of its parts joined); on Anthropic, a last
+//!   `user` message with `tool_result` blocks (their content a string or text
+//!   blocks, joined);
+//! - **a user message containing [`TOOL_MARKER`]** (`TOLLGATE_TOOL`, in string
+//!   content or text parts) whose `tools` offer a function named `exec_command`
+//!   (Codex CLI's shell tool): a call to it with the input
+//!   `{"cmd":"echo tollgate-tool-ok"}`; failing that, a function named `shell`:
+//!   a call with `{"command":["echo","tollgate-tool-ok"]}`. Tool names are read
+//!   leniently: `{"name"}` (Responses, Anthropic), the chat shape
+//!   `{"function": {"name"}}`, or inside a group's `tools`. [`TOOL_OUTPUT`] is
+//!   what the command prints. The marker without either tool gets a text answer
+//!   saying so;
+//! - anything else: the route's usual answer ("Hello from mock").
+//!
+//! A text or a call's arguments are streamed in `x-mock-chunks` /
+//! [`MockConfig::chunks`] pieces (at most one per character), arguments in at
+//! least 2. Each route says it in its own shape:
+//!
+//! - **Responses**: a `function_call` or `message` output item (next section);
+//! - **chat completions**: a call is the message
+//!   `{"role":"assistant","content":null,"tool_calls":[{"id":"call_<port>_<n>",
+//!   "type":"function","function":{"name","arguments"}}]}` (`arguments` a JSON
+//!   string) with `finish_reason: "tool_calls"`, a text the message's
+//!   `content` with `"stop"`; `completion_tokens` counts the pieces. Streamed in
+//!   OpenAI's order: a first chunk whose delta has the role, `content: null` and
+//!   the call (`index` 0, `id`, `type`, `function.name`, empty
+//!   `function.arguments`), or for a text `{"role":"assistant","content":""}`;
+//!   one chunk per piece (`{"tool_calls":[{"index":0,"function":{"arguments"}}]}`
+//!   or `{"content"}`); a chunk with an empty delta and the finish reason; the
+//!   usage chunk if `stream_options.include_usage`; `[DONE]`;
+//! - **Anthropic messages**: a call is one `tool_use` block (`id`
+//!   `toolu_<port>_<n>`, `name`, `input` the object above) with
+//!   `stop_reason: "tool_use"`, streamed as `input_json_delta`s (an empty piece,
+//!   then the pieces of that JSON); a text is one `text` block with `end_turn`,
+//!   streamed as `text_delta`s.
 //!
 //! # The Responses API
 //!
-//! `/v1/responses` speaks OpenAI's Responses API as Codex CLI uses it.
+//! `/v1/responses` speaks OpenAI's Responses API as Codex CLI uses it. With
+//! [`MockConfig::responses_api`] off, the server has none (like vLLM or Ollama
+//! without it): `POST .../responses` and `GET`/`DELETE .../responses/{id}`
+//! answer 404 with type `invalid_request_error`, null `param`, code
+//! `unknown_url` and a message ending in
+//! `this server has no Responses API (mock)`; they are still recorded and take
+//! faults like any request.
 //!
 //! **`POST /v1/responses`** needs a JSON object with a `model` (else 400
 //! `missing_required_parameter`). `input` is read leniently: a string, or a list
@@ -45,22 +101,13 @@
 //! (`input_tokens` = request body bytes / 4,
 //! `input_tokens_details.cached_tokens`, `output_tokens` = the number of
 //! deltas, `output_tokens_details.reasoning_tokens` = 0, `total_tokens`). The
-//! output item depends on the request:
+//! output item is what the tool round trip decides (the last input item is the
+//! turn; `input` a string is a user message):
 //!
-//! - last input item a `function_call_output`: a `message` whose text is
-//!   `"tool said: <output>"` (a list-shaped output is the `text` of its parts);
-//! - last input item a user message (or `input` a string) containing
-//!   [`TOOL_MARKER`] (`TOLLGATE_TOOL`), and `tools` has a function named
-//!   `exec_command` (Codex CLI's shell tool; also found in the chat shape
-//!   `{"function": {"name"}}` or inside a group's `tools`): a `function_call`
-//!   item (`id` `fc_<port>_<n>`, `call_id` `call_<port>_<n>`, `name`
-//!   `exec_command`, `arguments` `{"cmd":"echo tollgate-tool-ok"}`, a JSON
-//!   string); failing that, a function named `shell`: the same with
-//!   `arguments` `{"command":["echo","tollgate-tool-ok"]}`. [`TOOL_OUTPUT`] is
-//!   what the command prints. The marker without either tool gets a message
-//!   saying so;
-//! - anything else: a `message` (`id` `msg_<port>_<n>`) with one `output_text`
-//!   part `"Hello from mock"`.
+//! - a call: a `function_call` item (`id` `fc_<port>_<n>`, `call_id`
+//!   `call_<port>_<n>`, the `name`, `arguments` the input as a JSON string);
+//! - a text: a `message` (`id` `msg_<port>_<n>`) with one `output_text` part,
+//!   `"Hello from mock"` by default.
 //!
 //! With `"stream": true` the answer is named SSE events (`event: NAME`, then
 //! `data:` with the same `type` and a `sequence_number` counting from 0), no
@@ -129,6 +176,7 @@
 
 mod answers;
 mod anthropic;
+mod chat;
 mod faults;
 mod gzip;
 mod handlers;
@@ -137,6 +185,7 @@ mod responses;
 mod sse;
 #[cfg(test)]
 mod tests;
+mod tools;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -151,7 +200,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use faults::Fault;
-pub use responses::{TOOL_MARKER, TOOL_OUTPUT};
+pub use tools::{TOOL_MARKER, TOOL_OUTPUT};
 
 /// How the fake upstream answers when no fault applies.
 #[derive(Clone, Debug)]
@@ -166,6 +215,10 @@ pub struct MockConfig {
     /// Keep a [`Recorded`] copy of every request. Default true; benchmarks
     /// turn it off, which makes [`MockHandle::requests`] empty.
     pub record: bool,
+    /// Serve the Responses API. Default true; false makes a chat-only server (like vLLM or
+    /// Ollama without it): every Responses route (`POST .../responses`, `GET` and `DELETE
+    /// .../responses/{id}`) answers 404 with code `unknown_url`, and is still recorded.
+    pub responses_api: bool,
 }
 
 impl Default for MockConfig {
@@ -175,6 +228,7 @@ impl Default for MockConfig {
             chunk_delay: Duration::ZERO,
             response_delay: Duration::ZERO,
             record: true,
+            responses_api: true,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The OpenAI Responses API (`/v1/responses`), what Codex CLI and the Agents SDK speak: reading
-//! the request ([`reply_for`]), the answer plain or streamed (`events`), stored responses and
-//! the prompt cache (`store`), and the Responses faults applied to a stream. The contract (what
-//! each request gets) is in the crate docs, section "The Responses API".
+//! the request's last turn ([`reply_for`]; the tool round trip itself is shared, in
+//! `crate::tools`), the answer plain or streamed (`events`), stored responses and the prompt
+//! cache (`store`), the Responses faults applied to a stream, and the 404 of a server without
+//! this API ([`unsupported`]). The contract (what each request gets) is in the crate docs,
+//! section "The Responses API".
 
 mod events;
 mod store;
@@ -14,27 +16,12 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 
-use crate::answers::{parse_object, Answer, Knobs};
-use crate::faults::Fault;
+use crate::answers::{parse_object, Answer, Knobs, DEFAULT_TEXT};
+use crate::faults::{self, Fault};
+use crate::tools::{self, split_even, text_of, Last, Reply};
 use crate::{sse, Shared};
 use events::{Ending, Output, Turn, Usage};
 pub(crate) use store::Store;
-
-/// The text in a user message that makes a request with a shell tool get a `function_call`.
-pub const TOOL_MARKER: &str = "TOLLGATE_TOOL";
-
-/// What the called command prints: `echo tollgate-tool-ok`.
-pub const TOOL_OUTPUT: &str = "tollgate-tool-ok";
-
-/// The text of an answer that is neither a call nor about a tool's output.
-const DEFAULT_TEXT: &str = "Hello from mock";
-
-/// What an answer says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Reply {
-    Text(String),
-    Call { name: String, arguments: String },
-}
 
 /// Answers `POST /v1/responses`. A stream consumes the Responses faults
 /// ([`Fault::ResponseFailed`], [`Fault::ResponseEndAfter`], and [`Fault::ResponseCutAfter`],
@@ -66,8 +53,11 @@ pub(crate) fn create(
     }
     let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
     let store = request.get("store").and_then(Value::as_bool) != Some(false);
-    let tag = format!("{}_{}", shared.port, knobs.seq);
+    let tag = knobs.tag();
     let output = match reply_for(&request) {
+        Reply::Default => Output::Message {
+            deltas: split_even(DEFAULT_TEXT, knobs.chunks),
+        },
         Reply::Text(text) => Output::Message {
             deltas: split_even(&text, knobs.chunks),
         },
@@ -171,6 +161,15 @@ pub(crate) fn delete(shared: &Shared, key: Option<&str>, id: &str) -> Answer {
     }
 }
 
+/// Answers every Responses route of a server without the Responses API
+/// ([`crate::MockConfig::responses_api`] off): a 404 with code `unknown_url`, as a chat-only
+/// server (vLLM, Ollama) answers.
+pub(crate) fn unsupported(method: &str, path: &str) -> Answer {
+    let message = format!("Invalid URL ({method} {path}): this server has no Responses API (mock)");
+    let error = faults::error_envelope(&message, "invalid_request_error", Some("unknown_url"));
+    Answer::json(StatusCode::NOT_FOUND, &error)
+}
+
 /// The single event of [`Fault::StreamErrorFirst`] on a Responses stream.
 pub(crate) fn stream_error_event() -> Bytes {
     let error = json!({
@@ -183,34 +182,14 @@ pub(crate) fn stream_error_event() -> Bytes {
     sse::named_event("error", &error)
 }
 
-/// What the request gets: see the module docs.
+/// What the request gets: see the crate docs. The last `input` item is the turn that counts.
 pub(crate) fn reply_for(request: &Map<String, Value>) -> Reply {
     let last = match request.get("input") {
-        Some(Value::String(text)) => Some(Last::UserText(text.clone())),
-        Some(Value::Array(items)) => items.last().map(last_item),
-        _ => None,
+        Some(Value::String(text)) => Last::UserText(text.clone()),
+        Some(Value::Array(items)) => items.last().map_or(Last::Other, last_item),
+        _ => Last::Other,
     };
-    match last {
-        Some(Last::ToolOutput(output)) => Reply::Text(format!("tool said: {output}")),
-        Some(Last::UserText(text)) if text.contains(TOOL_MARKER) => match shell_tool(request) {
-            Some(name) => Reply::Call {
-                arguments: tool_arguments(name),
-                name: name.to_owned(),
-            },
-            None => Reply::Text(format!(
-                "{TOOL_MARKER} asks for a tool call, but the request has no `exec_command` or \
-                 `shell` function tool."
-            )),
-        },
-        _ => Reply::Text(DEFAULT_TEXT.to_owned()),
-    }
-}
-
-/// What the last `input` item is, as far as the answer cares.
-enum Last {
-    UserText(String),
-    ToolOutput(String),
-    Other,
+    tools::reply(last, request.get("tools"))
 }
 
 fn last_item(item: &Value) -> Last {
@@ -225,64 +204,6 @@ fn last_item(item: &Value) -> Last {
         }
         _ => Last::Other,
     }
-}
-
-/// The text of a content value: a string, or the `text` of every part of a list, joined.
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(text) => text.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|part| part.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-/// `exec_command` if the request offers it as a function tool, else `shell`, else `None`.
-/// Tools are read leniently: `{"type":"function","name"}`, the chat shape `{"function":
-/// {"name"}}`, and tools nested in a group's `tools`.
-fn shell_tool(request: &Map<String, Value>) -> Option<&'static str> {
-    let mut names = Vec::new();
-    tool_names(request.get("tools"), &mut names);
-    ["exec_command", "shell"]
-        .into_iter()
-        .find(|wanted| names.contains(wanted))
-}
-
-fn tool_names<'a>(tools: Option<&'a Value>, names: &mut Vec<&'a str>) {
-    for tool in tools.and_then(Value::as_array).into_iter().flatten() {
-        let name = tool
-            .get("name")
-            .or_else(|| tool.pointer("/function/name"))
-            .and_then(Value::as_str);
-        names.extend(name);
-        tool_names(tool.get("tools"), names);
-    }
-}
-
-/// The arguments of the call to `name`: Codex's `exec_command` takes `cmd`, `shell` an argv.
-fn tool_arguments(name: &str) -> String {
-    let arguments = if name == "shell" {
-        json!({ "command": ["echo", TOOL_OUTPUT] })
-    } else {
-        json!({ "cmd": format!("echo {TOOL_OUTPUT}") })
-    };
-    arguments.to_string()
-}
-
-/// `text` in `n` pieces of nearly equal length (at most one per character, at least one).
-pub(crate) fn split_even(text: &str, n: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let n = n.clamp(1, chars.len().max(1));
-    (0..n)
-        .map(|i| {
-            let (from, to) = (i * chars.len() / n, (i + 1) * chars.len() / n);
-            chars[from..to].iter().collect()
-        })
-        .collect()
 }
 
 /// `{"error": {"message", "type": "invalid_request_error", "param", "code": null}}`.

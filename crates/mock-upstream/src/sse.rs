@@ -88,23 +88,34 @@ pub(crate) fn stream_events(spec: &StreamSpec) -> Vec<Bytes> {
                 "text": format!("tok{i} "), "index": 0, "logprobs": null, "finish_reason": finish
             }),
         };
-        let mut chunk = envelope(spec, vec![choice]);
-        if spec.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        events.push(data_event(&chunk));
+        events.push(chunk_event(spec, choice));
     }
-    if spec.include_usage {
-        let mut chunk = envelope(spec, Vec::new());
-        chunk["usage"] = if spec.huge_usage {
-            huge_usage()
-        } else {
-            usage(spec.prompt_tokens, spec.chunks)
-        };
-        events.push(data_event(&chunk));
-    }
+    events.extend(usage_event(spec, spec.chunks));
     events.push(done_event());
     events
+}
+
+/// One chunk with a single choice (`"usage": null` when the stream reports usage).
+pub(crate) fn chunk_event(spec: &StreamSpec, choice: Value) -> Bytes {
+    let mut chunk = envelope(spec, vec![choice]);
+    if spec.include_usage {
+        chunk["usage"] = Value::Null;
+    }
+    data_event(&chunk)
+}
+
+/// The final `choices: []` chunk carrying the usage, when the stream reports it.
+pub(crate) fn usage_event(spec: &StreamSpec, completion_tokens: usize) -> Option<Bytes> {
+    if !spec.include_usage {
+        return None;
+    }
+    let mut chunk = envelope(spec, Vec::new());
+    chunk["usage"] = if spec.huge_usage {
+        huge_usage()
+    } else {
+        usage(spec.prompt_tokens, completion_tokens)
+    };
+    Some(data_event(&chunk))
 }
 
 fn envelope(spec: &StreamSpec, choices: Vec<Value>) -> Value {
@@ -140,6 +151,27 @@ pub(crate) fn huge_usage() -> Value {
     })
 }
 
+/// Whether `piece` is a chat chunk (`data: {...}`) whose delta has text or a tool call.
+fn chat_chunk_has_output(piece: &Bytes) -> bool {
+    let Some(data) = piece.strip_prefix(b"data: ") else {
+        return false;
+    };
+    let Ok(chunk) = serde_json::from_slice::<Value>(data.trim_ascii_end()) else {
+        return false;
+    };
+    let output = |delta: &Value| {
+        delta["content"]
+            .as_str()
+            .is_some_and(|text| !text.is_empty())
+            || delta["tool_calls"]
+                .as_array()
+                .is_some_and(|calls| !calls.is_empty())
+    };
+    chunk["choices"]
+        .as_array()
+        .is_some_and(|choices| choices.iter().any(|choice| output(&choice["delta"])))
+}
+
 /// Sends a list of body pieces with optional delay, hold and break.
 #[derive(Debug)]
 pub(crate) struct Pieces {
@@ -173,8 +205,7 @@ impl Pieces {
     /// `hold` sees a value newer than the one it was subscribed at. A body without such a
     /// piece (a plain answer cut in two) holds after its first piece.
     pub(crate) fn hold_after_first(mut self, hold: watch::Receiver<u64>) -> Pieces {
-        const OUTPUT: [&[u8]; 5] = [
-            b"\"content\":\"tok",
+        const OUTPUT: [&[u8]; 4] = [
             b"\"text\":\"tok",
             b"output_text.delta",
             b"function_call_arguments.delta",
@@ -184,6 +215,7 @@ impl Pieces {
             OUTPUT
                 .iter()
                 .any(|m| piece.windows(m.len()).any(|w| w == *m))
+                || chat_chunk_has_output(piece)
         };
         self.hold_at = self
             .pieces

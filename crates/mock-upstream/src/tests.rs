@@ -2,6 +2,7 @@
 //! client (this crate has no HTTP client dependency).
 
 mod anthropic;
+mod chat;
 mod faults;
 mod responses;
 

@@ -1,6 +1,8 @@
 //! Validation rules, the tool trigger and error bodies, without a socket.
 
+use super::answer::{answer, last_user_turn, tool_to_call};
 use super::*;
+use crate::tools::Last;
 
 fn valid() -> Map<String, Value> {
     let value = json!({
@@ -166,6 +168,57 @@ fn tool_answer_needs_tools_and_the_trigger_in_the_last_user_message() {
         json!([{ "role": "user", "content": [{ "type": "text", "text": "please use a tool" }] }]),
     );
     assert_eq!(tool_to_call(&request).as_deref(), Some("get_weather"));
+}
+
+#[test]
+fn the_last_user_turn_is_its_tool_results_else_its_text() {
+    let with = |messages: Value| {
+        let mut request = valid();
+        request.insert("messages".into(), messages);
+        last_user_turn(&request)
+    };
+    assert_eq!(last_user_turn(&valid()), Last::UserText("again".into()));
+    let results = json!([
+        { "role": "user", "content": "go" },
+        { "role": "assistant", "content": [{ "type": "tool_use", "id": "t1", "name": "x", "input": {} }] },
+        { "role": "user", "content": [
+            { "type": "tool_result", "tool_use_id": "t1", "content": "one" },
+            { "type": "tool_result", "tool_use_id": "t2", "content": [{ "type": "text", "text": "two" }] },
+        ] },
+    ]);
+    assert_eq!(with(results), Last::ToolOutput("one\ntwo".into()));
+    let blocks = json!([{ "role": "user", "content": [{ "type": "text", "text": "a" }, { "type": "text", "text": "b" }] }]);
+    assert_eq!(with(blocks), Last::UserText("a\nb".into()));
+}
+
+#[test]
+fn the_marker_calls_shell_with_an_argv_and_wins_over_the_trigger() -> serde_json::Result<()> {
+    let knobs = Knobs {
+        seq: 4,
+        port: 9,
+        chunks: 3,
+        chunk_delay: std::time::Duration::ZERO,
+        prompt_tokens: 1,
+        huge_usage: false,
+    };
+    let mut request = valid();
+    request.insert(
+        "tools".into(),
+        json!([{ "name": "get_weather", "input_schema": { "type": "object" } },
+               { "name": "shell", "input_schema": { "type": "object" } }]),
+    );
+    request.insert(
+        "messages".into(),
+        json!([{ "role": "user", "content": "use a tool: TOLLGATE_TOOL" }]),
+    );
+    let v: Value = serde_json::from_slice(&answer(&request, &knobs).pieces[0])?;
+    assert_eq!(
+        v["content"],
+        json!([{ "type": "tool_use", "id": "toolu_9_4", "name": "shell",
+                 "input": { "command": ["echo", "tollgate-tool-ok"] } }])
+    );
+    assert_eq!(v["stop_reason"], "tool_use");
+    Ok(())
 }
 
 #[test]

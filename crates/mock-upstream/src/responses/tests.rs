@@ -2,6 +2,7 @@
 
 use super::events::{stream, Ending, Events};
 use super::*;
+use crate::tools::tool_arguments;
 
 fn object(value: Value) -> Map<String, Value> {
     match value {
@@ -81,19 +82,10 @@ fn split_even_cuts_text_into_nearly_equal_pieces() {
 
 #[test]
 fn a_plain_prompt_gets_the_default_text() {
-    assert_eq!(
-        reply_for(&object(json!({ "input": "hi" }))),
-        Reply::Text(DEFAULT_TEXT.into())
-    );
-    assert_eq!(
-        reply_for(&object(json!({}))),
-        Reply::Text(DEFAULT_TEXT.into())
-    );
+    assert_eq!(reply_for(&object(json!({ "input": "hi" }))), Reply::Default);
+    assert_eq!(reply_for(&object(json!({}))), Reply::Default);
     let after_reasoning = json!({ "input": [user("hi"), { "type": "reasoning", "summary": [] }] });
-    assert_eq!(
-        reply_for(&object(after_reasoning)),
-        Reply::Text(DEFAULT_TEXT.into())
-    );
+    assert_eq!(reply_for(&object(after_reasoning)), Reply::Default);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::{call, parse_reply, read_all, Reply, TestResult};
-use crate::{start, Fault, MockConfig, MockHandle};
+use crate::{start, Fault, MockConfig, MockHandle, TOOL_MARKER, TOOL_OUTPUT};
 
 const PATH: &str = "/v1/messages";
 const HEADERS: [(&str, &str); 2] = [("x-api-key", "ant-1"), ("anthropic-version", "2023-06-01")];
@@ -283,5 +283,96 @@ async fn break_after_cuts_the_event_stream() -> TestResult {
     assert!(!reply.complete, "body must not end cleanly");
     let names: Vec<String> = named_events(&reply)?.into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["message_start", "content_block_start"]);
+    Ok(())
+}
+
+/// A request shaped like a gateway's translation of Codex's: `exec_command` as an Anthropic tool.
+fn codex_request(messages: Value, stream: bool) -> String {
+    body(json!({
+        "stream": stream,
+        "tools": [{ "name": "exec_command", "description": "Runs a command.",
+                    "input_schema": { "type": "object", "properties": { "cmd": { "type": "string" } } } }],
+        "messages": messages,
+    }))
+}
+
+fn ask() -> Value {
+    json!([{ "role": "user", "content": [{ "type": "text", "text": format!("run it {TOOL_MARKER}") }] }])
+}
+
+/// `ask()`, the assistant's `tool_use`, and a user turn with its `tool_result`.
+fn answered(id: &str, content: Value) -> Value {
+    json!([
+        { "role": "user", "content": format!("run it {TOOL_MARKER}") },
+        { "role": "assistant", "content": [{ "type": "tool_use", "id": id, "name": "exec_command",
+                                             "input": { "cmd": "echo tollgate-tool-ok" } }] },
+        { "role": "user", "content": [{ "type": "tool_result", "tool_use_id": id, "content": content }] },
+    ])
+}
+
+#[tokio::test]
+async fn the_marker_gets_an_exec_command_tool_use_and_its_result_is_quoted() -> TestResult {
+    let mock = start(MockConfig::default()).await?;
+    let v = messages(&mock, &HEADERS, &codex_request(ask(), false))
+        .await?
+        .json()?;
+    assert_eq!(v["stop_reason"], "tool_use");
+    let block = &v["content"][0];
+    assert_eq!(
+        (&block["type"], &block["name"]),
+        (&json!("tool_use"), &json!("exec_command"))
+    );
+    assert_eq!(block["input"], json!({ "cmd": "echo tollgate-tool-ok" }));
+    let id = block["id"].as_str().ok_or("no id")?;
+    assert!(id.starts_with("toolu_"), "{id}");
+
+    let output = json!(format!("{TOOL_OUTPUT}\n"));
+    let v = messages(&mock, &HEADERS, &codex_request(answered(id, output), false))
+        .await?
+        .json()?;
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(
+        v["content"],
+        json!([{ "type": "text", "text": format!("tool said: {TOOL_OUTPUT}\n") }])
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_streamed_exec_command_call_and_result_round_trip() -> TestResult {
+    let mock = start(MockConfig::default()).await?;
+    let reply = messages(&mock, &HEADERS, &codex_request(ask(), true)).await?;
+    assert!(reply.complete);
+    let events = named_events(&reply)?;
+    let block = &events[1].1["content_block"];
+    assert_eq!(
+        (&block["type"], &block["name"], &block["input"]),
+        (&json!("tool_use"), &json!("exec_command"), &json!({}))
+    );
+    let pieces: Vec<&str> = events
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(pieces.first(), Some(&""), "an empty first piece");
+    assert!(pieces.len() >= 3, "{pieces:?}");
+    let input: Value = serde_json::from_str(&pieces.concat())?;
+    assert_eq!(input, json!({ "cmd": "echo tollgate-tool-ok" }));
+    let stop = events
+        .iter()
+        .find(|(n, _)| n == "message_delta")
+        .ok_or("no message_delta")?;
+    assert_eq!(stop.1["delta"]["stop_reason"], "tool_use");
+
+    let id = block["id"].as_str().ok_or("no id")?;
+    let output =
+        json!([{ "type": "text", "text": "Output:" }, { "type": "text", "text": TOOL_OUTPUT }]);
+    let reply = messages(&mock, &HEADERS, &codex_request(answered(id, output), true)).await?;
+    let events = named_events(&reply)?;
+    assert_eq!(events[1].1["content_block"]["type"], "text");
+    let text: String = events
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, format!("tool said: Output:\n{TOOL_OUTPUT}"));
     Ok(())
 }
