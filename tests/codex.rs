@@ -241,3 +241,88 @@ async fn the_built_in_provider_falls_back_to_http_after_one_426() {
         gw.logs()
     );
 }
+
+/// A gateway whose model [`MODEL`] has one working target that does not speak the Responses
+/// API: `anthropic` (behind an OpenAI provider answering 503 to everything) or `chat` (a
+/// chat-only OpenAI-compatible server, `responses = "chat"`, whose `/responses` is a 404).
+async fn translating_gateway(target: &str) -> (MockHandle, MockHandle, Gateway) {
+    let openai = mock().await;
+    let other = mock_upstream::start(mock_upstream::MockConfig {
+        responses_api: false,
+        ..mock_upstream::MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let (kind, base_url) = match target {
+        "anthropic" => ("anthropic", format!("http://{}", other.addr())),
+        _ => ("openai\", responses = \"chat", other.base_url()),
+    };
+    let toml = format!(
+        r#"
+providers = [
+  {{ name = "openai", base_url = "{}", keys = [{{ id = "o1", secret = "sk-o1" }}] }},
+  {{ name = "other", kind = "{kind}", base_url = "{base_url}", keys = [{{ id = "t1", secret = "sk-t1" }}] }},
+]
+[retry]
+max_attempts = 1
+base_delay = "1ms"
+[[models]]
+name = "{MODEL}"
+targets = [{{ provider = "openai" }}, {{ provider = "other", model = "target-model", max_tokens = 2048 }}]
+"#,
+        openai.base_url(),
+    );
+    openai.script_always("sk-o1", Fault::status(503));
+    let gw = Gateway::start(&toml, &[]).await;
+    (openai, other, gw)
+}
+
+/// Codex's tool round trip when its model's only working target is `target`: the call comes
+/// back as a Responses `function_call` Codex runs, and its output goes back translated.
+async fn tool_round_trip_through(target: &str, path: &str) {
+    let Some(codex) = codex().await else { return };
+    let (openai, other, gw) = translating_gateway(target).await;
+    let prompt = format!("run the check {TOOL_MARKER}");
+    let run = exec(
+        &codex,
+        &gw.base_url(),
+        "client-key",
+        MODEL,
+        &prompt,
+        &["-s", "danger-full-access"],
+    )
+    .await;
+
+    assert_clean_turn(&run, &gw);
+    assert!(
+        run.stderr.contains("echo tollgate-tool-ok"),
+        "Codex did not run the call:\n{}",
+        run.transcript()
+    );
+    assert!(run.stdout.contains(TOOL_OUTPUT), "{}", run.transcript());
+    let sent: Vec<Value> = other
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(path))
+        .map(json_body)
+        .collect();
+    assert_eq!(sent.len(), 2, "{}", run.transcript());
+    assert!(
+        other.requests().iter().all(|r| r.path.ends_with(path)),
+        "only {path} reached the target"
+    );
+    assert!(!responses_requests(&openai).is_empty());
+    // The second turn carries the call's output back in the target's dialect.
+    let follow_up = sent[1].to_string();
+    assert!(follow_up.contains(TOOL_OUTPUT), "{follow_up}");
+}
+
+#[tokio::test]
+async fn tool_call_round_trip_through_anthropic() {
+    tool_round_trip_through("anthropic", "/v1/messages").await;
+}
+
+#[tokio::test]
+async fn tool_call_round_trip_through_a_chat_only_server() {
+    tool_round_trip_through("chat", "/chat/completions").await;
+}

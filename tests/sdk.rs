@@ -359,7 +359,7 @@ async fn sdk_tool_call_and_its_result_round_trip_through_anthropic() {
     assert_eq!(seen["arguments"], json!([{"city": "Paris"}]), "{seen}");
     let follow_up = &seen["follow_up"];
     assert_eq!(follow_up["headers"]["x-tollgate-provider"], "anthropic");
-    assert_eq!(follow_up["content"], "Hello from mock", "{seen}");
+    assert_eq!(follow_up["content"], "tool said: sunny", "{seen}");
     assert_eq!(follow_up["finish_reason"], "stop");
     assert_eq!(follow_up["tool_calls"], 0);
     assert_eq!(c.counts(), [2, 2, 2], "both calls went down the chain");

@@ -31,7 +31,12 @@ def exception(e):
     }
 
 
-HEADERS = ("x-tollgate-provider", "x-tollgate-key", "x-tollgate-attempts")
+HEADERS = (
+    "x-tollgate-provider",
+    "x-tollgate-key",
+    "x-tollgate-attempts",
+    "x-tollgate-dropped-tools",
+)
 
 
 def headers(raw):
@@ -342,6 +347,71 @@ def responses_sticky():
     return {"keys": keys}
 
 
+# A Responses turn as Codex makes one, for a model whose working target translates it: a
+# function tool and a hosted one (which the translation leaves out), the mock's tool marker.
+TRANSLATED_TOOLS = [
+    {
+        "type": "function",
+        "name": "exec_command",
+        "description": "Runs a shell command.",
+        "parameters": {
+            "type": "object",
+            "properties": {"cmd": {"type": "string"}},
+            "required": ["cmd"],
+        },
+    },
+    {"type": "web_search"},
+]
+TRANSLATED_INPUT = [
+    {"role": "developer", "content": "Answer briefly."},
+    {"role": "user", "content": [{"type": "input_text", "text": "run the check TOLLGATE_TOOL"}]},
+]
+
+
+def translated_turn(c, model, input, stream):
+    """One turn: what came back (the final response, as the SDK parsed it), the gateway's
+    headers, and for a stream every event's type and sequence number."""
+    raw = c.responses.with_raw_response.create(
+        model=model,
+        instructions="You are a test.",
+        input=input,
+        tools=TRANSLATED_TOOLS,
+        store=False,
+        stream=stream,
+    )
+    observed = {"headers": headers(raw), "events": []}
+    if not stream:
+        response = raw.parse()
+    else:
+        response = None
+        for event in raw.parse():
+            observed["events"].append(
+                {"type": event.type, "sequence_number": event.sequence_number}
+            )
+            if event.type in TERMINAL:
+                response = event.response
+    observed["response"] = response.model_dump(exclude_none=True) if response else None
+    observed["text"] = response.output_text if response else None
+    return observed, response
+
+
+def translated(model, stream):
+    """A tool call, then its output sent back as the next turn's `function_call_output`."""
+    c = client()
+    first, response = translated_turn(c, model, TRANSLATED_INPUT, stream)
+    observed = {"exception": None, "first": first}
+    calls = [item for item in (response.output if response else []) if item.type == "function_call"]
+    if not calls:
+        return observed
+    call = calls[0]
+    follow = TRANSLATED_INPUT + [
+        call.model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": call.call_id, "output": "tollgate-tool-ok"},
+    ]
+    observed["second"], _ = translated_turn(c, model, follow, stream)
+    return observed
+
+
 SCENARIOS = {
     "chat": chat,
     "stream": lambda: stream(stream_options=INCLUDE_USAGE),
@@ -358,6 +428,10 @@ SCENARIOS = {
     "responses_stream_manager": responses_stream_manager,
     "responses_usage": responses_usage,
     "responses_sticky": responses_sticky,
+    "translated_anthropic": lambda: translated(CHAIN_MODEL, False),
+    "translated_anthropic_stream": lambda: translated(CHAIN_MODEL, True),
+    "translated_chat": lambda: translated("local", False),
+    "translated_chat_stream": lambda: translated("local", True),
 }
 
 
