@@ -233,6 +233,8 @@ fn label_literals() -> BTreeSet<String> {
                 || before.ends_with(',')
                 || before.ends_with('('))
                 && !index_expr
+                // A lookup (`json.get("error")`) reads a name, it writes no value.
+                && !before.ends_with(".get(")
                 && !after.starts_with([':', '=', '|']);
             if written && !value.is_empty() && value.chars().all(|c| is_ident(c) || c == '-') {
                 out.insert(value.to_owned());
