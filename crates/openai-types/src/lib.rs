@@ -63,9 +63,10 @@ impl ErrorBody {
 /// The fields of a request body that the gateway routes on; everything else is skipped unread.
 #[derive(Debug, Default, Deserialize)]
 pub struct RequestMeta<'a> {
-    /// The model the client asked for.
+    /// The model the client asked for, as its JSON value: where it is in the body (a borrowed
+    /// slice of it), for a rename spliced in place; read it with [`RequestMeta::model_name`].
     #[serde(borrow, default)]
-    pub model: Option<std::borrow::Cow<'a, str>>,
+    pub model: Option<&'a serde_json::value::RawValue>,
     /// Whether the answer is an SSE stream.
     #[serde(default)]
     pub stream: Option<bool>,
@@ -90,6 +91,15 @@ pub struct RequestMeta<'a> {
     /// `store` (Responses API), as sent.
     #[serde(borrow, default)]
     pub store: Option<&'a serde_json::value::RawValue>,
+}
+
+impl RequestMeta<'_> {
+    /// The model the client asked for; an error when `model` is not a string.
+    pub fn model_name(&self) -> Result<Option<String>, serde_json::Error> {
+        self.model
+            .map(|raw| serde_json::from_str::<String>(raw.get()))
+            .transpose()
+    }
 }
 
 /// `stream_options` of a chat or completion request.
@@ -167,7 +177,14 @@ mod tests {
     #[test]
     fn meta_reads_only_routing_fields() {
         let meta: RequestMeta<'_> = serde_json::from_str(r#"{"messages":[{"role":"user","content":"hi"}],"model":"m","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
-        assert_eq!(meta.model.as_deref(), Some("m"));
+        assert_eq!(meta.model_name().unwrap().as_deref(), Some("m"));
+        assert_eq!(meta.model.map(|m| m.get()), Some("\"m\""));
+        let escaped: RequestMeta<'_> = serde_json::from_str(r#"{"model":"g\u0070t"}"#).unwrap();
+        assert_eq!(escaped.model_name().unwrap().as_deref(), Some("gpt"));
+        let number: RequestMeta<'_> = serde_json::from_str(r#"{"model":3}"#).unwrap();
+        assert!(number.model_name().is_err());
+        let null: RequestMeta<'_> = serde_json::from_str(r#"{"model":null}"#).unwrap();
+        assert!(null.model.is_none());
         assert_eq!(meta.stream, Some(true));
         assert_eq!(
             meta.stream_options.and_then(|o| o.include_usage),

@@ -210,7 +210,16 @@ impl LimitShared {
                 Endpoint::ChatCompletions | Endpoint::Completions
             );
             if req.stream && streams_usage && !req.include_usage {
-                if let Some(body) = crate::usage::with_include_usage(&req.body) {
+                // Appended where it can be (the model's place in the body stays known), else
+                // the body re-serialized.
+                let spliced = crate::usage::append_include_usage(&req.body);
+                let body = match spliced {
+                    Some(body) => Some(body),
+                    None => crate::usage::with_include_usage(&req.body).inspect(|_| {
+                        req.model_span = None;
+                    }),
+                };
+                if let Some(body) = body {
                     req.body = body;
                     req.strip_usage = true;
                     req.include_usage = true;
@@ -270,16 +279,20 @@ fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
         ],
     ];
     for (names, level) in NAMES.iter().zip([levels.requests, levels.tokens]) {
-        for name in names {
-            headers.remove(name);
-        }
-        let Some(level) = level else { continue };
         let [limit, remaining, reset] = names;
+        let Some(level) = level else {
+            for name in names {
+                headers.remove(name);
+            }
+            continue;
+        };
+        // `insert` replaces the upstream's value.
         headers.insert(limit.clone(), HeaderValue::from(level.limit));
         headers.insert(remaining.clone(), HeaderValue::from(level.remaining));
-        if let Ok(v) = HeaderValue::try_from(format_go_duration(level.reset)) {
-            headers.insert(reset.clone(), v);
-        }
+        match HeaderValue::try_from(format_go_duration(level.reset)) {
+            Ok(v) => headers.insert(reset.clone(), v),
+            Err(_) => headers.remove(reset),
+        };
     }
 }
 

@@ -28,6 +28,9 @@ pub struct GatewayRequest {
     pub body: Bytes,
     /// `model` from a JSON body.
     pub model: Option<String>,
+    /// Where `model`'s JSON value (quotes included) is in `body`, while `body` is as parsed (or
+    /// only appended to): a rename is spliced there instead of re-serializing the body.
+    pub model_span: Option<std::ops::Range<usize>>,
     /// Index of the configured model `model` names (`None`: pass-through or no model).
     pub model_index: Option<usize>,
     /// `stream: true`.
@@ -75,7 +78,8 @@ impl GatewayRequest {
             query: None,
             headers: HeaderMap::new(),
             credential: None,
-            model: meta.model.map(|m| m.into_owned()),
+            model: meta.model_name().ok().flatten(),
+            model_span: meta.model.map(|raw| span_in(&body, raw.get())),
             model_index: None,
             stream: meta.stream.unwrap_or(false),
             endpoint: Endpoint::from_path(path),
@@ -168,4 +172,20 @@ pub struct Answer {
     pub attempts: u32,
     /// How it was served.
     pub served: Served,
+}
+
+/// Where `part` (a slice borrowed from `body`) lies in `body`.
+pub fn span_in(body: &[u8], part: &str) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+    start..start + part.len()
+}
+
+/// `body` with the bytes at `span` replaced by `value`; `None` when `span` is not in `body`.
+pub fn splice(body: &[u8], span: std::ops::Range<usize>, value: &[u8]) -> Option<Bytes> {
+    let (head, tail) = (body.get(..span.start)?, body.get(span.end..)?);
+    let mut out = Vec::with_capacity(head.len() + value.len() + tail.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(value);
+    out.extend_from_slice(tail);
+    Some(Bytes::from(out))
 }

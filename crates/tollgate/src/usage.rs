@@ -251,6 +251,31 @@ struct Nested {
     usage: Option<Usage>,
 }
 
+/// The body (a JSON object) with `"stream_options":{"include_usage":true}` appended as its last
+/// member, every byte before it unchanged; `None` when that cannot be done safely by a splice:
+/// the body mentions `stream_options` anywhere or holds a `\u` escape (a member name could be
+/// spelled with one), or does not end with the object's `}`. [`with_include_usage`] does those.
+pub fn append_include_usage(body: &[u8]) -> Option<Bytes> {
+    if memchr::memmem::find(body, b"stream_options").is_some()
+        || memchr::memmem::find(body, b"\\u").is_some()
+    {
+        return None;
+    }
+    let (last, head) = body.trim_ascii_end().split_last()?;
+    if *last != b'}' {
+        return None;
+    }
+    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}}"#;
+    let empty = head.trim_ascii_end().ends_with(b"{");
+    let mut out = Vec::with_capacity(head.len() + MEMBER.len() + 1);
+    out.extend_from_slice(head);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(MEMBER);
+    Some(Bytes::from(out))
+}
+
 /// The body with `stream_options.include_usage = true`; `None` when it is not a JSON object.
 pub fn with_include_usage(body: &[u8]) -> Option<Bytes> {
     let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;

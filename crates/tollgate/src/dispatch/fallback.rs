@@ -118,6 +118,7 @@ impl FallbackShared {
                 Fit::Lowered(body) => {
                     fitted = Arc::new(GatewayRequest {
                         body,
+                        model_span: None,
                         ..GatewayRequest::clone(&req)
                     });
                     &fitted

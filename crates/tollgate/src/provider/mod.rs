@@ -378,7 +378,7 @@ fn prepare_body(
             Ok(match (chat, model, req.model.as_deref()) {
                 (Some(chat), _, _) => chat,
                 (None, Some(upstream), Some(asked)) if upstream != asked => {
-                    with_model(&req.body, upstream).unwrap_or_else(|| req.body.clone())
+                    renamed(req, upstream).unwrap_or_else(|| req.body.clone())
                 }
                 _ => req.body.clone(),
             })
@@ -506,6 +506,23 @@ fn build(
     })
 }
 
+/// The body with its `model` renamed: spliced where the value is when its place is known,
+/// else re-serialized; `None` when it is not a JSON object.
+fn renamed(req: &GatewayRequest, model: &str) -> Option<Bytes> {
+    let span = req.model_span.clone().filter(|s| {
+        req.body
+            .get(s.clone())
+            .is_some_and(|v| v.first() == Some(&b'"'))
+    });
+    match span {
+        Some(span) => {
+            let value = serde_json::to_string(model).ok()?;
+            crate::request::splice(&req.body, span, value.as_bytes())
+        }
+        None => with_model(&req.body, model),
+    }
+}
+
 /// The body with its `model` replaced; `None` when it is not a JSON object.
 fn with_model(body: &Bytes, model: &str) -> Option<Bytes> {
     let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
@@ -601,6 +618,34 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
         assert_eq!(body["model"], "real");
         assert_eq!(body["messages"], serde_json::json!([]));
+        // Spliced in place: every other byte as the client sent it.
+        let sent = r#"{ "messages": [ ],  "model" : "al\u0069as", "x": 1.50 }"#;
+        let req = request("chat/completions", sent);
+        assert!(req.model_span.is_some());
+        let up = build_for(
+            &provider(ProviderKind::OpenAi),
+            &req,
+            Some("re\"al"),
+            "sk-1",
+        )
+        .unwrap();
+        assert_eq!(
+            up.body,
+            r#"{ "messages": [ ],  "model" : "re\"al", "x": 1.50 }"#.as_bytes()
+        );
+        // Without a known place (a body rewritten before), the body is re-serialized.
+        let mut moved = req.clone();
+        moved.model_span = Some(0..3);
+        let up = build_for(
+            &provider(ProviderKind::OpenAi),
+            &moved,
+            Some("real"),
+            "sk-1",
+        )
+        .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&up.body).unwrap();
+        assert_eq!(body["model"], "real");
+        assert_eq!(body["x"], 1.5);
     }
 
     #[test]

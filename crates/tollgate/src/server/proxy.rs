@@ -170,6 +170,7 @@ async fn parse(
         path,
         body,
         model: meta.model,
+        model_span: meta.model_span,
         model_index,
         stream: meta.stream,
         endpoint,
@@ -192,6 +193,8 @@ async fn parse(
 #[derive(Default)]
 struct Meta {
     model: Option<String>,
+    /// Where `model`'s value is in the body.
+    model_span: Option<std::ops::Range<usize>>,
     stream: bool,
     include_usage: bool,
     /// The session named by the body (`prompt_cache_key`, else `user` when it counts), hashed.
@@ -246,7 +249,12 @@ async fn parse_meta(
     if is_json && !body.is_empty() && parts.method != Method::GET {
         let parsed: openai_types::RequestMeta<'_> =
             serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
-        meta.model = parsed.model.map(|m| m.into_owned());
+        meta.model = parsed
+            .model_name()
+            .map_err(|e| GatewayError::InvalidJson(format!("`model`: {e}")))?;
+        meta.model_span = parsed
+            .model
+            .map(|raw| crate::request::span_in(body, raw.get()));
         meta.stream = parsed.stream.unwrap_or(false);
         meta.include_usage = parsed
             .stream_options

@@ -159,6 +159,36 @@ proptest! {
         }
     }
 
+    /// Appending the usage option to any body keeps every byte before it and gives the same
+    /// object as re-serializing would; it declines only what a splice cannot do safely.
+    #[test]
+    fn include_usage_is_appended_without_touching_the_rest(
+        body in prop_oneof![
+            usage_json().prop_map(String::into_bytes),
+            "\\{ *(\"stream_options\":\\{\\},)?\"model\" *: *\"m\" *\\} *\n?".prop_map(String::into_bytes),
+            "\\{ *\\} *".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..48),
+        ],
+    ) {
+        let before = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body);
+        // The caller appends only to a body it has read as a JSON object.
+        let Ok(mut before) = before else { return Ok(()) };
+        match append_include_usage(&body) {
+            Some(out) => {
+                let end = body.trim_ascii_end().len() - 1;
+                prop_assert_eq!(&out[..end], &body[..end]);
+                let after: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&out).expect("a JSON object");
+                before.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
+                prop_assert_eq!(before, after);
+            }
+            None => prop_assert!(
+                memchr::memmem::find(&body, b"stream_options").is_some()
+                    || memchr::memmem::find(&body, b"\\u").is_some()
+            ),
+        }
+    }
+
     /// No count an upstream reports overflows the plausible total.
     #[test]
     fn any_counts_give_a_plausible_total_or_none(

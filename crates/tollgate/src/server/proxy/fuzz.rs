@@ -113,6 +113,8 @@ fn expected(body: &Value, sticky_user: bool) -> Option<Meta> {
     let store = body.get("store").and_then(Value::as_bool);
     Some(Meta {
         model,
+        // Checked by splicing a rename there (the test below).
+        model_span: None,
         stream,
         include_usage,
         session,
@@ -209,6 +211,10 @@ fn parse(
 
 fn same(got: &Meta, want: &Meta) -> Result<(), TestCaseError> {
     prop_assert_eq!(&got.model, &want.model);
+    prop_assert_eq!(
+        got.model_span.is_some(),
+        got.model.is_some() && want.model.is_some()
+    );
     prop_assert_eq!(got.stream, want.stream);
     prop_assert_eq!(got.include_usage, want.include_usage);
     prop_assert_eq!(got.session, want.session);
@@ -245,6 +251,14 @@ proptest! {
             Method::GET => Some(Meta::default()),
             _ => expected(&body, sticky_user),
         };
+        if let Ok(Meta { model_span: Some(span), .. }) = &got {
+            // The model's place: a rename spliced there is the body with that model.
+            let out = crate::request::splice(text.as_bytes(), span.clone(), b"\"re\\u0070named\"");
+            let out: Value = serde_json::from_slice(&out.expect("in the body")).expect("still JSON");
+            let mut want = body.clone();
+            want["model"] = json!("repnamed");
+            prop_assert_eq!(out, want);
+        }
         match (got, want) {
             (Ok(got), Some(want)) => same(&got, &want)?,
             (Err(GatewayError::MissingModel), Some(want)) => {
