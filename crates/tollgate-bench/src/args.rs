@@ -6,7 +6,8 @@ use std::time::Duration;
 /// The usage text printed for `--help` and after a bad argument.
 pub(crate) const USAGE: &str = "\
 usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
-                      [--scenarios immediate,delay20,stream20] [--out target/bench/results.json]
+                      [--scenarios immediate,delay20,stream20,prompt40k]
+                      [--out target/bench/results.json]
                       [--warmup 500ms] [--client-threads 2] [--open-streams N]
                       [--bin-dir DIR] [--redis URL] [--smoke]
        tollgate-bench soak [--duration 60s] [--concurrency 16] ...   (see soak --help)
@@ -15,7 +16,9 @@ usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
   --reps N            repetitions of every direct/bare/gateway triple (medians are over these)
   --concurrency A,B   concurrent connections of the load generator
   --scenarios S,...   immediate (plain answer at once), delay20 (20 ms before headers),
-                      stream20 (SSE answer of 20 chunks); `none` runs no load matrix
+                      stream20 (SSE answer of 20 chunks), prompt40k (plain answer to a
+                      40 KB coding-agent turn: 31 messages, 10 tools); `none` runs no
+                      load matrix
   --out PATH          JSON results; CSVs are written next to it
   --warmup D          discarded load before every measured run
   --client-threads N  worker threads of the load generator's runtime
@@ -33,12 +36,19 @@ pub(crate) enum Scenario {
     Delay20,
     /// An SSE answer of 20 chunk events (`"stream": true`, `x-mock-chunks: 20`).
     Stream20,
+    /// A plain answer at once to a 40 KB request shaped like a coding agent's turn (see
+    /// `codex_turn`).
+    Prompt40k,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub(crate) const ALL: [Scenario; 3] =
-        [Scenario::Immediate, Scenario::Delay20, Scenario::Stream20];
+    pub(crate) const ALL: [Scenario; 4] = [
+        Scenario::Immediate,
+        Scenario::Delay20,
+        Scenario::Stream20,
+        Scenario::Prompt40k,
+    ];
 
     /// The name used on the command line and in reports.
     pub(crate) fn name(self) -> &'static str {
@@ -46,6 +56,7 @@ impl Scenario {
             Scenario::Immediate => "immediate",
             Scenario::Delay20 => "delay20",
             Scenario::Stream20 => "stream20",
+            Scenario::Prompt40k => "prompt40k",
         }
     }
 
@@ -57,7 +68,7 @@ impl Scenario {
     /// The mock-upstream knobs sent as request headers (Tollgate forwards them).
     pub(crate) fn headers(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Scenario::Immediate => &[],
+            Scenario::Immediate | Scenario::Prompt40k => &[],
             Scenario::Delay20 => &[("x-mock-fault", "delay-ms=20")],
             Scenario::Stream20 => &[("x-mock-chunks", "20")],
         }
@@ -212,7 +223,7 @@ mod tests {
             "--concurrency",
             "8,64",
             "--scenarios",
-            "delay20,stream20",
+            "delay20,prompt40k,stream20",
             "--warmup",
             "250ms",
         ])?;
@@ -220,12 +231,27 @@ mod tests {
         assert_eq!(a.warmup, Duration::from_millis(250));
         assert_eq!(a.reps, 2);
         assert_eq!(a.concurrency, vec![8, 64]);
-        assert_eq!(a.scenarios, vec![Scenario::Delay20, Scenario::Stream20]);
+        assert_eq!(
+            a.scenarios,
+            vec![Scenario::Delay20, Scenario::Prompt40k, Scenario::Stream20]
+        );
         let s = parse_strs(&["--smoke", "--out", "x.json"])?;
         assert_eq!(s.scenarios, vec![Scenario::Immediate]);
         assert_eq!(s.concurrency, vec![4]);
         assert_eq!(s.out, PathBuf::from("x.json"));
         assert!(parse_strs(&["--scenarios", "none"])?.scenarios.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn every_scenario_is_named_on_the_command_line_in_report_order() -> Result<(), String> {
+        let names = Scenario::ALL.map(Scenario::name).join(",");
+        assert_eq!(names, "immediate,delay20,stream20,prompt40k");
+        assert_eq!(
+            parse_strs(&["--scenarios", &names])?.scenarios,
+            Scenario::ALL
+        );
+        assert_eq!(Args::default().scenarios, Scenario::ALL);
         Ok(())
     }
 

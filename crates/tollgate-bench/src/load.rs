@@ -39,8 +39,12 @@ pub(crate) fn histogram() -> Result<Histogram<u64>, BoxError> {
     Ok(Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?)
 }
 
-/// The request body of a scenario: one short user message, a small completion allowance.
+/// The request body of a scenario: one short user message, a small completion allowance; for
+/// `prompt40k`, a 40 KB coding-agent turn with the same allowance (`crate::codex_turn`).
 pub(crate) fn body(scenario: Scenario) -> Bytes {
+    if scenario == Scenario::Prompt40k {
+        return crate::codex_turn::prompt40k_body();
+    }
     let stream = if scenario.streaming() {
         ",\"stream\":true"
     } else {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p tollgate-bench -- [--duration 5s] [--reps 3] [--concurrency 32,128]
-//!     [--scenarios immediate,delay20,stream20] [--out target/bench/results.json]
+//!     [--scenarios immediate,delay20,stream20,prompt40k] [--out target/bench/results.json]
 //!     [--open-streams 1000] [--bin-dir DIR] [--smoke]
 //! ```
 //!
@@ -26,6 +26,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod args;
 mod bare;
+mod codex_turn;
 mod load;
 mod measure;
 mod open_streams;

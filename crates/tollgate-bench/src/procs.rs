@@ -168,6 +168,17 @@ pub(crate) fn start_bare(upstream: SocketAddr) -> Result<(Proc, SocketAddr), Box
     Ok((proc, addr))
 }
 
+/// TPM of each upstream key. The gateway charges a request its prompt estimate (about bytes / 4)
+/// plus `max_tokens` and the mock reports `body bytes / 4` as usage, so a `prompt40k` request
+/// costs about 10,000 tokens: the three primary keys hold 1.2 M of them and refill 20,000 a
+/// second. (`tpm` is a `u32` in the gateway's config.)
+const KEY_TPM: u32 = 4_000_000_000;
+
+/// TPM of the client key, the largest the config takes: 429,000 `prompt40k` requests, refilling
+/// 7,100 a second. Gateway runs are a third of the matrix's time, so it would take a gateway
+/// sustaining 34,000 of them a second through a default matrix (99 s) to be held back.
+const CLIENT_TPM: u32 = u32::MAX;
+
 /// The gateway config: one client key, one model with a two-target chain over two providers
 /// (3 keys + 1 key) that both point at the mock, limits far above what the load can reach.
 pub(crate) fn gateway_config(mock: SocketAddr, redis: Option<&str>) -> String {
@@ -183,11 +194,12 @@ pub(crate) fn gateway_config(mock: SocketAddr, redis: Option<&str>) -> String {
 fn gateway_config_memory(mock: SocketAddr) -> String {
     let base = format!("http://{mock}/v1");
     let key = |id: &str| {
-        format!("{{ id = \"{id}\", secret = \"sk-{id}\", rpm = 1000000, tpm = 1000000000 }}")
+        format!("{{ id = \"{id}\", secret = \"sk-{id}\", rpm = 1000000, tpm = {KEY_TPM} }}")
     };
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\n\n\
-         [[clients]]\nname = \"bench\"\nkey = \"tg-bench\"\nrpm = 1000000000\ntpm = 4000000000\n\n\
+         [[clients]]\nname = \"bench\"\nkey = \"tg-bench\"\n\
+         rpm = 1000000000\ntpm = {CLIENT_TPM}\n\n\
          [[providers]]\nname = \"primary\"\nkind = \"openai\"\nbase_url = \"{base}\"\n\
          keys = [{}, {}, {}]\n\n\
          [[providers]]\nname = \"secondary\"\nkind = \"openai\"\nbase_url = \"{base}\"\n\
@@ -298,4 +310,23 @@ pub(crate) fn unix_time() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_limits_hold_hundreds_of_thousands_of_prompt40k_requests() {
+        // The gateway's estimate and the mock's usage are both about bytes / 4, plus max_tokens.
+        let tokens = crate::codex_turn::prompt40k_body().len() as u64 / 4 + 16;
+        assert!(u64::from(CLIENT_TPM) / tokens >= 400_000, "{tokens}");
+        assert!(3 * u64::from(KEY_TPM) / tokens >= 1_000_000, "{tokens}");
+        let config = gateway_config(SocketAddr::from(([127, 0, 0, 1], 9)), None);
+        assert!(
+            config.contains(&format!("tpm = {CLIENT_TPM}\n")),
+            "{config}"
+        );
+        assert!(config.contains(&format!("tpm = {KEY_TPM} }}")), "{config}");
+    }
 }

@@ -1,0 +1,119 @@
+//! The request body of the `prompt40k` scenario: one turn of a coding agent (Codex CLI's shape on
+//! chat completions), about 40 KB.
+//!
+//! A long system message (the agent's instructions, `codex_turn/instructions.md`), 30 more
+//! messages of a session fixing a bug (user requests, assistant answers, assistant `tool_calls`
+//! and the `tool` messages with their output) and 10 function tools with JSON-schema
+//! parameters. It is a fixed text, built once per process: the scenario measures what a large
+//! request costs the gateway (reading, parsing, estimating tokens, forwarding), not what varies
+//! between requests. The last message is the user's, so mock-upstream answers its short default
+//! text and the answer stays as small as `immediate`'s.
+
+mod conversation;
+mod outputs;
+mod tools;
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// The system message.
+const INSTRUCTIONS: &str = include_str!("codex_turn/instructions.md");
+
+/// The body as JSON.
+fn build() -> Value {
+    let mut messages = vec![json!({ "role": "system", "content": INSTRUCTIONS })];
+    messages.extend(conversation::messages());
+    json!({
+        "model": "bench-model",
+        "messages": messages,
+        "tools": tools::all(),
+        "tool_choice": "auto",
+        "parallel_tool_calls": true,
+        "max_tokens": 16,
+    })
+}
+
+/// The `prompt40k` request body (built on first use; a cheap clone after).
+pub(crate) fn prompt40k_body() -> Bytes {
+    static BODY: OnceLock<Bytes> = OnceLock::new();
+    BODY.get_or_init(|| Bytes::from(build().to_string()))
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_is_about_40_kb_with_31_messages_and_10_tools() {
+        let body = prompt40k_body();
+        assert!(
+            (38_000..=44_000).contains(&body.len()),
+            "{} bytes",
+            body.len()
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let messages = v["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 31);
+        assert_eq!(messages[0]["role"], "system");
+        let system = messages[0]["content"].as_str().unwrap().len();
+        assert!((8_000..=10_000).contains(&system), "{system} bytes");
+        assert_eq!(messages[30]["role"], "user");
+        let tools = v["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 10);
+        for tool in tools {
+            assert_eq!(tool["type"], "function");
+            assert!(tool["function"]["description"].is_string(), "{tool}");
+            assert_eq!(tool["function"]["parameters"]["type"], "object", "{tool}");
+        }
+        assert_eq!(v["max_tokens"], 16);
+        assert!(v.get("stream").is_none());
+        assert_eq!(body, prompt40k_body(), "the same bytes every time");
+        assert_eq!(body, Bytes::from(build().to_string()), "deterministic");
+    }
+
+    #[test]
+    fn every_tool_call_is_answered_by_a_tool_message_and_names_a_tool() {
+        let v = build();
+        let names: Vec<&str> = v["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap())
+            .collect();
+        let messages = v["messages"].as_array().unwrap();
+        let mut open: Vec<&str> = Vec::new();
+        let (mut calls, mut outputs) = (0, 0);
+        for m in messages {
+            match m["role"].as_str().unwrap() {
+                "tool" => {
+                    let id = m["tool_call_id"].as_str().unwrap();
+                    assert!(open.contains(&id), "{id} answers no open call");
+                    open.retain(|o| *o != id);
+                    outputs += 1;
+                }
+                role => {
+                    assert!(
+                        open.is_empty(),
+                        "{open:?} unanswered before a {role} message"
+                    );
+                    for call in m["tool_calls"].as_array().into_iter().flatten() {
+                        let f = &call["function"];
+                        assert!(names.contains(&f["name"].as_str().unwrap()), "{call}");
+                        let args: Value =
+                            serde_json::from_str(f["arguments"].as_str().unwrap()).unwrap();
+                        assert!(args.is_object(), "{call}");
+                        open.push(call["id"].as_str().unwrap());
+                        calls += 1;
+                    }
+                }
+            }
+        }
+        assert!(open.is_empty(), "{open:?}");
+        assert_eq!((calls, outputs), (10, 10));
+        let roles = |r: &str| messages.iter().filter(|m| m["role"] == r).count();
+        assert_eq!((roles("user"), roles("assistant")), (7, 13));
+    }
+}
