@@ -199,12 +199,15 @@ impl LimitShared {
                 tpm: c.settings.tpm,
             });
         if limits.tpm.is_some() || self.keys_have_tpm {
-            req.tokens = estimate::total(&req.body, req.endpoint, self.default_max_tokens)
-                .map_err(|e| GatewayError::IntegerAboveMax {
-                    param: e.param,
-                    value: e.value,
-                    max: MAX_TOKENS,
-                })?;
+            let total = match &req.counted {
+                Some(counted) => counted.total(req.endpoint, self.default_max_tokens),
+                None => estimate::total(&req.body, req.endpoint, self.default_max_tokens),
+            };
+            req.tokens = total.map_err(|e| GatewayError::IntegerAboveMax {
+                param: e.param,
+                value: e.value,
+                max: MAX_TOKENS,
+            })?;
             let streams_usage = matches!(
                 req.endpoint,
                 Endpoint::ChatCompletions | Endpoint::Completions

@@ -4,6 +4,7 @@
 //! `serve` runs it with graceful shutdown. See ARCHITECTURE.md for the request path.
 
 pub mod auth;
+pub mod body;
 pub mod client_policy;
 pub mod config;
 pub mod digest;

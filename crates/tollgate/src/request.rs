@@ -31,6 +31,9 @@ pub struct GatewayRequest {
     /// Where `model`'s JSON value (quotes included) is in `body`, while `body` is as parsed (or
     /// only appended to): a rename is spliced there instead of re-serializing the body.
     pub model_span: Option<std::ops::Range<usize>>,
+    /// The token estimate's count of `body`, made by the request's one reading of it; `None`
+    /// when the body was not read that way (then it is counted when needed) or was replaced.
+    pub counted: Option<crate::rate_limit::estimate::Counted>,
     /// Index of the configured model `model` names (`None`: pass-through or no model).
     pub model_index: Option<usize>,
     /// `stream: true`.
@@ -70,7 +73,12 @@ impl GatewayRequest {
     /// A minimal request for tests.
     #[cfg(test)]
     pub fn for_test(method: Method, path: &str, body: Bytes) -> Self {
-        let meta: openai_types::RequestMeta<'_> = serde_json::from_slice(&body).unwrap_or_default();
+        let endpoint = Endpoint::from_path(path);
+        let parsed = serde_json::from_slice::<crate::body::Fields<'_>>(&body).ok();
+        let counted = parsed
+            .as_ref()
+            .map(|p| crate::rate_limit::estimate::count(p, body.len(), endpoint));
+        let meta = parsed.unwrap_or_default();
         GatewayRequest {
             id: "req-test".into(),
             method,
@@ -80,9 +88,10 @@ impl GatewayRequest {
             credential: None,
             model: meta.model_name().ok().flatten(),
             model_span: meta.model.map(|raw| span_in(&body, raw.get())),
+            counted,
             model_index: None,
             stream: meta.stream.unwrap_or(false),
-            endpoint: Endpoint::from_path(path),
+            endpoint,
             body,
             received: Instant::now(),
             client: None,

@@ -119,6 +119,7 @@ impl FallbackShared {
                     fitted = Arc::new(GatewayRequest {
                         body,
                         model_span: None,
+                        counted: None,
                         ..GatewayRequest::clone(&req)
                     });
                     &fitted

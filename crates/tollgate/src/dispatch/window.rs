@@ -35,7 +35,10 @@ pub fn fit(req: &GatewayRequest, target: &Target) -> Fit {
     let Some(window) = target.context_window.map(u64::from) else {
         return Fit::Fits;
     };
-    let (prompt, completion) = estimate(&req.body, req.endpoint, 0);
+    let (prompt, completion) = match &req.counted {
+        Some(counted) => counted.split(req.endpoint, 0),
+        None => estimate(&req.body, req.endpoint, 0),
+    };
     if prompt.saturating_add(completion) <= window {
         return Fit::Fits;
     }

@@ -16,34 +16,43 @@ use crate::endpoint::Endpoint;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-#[derive(Deserialize)]
-struct Body<'a> {
-    #[serde(default, borrow)]
-    messages: Vec<Message<'a>>,
-    #[serde(default, borrow)]
-    tools: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    prompt: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    input: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    instructions: Option<&'a RawValue>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-    #[serde(default)]
-    max_output_tokens: Option<u64>,
+use crate::body::Fields;
+
+/// A body's count: its prompt estimate and the completion allowance it names (and the field
+/// naming it), made once from the request's one reading of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// Prompt tokens estimated.
+    pub prompt: u64,
+    /// The allowance the body names, and its field.
+    pub allowance: Option<(&'static str, u64)>,
 }
 
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(default, borrow)]
-    content: Option<&'a RawValue>,
-    #[serde(default)]
-    name: Option<serde::de::IgnoredAny>,
-    #[serde(default, borrow)]
-    tool_calls: Option<&'a RawValue>,
+impl Counted {
+    /// (prompt estimate, completion allowance), `default_max_tokens` standing in for an
+    /// allowance the body does not name where the endpoint writes an answer.
+    pub fn split(&self, endpoint: Endpoint, default_max_tokens: u32) -> (u64, u64) {
+        let completion = if generates(endpoint) {
+            self.allowance
+                .map_or(u64::from(default_max_tokens), |(_, v)| v)
+        } else {
+            0
+        };
+        (self.prompt, completion)
+    }
+
+    /// The tokens charged up front: prompt plus completion, saturating, at most
+    /// [`MAX_TOKENS`]; an allowance beyond that is refused, not wrapped.
+    pub fn total(&self, endpoint: Endpoint, default_max_tokens: u32) -> Result<u64, Uncountable> {
+        let (prompt, completion) = self.split(endpoint, default_max_tokens);
+        if completion > MAX_TOKENS {
+            return Err(Uncountable {
+                param: self.allowance.map_or("max_tokens", |(param, _)| param),
+                value: completion,
+            });
+        }
+        Ok(prompt.saturating_add(completion).min(MAX_TOKENS))
+    }
 }
 
 fn text_tokens(bytes: usize) -> u64 {
@@ -89,7 +98,7 @@ pub struct Uncountable {
 pub fn total(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> Result<u64, Uncountable> {
     let (prompt, completion) = estimate(body, endpoint, default_max_tokens);
     if completion > MAX_TOKENS {
-        let param = match serde_json::from_slice::<Body<'_>>(body) {
+        let param = match serde_json::from_slice::<Fields<'_>>(body) {
             Ok(b) => allowance(&b),
             Err(_) => lenient::allowance_in(body),
         }
@@ -103,7 +112,7 @@ pub fn total(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> Result
 }
 
 /// The completion allowance the request names, and the field that names it.
-fn allowance(body: &Body<'_>) -> Option<(&'static str, u64)> {
+fn allowance(body: &Fields<'_>) -> Option<(&'static str, u64)> {
     let named = |param, value: Option<u64>| value.map(|v| (param, v));
     named("max_completion_tokens", body.max_completion_tokens)
         .or(named("max_tokens", body.max_tokens))
@@ -140,9 +149,14 @@ fn input_tokens(raw: &RawValue) -> u64 {
 
 /// (prompt estimate, completion allowance) for a request body.
 pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u64, u64) {
-    let Ok(parsed) = serde_json::from_slice::<Body<'_>>(body) else {
-        return lenient::estimate(body, endpoint, default_max_tokens);
-    };
+    match serde_json::from_slice::<Fields<'_>>(body) {
+        Ok(parsed) => count(&parsed, body.len(), endpoint).split(endpoint, default_max_tokens),
+        Err(_) => lenient::estimate(body, endpoint, default_max_tokens),
+    }
+}
+
+/// The count of a body read as [`Fields`] (`len`: the body's size in bytes).
+pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint) -> Counted {
     let prompt = match endpoint {
         Endpoint::ChatCompletions => {
             let messages: u64 = parsed
@@ -163,14 +177,12 @@ pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u6
         _ => parsed
             .prompt
             .or(parsed.input)
-            .map_or(text_tokens(body.len()), |p| text_tokens(p.get().len())),
+            .map_or(text_tokens(len), |p| text_tokens(p.get().len())),
     };
-    let completion = if generates(endpoint) {
-        allowance(&parsed).map_or(u64::from(default_max_tokens), |(_, v)| v)
-    } else {
-        0
-    };
-    (prompt, completion)
+    Counted {
+        prompt,
+        allowance: allowance(parsed),
+    }
 }
 
 /// Whether the endpoint writes an answer, charged a completion allowance.

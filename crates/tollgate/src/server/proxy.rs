@@ -171,6 +171,7 @@ async fn parse(
         body,
         model: meta.model,
         model_span: meta.model_span,
+        counted: meta.counted,
         model_index,
         stream: meta.stream,
         endpoint,
@@ -195,6 +196,8 @@ struct Meta {
     model: Option<String>,
     /// Where `model`'s value is in the body.
     model_span: Option<std::ops::Range<usize>>,
+    /// The estimate's count of the body, when the one reading took it.
+    counted: Option<crate::rate_limit::estimate::Counted>,
     stream: bool,
     include_usage: bool,
     /// The session named by the body (`prompt_cache_key`, else `user` when it counts), hashed.
@@ -203,6 +206,43 @@ struct Meta {
     previous_response: Option<Box<str>>,
     /// `store`, when it is a boolean.
     store: Option<bool>,
+}
+
+/// The routing fields of a body, from whichever reading took it.
+struct Routing<'a> {
+    model: Option<&'a serde_json::value::RawValue>,
+    stream: Option<bool>,
+    include_usage: Option<bool>,
+    prompt_cache_key: Option<&'a serde_json::value::RawValue>,
+    user: Option<&'a serde_json::value::RawValue>,
+    previous_response_id: Option<&'a serde_json::value::RawValue>,
+    store: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> Routing<'a> {
+    fn of_fields(f: crate::body::Fields<'a>) -> Self {
+        Routing {
+            model: f.model,
+            stream: f.stream,
+            include_usage: f.stream_options.and_then(|o| o.include_usage),
+            prompt_cache_key: f.prompt_cache_key,
+            user: f.user,
+            previous_response_id: f.previous_response_id,
+            store: f.store,
+        }
+    }
+
+    fn of_meta(m: openai_types::RequestMeta<'a>) -> Self {
+        Routing {
+            model: m.model,
+            stream: m.stream,
+            include_usage: m.stream_options.and_then(|o| o.include_usage),
+            prompt_cache_key: m.prompt_cache_key,
+            user: m.user,
+            previous_response_id: m.previous_response_id,
+            store: m.store,
+        }
+    }
 }
 
 /// The session a client names in a header (Codex sends `session-id`; Claude Code
@@ -247,19 +287,30 @@ async fn parse_meta(
     let is_json = !is_form && (says_json || looks_json || content_type.is_none());
     let mut meta = Meta::default();
     if is_json && !body.is_empty() && parts.method != Method::GET {
-        let parsed: openai_types::RequestMeta<'_> =
-            serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+        // One pass reads the routing fields and counts the estimate; a body that shape
+        // refuses is read for the routing fields alone (and counted leniently when needed).
+        let (parsed, counted) = match serde_json::from_slice::<crate::body::Fields<'_>>(body) {
+            Ok(f) => {
+                let counted = crate::rate_limit::estimate::count(&f, body.len(), endpoint);
+                (Routing::of_fields(f), Some(counted))
+            }
+            Err(_) => {
+                let m: openai_types::RequestMeta<'_> = serde_json::from_slice(body)
+                    .map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+                (Routing::of_meta(m), None)
+            }
+        };
+        meta.counted = counted;
         meta.model = parsed
-            .model_name()
+            .model
+            .map(|raw| serde_json::from_str::<String>(raw.get()))
+            .transpose()
             .map_err(|e| GatewayError::InvalidJson(format!("`model`: {e}")))?;
         meta.model_span = parsed
             .model
             .map(|raw| crate::request::span_in(body, raw.get()));
         meta.stream = parsed.stream.unwrap_or(false);
-        meta.include_usage = parsed
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
+        meta.include_usage = parsed.include_usage.unwrap_or(false);
         let user = parsed.user.filter(|_| sticky_user);
         meta.session = parsed
             .prompt_cache_key

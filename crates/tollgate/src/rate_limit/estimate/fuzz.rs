@@ -3,6 +3,7 @@
 //! its size, the total at most [`MAX_TOKENS`]), or refused for an allowance beyond it.
 
 use super::*;
+use crate::body::Fields as Body;
 use crate::sse::fuzz::config;
 use proptest::prelude::*;
 use serde_json::{json, Value};

@@ -163,8 +163,9 @@ pub(super) fn item_tokens(raw: &RawValue) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{estimate as charge, total, Body, Uncountable};
+    use super::super::{estimate as charge, total, Uncountable};
     use super::*;
+    use crate::body::Fields as Body;
 
     fn strict(body: &str) -> bool {
         serde_json::from_str::<Body<'_>>(body).is_ok()

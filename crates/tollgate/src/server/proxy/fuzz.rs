@@ -115,6 +115,8 @@ fn expected(body: &Value, sticky_user: bool) -> Option<Meta> {
         model,
         // Checked by splicing a rename there (the test below).
         model_span: None,
+        // Checked against the estimate's own reading (the test below).
+        counted: None,
         stream,
         include_usage,
         session,
@@ -251,6 +253,14 @@ proptest! {
             Method::GET => Some(Meta::default()),
             _ => expected(&body, sticky_user),
         };
+        if let Ok(Meta { counted: Some(counted), .. }) = &got {
+            // The one reading counts what the estimate's own reading would.
+            let endpoint = Endpoint::from_path(path.strip_prefix("/v1/").unwrap_or_default());
+            prop_assert_eq!(
+                counted.split(endpoint, 7),
+                crate::rate_limit::estimate::estimate(text.as_bytes(), endpoint, 7)
+            );
+        }
         if let Ok(Meta { model_span: Some(span), .. }) = &got {
             // The model's place: a rename spliced there is the body with that model.
             let out = crate::request::splice(text.as_bytes(), span.clone(), b"\"re\\u0070named\"");
@@ -339,5 +349,39 @@ proptest! {
             headers.insert("session-id", v);
             prop_assert_eq!(session_header(&headers), Some(affinity(&header)));
         }
+    }
+}
+
+/// One reading routes and counts; a body whose counted fields that reading refuses still
+/// routes, and is counted later by the estimate's lenient reading.
+#[test]
+fn one_reading_routes_and_counts_and_a_refused_count_still_routes() {
+    let read = |body: &str| {
+        parse(
+            &Method::POST,
+            "/v1/chat/completions",
+            Some("application/json"),
+            body.as_bytes(),
+            false,
+        )
+        .expect("a request")
+        .map_err(|e| e.to_string())
+        .expect("read")
+    };
+    let meta =
+        read(r#"{"model":"m","messages":[{"role":"user","content":"abcd"}],"max_tokens":5}"#);
+    assert_eq!(meta.model.as_deref(), Some("m"));
+    let counted = meta.counted.expect("counted in the same pass");
+    // 3 per message, the content with its quotes (6 bytes: 2), 3 to prime the answer.
+    assert_eq!(counted.prompt, 3 + 2 + 3);
+    assert_eq!(counted.allowance, Some(("max_tokens", 5)));
+    for odd in [
+        r#"{"model":"m","messages":"hi","max_tokens":5}"#,
+        r#"{"model":"m","messages":[1]}"#,
+        r#"{"model":"m","messages":[],"messages":[]}"#,
+    ] {
+        let meta = read(odd);
+        assert_eq!(meta.model.as_deref(), Some("m"), "{odd}");
+        assert!(meta.counted.is_none(), "{odd}");
     }
 }
