@@ -6,7 +6,9 @@ use crate::sse::{self, Scanner, SseFramer};
 use crate::upstream::{BodyStream, UpstreamError};
 use crate::usage::UsageTap;
 use bytes::{Bytes, BytesMut};
-use futures_util::{stream, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
+use memchr::memmem::Finder;
+use std::sync::LazyLock;
 use openai_types::Usage;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -94,7 +96,8 @@ fn inspect_event(event: &[u8]) -> EventKind {
             return EventKind::Skip;
         }
     }
-    if data.first() == Some(&b'{') && memchr::memmem::find(&data, b"\"error\"").is_some() {
+    static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+    if data.first() == Some(&b'{') && ERROR.find(&data).is_some() {
         if let Ok(probe) = serde_json::from_slice::<openai_types::Probe>(&data) {
             if probe.error.is_some() {
                 return EventKind::Error(Bytes::copy_from_slice(&data));
@@ -241,14 +244,15 @@ impl EndWatch {
         if self.seen && self.end != SseEnd::Close {
             return Ok(());
         }
+        // Searchers built once: building one per chunk cost more than the search.
+        static DONE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"[DONE]"));
+        static TERMINALS: LazyLock<[Finder<'static>; 4]> =
+            LazyLock::new(|| TERMINAL.map(Finder::new));
         let hint = match self.end {
             SseEnd::Close => false,
-            SseEnd::Done => memchr::memmem::find(chunk, b"[DONE]").is_some(),
+            SseEnd::Done => DONE.find(chunk).is_some(),
             SseEnd::Terminal => {
-                self.response_id.is_none()
-                    || TERMINAL
-                        .iter()
-                        .any(|t| memchr::memmem::find(chunk, t).is_some())
+                self.response_id.is_none() || TERMINALS.iter().any(|t| t.find(chunk).is_some())
             }
         };
         if !hint && self.framer.skip_whole(chunk) {
@@ -466,14 +470,17 @@ pub enum Framing {
 /// Passes `prefix` then the rest of `body` through, ending it cleanly on a break or an idle
 /// gap longer than `idle` (see `Framing`). `tap` reads (and may strip) the usage; `on_end`
 /// runs once with the usage seen, when the body ends or the client goes away (`Broken` then).
-pub fn guard(
+pub fn guard<F>(
     prefix: Bytes,
     body: BodyStream,
     idle: Duration,
     framing: Framing,
     tap: Option<UsageTap>,
-    on_end: impl FnOnce(StreamEnd, Option<Usage>) + Send + 'static,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    on_end: F,
+) -> Guarded<F>
+where
+    F: FnOnce(StreamEnd, Option<Usage>) + Send + Unpin + 'static,
+{
     let (watch, remaining) = match framing {
         Framing::Raw { length } => (None, length),
         Framing::Sse { end, max_event } => (Some(EndWatch::new(end, max_event)), None),
@@ -490,44 +497,79 @@ pub fn guard(
         stash: None,
     };
     let prefix = guard.pass(prefix);
-    let head = stream::iter((!prefix.is_empty()).then_some(Ok(prefix)));
-    let rest = stream::unfold(Some(guard), move |state| async move {
-        let mut g = state?;
+    Guarded {
+        head: (!prefix.is_empty()).then_some(prefix),
+        guard: Some(guard),
+        framing,
+        waiting: false,
+    }
+}
+
+/// The guarded body (see [`guard`]): a stream polled in place, its state never moved between
+/// chunks.
+pub struct Guarded<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
+    /// The events already read, sent first.
+    head: Option<Bytes>,
+    /// `None` once the body has ended.
+    guard: Option<Guard<F>>,
+    framing: Framing,
+    /// A wait for the next chunk is under way (its idle deadline is set).
+    waiting: bool,
+}
+
+impl<F> Stream for Guarded<F>
+where
+    F: FnOnce(StreamEnd, Option<Usage>) + Send + Unpin,
+{
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Some(head) = this.head.take() {
+            return Poll::Ready(Some(Ok(head)));
+        }
+        let Some(g) = this.guard.as_mut() else {
+            return Poll::Ready(None);
+        };
         let next = match g.stash.take() {
             _ if g.oversized => Ok(None),
             Some(stashed) => Ok(stashed),
             None => {
-                let deadline = tokio::time::Instant::now() + g.idle;
-                g.timer.as_mut().reset(deadline);
-                tokio::select! {
-                    biased;
-                    next = g.body.next() => Ok(next),
-                    () = g.timer.as_mut() => Err(()),
+                if !this.waiting {
+                    let deadline = tokio::time::Instant::now() + g.idle;
+                    g.timer.as_mut().reset(deadline);
+                    this.waiting = true;
+                }
+                match g.body.poll_next_unpin(cx) {
+                    Poll::Ready(next) => Ok(next),
+                    Poll::Pending => match g.timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Err(()),
+                        Poll::Pending => return Poll::Pending,
+                    },
                 }
             }
         };
+        this.waiting = false;
         let (end, message, code) = match next {
             Ok(Some(Ok(chunk))) => {
                 let chunk = g.coalesce(chunk);
-                let chunk = g.pass(chunk);
-                return Some((Ok(chunk), Some(g)));
+                return Poll::Ready(Some(Ok(g.pass(chunk))));
             }
             Ok(None) if g.oversized => (
                 StreamEnd::Oversized,
                 "upstream sent a stream event larger than the gateway's limit".to_owned(),
                 "stream_event_too_large",
             ),
-            Ok(None) if g.complete() => {
-                let rest = g.flush();
-                g.finish(StreamEnd::Complete);
-                return rest.map(|r| (Ok(r), None));
-            }
             // After the protocol's last event, a break or a silence ends nothing the client is
             // owed: no error event follows a complete answer.
+            Ok(None) if g.complete() => return Poll::Ready(this.end_complete()),
             Ok(Some(Err(_))) | Err(_) if g.ended_honestly() => {
-                let rest = g.flush();
-                g.finish(StreamEnd::Complete);
-                return rest.map(|r| (Ok(r), None));
+                return Poll::Ready(this.end_complete())
             }
             Ok(None) => (
                 StreamEnd::Truncated,
@@ -545,26 +587,34 @@ pub fn guard(
             }
         };
         g.finish(end);
-        match (framing, g.watch.as_ref()) {
+        let last = match (this.framing, g.watch.as_ref()) {
             (
                 Framing::Sse {
                     end: SseEnd::Terminal,
                     ..
                 },
                 Some(w),
-            ) => Some((
-                Ok(responses_failed_event(
-                    &message,
-                    code,
-                    w.response_id.as_deref(),
-                )),
-                None,
+            ) => Ok(responses_failed_event(
+                &message,
+                code,
+                w.response_id.as_deref(),
             )),
-            (Framing::Sse { .. }, _) => Some((Ok(error_event(&message, code)), None)),
-            (Framing::Raw { .. }, _) => Some((Err(std::io::Error::other(message)), None)),
-        }
-    });
-    head.chain(rest)
+            (Framing::Sse { .. }, _) => Ok(error_event(&message, code)),
+            (Framing::Raw { .. }, _) => Err(std::io::Error::other(message)),
+        };
+        this.guard = None;
+        Poll::Ready(Some(last))
+    }
+}
+
+impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guarded<F> {
+    /// The honest end: what the usage tap still holds, and `on_end` with `Complete`.
+    fn end_complete(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        let mut g = self.guard.take()?;
+        let rest = g.flush();
+        g.finish(StreamEnd::Complete);
+        rest.map(Ok)
+    }
 }
 
 impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Drop for Guard<F> {

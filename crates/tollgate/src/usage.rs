@@ -4,7 +4,7 @@
 
 use crate::sse::{self, Event, SseFramer};
 use bytes::{Bytes, BytesMut};
-use memchr::memmem::Finder;
+use memchr::memmem::{Finder, FinderRev};
 use openai_types::Usage;
 use std::ops::{ControlFlow, Range};
 use std::sync::LazyLock;
@@ -81,7 +81,8 @@ impl UsageTap {
             return self.strip_usage(chunk);
         }
         // Fast path: no usage in the chunk and no event left unfinished: nothing to look at.
-        if memchr::memmem::find(&chunk, b"\"usage\"").is_some() || !self.framer.skip_whole(&chunk) {
+        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+        if USAGE.find(&chunk).is_some() || !self.framer.skip_whole(&chunk) {
             let usage = &mut self.usage;
             self.framer.feed(&chunk, |event| {
                 inspect(event, usage);
@@ -166,7 +167,9 @@ fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
 /// The top-level `usage` of a JSON answer. OpenAI puts it last, so the search starts from the
 /// end and only that object is parsed; the whole body is parsed only if that fails.
 fn usage_in_body(body: &[u8]) -> Option<Usage> {
-    if let Some(at) = memchr::memmem::rfind(body, b"\"usage\"") {
+    static USAGE: LazyLock<FinderRev<'static>> =
+        LazyLock::new(|| FinderRev::new(b"\"usage\""));
+    if let Some(at) = USAGE.rfind(body) {
         let rest = &body[at + 7..];
         let start = rest
             .iter()
@@ -256,9 +259,9 @@ struct Nested {
 /// the body mentions `stream_options` anywhere or holds a `\u` escape (a member name could be
 /// spelled with one), or does not end with the object's `}`. [`with_include_usage`] does those.
 pub fn append_include_usage(body: &[u8]) -> Option<Bytes> {
-    if memchr::memmem::find(body, b"stream_options").is_some()
-        || memchr::memmem::find(body, b"\\u").is_some()
-    {
+    static OPTIONS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"stream_options"));
+    static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
+    if OPTIONS.find(body).is_some() || ESCAPE.find(body).is_some() {
         return None;
     }
     let (last, head) = body.trim_ascii_end().split_last()?;
