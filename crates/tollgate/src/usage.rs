@@ -80,9 +80,9 @@ impl UsageTap {
         if self.strip {
             return self.strip_usage(chunk);
         }
-        // Fast path: no usage in the chunk and no event left unfinished: nothing to look at.
-        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
-        if USAGE.find(&chunk).is_some() || !self.framer.skip_whole(&chunk) {
+        // Fast path: no usage object in the chunk and no event left unfinished (chunks carry
+        // `"usage":null` on every event when usage was asked for): nothing to look at.
+        if names_usage_object(&chunk) || !self.framer.skip_whole(&chunk) {
             let usage = &mut self.usage;
             self.framer.feed(&chunk, |event| {
                 inspect(event, usage);
@@ -94,6 +94,11 @@ impl UsageTap {
 
     /// The chunk's complete events less the usage-only one; an unfinished event waits.
     fn strip_usage(&mut self, chunk: Bytes) -> Bytes {
+        // Fast path: whole events with no usage object, nothing held, no `\n` owed to a
+        // stripped event: the chunk goes as it is.
+        if !self.stripped && !names_usage_object(&chunk) && self.framer.skip_whole(&chunk) {
+            return chunk;
+        }
         self.framer.push(chunk.clone());
         let mut kept = Kept::new(chunk);
         while let Some(event) = self.framer.next_event() {
@@ -147,12 +152,7 @@ impl UsageTap {
 /// Looks at one complete event, keeping the usage it carries; `false` when it is the
 /// usage-only chunk (`choices: []`), the one to strip.
 fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
-    static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":"));
-    let object = |at: usize| {
-        let value = &event[at + KEY.needle().len()..];
-        value.strip_prefix(b" ").unwrap_or(value).first() == Some(&b'{')
-    };
-    if !KEY.find_iter(event).any(object) {
+    if !names_usage_object(event) {
         return true;
     }
     let Ok(chunk) = serde_json::from_slice::<Chunk>(&sse::data(event)) else {
@@ -162,6 +162,16 @@ fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
         *usage = Some(u);
     }
     !(chunk.usage.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty))
+}
+
+/// Whether `bytes` hold a `"usage":` whose value is an object: the only events [`inspect`]
+/// reads.
+fn names_usage_object(bytes: &[u8]) -> bool {
+    static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":"));
+    KEY.find_iter(bytes).any(|at| {
+        let value = &bytes[at + KEY.needle().len()..];
+        value.strip_prefix(b" ").unwrap_or(value).first() == Some(&b'{')
+    })
 }
 
 /// The top-level `usage` of a JSON answer. OpenAI puts it last, so the search starts from the
