@@ -457,5 +457,28 @@ pub fn affinity(name: &[u8]) -> u64 {
 mod lease;
 pub use lease::{KeyRef, Lease};
 
+/// A pool of keys named `ids` (secrets `sk-<id>`, weight 1, no limits) under the policy the
+/// tests share: cooldowns of 10 s by default and at most 60 s, probes after 30 s.
+#[cfg(test)]
+pub(crate) fn test_pool(ids: &[&str], metrics: &Metrics) -> Arc<KeyPool> {
+    let keys: Vec<KeySettings> = ids
+        .iter()
+        .map(|id| KeySettings {
+            id: (*id).into(),
+            secret: crate::config::Secret::new(format!("sk-{id}")),
+            weight: 1,
+            rpm: None,
+            tpm: None,
+        })
+        .collect();
+    let policy = PoolPolicy {
+        cooldown_default: Duration::from_secs(10),
+        cooldown_max: Duration::from_secs(60),
+        probe_interval: Duration::from_secs(30),
+        outlier: OutlierPolicy::default(),
+    };
+    KeyPool::new("p", &keys, policy, metrics)
+}
+
 #[cfg(test)]
 mod tests;

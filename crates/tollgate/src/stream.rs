@@ -8,8 +8,8 @@ use crate::usage::UsageTap;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use memchr::memmem::Finder;
-use std::sync::LazyLock;
 use openai_types::Usage;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::time::Instant;
 

@@ -177,8 +177,7 @@ fn names_usage_object(bytes: &[u8]) -> bool {
 /// The top-level `usage` of a JSON answer. OpenAI puts it last, so the search starts from the
 /// end and only that object is parsed; the whole body is parsed only if that fails.
 fn usage_in_body(body: &[u8]) -> Option<Usage> {
-    static USAGE: LazyLock<FinderRev<'static>> =
-        LazyLock::new(|| FinderRev::new(b"\"usage\""));
+    static USAGE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\""));
     if let Some(at) = USAGE.rfind(body) {
         let rest = &body[at + 7..];
         let start = rest

@@ -9,8 +9,8 @@ use super::handles::Handles;
 use super::retry::{RetryLayer, RetryShared, TargetCall, TargetEnd};
 use super::select::{AttemptCall, KeySelectLayer, Missed, SelectShared};
 use super::trail::Trail;
-use crate::config::{Config, KeySettings, Secret, Settings};
-use crate::key_pool::{KeyPool, PoolPolicy};
+use crate::config::{Config, Settings};
+use crate::key_pool::KeyPool;
 use crate::metrics::Metrics;
 use crate::provider::classify::{Kind, Verdict};
 use crate::provider::{Exchange, Provider, Raw};
@@ -35,26 +35,6 @@ fn settings(providers: &[&str]) -> Arc<Settings> {
             .validate_with(&|_| None)
             .unwrap(),
     )
-}
-
-fn pool(ids: &[&str], metrics: &Metrics) -> Arc<KeyPool> {
-    let keys: Vec<KeySettings> = ids
-        .iter()
-        .map(|id| KeySettings {
-            id: (*id).into(),
-            secret: Secret::new(*id),
-            weight: 1,
-            rpm: None,
-            tpm: None,
-        })
-        .collect();
-    let policy = PoolPolicy {
-        cooldown_default: Duration::from_secs(10),
-        cooldown_max: Duration::from_secs(300),
-        probe_interval: Duration::from_secs(60),
-        outlier: crate::key_pool::OutlierPolicy::default(),
-    };
-    KeyPool::new("p", &keys, policy, metrics)
 }
 
 fn request() -> Arc<GatewayRequest> {
@@ -112,7 +92,7 @@ fn retry_layer(pools: Vec<Arc<KeyPool>>, metrics: &Metrics) -> RetryLayer {
 #[tokio::test(start_paused = true)]
 async fn retry_reuses_a_failed_key_only_after_the_wait_it_asked_for() {
     let metrics = Metrics::new().unwrap();
-    let retry = retry_layer(vec![pool(&["a"], &metrics)], &metrics);
+    let retry = retry_layer(vec![crate::key_pool::test_pool(&["a"], &metrics)], &metrics);
     let calls: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let seen = Arc::clone(&calls);
     let inner = service_fn(move |call: AttemptCall| {
@@ -160,7 +140,10 @@ async fn retry_reuses_a_failed_key_only_after_the_wait_it_asked_for() {
 #[tokio::test(start_paused = true)]
 async fn retry_gives_up_on_a_target_after_max_attempts() {
     let metrics = Metrics::new().unwrap();
-    let retry = retry_layer(vec![pool(&["a", "b", "c", "d"], &metrics)], &metrics);
+    let retry = retry_layer(
+        vec![crate::key_pool::test_pool(&["a", "b", "c", "d"], &metrics)],
+        &metrics,
+    );
     let count = Arc::new(Mutex::new(0));
     let n = Arc::clone(&count);
     let inner = service_fn(move |_: AttemptCall| {
@@ -232,7 +215,7 @@ async fn key_selection_never_gives_a_request_the_same_key_twice() {
     let metrics = Metrics::new().unwrap();
     let limiter = Arc::new(crate::rate_limit::Limiter::new(&settings.state, &metrics));
     let select = KeySelectLayer::new(SelectShared {
-        pools: vec![pool(&["a", "b"], &metrics)].into(),
+        pools: vec![crate::key_pool::test_pool(&["a", "b"], &metrics)].into(),
         health: crate::key_pool::store::for_limiter(&limiter),
         limiter,
         handles: Arc::new(Handles::new(&settings, &metrics)),

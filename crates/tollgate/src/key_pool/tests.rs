@@ -3,23 +3,7 @@ use crate::config::Secret;
 
 fn pool(ids: &[&str]) -> (Arc<KeyPool>, Metrics) {
     let metrics = Metrics::new().unwrap();
-    let keys: Vec<KeySettings> = ids
-        .iter()
-        .map(|id| KeySettings {
-            id: (*id).into(),
-            secret: Secret::new(format!("sk-{id}")),
-            weight: 1,
-            rpm: None,
-            tpm: None,
-        })
-        .collect();
-    let policy = PoolPolicy {
-        cooldown_default: Duration::from_secs(10),
-        cooldown_max: Duration::from_secs(60),
-        probe_interval: Duration::from_secs(30),
-        outlier: OutlierPolicy::default(),
-    };
-    (KeyPool::new("p", &keys, policy, &metrics), metrics)
+    (test_pool(ids, &metrics), metrics)
 }
 
 const NONE: &dyn Fn(usize) -> bool = &|_| false;
