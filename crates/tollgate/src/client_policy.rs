@@ -10,13 +10,14 @@ use crate::auth::{Auth, Denied, InflightGuard};
 use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyLayer, PolicyService};
 use crate::rate_limit::estimate;
 use crate::rate_limit::{Charge, Levels, Limiter, Limits, Taken, MAX_TOKENS};
 use crate::request::{Answer, GatewayRequest, Served};
 use crate::units::format_go_duration;
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::future::{ready, BoxFuture, Either, Ready};
+use futures_util::future::{ready, Either, Ready};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -85,7 +86,8 @@ where
     }
 }
 
-struct LimitShared {
+/// The client-limit policy's state (its layer is [`ClientLimitLayer`]).
+pub struct LimitShared {
     limiter: Arc<Limiter>,
     metrics: Metrics,
     /// Whether any upstream key has a TPM limit (then every request is estimated).
@@ -94,16 +96,10 @@ struct LimitShared {
 }
 
 /// Builds [`ClientLimit`] services.
-#[derive(Clone)]
-pub struct ClientLimitLayer {
-    shared: Arc<LimitShared>,
-}
+pub type ClientLimitLayer = PolicyLayer<LimitShared>;
 
-impl std::fmt::Debug for ClientLimitLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientLimitLayer").finish_non_exhaustive()
-    }
-}
+/// See [`ClientLimitLayer`].
+pub type ClientLimit<S> = PolicyService<LimitShared, S>;
 
 impl ClientLimitLayer {
     /// Limits on `limiter`; `keys_have_tpm` when some upstream key's TPM needs estimates too.
@@ -113,51 +109,31 @@ impl ClientLimitLayer {
         keys_have_tpm: bool,
         default_max_tokens: u32,
     ) -> Self {
-        ClientLimitLayer {
-            shared: Arc::new(LimitShared {
-                limiter,
-                metrics,
-                keys_have_tpm,
-                default_max_tokens,
-            }),
-        }
+        PolicyLayer::of(LimitShared {
+            limiter,
+            metrics,
+            keys_have_tpm,
+            default_max_tokens,
+        })
     }
 }
 
-impl<S> Layer<S> for ClientLimitLayer {
-    type Service = ClientLimit<S>;
-    fn layer(&self, inner: S) -> ClientLimit<S> {
-        ClientLimit {
-            inner,
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-/// See [`ClientLimitLayer`].
-#[derive(Clone)]
-pub struct ClientLimit<S> {
-    inner: S,
-    shared: Arc<LimitShared>,
-}
-
-impl<S> Service<GatewayRequest> for ClientLimit<S>
+impl<S> Policy<S> for LimitShared
 where
     S: Service<GatewayRequest, Response = Answer, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
 {
+    type Request = GatewayRequest;
     type Response = Answer;
     type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Answer, GatewayError>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: GatewayRequest) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let inner = self.inner.clone();
-        Box::pin(async move {
+    fn run(
+        self: Arc<Self>,
+        inner: S,
+        mut req: GatewayRequest,
+    ) -> impl std::future::Future<Output = Result<Answer, GatewayError>> + Send + 'static {
+        let shared = self;
+        async move {
             let slot = match &req.client {
                 Some(c) => Some(c.enter().ok_or(GatewayError::TooManyConcurrent {
                     limit: c.settings.max_concurrent.unwrap_or(0),
@@ -183,7 +159,7 @@ where
                 });
             }
             Ok(answer)
-        })
+        }
     }
 }
 

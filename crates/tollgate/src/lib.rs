@@ -14,6 +14,7 @@ pub mod error;
 pub mod key_pool;
 pub mod metrics;
 pub mod ownership;
+pub mod policy;
 pub mod provider;
 pub mod rate_limit;
 pub mod reload;

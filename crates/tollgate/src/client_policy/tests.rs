@@ -241,10 +241,10 @@ async fn an_allowance_no_bucket_can_count_is_a_400_naming_its_field() {
     let (open, metrics) = layer();
     // Open mode whose keys have TPM limits: the request is estimated all the same.
     let open = ClientLimitLayer::new(
-        Arc::clone(&open.shared.limiter),
+        Arc::clone(&open.policy().limiter),
         metrics,
         true,
-        open.shared.default_max_tokens,
+        open.policy().default_max_tokens,
     );
     let unreachable = |_: GatewayRequest| -> std::future::Ready<Result<Answer, GatewayError>> {
         panic!("an uncountable request is never forwarded")

@@ -13,13 +13,12 @@ use super::trail::{final_error, pass_through, Failure, Trail};
 use super::window::{self, Fit};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyLayer, PolicyService};
 use crate::provider::classify::Kind;
 use crate::provider::Provider;
 use crate::request::{Answer, GatewayRequest, Target};
-use futures_util::future::BoxFuture;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 /// A request with its chain (route layer → fallback).
 #[derive(Debug, Clone)]
@@ -30,72 +29,43 @@ pub struct Routed {
     pub chain: Vec<Target>,
 }
 
-struct FallbackShared {
+/// The fallback policy's state (its layer is [`FallbackLayer`]).
+pub struct FallbackShared {
     providers: Arc<[Provider]>,
     budgets: Arc<[RetryBudget]>,
     metrics: Metrics,
 }
 
 /// Builds [`Fallback`] services.
-#[derive(Clone)]
-pub struct FallbackLayer {
-    shared: Arc<FallbackShared>,
-}
+/// Builds [`Fallback`] services.
+pub type FallbackLayer = PolicyLayer<FallbackShared>;
 
-impl std::fmt::Debug for FallbackLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FallbackLayer").finish_non_exhaustive()
-    }
-}
+/// Walks the chain of targets.
+pub type Fallback<S> = PolicyService<FallbackShared, S>;
 
 impl FallbackLayer {
     /// A layer over the configured providers; every request that reaches a provider counts
     /// into that provider's budget (`budgets`, in provider order).
     pub fn new(providers: Arc<[Provider]>, budgets: Arc<[RetryBudget]>, metrics: Metrics) -> Self {
-        FallbackLayer {
-            shared: Arc::new(FallbackShared {
-                providers,
-                budgets,
-                metrics,
-            }),
-        }
+        PolicyLayer::of(FallbackShared {
+            providers,
+            budgets,
+            metrics,
+        })
     }
 }
 
-impl<S> Layer<S> for FallbackLayer {
-    type Service = Fallback<S>;
-    fn layer(&self, inner: S) -> Fallback<S> {
-        Fallback {
-            inner,
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-/// Walks the chain of targets.
-#[derive(Clone)]
-pub struct Fallback<S> {
-    inner: S,
-    shared: Arc<FallbackShared>,
-}
-
-impl<S> Service<Routed> for Fallback<S>
+impl<S> Policy<S> for FallbackShared
 where
     S: Service<TargetCall, Response = Answer, Error = TargetEnd> + Clone + Send + 'static,
     S::Future: Send,
 {
+    type Request = Routed;
     type Response = Answer;
     type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Answer, GatewayError>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, routed: Routed) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let inner = self.inner.clone();
-        Box::pin(async move { shared.walk(inner, routed).await })
+    async fn run(self: Arc<Self>, next: S, routed: Routed) -> Result<Answer, GatewayError> {
+        self.walk(next, routed).await
     }
 }
 

@@ -14,16 +14,15 @@ use super::select::{AttemptCall, Missed, NoKey};
 use super::trail::{Failure, StopReason, Trail};
 use crate::key_pool::{KeyPool, Recovery};
 use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyLayer, PolicyService};
 use crate::provider::classify::Kind;
 use crate::request::{Answer, GatewayRequest, Served, Target};
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use rand::rngs::SmallRng;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 /// One target's turn in the chain (fallback layer → retry).
 #[derive(Debug, Clone)]
@@ -55,7 +54,8 @@ pub enum TargetEnd {
     PassThrough(Box<Failure>),
 }
 
-pub(crate) struct RetryShared {
+/// The retry policy's state (its layer is [`RetryLayer`]).
+pub struct RetryShared {
     pub(crate) pools: Arc<[Arc<KeyPool>]>,
     /// One budget per provider.
     pub(crate) budgets: Arc<[RetryBudget]>,
@@ -68,40 +68,15 @@ pub(crate) struct RetryShared {
 }
 
 /// Builds [`Retry`] services.
-#[derive(Clone)]
-pub struct RetryLayer {
-    shared: Arc<RetryShared>,
-}
+pub type RetryLayer = PolicyLayer<RetryShared>;
 
-impl std::fmt::Debug for RetryLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryLayer").finish_non_exhaustive()
-    }
-}
+/// Runs the attempts on one target.
+pub type Retry<S> = PolicyService<RetryShared, S>;
 
 impl RetryLayer {
     pub(crate) fn new(shared: RetryShared) -> Self {
-        RetryLayer {
-            shared: Arc::new(shared),
-        }
+        PolicyLayer::of(shared)
     }
-}
-
-impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
-    fn layer(&self, inner: S) -> Retry<S> {
-        Retry {
-            inner,
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-/// Runs the attempts on one target.
-#[derive(Clone)]
-pub struct Retry<S> {
-    inner: S,
-    shared: Arc<RetryShared>,
 }
 
 /// Whether the next attempt can have a key nobody tried, or only one that failed already.
@@ -111,28 +86,22 @@ enum Preview {
     None(Recovery),
 }
 
-impl<S> Service<TargetCall> for Retry<S>
+impl<S> Policy<S> for RetryShared
 where
     S: Service<AttemptCall, Response = Answer, Error = Missed> + Clone + Send + 'static,
     S::Future: Send,
 {
+    type Request = TargetCall;
     type Response = Answer;
     type Error = TargetEnd;
-    type Future = BoxFuture<'static, Result<Answer, TargetEnd>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), TargetEnd>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: TargetCall) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let inner = self.inner.clone();
-        Box::pin(async move { shared.run(inner, call).await })
+    async fn run(self: Arc<Self>, next: S, call: TargetCall) -> Result<Answer, TargetEnd> {
+        self.attempts(next, call).await
     }
 }
 
 impl RetryShared {
-    async fn run<S>(&self, inner: S, call: TargetCall) -> Result<Answer, TargetEnd>
+    async fn attempts<S>(&self, inner: S, call: TargetCall) -> Result<Answer, TargetEnd>
     where
         S: Service<AttemptCall, Response = Answer, Error = Missed> + Clone,
     {

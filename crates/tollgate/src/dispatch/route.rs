@@ -5,86 +5,71 @@
 use super::fallback::Routed;
 use crate::config::Settings;
 use crate::error::GatewayError;
+use crate::policy::{Policy, PolicyLayer, PolicyService};
 use crate::provider::Provider;
 use crate::request::{Answer, GatewayRequest, Served, Target};
 use axum::body::Body;
-use futures_util::future::{BoxFuture, FutureExt};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
-/// Builds [`Route`] services.
-#[derive(Clone)]
-pub struct RouteLayer {
+/// The route policy's state (its layer is [`RouteLayer`]): the models and the providers.
+pub struct RouteShared {
     settings: Arc<Settings>,
     providers: Arc<[Provider]>,
 }
 
-impl std::fmt::Debug for RouteLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RouteLayer").finish_non_exhaustive()
-    }
-}
+/// Builds [`Route`] services.
+pub type RouteLayer = PolicyLayer<RouteShared>;
+
+/// Turns a request into a routed one.
+pub type Route<S> = PolicyService<RouteShared, S>;
 
 impl RouteLayer {
     /// Routes by `settings.models` over `providers`.
     pub fn new(settings: Arc<Settings>, providers: Arc<[Provider]>) -> Self {
-        RouteLayer {
+        PolicyLayer::of(RouteShared {
             settings,
             providers,
-        }
+        })
     }
 }
 
-impl<S> Layer<S> for RouteLayer {
-    type Service = Route<S>;
-    fn layer(&self, inner: S) -> Route<S> {
-        Route {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// Turns a request into a routed one.
-#[derive(Clone)]
-pub struct Route<S> {
-    inner: S,
-    layer: RouteLayer,
-}
-
-impl<S> Service<GatewayRequest> for Route<S>
+impl<S> Policy<S> for RouteShared
 where
     S: Service<Routed, Response = Answer, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send,
 {
+    type Request = GatewayRequest;
     type Response = Answer;
     type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Answer, GatewayError>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: GatewayRequest) -> Self::Future {
-        if let Some(answer) = self.layer.models_answer(&req) {
-            return std::future::ready(answer).boxed();
-        }
-        match self.layer.chain(&req) {
-            Ok(chain) => {
-                let routed = Routed {
+    fn run(
+        self: Arc<Self>,
+        next: S,
+        req: GatewayRequest,
+    ) -> impl std::future::Future<Output = Result<Answer, GatewayError>> + Send + 'static {
+        // Decided before the future: it holds the answer or the routed call, not the policy.
+        let routed = match self.models_answer(&req) {
+            Some(answer) => Err(answer),
+            None => self
+                .chain(&req)
+                .map(|chain| Routed {
                     req: Arc::new(req),
                     chain,
-                };
-                self.inner.clone().oneshot(routed).boxed()
+                })
+                .map_err(Err),
+        };
+        async move {
+            match routed {
+                Ok(routed) => next.oneshot(routed).await,
+                Err(answer) => answer,
             }
-            Err(e) => std::future::ready(Err(e)).boxed(),
         }
     }
 }
 
-impl RouteLayer {
+impl RouteShared {
     /// The chain for a request: configured targets, the default provider, or 404; only the
     /// targets that can serve its endpoint.
     fn chain(&self, req: &GatewayRequest) -> Result<Vec<Target>, GatewayError> {

@@ -10,20 +10,19 @@ use super::trail::{AttemptRecord, Failure, Trail};
 use crate::key_pool::store::HealthStore;
 use crate::key_pool::{after, KeyPool, Lease, Prefer, Recovery};
 use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyLayer, PolicyService};
 use crate::provider::classify::Kind;
 use crate::provider::{Exchange, Raw};
 use crate::rate_limit::{remaining_from_headers, unix_ms, Charge, Limiter, SharedHealth};
 use crate::request::{Answer, GatewayRequest, KeyedCall, Served, Target};
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use opentelemetry::KeyValue;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 /// One attempt on one target (retry layer → key selection).
 #[derive(Debug, Clone)]
@@ -60,7 +59,8 @@ pub enum Missed {
     Failed(Then),
 }
 
-pub(crate) struct SelectShared {
+/// The key-selection policy's state (its layer is [`KeySelectLayer`]).
+pub struct SelectShared {
     pub(crate) pools: Arc<[Arc<KeyPool>]>,
     pub(crate) limiter: Arc<Limiter>,
     pub(crate) health: Arc<dyn HealthStore>,
@@ -76,59 +76,33 @@ pub(crate) struct SelectShared {
 }
 
 /// Builds [`KeySelect`] services.
-#[derive(Clone)]
-pub struct KeySelectLayer {
-    shared: Arc<SelectShared>,
-}
+pub type KeySelectLayer = PolicyLayer<SelectShared>;
 
-impl std::fmt::Debug for KeySelectLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeySelectLayer").finish_non_exhaustive()
-    }
-}
+/// Picks a key per attempt and applies what its outcome means for the key.
+pub type KeySelect<S> = PolicyService<SelectShared, S>;
 
 impl KeySelectLayer {
     pub(crate) fn new(shared: SelectShared) -> Self {
-        KeySelectLayer {
-            shared: Arc::new(shared),
-        }
+        PolicyLayer::of(shared)
     }
 }
 
-impl<S> Layer<S> for KeySelectLayer {
-    type Service = KeySelect<S>;
-    fn layer(&self, inner: S) -> KeySelect<S> {
-        KeySelect {
-            inner,
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-/// Picks a key per attempt and applies what its outcome means for the key.
-#[derive(Clone)]
-pub struct KeySelect<S> {
-    inner: S,
-    shared: Arc<SelectShared>,
-}
-
-impl<S> Service<AttemptCall> for KeySelect<S>
+impl<S> Policy<S> for SelectShared
 where
     S: Service<KeyedCall, Response = Exchange, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
+    type Request = AttemptCall;
     type Response = Answer;
     type Error = Missed;
-    type Future = BoxFuture<'static, Result<Answer, Missed>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Missed>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: AttemptCall) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let inner = self.inner.clone();
-        Box::pin(async move {
+    fn run(
+        self: Arc<Self>,
+        inner: S,
+        call: AttemptCall,
+    ) -> impl std::future::Future<Output = Result<Answer, Missed>> + Send + 'static {
+        let shared = self;
+        async move {
             let (lease, charge) = shared
                 .pick(&call, Instant::now())
                 .await
@@ -145,7 +119,7 @@ where
                 Err(never) => match never {},
             };
             shared.settle(&call, lease, charge, exchange).await
-        })
+        }
     }
 }
 

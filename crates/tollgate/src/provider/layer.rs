@@ -10,20 +10,19 @@ use super::encoding::{decode_stream, decoded, is_encoded};
 use super::Provider;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyLayer, PolicyService};
 use crate::request::KeyedCall;
 use crate::stream::{peek_first_event, FirstEvent};
 use crate::upstream::{BodyStream, UpstreamError, UpstreamRequest, UpstreamResponse};
 use bytes::{Bytes, BytesMut};
-use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use http::{header, HeaderMap, StatusCode};
 use prometheus::Histogram;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 use tracing::{Instrument, Span};
 
 /// Largest upstream error body kept for classification and pass-through.
@@ -76,7 +75,8 @@ impl Exchange {
     }
 }
 
-struct Shared {
+/// The provider policy's state (its layer is [`ProviderLayer`]).
+pub struct ProviderShared {
     providers: Arc<[Provider]>,
     first_byte_timeout: Duration,
     first_event_timeout: Duration,
@@ -89,16 +89,10 @@ struct Shared {
 }
 
 /// Builds [`ProviderService`]s.
-#[derive(Clone)]
-pub struct ProviderLayer {
-    shared: Arc<Shared>,
-}
+pub type ProviderLayer = PolicyLayer<ProviderShared>;
 
-impl std::fmt::Debug for ProviderLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderLayer").finish_non_exhaustive()
-    }
-}
+/// Runs one exchange with the upstream; never fails (every outcome is an [`Exchange`]).
+pub type ProviderService<S> = PolicyService<ProviderShared, S>;
 
 impl ProviderLayer {
     /// A layer for the configured providers.
@@ -114,37 +108,18 @@ impl ProviderLayer {
             .iter()
             .map(|p| metrics.upstream_duration.with_label_values(&[p.name()]))
             .collect();
-        ProviderLayer {
-            shared: Arc::new(Shared {
-                providers,
-                first_byte_timeout: settings.server.first_byte_timeout,
-                first_event_timeout: settings.server.first_event_timeout,
-                max_event: settings.server.max_event,
-                ttft,
-                upstream_duration,
-            }),
-        }
+        PolicyLayer::of(ProviderShared {
+            providers,
+            first_byte_timeout: settings.server.first_byte_timeout,
+            first_event_timeout: settings.server.first_event_timeout,
+            max_event: settings.server.max_event,
+            ttft,
+            upstream_duration,
+        })
     }
 }
 
-impl<S> Layer<S> for ProviderLayer {
-    type Service = ProviderService<S>;
-    fn layer(&self, inner: S) -> ProviderService<S> {
-        ProviderService {
-            inner,
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-/// Runs one exchange with the upstream; never fails (every outcome is an [`Exchange`]).
-#[derive(Clone)]
-pub struct ProviderService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S> Service<KeyedCall> for ProviderService<S>
+impl<S> Policy<S> for ProviderShared
 where
     S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>
         + Clone
@@ -152,33 +127,35 @@ where
         + 'static,
     S::Future: Send,
 {
+    type Request = KeyedCall;
     type Response = Exchange;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Exchange, Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // The upstream is readied per call (`oneshot`): it is cloned for every attempt.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: KeyedCall) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let inner = self.inner.clone();
-        if !crate::telemetry::enabled() {
-            return Box::pin(async move { Ok(shared.exchange(inner, call, Span::none()).await) });
-        }
-        let provider = &shared.providers[call.target.provider];
-        let span = crate::telemetry::spans::attempt(
-            provider.settings().kind,
-            provider.name(),
-            &call.req,
-            &call.target,
-            call.key.id(),
-        );
-        Box::pin(async move {
-            let exchange = shared.exchange(inner, call, span.clone());
+    fn run(
+        self: Arc<Self>,
+        inner: S,
+        call: KeyedCall,
+    ) -> impl std::future::Future<Output = Result<Exchange, Infallible>> + Send + 'static {
+        let span = match crate::telemetry::enabled() {
+            false => Span::none(),
+            true => {
+                let provider = &self.providers[call.target.provider];
+                crate::telemetry::spans::attempt(
+                    provider.settings().kind,
+                    provider.name(),
+                    &call.req,
+                    &call.target,
+                    call.key.id(),
+                )
+            }
+        };
+        async move {
+            if span.is_none() {
+                return Ok(self.exchange(inner, call, span).await);
+            }
+            let exchange = self.exchange(inner, call, span.clone());
             Ok(exchange.instrument(span).await)
-        })
+        }
     }
 }
 
@@ -227,7 +204,7 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
-impl Shared {
+impl ProviderShared {
     async fn exchange<S>(&self, upstream: S, call: KeyedCall, span: Span) -> Exchange
     where
         S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>,
