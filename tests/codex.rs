@@ -150,16 +150,13 @@ async fn in_stream_rate_limit_on_the_first_key_is_retried_before_codex_sees_it()
     );
 }
 
-#[tokio::test]
-async fn tool_call_round_trip() {
-    let Some(codex) = codex().await else { return };
-    let (m, gw) = gateway(&["k1"]).await;
-
-    // The sandbox is off so the test does not depend on the machine's user namespaces; the
-    // command is the mock's fixed `echo tollgate-tool-ok`.
+/// A turn asking for the mock's tool call, which Codex must run and answer cleanly. The sandbox
+/// is off so the test does not depend on the machine's user namespaces; the command is the
+/// mock's fixed `echo tollgate-tool-ok`.
+async fn tool_turn(codex: &std::path::Path, gw: &Gateway) -> CodexRun {
     let prompt = format!("run the check {TOOL_MARKER}");
     let run = exec(
-        &codex,
+        codex,
         &gw.base_url(),
         "client-key",
         MODEL,
@@ -167,13 +164,21 @@ async fn tool_call_round_trip() {
         &["-s", "danger-full-access"],
     )
     .await;
-
-    assert_clean_turn(&run, &gw);
+    assert_clean_turn(&run, gw);
     assert!(
         run.stderr.contains("echo tollgate-tool-ok"),
         "Codex did not run the call:\n{}",
         run.transcript()
     );
+    run
+}
+
+#[tokio::test]
+async fn tool_call_round_trip() {
+    let Some(codex) = codex().await else { return };
+    let (m, gw) = gateway(&["k1"]).await;
+
+    let run = tool_turn(&codex, &gw).await;
     let sent = responses_requests(&m);
     assert_eq!(sent.len(), 2, "{}", run.transcript());
     let first = json_body(&sent[0]);
@@ -282,23 +287,7 @@ targets = [{{ provider = "openai" }}, {{ provider = "other", model = "target-mod
 async fn tool_round_trip_through(target: &str, path: &str) {
     let Some(codex) = codex().await else { return };
     let (openai, other, gw) = translating_gateway(target).await;
-    let prompt = format!("run the check {TOOL_MARKER}");
-    let run = exec(
-        &codex,
-        &gw.base_url(),
-        "client-key",
-        MODEL,
-        &prompt,
-        &["-s", "danger-full-access"],
-    )
-    .await;
-
-    assert_clean_turn(&run, &gw);
-    assert!(
-        run.stderr.contains("echo tollgate-tool-ok"),
-        "Codex did not run the call:\n{}",
-        run.transcript()
-    );
+    let run = tool_turn(&codex, &gw).await;
     assert!(run.stdout.contains(TOOL_OUTPUT), "{}", run.transcript());
     let sent: Vec<Value> = other
         .requests()
