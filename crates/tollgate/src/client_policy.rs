@@ -6,7 +6,7 @@
 //! empty, never a wait), and its own rate-limit headers on the answer in place of the upstream
 //! key's. It also asks a stream for usage when some TPM limit must be reconciled.
 
-use crate::auth::{Auth, Denied, InflightGuard};
+use crate::auth::{Auth, Denied};
 use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -15,8 +15,6 @@ use crate::rate_limit::estimate;
 use crate::rate_limit::{Charge, Levels, Limiter, Limits, Taken, MAX_TOKENS};
 use crate::request::{Answer, GatewayRequest, Served};
 use crate::units::format_go_duration;
-use axum::body::Body;
-use bytes::Bytes;
 use futures_util::future::{ready, Either, Ready};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
@@ -151,13 +149,9 @@ where
             if levels != Levels::default() {
                 ratelimit_headers(&mut answer.headers, &levels);
             }
-            if let Some(slot) = slot {
-                // The client's concurrency slot is held until its body has been sent.
-                answer.body = Body::new(Holding {
-                    body: answer.body,
-                    _slot: slot,
-                });
-            }
+            // The client's concurrency slot is held until its body has been sent (the access
+            // layer keeps it with the body's record; no wrapper around the body).
+            answer.hold = slot.map(Arc::new);
             Ok(answer)
         }
     }
@@ -272,35 +266,6 @@ fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
             Ok(v) => headers.insert(reset.clone(), v),
             Err(_) => headers.remove(reset),
         };
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A body that keeps the client's concurrency slot until it has been sent or dropped.
-    struct Holding {
-        #[pin]
-        body: Body,
-        _slot: InflightGuard,
-    }
-}
-
-impl http_body::Body for Holding {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -181,6 +181,9 @@ pub struct Answer {
     pub attempts: u32,
     /// How it was served.
     pub served: Served,
+    /// What the answer keeps until its body has gone out: the client's concurrency slot (the
+    /// access layer holds it with the body's record).
+    pub hold: Option<Arc<crate::auth::InflightGuard>>,
 }
 
 /// Where `part` (a slice borrowed from `body`) lies in `body`.

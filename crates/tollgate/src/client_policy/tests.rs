@@ -1,6 +1,8 @@
 use super::*;
 use crate::config::ClientSettings;
 use crate::request::Served;
+use axum::body::Body;
+use bytes::Bytes;
 use http::{Method, StatusCode};
 use tower::service_fn;
 
@@ -48,6 +50,7 @@ fn ok(_: GatewayRequest) -> std::future::Ready<Result<Answer, GatewayError>> {
         key: "a".into(),
         attempts: 1,
         served: Served::FirstTry,
+        hold: None,
     }))
 }
 
@@ -114,6 +117,7 @@ async fn the_layer_refuses_unknown_keys_and_models_outside_the_allow_list() {
             key: "a".into(),
             attempts: 1,
             served: Served::FirstTry,
+            hold: None,
         })
     });
     let svc = ClientAuthLayer::new(auth).layer(inner);
@@ -172,6 +176,7 @@ fn failed(
             key: "a".into(),
             attempts,
             served: Served::Failed,
+            hold: None,
         }))
     }
 }

@@ -135,6 +135,7 @@ impl SelectShared {
             key,
             attempts,
             served,
+            hold: None,
         }
     }
 }

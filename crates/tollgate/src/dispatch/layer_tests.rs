@@ -54,6 +54,7 @@ fn answer(provider: &str) -> Answer {
         key: "a".into(),
         attempts: 1,
         served: Served::FirstTry,
+        hold: None,
     }
 }
 

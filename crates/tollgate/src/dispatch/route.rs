@@ -152,6 +152,7 @@ impl RouteShared {
             key: "-".into(),
             attempts: 0,
             served: Served::FirstTry,
+            hold: None,
         }))
     }
 }

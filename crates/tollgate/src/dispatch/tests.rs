@@ -156,6 +156,7 @@ impl Dispatch {
                     key: "-".into(),
                     attempts: 0,
                     served: Served::Failed,
+                    hold: None,
                 }
             }
         };

@@ -262,6 +262,7 @@ pub fn pass_through(f: Failure, providers: &[Provider], attempts: u32) -> Answer
         key: f.key,
         attempts,
         served: Served::Failed,
+        hold: None,
     }
 }
 
@@ -302,5 +303,6 @@ pub fn final_error(trail: &Trail, providers: &[Provider]) -> Answer {
         key,
         attempts,
         served: Served::Failed,
+        hold: None,
     }
 }

@@ -151,6 +151,7 @@ fn answer(body: &str) -> Answer {
         key: "a".into(),
         attempts: 1,
         served: Served::FirstTry,
+        hold: None,
     }
 }
 

@@ -33,6 +33,9 @@ pub struct AnswerRecord {
     pub served: Served,
     /// The request span, when traces are on (a client that leaves mid-answer is marked on it).
     pub span: Option<tracing::Span>,
+    /// The client's concurrency slot, released with this record: when the body has gone out
+    /// or the client has left.
+    pub hold: Option<std::sync::Arc<crate::auth::InflightGuard>>,
 }
 
 /// Marks the 500 that `CatchPanic` made, so this layer can give it the envelope.

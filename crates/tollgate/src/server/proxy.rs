@@ -96,6 +96,7 @@ fn failed(e: GatewayError, model: &str) -> Response<Body> {
         attempts: 0,
         served: Served::Failed,
         span: None,
+        hold: None,
     });
     resp
 }
@@ -451,6 +452,7 @@ fn respond(answer: Answer, model: &str) -> Response<Body> {
         attempts: answer.attempts,
         served,
         span: None,
+        hold: answer.hold,
     });
     resp
 }
