@@ -472,3 +472,91 @@ async fn absurd_usage_and_max_tokens_leave_redis_buckets_usable() {
     );
     numbers_beyond_any_limit(&state).await;
 }
+
+/// `redis-cli -p PORT ARGS...`, its output.
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(redis.port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli runs (installed with redis-server)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Script calls Redis has served so far (`EVALSHA`, and `EVAL` when the script was not cached).
+fn script_calls(redis: &RedisServer) -> u64 {
+    redis_cli(redis, &["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn with_redis_a_request_makes_two_takes_and_one_correction_for_both_buckets() {
+    let Some(redis) = RedisServer::start(
+        "with_redis_a_request_makes_two_takes_and_one_correction_for_both_buckets",
+    )
+    .await
+    else {
+        return;
+    };
+    let m = mock().await;
+    let toml = format!(
+        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"500ms\"\nkey_prefix = \"fix{}\"\n\
+         [[providers]]\nname = \"openai\"\nbase_url = \"{}\"\ndefault = true\n\
+         keys = [{{ id = \"k1\", secret = \"sk-k1\", tpm = 1000000 }}]\n{}",
+        redis.url(),
+        redis.port,
+        m.base_url(),
+        client("c", "tg-c", "tpm = 1000000")
+    );
+    let gw = Gateway::start(&toml, &[]).await;
+    let c = reqwest::Client::new();
+    // Reserves ~100k tokens up front; the mock's usage is a few tokens.
+    let body = json!({"model": "m", "max_tokens": 100000, "messages": [{"role": "user", "content": "hi"}]});
+    let levels = || -> Vec<f64> {
+        let keys = redis_cli(
+            &redis,
+            &["--scan", "--pattern", &format!("fix{}:rl:*:t", redis.port)],
+        );
+        keys.lines()
+            .map(|k| redis_cli(&redis, &["HGET", k, "l"]).trim().parse().unwrap())
+            .collect()
+    };
+    let reconciled = |levels: &[f64]| levels.len() == 2 && levels.iter().all(|l| *l > 990_000.0);
+    // A first request loads the script and opens the connections.
+    assert_eq!(post(&c, &gw, "tg-c", &body).await.status(), 200);
+    let wait_reconciled = || async {
+        for _ in 0..200 {
+            if reconciled(&levels()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "the buckets were not corrected: {:?}\n{}",
+            levels(),
+            gw.logs()
+        );
+    };
+    wait_reconciled().await;
+    let before = script_calls(&redis);
+    let r = post(&c, &gw, "tg-c", &body).await;
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap();
+    wait_reconciled().await;
+    assert_eq!(
+        script_calls(&redis) - before,
+        3,
+        "the client's take, the key's take, one correction of both"
+    );
+}

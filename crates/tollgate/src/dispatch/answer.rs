@@ -69,10 +69,10 @@ impl SelectShared {
                 }
                 return;
             }
+            // One call corrects the key's and the client's buckets.
+            let buckets: Vec<_> = buckets.into_iter().flatten().collect();
             let reconcile = async move {
-                for (id, limits) in buckets.into_iter().flatten() {
-                    limiter.reconcile(&id, limits, estimate, actual).await;
-                }
+                limiter.reconcile_many(&buckets, estimate, actual).await;
             };
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(reconcile);

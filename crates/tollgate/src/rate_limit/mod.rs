@@ -299,6 +299,46 @@ impl Limiter {
         );
     }
 
+    /// [`Limiter::reconcile`] of several bucket pairs (a request's key and client) by the same
+    /// usage: with Redis, one call for all of them.
+    pub async fn reconcile_many(
+        &self,
+        buckets: &[(Arc<str>, Limits)],
+        estimated: u64,
+        actual: u64,
+    ) {
+        let (estimated, actual) = (estimated.min(MAX_TOKENS), actual.min(MAX_TOKENS));
+        if estimated == actual {
+            return;
+        }
+        let counted: Vec<(&str, Limits)> = buckets
+            .iter()
+            .filter(|(_, l)| l.tpm.is_some())
+            .map(|(id, l)| (&**id, *l))
+            .collect();
+        if counted.is_empty() {
+            return;
+        }
+        if let Some(redis) = &self.redis {
+            // Both at most 2^53: the difference fits an i64 either way.
+            if redis
+                .adjust_many(&counted, estimated as i64 - actual as i64)
+                .await
+            {
+                return;
+            }
+        }
+        for (id, limits) in counted {
+            self.local.reconcile(
+                id,
+                self.degraded_limits(limits),
+                estimated,
+                actual,
+                tokio::time::Instant::now(),
+            );
+        }
+    }
+
     /// Lowers the buckets to the provider's reported remaining requests/tokens.
     pub async fn sync(&self, id: &str, limits: Limits, requests: Option<u64>, tokens: Option<u64>) {
         let requests = requests

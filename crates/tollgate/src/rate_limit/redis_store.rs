@@ -45,6 +45,15 @@ local function save(key, level)
   redis.call('HSET', key, 'l', tostring(level), 't', now)
   redis.call('PEXPIRE', key, 120000)
 end
+if mode == 'adjust_many' then
+  -- Token buckets only: KEYS are their keys, ARGV[2] the delta, ARGV[2 + i] KEYS[i]'s cap.
+  local delta = tonumber(ARGV[2]) or 0
+  for i, key in ipairs(KEYS) do
+    local cap = tonumber(ARGV[2 + i]) or 0
+    if cap > 0 then save(key, clamp(load(key, cap) + delta, cap)) end
+  end
+  return {1}
+end
 local r = nil
 local k = nil
 if rpm > 0 then r = load(KEYS[1], rpm) end
@@ -246,6 +255,31 @@ impl RedisStore {
             delta.clamp(-bound, bound),
         ];
         self.run(id, &args, "adjust").await.is_some()
+    }
+
+    /// Adds `delta` tokens to the token bucket of each of `buckets`, in one call (a request's
+    /// usage correction of its client's and its key's buckets); `false` when Redis could not
+    /// answer.
+    pub(super) async fn adjust_many(&self, buckets: &[(&str, Limits)], delta: i64) -> bool {
+        let Some(conn) = self.connection().await else {
+            return false;
+        };
+        let mut conn = (*conn).clone();
+        let bound = MAX_TOKENS as i64;
+        let mut invocation = self.script.prepare_invoke();
+        for (id, _) in buckets {
+            let [_, tk] = self.keys(id);
+            invocation.key(tk);
+        }
+        invocation
+            .arg("adjust_many")
+            .arg(delta.clamp(-bound, bound));
+        for (_, limits) in buckets {
+            invocation.arg(i64::from(limits.tpm.unwrap_or(0)));
+        }
+        self.settle(invocation.invoke_async::<Vec<i64>>(&mut conn))
+            .await
+            .is_some()
     }
 
     /// Gives back requests and tokens an earlier take charged (never above the limits);
