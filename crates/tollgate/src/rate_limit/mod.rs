@@ -375,22 +375,31 @@ pub fn unix_ms() -> u64 {
 /// Reads a provider's remaining requests and tokens from its headers (OpenAI's
 /// `x-ratelimit-remaining-*`, Anthropic's `anthropic-ratelimit-*-remaining`).
 pub fn remaining_from_headers(headers: &http::HeaderMap) -> (Option<u64>, Option<u64>) {
-    let num = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<i64>().ok())
-    };
+    // One pass over the answer's headers (four lookups by name cost more than the pass): each
+    // name's first value, read as an integer.
+    const NAMES: [&str; 4] = [
+        "x-ratelimit-remaining-requests",
+        "anthropic-ratelimit-requests-remaining",
+        "x-ratelimit-remaining-tokens",
+        "anthropic-ratelimit-tokens-remaining",
+    ];
+    let mut seen = [false; 4];
+    let mut num: [Option<i64>; 4] = [None; 4];
+    for (name, value) in headers {
+        let name = name.as_str();
+        if !(name.starts_with("x-ratelimit-") || name.starts_with("anthropic-ratelimit-")) {
+            continue;
+        }
+        let Some(i) = NAMES.iter().position(|n| *n == name) else {
+            continue;
+        };
+        if !std::mem::replace(&mut seen[i], true) {
+            num[i] = value.to_str().ok().and_then(|v| v.trim().parse().ok());
+        }
+    }
     // Azure sends -1/0 sentinels on some deployments: negative means unknown.
     let known = |v: Option<i64>| v.filter(|v| *v >= 0).map(|v| v as u64);
-    let requests = known(
-        num("x-ratelimit-remaining-requests")
-            .or_else(|| num("anthropic-ratelimit-requests-remaining")),
-    );
-    let tokens = known(
-        num("x-ratelimit-remaining-tokens").or_else(|| num("anthropic-ratelimit-tokens-remaining")),
-    );
-    (requests, tokens)
+    (known(num[0].or(num[1])), known(num[2].or(num[3])))
 }
 
 #[cfg(test)]

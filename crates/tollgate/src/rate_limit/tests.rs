@@ -165,4 +165,22 @@ fn provider_headers_are_read_and_sentinels_ignored() {
         "9000".parse().unwrap(),
     );
     assert_eq!(remaining_from_headers(&a), (None, Some(9000)));
+    // OpenAI's names win; a name's first value counts; an unreadable one is unknown.
+    let mut both = http::HeaderMap::new();
+    both.append("x-ratelimit-remaining-requests", "7".parse().unwrap());
+    both.append("x-ratelimit-remaining-requests", "8".parse().unwrap());
+    both.insert(
+        "anthropic-ratelimit-requests-remaining",
+        "9".parse().unwrap(),
+    );
+    both.insert("x-ratelimit-remaining-tokens", "lots".parse().unwrap());
+    both.insert("anthropic-ratelimit-tokens-remaining", "5".parse().unwrap());
+    assert_eq!(remaining_from_headers(&both), (Some(7), Some(5)));
+    let mut sentinel = http::HeaderMap::new();
+    sentinel.insert("x-ratelimit-remaining-requests", "-1".parse().unwrap());
+    sentinel.insert(
+        "anthropic-ratelimit-requests-remaining",
+        "9".parse().unwrap(),
+    );
+    assert_eq!(remaining_from_headers(&sentinel), (None, None));
 }
