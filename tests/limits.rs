@@ -271,11 +271,21 @@ async fn three_replicas_on_one_redis_share_one_limit() {
     for i in 0..90 {
         let r = post(&c, &gws[i % 3], "tg-c", &chat()).await;
         match r.status().as_u16() {
-            200 => ok += 1,
-            429 => {}
+            200 => {
+                ok += 1;
+                // The client's levels, read back from the take made with the key's.
+                assert!(r.headers().contains_key("x-ratelimit-remaining-requests"));
+            }
+            429 => {
+                assert!(r.headers().contains_key("retry-after"));
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+            }
             s => panic!("unexpected status {s}"),
         }
     }
+    // A request the client's limit refused never reached the upstream.
+    assert_eq!(m.requests().len(), ok);
     // 30 per minute across all three replicas; the run takes well under 2 s (≤ 1 token refilled).
     assert!(
         (30..=31).contains(&ok),
@@ -501,9 +511,9 @@ fn script_calls(redis: &RedisServer) -> u64 {
 }
 
 #[tokio::test]
-async fn with_redis_a_request_makes_two_takes_and_one_correction_for_both_buckets() {
+async fn with_redis_a_request_makes_one_take_and_one_correction_for_both_buckets() {
     let Some(redis) = RedisServer::start(
-        "with_redis_a_request_makes_two_takes_and_one_correction_for_both_buckets",
+        "with_redis_a_request_makes_one_take_and_one_correction_for_both_buckets",
     )
     .await
     else {
@@ -556,7 +566,7 @@ async fn with_redis_a_request_makes_two_takes_and_one_correction_for_both_bucket
     wait_reconciled().await;
     assert_eq!(
         script_calls(&redis) - before,
-        3,
-        "the client's take, the key's take, one correction of both"
+        2,
+        "one take of the client's and the key's buckets before the upstream, one correction of both after"
     );
 }

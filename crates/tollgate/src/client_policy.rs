@@ -138,9 +138,15 @@ where
                 })?),
                 None => None,
             };
-            let Taken { mut levels, charge } = shared.take(&mut req).await?;
+            let taken = shared.take(&mut req).await?;
             let bucket = req.client_bucket.clone();
+            let deferred = req.client_take.clone();
             let result = inner.oneshot(req).await;
+            // A take left to the first key take (Redis): what it made, if it was made.
+            let Taken { mut levels, charge } = match deferred {
+                Some(pending) => pending.taken.get().copied().unwrap_or_default(),
+                None => taken,
+            };
             if let (Some((id, limits)), Some(refund)) = (bucket, unserved(charge, &result)) {
                 levels = levels.refunded(&refund);
                 shared.limiter.refund(&id, limits, refund).await;
@@ -203,6 +209,16 @@ impl LimitShared {
             return Ok(Taken::default());
         };
         if limits.is_none() {
+            return Ok(Taken::default());
+        }
+        if self.limiter.is_shared() {
+            // With Redis the client's buckets are taken with the first key's, in one call.
+            req.client_bucket = Some((Arc::clone(&client.bucket), limits));
+            req.client_take = Some(Arc::new(crate::request::ClientTake {
+                bucket: Arc::clone(&client.bucket),
+                limits,
+                taken: std::sync::OnceLock::new(),
+            }));
             return Ok(Taken::default());
         }
         match self.limiter.take(&client.bucket, limits, req.tokens).await {

@@ -31,6 +31,9 @@ pub struct GatewayRequest {
     /// Where `model`'s JSON value (quotes included) is in `body`, while `body` is as parsed (or
     /// only appended to): a rename is spliced there instead of re-serializing the body.
     pub model_span: Option<std::ops::Range<usize>>,
+    /// The client's take, left to the first key take when the buckets live in Redis (both in
+    /// one script call); the client-limit layer reads the result back.
+    pub client_take: Option<Arc<ClientTake>>,
     /// The token estimate's count of `body`, made by the request's one reading of it; `None`
     /// when the body was not read that way (then it is counted when needed) or was replaced.
     pub counted: Option<crate::rate_limit::estimate::Counted>,
@@ -89,6 +92,7 @@ impl GatewayRequest {
             model: meta.model_name().ok().flatten(),
             model_span: meta.model.map(|raw| span_in(&body, raw.get())),
             counted,
+            client_take: None,
             model_index: None,
             stream: meta.stream.unwrap_or(false),
             endpoint,
@@ -184,6 +188,17 @@ pub struct Answer {
     /// What the answer keeps until its body has gone out: the client's concurrency slot (the
     /// access layer holds it with the body's record).
     pub hold: Option<Arc<crate::auth::InflightGuard>>,
+}
+
+/// A client's take made together with the first key take (see `GatewayRequest::client_take`).
+#[derive(Debug)]
+pub struct ClientTake {
+    /// The client's bucket pair.
+    pub bucket: Arc<str>,
+    /// Its limits.
+    pub limits: Limits,
+    /// What the take charged and left, once made.
+    pub taken: std::sync::OnceLock<crate::rate_limit::Taken>,
 }
 
 /// Where `part` (a slice borrowed from `body`) lies in `body`.

@@ -143,6 +143,12 @@ impl FallbackShared {
                     ended = Some(reason);
                 }
                 Err(TargetEnd::Stop(_)) => break,
+                Err(TargetEnd::ClientLimited(refused)) => {
+                    return Err(GatewayError::ClientRateLimited {
+                        dimension: refused.dimension.label(),
+                        retry_after: refused.wait,
+                    })
+                }
             }
         }
         Ok(final_error(&trail, &self.providers))

@@ -52,6 +52,8 @@ pub enum TargetEnd {
     Stop(StopReason),
     /// Return this upstream error to the client as is.
     PassThrough(Box<Failure>),
+    /// The client's own buckets refused the request (taken with a key's, with Redis).
+    ClientLimited(crate::rate_limit::Refused),
 }
 
 /// The retry policy's state (its layer is [`RetryLayer`]).
@@ -125,6 +127,7 @@ impl RetryShared {
                     let no_key = NoKey {
                         recovery,
                         refill: None,
+                        client: None,
                     };
                     self.wait_for_key(no_key, &call).await?;
                     waited = true;
@@ -153,6 +156,10 @@ impl RetryShared {
             };
             match inner.clone().oneshot(attempt).await {
                 Ok(answer) => return Ok(answer),
+                Err(Missed::NoKey(NoKey {
+                    client: Some(refused),
+                    ..
+                })) => return Err(TargetEnd::ClientLimited(refused)),
                 Err(Missed::NoKey(no_key)) => {
                     self.wait_for_key(no_key, &call).await?;
                     waited = true;

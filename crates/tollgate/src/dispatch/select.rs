@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyLayer, PolicyService};
 use crate::provider::classify::Kind;
 use crate::provider::{Exchange, Raw};
-use crate::rate_limit::{remaining_from_headers, unix_ms, Charge, Limiter, SharedHealth};
+use crate::rate_limit::{remaining_from_headers, unix_ms, Charge, Limiter, SharedHealth, Side};
 use crate::request::{Answer, GatewayRequest, KeyedCall, Served, Target};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -48,6 +48,9 @@ pub struct NoKey {
     pub recovery: Recovery,
     /// Shortest wait until a key's bucket can take the request.
     pub refill: Option<Duration>,
+    /// The client's own buckets refused the request (taken with the key's, with Redis): it
+    /// ends here, as the client-limit layer's 429.
+    pub client: Option<crate::rate_limit::Refused>,
 }
 
 /// An attempt that produced no answer for the client.
@@ -154,7 +157,35 @@ impl SelectShared {
                 }
             };
             let (bucket, limits) = pool.bucket(lease.idx());
-            match self.limiter.take(bucket, limits, call.req.tokens).await {
+            let tokens = call.req.tokens;
+            // The client's take still owed (Redis) goes with this key's, in one call.
+            let owed = call
+                .req
+                .client_take
+                .as_ref()
+                .filter(|c| c.taken.get().is_none());
+            let took = match owed {
+                Some(client) => {
+                    let pair = (&*client.bucket, client.limits, tokens);
+                    match self.limiter.take_pair(pair, (bucket, limits, tokens)).await {
+                        Ok((for_client, for_key)) => {
+                            let _ = client.taken.set(for_client);
+                            Ok(for_key)
+                        }
+                        Err((Side::Client, refused)) => {
+                            self.metrics
+                                .rate_limited
+                                .with_label_values(&["client", refused.dimension.label()])
+                                .inc();
+                            no_key.client = Some(refused);
+                            return Err(no_key);
+                        }
+                        Err((Side::Key, refused)) => Err(refused),
+                    }
+                }
+                None => self.limiter.take(bucket, limits, tokens).await,
+            };
+            match took {
                 Ok(taken) => return Ok((lease, taken.charge)),
                 Err(refused) => {
                     self.metrics

@@ -103,7 +103,7 @@ pub struct Levels {
 
 /// What one successful take charged, and where: all that a refund may give back. Not `Clone`:
 /// a charge is refunded at most once.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Charge {
     requests: u64,
     tokens: u64,
@@ -132,7 +132,7 @@ impl Charge {
 }
 
 /// A successful take: the levels after it and what it charged.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
     /// Levels after the take, for `x-ratelimit-*` headers.
     pub levels: Levels,
@@ -156,6 +156,15 @@ impl Levels {
         give(&mut self.tokens, charge.tokens);
         self
     }
+}
+
+/// Which bucket pair of a [`Limiter::take_pair`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client's.
+    Client,
+    /// The upstream key's.
+    Key,
 }
 
 /// The limiter: memory, or Redis with a memory fallback.
@@ -215,6 +224,81 @@ impl Limiter {
             levels,
             charge: charge(false),
         })
+    }
+
+    /// Takes from a client's bucket pair and a key's at once, both or neither: with Redis in
+    /// one script call (the request's only one before the upstream is asked). `Err` names the
+    /// side that refused.
+    pub async fn take_pair(
+        &self,
+        client: (&str, Limits, u64),
+        key: (&str, Limits, u64),
+    ) -> Result<(Taken, Taken), (Side, Refused)> {
+        let charge = |(_, limits, tokens): (&str, Limits, u64), shared| Charge {
+            requests: u64::from(limits.rpm.is_some()),
+            tokens: if limits.tpm.is_some() {
+                tokens.min(MAX_TOKENS)
+            } else {
+                0
+            },
+            shared,
+        };
+        if let Some(redis) = &self.redis {
+            let (c, k) = (
+                (client.0, client.1, client.2.min(MAX_TOKENS)),
+                (key.0, key.1, key.2.min(MAX_TOKENS)),
+            );
+            if let Some(result) = redis.take_pair(c, k).await {
+                return result.map(|(c, k)| {
+                    (
+                        Taken {
+                            levels: c,
+                            charge: charge(client, true),
+                        },
+                        Taken {
+                            levels: k,
+                            charge: charge(key, true),
+                        },
+                    )
+                });
+            }
+        }
+        // Redis unreachable: each bucket of its share, locally; the client's given back when
+        // the key refuses.
+        let now = tokio::time::Instant::now();
+        let local = |(id, limits, tokens): (&str, Limits, u64)| {
+            self.local.take(
+                id,
+                self.degraded_limits(limits),
+                tokens.min(MAX_TOKENS),
+                now,
+            )
+        };
+        let c = local(client).map_err(|r| (Side::Client, r))?;
+        let k = match local(key) {
+            Ok(k) => k,
+            Err(r) => {
+                let given = charge(client, false);
+                self.local.refund(
+                    client.0,
+                    self.degraded_limits(client.1),
+                    given.requests,
+                    given.tokens,
+                    now,
+                );
+                return Err((Side::Key, r));
+            }
+        };
+        Ok((
+            Taken {
+                levels: c,
+                charge: charge(client, false),
+            },
+            Taken {
+                levels: k,
+                charge: charge(key, false),
+            },
+        ))
     }
 
     /// Gives `charge` back to bucket pair `id`, in the store that took it (never above the

@@ -45,6 +45,36 @@ local function save(key, level)
   redis.call('HSET', key, 'l', tostring(level), 't', now)
   redis.call('PEXPIRE', key, 120000)
 end
+if mode == 'take2' then
+  -- KEYS: the client's r, t, the key's r, t; ARGV[2..4]: the client's rpm, tpm, tokens;
+  -- ARGV[5..7]: the key's. Both buckets take, or neither: {1, client r, t, key r, t} left,
+  -- or {0, side (1 client, 2 key), requests wait, tokens wait}.
+  local function check(ki, rpm, tpm, n)
+    local r, k = nil, nil
+    if rpm > 0 then r = load(KEYS[ki], rpm) end
+    if tpm > 0 then k = load(KEYS[ki + 1], tpm) end
+    local rw, kw = 0, 0
+    if r and r < 1 then rw = math.ceil((1 - r) * 60000 / rpm) end
+    if k then
+      if n > tpm then kw = -1 elseif k < n then kw = math.ceil((n - k) * 60000 / tpm) end
+    end
+    return r, k, rw, kw
+  end
+  local function take(ki, r, k, n)
+    local rr, kk = -1, -1
+    if r then r = r - 1; save(KEYS[ki], r); rr = math.floor(math.max(r, 0)) end
+    if k then k = k - n; save(KEYS[ki + 1], k); kk = math.floor(math.max(k, 0)) end
+    return rr, kk
+  end
+  local cn, kn = count(4), count(7)
+  local cr, ck, crw, ckw = check(1, tonumber(ARGV[2]), tonumber(ARGV[3]), cn)
+  if crw ~= 0 or ckw ~= 0 then return {0, 1, crw, ckw} end
+  local kr, kk, krw, kkw = check(3, tonumber(ARGV[5]), tonumber(ARGV[6]), kn)
+  if krw ~= 0 or kkw ~= 0 then return {0, 2, krw, kkw} end
+  local a, b = take(1, cr, ck, cn)
+  local c, d = take(3, kr, kk, kn)
+  return {1, a, b, c, d}
+end
 if mode == 'adjust_many' then
   -- Token buckets only: KEYS are their keys, ARGV[2] the delta, ARGV[2 + i] KEYS[i]'s cap.
   local delta = tonumber(ARGV[2]) or 0
@@ -87,6 +117,37 @@ else
   return {1}
 end
 "#;
+
+/// The levels the script reports left (`-1`: that bucket has no limit).
+fn levels(rpm: i64, tpm: i64, requests: i64, tokens: i64) -> Levels {
+    let level = |cap: i64, remaining: i64| {
+        (cap > 0 && remaining >= 0).then(|| Level {
+            limit: cap as u64,
+            remaining: remaining as u64,
+            reset: Duration::from_secs_f64((cap - remaining).max(0) as f64 * 60.0 / cap as f64),
+        })
+    };
+    Levels {
+        requests: level(rpm, requests),
+        tokens: level(tpm, tokens),
+    }
+}
+
+/// A refusal from the script's waits (ms; `-1`: never, more than the limit).
+fn refused(requests_wait: i64, tokens_wait: i64) -> Refused {
+    let wait = |ms: i64| (ms >= 0).then(|| Duration::from_millis(ms as u64));
+    let (rw, tw) = (requests_wait, tokens_wait);
+    match rw != 0 && (tw == 0 || (tw > 0 && rw >= tw)) {
+        true => Refused {
+            dimension: Dimension::Requests,
+            wait: wait(rw),
+        },
+        false => Refused {
+            dimension: Dimension::Tokens,
+            wait: wait(tw),
+        },
+    }
+}
 
 #[derive(Debug)]
 pub struct RedisStore {
@@ -211,6 +272,51 @@ impl RedisStore {
         }
     }
 
+    /// The client's and the key's takes in one call (see the script's `take2`); `None` when
+    /// Redis could not answer (use local buckets).
+    pub(super) async fn take_pair(
+        &self,
+        client: (&str, Limits, u64),
+        key: (&str, Limits, u64),
+    ) -> Option<Result<(Levels, Levels), (super::Side, Refused)>> {
+        let conn = self.connection().await?;
+        let mut conn = (*conn).clone();
+        let mut invocation = self.script.prepare_invoke();
+        for (id, _, _) in [client, key] {
+            let [rk, tk] = self.keys(id);
+            invocation.key(rk).key(tk);
+        }
+        invocation.arg("take2");
+        let caps = |limits: Limits| {
+            (
+                i64::from(limits.rpm.unwrap_or(0)),
+                i64::from(limits.tpm.unwrap_or(0)),
+            )
+        };
+        let ((crpm, ctpm), (krpm, ktpm)) = (caps(client.1), caps(key.1));
+        invocation
+            .arg(crpm)
+            .arg(ctpm)
+            .arg(count(client.2))
+            .arg(krpm)
+            .arg(ktpm)
+            .arg(count(key.2));
+        let v = self
+            .settle(invocation.invoke_async::<Vec<i64>>(&mut conn))
+            .await?;
+        Some(match v.as_slice() {
+            [1, cr, ct, kr, kt] => Ok((levels(crpm, ctpm, *cr, *ct), levels(krpm, ktpm, *kr, *kt))),
+            [0, side, rw, tw] => {
+                let side = match side {
+                    1 => super::Side::Client,
+                    _ => super::Side::Key,
+                };
+                Err((side, refused(*rw, *tw)))
+            }
+            _ => return None,
+        })
+    }
+
     /// `None` when Redis could not answer (use local buckets).
     pub(super) async fn take(
         &self,
@@ -221,27 +327,9 @@ impl RedisStore {
         let rpm = i64::from(limits.rpm.unwrap_or(0));
         let tpm = i64::from(limits.tpm.unwrap_or(0));
         let v = self.run(id, &[rpm, tpm, count(tokens)], "take").await?;
-        let wait = |ms: i64| (ms >= 0).then(|| Duration::from_millis(ms as u64));
-        let level = |cap: i64, remaining: i64| {
-            (cap > 0 && remaining >= 0).then(|| Level {
-                limit: cap as u64,
-                remaining: remaining as u64,
-                reset: Duration::from_secs_f64((cap - remaining).max(0) as f64 * 60.0 / cap as f64),
-            })
-        };
         Some(match v.as_slice() {
-            [1, r, t] => Ok(Levels {
-                requests: level(rpm, *r),
-                tokens: level(tpm, *t),
-            }),
-            [0, rw, tw] if *rw != 0 && (*tw == 0 || (*tw > 0 && rw >= tw)) => Err(Refused {
-                dimension: Dimension::Requests,
-                wait: wait(*rw),
-            }),
-            [0, _, tw] => Err(Refused {
-                dimension: Dimension::Tokens,
-                wait: wait(*tw),
-            }),
+            [1, r, t] => Ok(levels(rpm, tpm, *r, *t)),
+            [0, rw, tw] => Err(refused(*rw, *tw)),
             _ => return None,
         })
     }

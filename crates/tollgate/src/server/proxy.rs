@@ -173,6 +173,7 @@ async fn parse(
         model: meta.model,
         model_span: meta.model_span,
         counted: meta.counted,
+        client_take: None,
         model_index,
         stream: meta.stream,
         endpoint,
