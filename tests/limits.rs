@@ -523,7 +523,7 @@ async fn with_redis_a_request_makes_one_take_and_one_correction_for_both_buckets
     let toml = format!(
         "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"500ms\"\nkey_prefix = \"fix{}\"\n\
          [[providers]]\nname = \"openai\"\nbase_url = \"{}\"\ndefault = true\n\
-         keys = [{{ id = \"k1\", secret = \"sk-k1\", tpm = 1000000 }}]\n{}",
+         keys = [{{ id = \"k1\", secret = \"sk-k1\", rpm = 1000, tpm = 1000000 }}]\n{}",
         redis.url(),
         redis.port,
         m.base_url(),
@@ -568,5 +568,38 @@ async fn with_redis_a_request_makes_one_take_and_one_correction_for_both_buckets
         script_calls(&redis) - before,
         2,
         "one take of the client's and the key's buckets before the upstream, one correction of both after"
+    );
+    // A provider that reports what is left: its word lowers the key's buckets (after the answer).
+    let before = script_calls(&redis);
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("tg-c")
+        .header("x-mock-ratelimit-remaining", "5, 900000")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap();
+    let requests_level = || {
+        let key = format!("fix{}:rl:", redis.port);
+        let keys = redis_cli(&redis, &["--scan", "--pattern", &format!("{key}*:r")]);
+        let keys: Vec<&str> = keys.lines().collect();
+        assert_eq!(keys.len(), 1, "only the key has an RPM limit: {keys:?}");
+        redis_cli(&redis, &["HGET", keys[0], "l"])
+            .trim()
+            .parse::<f64>()
+            .unwrap()
+    };
+    for _ in 0..200 {
+        if requests_level() <= 5.1 && script_calls(&redis) - before == 3 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the provider's remaining requests did not reach the key's bucket: level {}, {} calls",
+        requests_level(),
+        script_calls(&redis) - before
     );
 }

@@ -188,6 +188,9 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         huge_usage: false,
     };
     let content_type = header_str(&parts.headers, "content-type").map(str::to_owned);
+    // `x-mock-ratelimit-remaining: REQUESTS,TOKENS` comes back as the provider's
+    // `x-ratelimit-remaining-requests` and `-tokens` on the answer.
+    let remaining = header_str(&parts.headers, "x-mock-ratelimit-remaining").map(str::to_owned);
     let version = header_str(&parts.headers, "anthropic-version").map(str::to_owned);
     let method = parts.method.to_string();
     let path = parts.uri.path().to_owned();
@@ -284,7 +287,19 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         }
     };
     let fault = fault.map(|f| (f, hold));
-    encode(respond(answer, fault, knobs.chunk_delay, dialect), gzip)
+    let mut response = respond(answer, fault, knobs.chunk_delay, dialect);
+    if let Some((requests, tokens)) = remaining.as_deref().and_then(|r| r.split_once(',')) {
+        let headers = response.headers_mut();
+        for (name, value) in [
+            ("x-ratelimit-remaining-requests", requests),
+            ("x-ratelimit-remaining-tokens", tokens),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(value.trim()) {
+                headers.insert(name, v);
+            }
+        }
+    }
+    encode(response, gzip)
 }
 
 /// Whether a request body asks for a stream (`"stream": true`); anything unreadable does not.

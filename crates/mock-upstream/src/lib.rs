@@ -166,7 +166,8 @@
 //! `response-failed=CODE`, `response-error=CODE`, `response-cut-after=N`,
 //! `response-end-after=N`, `error-first`, `hold`, `hang`, `huge-usage`,
 //! `gzip`), `x-mock-chunks` and
-//! `x-mock-chunk-delay-ms` override the defaults; faults scripted for the
+//! `x-mock-chunk-delay-ms` override the defaults, `x-mock-ratelimit-remaining: R,T` answers
+//! with `x-ratelimit-remaining-requests: R` and `x-ratelimit-remaining-tokens: T`; faults scripted for the
 //! request's key win over the header (see [`Fault`]). Scripted faults can be
 //! conditional: for streaming requests only ([`Fault::streams_only`]) or for one
 //! request in N ([`Fault::flaky`]), and any answer can come gzip-compressed

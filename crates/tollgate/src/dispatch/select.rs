@@ -242,7 +242,18 @@ impl SelectShared {
         if let Some(headers) = exchange.headers() {
             let (requests, tokens) = remaining_from_headers(headers);
             let (bucket, limits) = lease.bucket();
-            self.limiter.sync(bucket, limits, requests, tokens).await;
+            if !self.limiter.is_shared() {
+                self.limiter.sync(bucket, limits, requests, tokens).await;
+            } else if requests.is_some() || tokens.is_some() {
+                // With Redis, off the answer's path: the take was the request's one call before
+                // the client's first byte.
+                let (limiter, bucket) = (Arc::clone(&self.limiter), lease.bucket_id());
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        limiter.sync(&bucket, limits, requests, tokens).await;
+                    });
+                }
+            }
         }
         self.handles.attempt(provider, lease.idx(), kind).inc();
         let attempt_no = call.trail.attempts() + 1;
