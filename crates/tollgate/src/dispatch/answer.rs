@@ -72,6 +72,7 @@ impl SelectShared {
             // One call corrects the key's and the client's buckets.
             let buckets: Vec<_> = buckets.into_iter().flatten().collect();
             let reconcile = async move {
+                let buckets: Vec<(&str, _)> = buckets.iter().map(|(id, l)| (&**id, *l)).collect();
                 limiter.reconcile_many(&buckets, estimate, actual).await;
             };
             if let Ok(handle) = tokio::runtime::Handle::try_current() {

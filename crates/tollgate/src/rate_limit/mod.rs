@@ -112,6 +112,19 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// What a take of one request and `tokens` tokens charges buckets with `limits`.
+    fn of(limits: Limits, tokens: u64, shared: bool) -> Charge {
+        Charge {
+            requests: u64::from(limits.rpm.is_some()),
+            tokens: if limits.tpm.is_some() {
+                tokens.min(MAX_TOKENS)
+            } else {
+                0
+            },
+            shared,
+        }
+    }
+
     /// The same charge without its request: what a failed upstream attempt gets back (the
     /// provider counts unsuccessful requests against its per-minute limit too).
     pub fn tokens_only(self) -> Charge {
@@ -201,11 +214,7 @@ impl Limiter {
             return Ok(Taken::default());
         }
         let tokens = tokens.min(MAX_TOKENS);
-        let charge = |shared| Charge {
-            requests: u64::from(limits.rpm.is_some()),
-            tokens: if limits.tpm.is_some() { tokens } else { 0 },
-            shared,
-        };
+        let charge = |shared| Charge::of(limits, tokens, shared);
         if let Some(redis) = &self.redis {
             if let Some(result) = redis.take(id, limits, tokens).await {
                 return result.map(|levels| Taken {
@@ -234,15 +243,8 @@ impl Limiter {
         client: (&str, Limits, u64),
         key: (&str, Limits, u64),
     ) -> Result<(Taken, Taken), (Side, Refused)> {
-        let charge = |(_, limits, tokens): (&str, Limits, u64), shared| Charge {
-            requests: u64::from(limits.rpm.is_some()),
-            tokens: if limits.tpm.is_some() {
-                tokens.min(MAX_TOKENS)
-            } else {
-                0
-            },
-            shared,
-        };
+        let charge =
+            |(_, limits, tokens): (&str, Limits, u64), shared| Charge::of(limits, tokens, shared);
         if let Some(redis) = &self.redis {
             let (c, k) = (
                 (client.0, client.1, client.2.min(MAX_TOKENS)),
@@ -361,36 +363,13 @@ impl Limiter {
 
     /// Corrects the token bucket by real usage: refunds `estimated - actual` (or charges).
     pub async fn reconcile(&self, id: &str, limits: Limits, estimated: u64, actual: u64) {
-        let (estimated, actual) = (estimated.min(MAX_TOKENS), actual.min(MAX_TOKENS));
-        if limits.tpm.is_none() || estimated == actual {
-            return;
-        }
-        if let Some(redis) = &self.redis {
-            // Both at most 2^53: the difference fits an i64 either way.
-            if redis
-                .adjust(id, limits, estimated as i64 - actual as i64)
-                .await
-            {
-                return;
-            }
-        }
-        self.local.reconcile(
-            id,
-            self.degraded_limits(limits),
-            estimated,
-            actual,
-            tokio::time::Instant::now(),
-        );
+        self.reconcile_many(&[(id, limits)], estimated, actual)
+            .await;
     }
 
     /// [`Limiter::reconcile`] of several bucket pairs (a request's key and client) by the same
     /// usage: with Redis, one call for all of them.
-    pub async fn reconcile_many(
-        &self,
-        buckets: &[(Arc<str>, Limits)],
-        estimated: u64,
-        actual: u64,
-    ) {
+    pub async fn reconcile_many(&self, buckets: &[(&str, Limits)], estimated: u64, actual: u64) {
         let (estimated, actual) = (estimated.min(MAX_TOKENS), actual.min(MAX_TOKENS));
         if estimated == actual {
             return;
@@ -398,7 +377,7 @@ impl Limiter {
         let counted: Vec<(&str, Limits)> = buckets
             .iter()
             .filter(|(_, l)| l.tpm.is_some())
-            .map(|(id, l)| (&**id, *l))
+            .copied()
             .collect();
         if counted.is_empty() {
             return;

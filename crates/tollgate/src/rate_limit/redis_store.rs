@@ -102,9 +102,6 @@ if mode == 'take' then
   if r then rr = math.floor(math.max(r, 0)) end
   if k then kk = math.floor(math.max(k, 0)) end
   return {1, rr, kk}
-elseif mode == 'adjust' then
-  if k then save(KEYS[2], clamp(k + (tonumber(ARGV[4]) or 0), tpm)) end
-  return {1}
 elseif mode == 'refund' then
   if r then save(KEYS[1], clamp(r + count(4), rpm)) end
   if k then save(KEYS[2], clamp(k + count(5), tpm)) end
@@ -332,17 +329,6 @@ impl RedisStore {
             [0, rw, tw] => Err(refused(*rw, *tw)),
             _ => return None,
         })
-    }
-
-    /// Adds `delta` tokens (negative charges; within ±2^53); `false` when Redis could not answer.
-    pub(super) async fn adjust(&self, id: &str, limits: Limits, delta: i64) -> bool {
-        let bound = MAX_TOKENS as i64;
-        let args = [
-            i64::from(limits.rpm.unwrap_or(0)),
-            i64::from(limits.tpm.unwrap_or(0)),
-            delta.clamp(-bound, bound),
-        ];
-        self.run(id, &args, "adjust").await.is_some()
     }
 
     /// Adds `delta` tokens to the token bucket of each of `buckets`, in one call (a request's
