@@ -10,7 +10,7 @@ use crate::request::Served;
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use std::any::Any;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -120,17 +120,17 @@ where
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_owned();
-        let (method, path) = (req.method().clone(), Box::<str>::from(req.uri().path()));
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let _inflight = Dec(&layer.metrics.inflight);
             // Until the answer's head exists, a client that leaves is counted and logged here.
             let mut pending = Entry {
                 layer: layer.clone(),
-                endpoint: endpoint_of(&path),
+                endpoint: endpoint_of(&uri),
                 request_id,
                 method,
-                path,
+                uri,
                 received,
                 head: None,
                 status: 499,
@@ -171,8 +171,8 @@ where
     }
 }
 
-fn endpoint_of(path: &str) -> Endpoint {
-    Endpoint::from_path(path.strip_prefix("/v1/").unwrap_or_default())
+fn endpoint_of(uri: &Uri) -> Endpoint {
+    Endpoint::from_path(uri.path().strip_prefix("/v1/").unwrap_or_default())
 }
 
 /// One request's access record, written once: when its answer's body has been sent (or
@@ -182,9 +182,7 @@ struct Entry {
     endpoint: Endpoint,
     request_id: String,
     method: Method,
-    /// The request's path, copied: the request's own `Uri` shares hyper's read buffer, which
-    /// an entry living as long as a stream would keep from being reused.
-    path: Box<str>,
+    uri: Uri,
     received: Instant,
     /// Time to the answer's head, once it exists.
     head: Option<std::time::Duration>,
@@ -301,7 +299,7 @@ impl AccessLayer {
     }
 
     fn record(&self, e: &Entry, outcome: Outcome) {
-        let path = e.path.strip_prefix("/v1/").unwrap_or_default();
+        let path = e.uri.path().strip_prefix("/v1/").unwrap_or_default();
         let endpoint = e.endpoint;
         let record = e.record.as_ref();
         let served = match (outcome, record) {
