@@ -127,6 +127,8 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
+        // Anthropic's clients (Claude Code, the `anthropic` SDK) send their key here.
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|k| !k.is_empty())
 }

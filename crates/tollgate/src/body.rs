@@ -51,6 +51,12 @@ pub struct Fields<'a> {
     /// Responses `instructions`.
     #[serde(default, borrow)]
     pub instructions: Option<&'a RawValue>,
+    /// Messages `system`.
+    #[serde(default, borrow)]
+    pub system: Option<&'a RawValue>,
+    /// Messages `metadata` (its `user_id` names Claude Code's session).
+    #[serde(default, borrow)]
+    pub metadata: Option<&'a RawValue>,
     /// `max_tokens`.
     #[serde(default)]
     pub max_tokens: Option<u64>,

@@ -12,6 +12,10 @@ pub enum Endpoint {
     Embeddings,
     /// `responses…`.
     Responses,
+    /// `messages` (Anthropic's Messages API in front).
+    Messages,
+    /// `messages/count_tokens`.
+    CountTokens,
     /// `models…`.
     Models,
     /// `moderations`.
@@ -28,11 +32,13 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 10] = [
+    pub const ALL: [Endpoint; 12] = [
         Endpoint::ChatCompletions,
         Endpoint::Completions,
         Endpoint::Embeddings,
         Endpoint::Responses,
+        Endpoint::Messages,
+        Endpoint::CountTokens,
         Endpoint::Models,
         Endpoint::Moderations,
         Endpoint::Images,
@@ -49,6 +55,8 @@ impl Endpoint {
             "completions" => Endpoint::Completions,
             "embeddings" => Endpoint::Embeddings,
             "responses" => Endpoint::Responses,
+            "messages" if path == "messages" => Endpoint::Messages,
+            "messages" if path == "messages/count_tokens" => Endpoint::CountTokens,
             "models" => Endpoint::Models,
             "moderations" => Endpoint::Moderations,
             "images" => Endpoint::Images,
@@ -65,6 +73,8 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "count_tokens",
             Endpoint::Models => "models",
             Endpoint::Moderations => "moderations",
             Endpoint::Images => "images",
@@ -80,16 +90,17 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions | Endpoint::Completions => SseEnd::Done,
             Endpoint::Responses => SseEnd::Terminal,
+            Endpoint::Messages => SseEnd::MessageStop,
             _ => SseEnd::Close,
         }
     }
 }
 
 /// The endpoint families a client may be allowed (`[[clients]] endpoints`), by the first
-/// segment of the path after `/v1/`. The first eight are the inference endpoints every client
-/// has unless its `endpoints` says otherwise; the rest reach objects stored under the upstream
+/// segment of the path after `/v1/`. The first nine are the inference endpoints every client
+/// has unless its `endpoints` says otherwise (`messages` is Anthropic's Messages API in front); the rest reach objects stored under the upstream
 /// key (or the organization itself) and are opt-in.
-const FAMILIES: [&str; 20] = [
+const FAMILIES: [&str; 21] = [
     "chat",
     "completions",
     "responses",
@@ -98,6 +109,7 @@ const FAMILIES: [&str; 20] = [
     "images",
     "audio",
     "models",
+    "messages",
     "files",
     "uploads",
     "batches",
@@ -113,7 +125,7 @@ const FAMILIES: [&str; 20] = [
 ];
 
 /// The inference families (the default).
-const INFERENCE: u32 = 0xff;
+const INFERENCE: u32 = 0x1ff;
 
 /// A set of endpoint families, as bits of [`FAMILIES`]; a path of no known family needs `"*"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +151,7 @@ impl Families {
         any: true,
     };
 
-    /// From config names: a family, `"inference"` for the default eight, `"*"` for all; none
+    /// From config names: a family, `"inference"` for the default nine, `"*"` for all; none
     /// given means the default.
     pub fn parse(names: &[String]) -> Result<Families, String> {
         if names.is_empty() {

@@ -126,6 +126,8 @@ pub struct Target {
     pub context_window: Option<u32>,
     /// Whether `max_tokens` may be lowered to fit `context_window`.
     pub fit_max_tokens: bool,
+    /// The model takes a reasoning effort.
+    pub reasoning: bool,
 }
 
 /// How an answer came about, for `tollgate_requests_total{outcome}`.

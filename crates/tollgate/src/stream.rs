@@ -205,6 +205,8 @@ pub enum SseEnd {
     /// A terminal Responses event (`response.completed`, `response.incomplete`,
     /// `response.failed`) or an `error` event.
     Terminal,
+    /// Anthropic's `message_stop`, or an `error` event (the Messages API in front).
+    MessageStop,
 }
 
 /// Watches a stream's events for its honest end, and bounds the event being read: decided on
@@ -221,6 +223,9 @@ struct EndWatch {
 
 /// The event a chunk was cut in is larger than `max_event`.
 struct Oversize;
+
+/// The events that end a Messages stream.
+const MESSAGE_END: [&[u8]; 2] = [b"message_stop", b"error"];
 
 const TERMINAL: [&[u8]; 4] = [
     b"response.completed",
@@ -248,12 +253,15 @@ impl EndWatch {
         static DONE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"[DONE]"));
         static TERMINALS: LazyLock<[Finder<'static>; 4]> =
             LazyLock::new(|| TERMINAL.map(Finder::new));
+        static MESSAGE_ENDS: LazyLock<[Finder<'static>; 2]> =
+            LazyLock::new(|| MESSAGE_END.map(Finder::new));
         let hint = match self.end {
             SseEnd::Close => false,
             SseEnd::Done => DONE.find(chunk).is_some(),
             SseEnd::Terminal => {
                 self.response_id.is_none() || TERMINALS.iter().any(|t| t.find(chunk).is_some())
             }
+            SseEnd::MessageStop => MESSAGE_ENDS.iter().any(|t| t.find(chunk).is_some()),
         };
         if !hint && self.framer.skip_whole(chunk) {
             return Ok(());
@@ -283,6 +291,10 @@ fn is_end(end: SseEnd, event: &[u8], id: &mut Option<String>) -> bool {
                 *id = response_id(&data);
             }
             name.is_some_and(|n| TERMINAL.contains(&n))
+        }
+        SseEnd::MessageStop => {
+            let data = sse::data(event);
+            event_name(event, &data).is_some_and(|n| MESSAGE_END.contains(&n))
         }
     }
 }
@@ -599,6 +611,19 @@ where
                 code,
                 w.response_id.as_deref(),
             )),
+            (
+                Framing::Sse {
+                    end: SseEnd::MessageStop,
+                    ..
+                },
+                _,
+            ) => {
+                let kind = match end {
+                    StreamEnd::Idle => "timeout_error",
+                    _ => "api_error",
+                };
+                Ok(crate::provider::messages::error_event(kind, &message))
+            }
             (Framing::Sse { .. }, _) => Ok(error_event(&message, code)),
             (Framing::Raw { .. }, _) => Err(std::io::Error::other(message)),
         };

@@ -158,8 +158,19 @@ fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
     let Ok(chunk) = serde_json::from_slice::<Chunk>(&sse::data(event)) else {
         return true;
     };
-    if let Some(u) = chunk.usage.or(chunk.response.and_then(|r| r.usage)) {
-        *usage = Some(u);
+    let nested = chunk.response.or(chunk.message).and_then(|r| r.usage);
+    if let Some(u) = chunk.usage.or(nested) {
+        // Anthropic's stream tells it in parts: the input in `message_start`, the output in
+        // `message_delta` (each count only grows); OpenAI's in one event.
+        *usage = Some(match usage.take() {
+            Some(before) => Usage {
+                prompt_tokens: before.prompt_tokens.max(u.prompt_tokens),
+                completion_tokens: before.completion_tokens.max(u.completion_tokens),
+                total_tokens: before.total_tokens.max(u.total_tokens),
+                prompt_tokens_details: u.prompt_tokens_details.or(before.prompt_tokens_details),
+            },
+            None => u,
+        });
     }
     !(chunk.usage.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty))
 }
@@ -253,6 +264,9 @@ struct Chunk {
     /// A Responses event (`response.completed`, `.incomplete`, `.failed`) carries it here.
     #[serde(default)]
     response: Option<Nested>,
+    /// Anthropic's `message_start` carries the input's here.
+    #[serde(default)]
+    message: Option<Nested>,
     #[serde(default)]
     choices: Option<Vec<serde::de::IgnoredAny>>,
 }

@@ -276,6 +276,9 @@ pub struct ProviderConfig {
     /// `openai` and `azure`) or `chat` (translated to Chat Completions; always for
     /// `anthropic`, through its Messages translation).
     pub responses: Option<String>,
+    /// For `anthropic`: the `anthropic-beta` flags clients of `/v1/messages` may pass on
+    /// (`["*"]`: every flag; default none, as each turns on a feature billed to the key).
+    pub anthropic_beta: Vec<String>,
 }
 
 /// One upstream API key.
@@ -320,6 +323,9 @@ pub struct TargetConfig {
     pub context_window: Option<u32>,
     /// For Anthropic targets: `max_tokens` when the client names none (default `limits.default_max_tokens`).
     pub max_tokens: Option<u32>,
+    /// The model takes a reasoning effort: a translated request's thinking settings become
+    /// `reasoning_effort` (and `max_tokens` `max_completion_tokens`); default false.
+    pub reasoning: bool,
 }
 
 /// Where the config comes from.

@@ -148,6 +148,8 @@ pub struct ProviderSettings {
     pub ca_file: Option<std::path::PathBuf>,
     /// How it serves the Responses API.
     pub responses: ResponsesMode,
+    /// The `anthropic-beta` flags a Messages client may pass to it (`"*"`: every flag).
+    pub anthropic_beta: Vec<String>,
 }
 
 /// How a provider serves `POST /v1/responses`.
@@ -198,6 +200,8 @@ pub struct TargetSettings {
     pub context_window: Option<u32>,
     /// `max_tokens` for Anthropic targets when the client names none.
     pub max_tokens: Option<u32>,
+    /// The model takes a reasoning effort (translated requests carry one).
+    pub reasoning: bool,
 }
 
 /// The configured providers' names, for a message about a name that is none of them.
@@ -562,6 +566,7 @@ impl Config {
                     .as_deref()
                     .and_then(|f| super::egress::ca_file(f, &format!("{path}.ca_file"), p)),
                 responses,
+                anthropic_beta: pc.anthropic_beta.clone(),
             });
         }
         out
@@ -612,6 +617,7 @@ impl Config {
                         model: tc.model.as_deref().unwrap_or(&mc.name).into(),
                         context_window: tc.context_window,
                         max_tokens: tc.max_tokens,
+                        reasoning: tc.reasoning,
                     })
                 })
                 .collect();

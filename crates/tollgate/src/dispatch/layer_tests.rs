@@ -65,6 +65,7 @@ fn target(provider: usize) -> Target {
         max_tokens: 16,
         context_window: None,
         fit_max_tokens: false,
+        reasoning: false,
     }
 }
 

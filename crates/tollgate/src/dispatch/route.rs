@@ -52,13 +52,18 @@ where
         // Decided before the future: it holds the answer or the routed call, not the policy.
         let routed = match self.models_answer(&req) {
             Some(answer) => Err(answer),
-            None => self
-                .chain(&req)
-                .map(|chain| Routed {
+            None => match self.chain(&req) {
+                Ok(chain) => Ok(Routed {
                     req: Arc::new(req),
                     chain,
-                })
-                .map_err(Err),
+                }),
+                Err(GatewayError::EndpointUnsupported { .. })
+                    if req.endpoint == crate::request::Endpoint::CountTokens =>
+                {
+                    Err(Ok(count_answer(&req)))
+                }
+                Err(e) => Err(Err(e)),
+            },
         };
         async move {
             match routed {
@@ -80,6 +85,7 @@ impl RouteShared {
             max_tokens: default_max,
             context_window: None,
             fit_max_tokens: false,
+            reasoning: false,
         };
         let targets = match (req.model.as_deref(), req.model_index) {
             (Some(_), Some(i)) => self.settings.models[i]
@@ -91,6 +97,7 @@ impl RouteShared {
                     max_tokens: t.max_tokens.unwrap_or(default_max),
                     context_window: t.context_window,
                     fit_max_tokens: self.settings.models[i].fit_max_tokens,
+                    reasoning: t.reasoning,
                 })
                 .collect(),
             (Some(model), None) => match self.settings.default_provider {
@@ -139,20 +146,35 @@ impl RouteShared {
             Some(name) if self.settings.model(name).is_some() && visible(name) => model(name),
             Some(name) => return Some(Err(GatewayError::ModelNotFound(name.to_owned()))),
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        Some(Ok(Answer {
-            status: StatusCode::OK,
-            headers,
-            body: Body::from(body.to_string()),
-            provider: "tollgate".into(),
-            key: "-".into(),
-            attempts: 0,
-            served: Served::FirstTry,
-            hold: None,
-        }))
+        Some(Ok(own_answer(Body::from(body.to_string()))))
     }
+}
+
+/// An answer the gateway makes itself (JSON, 200).
+fn own_answer(body: Body) -> Answer {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Answer {
+        status: StatusCode::OK,
+        headers,
+        body,
+        provider: "tollgate".into(),
+        key: "-".into(),
+        attempts: 0,
+        served: Served::FirstTry,
+        hold: None,
+    }
+}
+
+/// `/v1/messages/count_tokens` when no target of the model can count (only Anthropic's can):
+/// the gateway's own estimate of the prompt.
+fn count_answer(req: &GatewayRequest) -> Answer {
+    let prompt = req.counted.map_or_else(
+        || crate::rate_limit::estimate::estimate(&req.body, req.endpoint, 0).0,
+        |c| c.prompt,
+    );
+    own_answer(Body::from(crate::provider::messages::count_answer(prompt)))
 }

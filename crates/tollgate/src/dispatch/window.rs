@@ -87,6 +87,7 @@ mod tests {
             max_tokens: 16,
             context_window: window,
             fit_max_tokens: fit,
+            reasoning: false,
         }
     }
 

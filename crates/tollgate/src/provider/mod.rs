@@ -11,6 +11,7 @@ pub mod anthropic;
 pub mod classify;
 mod encoding;
 mod layer;
+pub mod messages;
 pub mod responses;
 
 pub use layer::{is_event_stream, Exchange, ProviderLayer, ProviderService, Raw};
@@ -44,6 +45,9 @@ pub enum Serving {
     /// A Responses request through the chat pivot: read into a chat body, sent as chat (or
     /// on to Anthropic's Messages), and the answer written back as a Responses answer.
     ResponsesViaChat,
+    /// An Anthropic Messages request (`/v1/messages`) to a chat target: read into a chat body,
+    /// and the answer written back in Anthropic's shape and event grammar.
+    MessagesViaChat,
 }
 
 /// The answer header naming the tools a translated request left out.
@@ -107,6 +111,17 @@ impl Provider {
     /// a provider without the Responses API cannot retrieve, cancel or list one.
     pub fn serving(&self, req: &GatewayRequest) -> Serving {
         let kind = self.settings.kind;
+        match (req.endpoint, kind) {
+            (Endpoint::Messages | Endpoint::CountTokens, ProviderKind::Anthropic) => {
+                return Serving::Native
+            }
+            (Endpoint::Messages, _) if req.method == http::Method::POST => {
+                return Serving::MessagesViaChat
+            }
+            // Counting needs Anthropic: the route layer answers with the estimate otherwise.
+            (Endpoint::Messages | Endpoint::CountTokens, _) => return Serving::Unsupported,
+            _ => {}
+        }
         let responses = req.endpoint == Endpoint::Responses;
         if responses
             && (kind == ProviderKind::Anthropic || self.settings.responses == ResponsesMode::Chat)
@@ -151,8 +166,13 @@ impl Provider {
 
     /// Whether a plain (non-stream) success answer to `req` must be read whole and translated.
     pub fn translates_answers(&self, req: &GatewayRequest) -> bool {
-        self.settings.kind == ProviderKind::Anthropic
-            || self.serving(req) == Serving::ResponsesViaChat
+        match self.serving(req) {
+            Serving::ResponsesViaChat | Serving::MessagesViaChat => true,
+            Serving::Native => {
+                self.settings.kind == ProviderKind::Anthropic && !speaks_messages(req)
+            }
+            Serving::Unsupported => false,
+        }
     }
 
     /// A whole plain success answer in the client's dialect (only called when
@@ -175,6 +195,12 @@ impl Provider {
             ProviderKind::OpenAi | ProviderKind::Azure => Bytes::copy_from_slice(body),
         };
         let json = match self.serving(req) {
+            Serving::MessagesViaChat => {
+                let chat: serde_json::Value =
+                    serde_json::from_slice(&chat).map_err(|e| e.to_string())?;
+                let model = req.model.as_deref().unwrap_or_default();
+                Bytes::from(messages::from_chat(&chat, model)?.to_string())
+            }
             Serving::ResponsesViaChat => {
                 let chat: serde_json::Value =
                     serde_json::from_slice(&chat).map_err(|e| e.to_string())?;
@@ -194,10 +220,11 @@ impl Provider {
     /// from the upstream).
     pub fn answer_headers(&self, req: &GatewayRequest, headers: &mut HeaderMap) {
         headers.remove(DROPPED_TOOLS);
-        if self.serving(req) != Serving::ResponsesViaChat {
-            return;
-        }
-        let dropped = responses::dropped_tools(&req.body);
+        let dropped = match self.serving(req) {
+            Serving::ResponsesViaChat => responses::dropped_tools(&req.body),
+            Serving::MessagesViaChat => messages::dropped_tools(&req.body),
+            Serving::Native | Serving::Unsupported => return,
+        };
         if let Some(value) = (!dropped.is_empty())
             .then(|| HeaderValue::try_from(dropped.join(", ")).ok())
             .flatten()
@@ -228,11 +255,17 @@ impl Provider {
         body: BodyStream,
         max_event: usize,
     ) -> (Bytes, BodyStream) {
-        let via_chat = self.serving(req) == Serving::ResponsesViaChat;
-        let anthropic = self.settings.kind == ProviderKind::Anthropic;
-        if !(anthropic || via_chat) {
+        let serving = self.serving(req);
+        let via_chat = serving == Serving::ResponsesViaChat;
+        let to_messages = serving == Serving::MessagesViaChat;
+        let anthropic = self.settings.kind == ProviderKind::Anthropic && !speaks_messages(req);
+        if !(anthropic || via_chat || to_messages) {
             return (prefix, body);
         }
+        let keep_alive: &'static [u8] = match to_messages {
+            true => messages::PING,
+            false => KEEP_ALIVE,
+        };
         let mut translation = StreamTranslation {
             // The Responses stream ends with its usage: the chat stream must carry it.
             anthropic: anthropic.then(|| {
@@ -243,6 +276,12 @@ impl Provider {
                 )
             }),
             responses: via_chat.then(responses::ChatStream::default),
+            messages: to_messages.then(|| {
+                messages::ChatToMessages::new(
+                    req.model.as_deref().unwrap_or_default(),
+                    req.counted.map_or(0, |c| c.prompt),
+                )
+            }),
             chat: Vec::new(),
         };
         let mut first = Vec::new();
@@ -262,7 +301,7 @@ impl Provider {
             // block, an event still incomplete) still shows the upstream is alive: an SSE
             // comment goes on in its place, which resets the idle timer and every client ignores.
             std::future::ready(Some(match out {
-                Ok(b) if b.is_empty() => Ok(Bytes::from_static(KEEP_ALIVE)),
+                Ok(b) if b.is_empty() => Ok(Bytes::from_static(keep_alive)),
                 other => other,
             }))
         });
@@ -271,16 +310,21 @@ impl Provider {
 }
 
 /// A stream's way from the upstream's dialect to the client's: Anthropic's events to chat
-/// chunks, chat chunks to Responses events, or both in turn.
+/// chunks, chat chunks to Responses events, or both in turn; or chat chunks to Anthropic's
+/// events (a Messages client).
 struct StreamTranslation {
     anthropic: Option<anthropic::StreamTranslator>,
     responses: Option<responses::ChatStream>,
+    messages: Option<messages::ChatToMessages>,
     /// Chat chunks between the two steps.
     chat: Vec<u8>,
 }
 
 impl StreamTranslation {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        if let Some(messages) = &mut self.messages {
+            return messages.push(input, out);
+        }
         match (&mut self.anthropic, &mut self.responses) {
             (Some(anthropic), Some(responses)) => {
                 self.chat.clear();
@@ -297,6 +341,7 @@ impl StreamTranslation {
     fn pending(&self) -> usize {
         self.anthropic.as_ref().map_or(0, |a| a.pending())
             + self.responses.as_ref().map_or(0, |r| r.pending())
+            + self.messages.as_ref().map_or(0, |m| m.pending())
     }
 }
 
@@ -339,6 +384,23 @@ fn prepare_body(
     if provider.kind == ProviderKind::Azure && !native_responses {
         azure_checks(req, upstream_model)?;
     }
+    if serving == Serving::MessagesViaChat {
+        let opts = messages::ChatOptions {
+            reasoning: target.reasoning,
+        };
+        let chat = messages::to_chat(&req.body, opts)?;
+        if !chat.dropped_tools.is_empty() {
+            tracing::info!(
+                request_id = %req.id,
+                provider = %provider.name,
+                tools = %chat.dropped_tools.join(", "),
+                "tools left out: the target cannot run them"
+            );
+        }
+        let mut body = chat.body;
+        body["model"] = serde_json::Value::from(upstream_model);
+        return Ok(Bytes::from(body.to_string()));
+    }
     let chat = match serving {
         Serving::ResponsesViaChat => {
             let chat = responses::to_chat(&req.body)?;
@@ -362,9 +424,18 @@ fn prepare_body(
             }
             Some(Bytes::from(body.to_string()))
         }
-        Serving::Native | Serving::Unsupported => None,
+        Serving::Native | Serving::Unsupported | Serving::MessagesViaChat => None,
     };
     match provider.kind {
+        // A Messages request to Anthropic: its bytes as they came, the model renamed in place.
+        ProviderKind::Anthropic if speaks_messages(req) => {
+            Ok(match (model, req.model.as_deref()) {
+                (Some(upstream), Some(asked)) if upstream != asked => {
+                    renamed(req, upstream).unwrap_or_else(|| req.body.clone())
+                }
+                _ => req.body.clone(),
+            })
+        }
         ProviderKind::Anthropic => {
             let opts = anthropic::RequestOptions {
                 upstream_model,
@@ -429,9 +500,16 @@ fn build(
     key: &Secret,
 ) -> Result<UpstreamRequest, BuildError> {
     let mut headers = req.headers.clone();
-    let via_chat = serving == Serving::ResponsesViaChat;
+    let via_chat = matches!(
+        serving,
+        Serving::ResponsesViaChat | Serving::MessagesViaChat
+    );
     if via_chat {
         json_content_type(&mut headers);
+    }
+    if provider.kind != ProviderKind::Anthropic {
+        headers.remove(ANTHROPIC_BETA);
+        headers.remove("anthropic-version");
     }
     let url = match provider.kind {
         _ if serving == Serving::Unsupported => return Err(BuildError::Unsupported),
@@ -490,7 +568,13 @@ fn build(
             );
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             headers.remove(CONTENT_LENGTH);
-            format!("{}/v1/messages", provider.base_url)
+            if speaks_messages(req) {
+                allowed_betas(provider, req, &mut headers);
+            }
+            match req.endpoint {
+                Endpoint::CountTokens => format!("{}/v1/messages/count_tokens", provider.base_url),
+                _ => format!("{}/v1/messages", provider.base_url),
+            }
         }
     };
     Ok(UpstreamRequest {
@@ -504,6 +588,49 @@ fn build(
             .as_ref()
             .map(|_| std::sync::Arc::from(provider.name.as_str())),
     })
+}
+
+/// Whether the client speaks Anthropic's Messages API (`/v1/messages…`).
+fn speaks_messages(req: &GatewayRequest) -> bool {
+    matches!(req.endpoint, Endpoint::Messages | Endpoint::CountTokens)
+}
+
+const ANTHROPIC_BETA: http::HeaderName = http::HeaderName::from_static("anthropic-beta");
+
+/// The client's `anthropic-beta` flags that this provider's `anthropic_beta` allows (`"*"`:
+/// all), or all of them for a client whose `forward_headers` has `anthropic-beta`; the header
+/// removed when none is left.
+fn allowed_betas(provider: &ProviderSettings, req: &GatewayRequest, headers: &mut HeaderMap) {
+    let client_may = req
+        .client
+        .as_ref()
+        .is_some_and(|c| c.settings.forward_headers.anthropic_beta);
+    let allowed = |flag: &str| {
+        client_may
+            || provider
+                .anthropic_beta
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(flag))
+    };
+    let flags: Vec<&str> = headers
+        .get_all(ANTHROPIC_BETA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|f| !f.is_empty() && allowed(f))
+        .collect();
+    let value = (!flags.is_empty())
+        .then(|| HeaderValue::try_from(flags.join(",")).ok())
+        .flatten();
+    match value {
+        Some(v) => {
+            headers.insert(ANTHROPIC_BETA, v);
+        }
+        None => {
+            headers.remove(ANTHROPIC_BETA);
+        }
+    }
 }
 
 /// The body with its `model` renamed: spliced where the value is when its place is known,
@@ -552,6 +679,7 @@ mod tests {
             }],
             ca_file: None,
             responses: ResponsesMode::Native,
+            anthropic_beta: Vec::new(),
         }
     }
 
@@ -567,6 +695,7 @@ mod tests {
             max_tokens: 64,
             context_window: None,
             fit_max_tokens: false,
+            reasoning: false,
         };
         let provider = Provider::new(p.clone());
         let body = provider.prepare(req, &target).unwrap();
@@ -664,6 +793,7 @@ mod tests {
             max_tokens: 64,
             context_window: None,
             fit_max_tokens: false,
+            reasoning: false,
         };
         assert!(matches!(
             Provider::new(p).build(&files, &target, Bytes::new(), &Secret::new("k")),
@@ -730,6 +860,7 @@ mod tests {
             max_tokens: 64,
             context_window: None,
             fit_max_tokens: false,
+            reasoning: false,
         };
         let chat = request("chat/completions", r#"{"model":"m","messages":[]}"#);
         for bad in [
@@ -755,6 +886,7 @@ mod tests {
             max_tokens: 64,
             context_window: None,
             fit_max_tokens: false,
+            reasoning: false,
         }
     }
 

@@ -85,6 +85,39 @@ fn content_tokens(raw: &RawValue) -> u64 {
 
 /// A completion allowance larger than the buckets can count ([`MAX_TOKENS`]): no limit could
 /// ever pass it, and no model writes that much.
+/// A Messages `content` or `system` (a string or blocks): text by its length, an image as a
+/// high-detail image, every other block (`tool_use`, `tool_result`, a document) by its JSON.
+fn block_tokens(raw: &RawValue) -> u64 {
+    let text = raw.get();
+    if !text.starts_with('[') {
+        return text_tokens(text.len());
+    }
+    let Ok(blocks) = serde_json::from_str::<Vec<&RawValue>>(text) else {
+        return text_tokens(text.len());
+    };
+    #[derive(Deserialize)]
+    struct Block<'a> {
+        #[serde(rename = "type", default, borrow)]
+        kind: Option<&'a str>,
+        #[serde(default, borrow)]
+        text: Option<std::borrow::Cow<'a, str>>,
+    }
+    blocks
+        .iter()
+        .map(|raw| match serde_json::from_str::<Block<'_>>(raw.get()) {
+            Ok(Block {
+                kind: Some("image"),
+                ..
+            }) => 765,
+            Ok(Block {
+                kind: Some("text"),
+                text: Some(t),
+            }) => text_tokens(t.len()),
+            _ => text_tokens(raw.get().len()),
+        })
+        .sum()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Uncountable {
     /// The request field that names it.
@@ -174,6 +207,15 @@ pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint) -> Counted {
             let raw = |v: Option<&RawValue>| v.map_or(0, |v| text_tokens(v.get().len()));
             parsed.input.map_or(0, input_tokens) + raw(parsed.instructions) + raw(parsed.tools) + 3
         }
+        Endpoint::Messages | Endpoint::CountTokens => {
+            let raw = |v: Option<&RawValue>| v.map_or(0, block_tokens);
+            let messages: u64 = parsed
+                .messages
+                .iter()
+                .map(|m| 3 + m.content.map_or(0, block_tokens))
+                .sum();
+            messages + raw(parsed.system) + raw(parsed.tools) + 3
+        }
         _ => parsed
             .prompt
             .or(parsed.input)
@@ -189,7 +231,10 @@ pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint) -> Counted {
 fn generates(endpoint: Endpoint) -> bool {
     matches!(
         endpoint,
-        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses
+        Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Responses
+            | Endpoint::Messages
     )
 }
 

@@ -82,7 +82,8 @@ pub(super) fn upstream_headers(
     for (name, value) in client {
         let n = name.as_str();
         let allowed_feature = match n {
-            "anthropic-beta" => features.anthropic_beta,
+            // On the Messages API the provider's `anthropic_beta` decides, flag by flag.
+            "anthropic-beta" => features.anthropic_beta || path.starts_with("messages"),
             "openai-beta" => features.openai_beta || needs_openai_beta(path),
             _ => false,
         };

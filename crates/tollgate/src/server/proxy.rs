@@ -45,6 +45,37 @@ impl Drop for Cancelled {
 }
 
 async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
+    // Anthropic's clients read errors in Anthropic's shape.
+    let messages = req.uri().path().starts_with("/v1/messages");
+    let resp = answer(state, req).await;
+    match messages && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        true => messages_error(resp).await,
+        false => resp,
+    }
+}
+
+/// An error answer to a Messages client: Anthropic's envelope and statuses (`529` for no
+/// capacity), the headers (`retry-after`, the gateway's) and the record kept.
+async fn messages_error(resp: Response<Body>) -> Response<Body> {
+    use crate::provider::messages;
+    let (mut parts, body) = resp.into_parts();
+    // Error bodies are the gateway's or an upstream's, read whole already (and bounded).
+    let bytes = http_body_util::Limited::new(body, 1 << 20)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let status = messages::status(parts.status.as_u16());
+    parts.status = http::StatusCode::from_u16(status).unwrap_or(parts.status);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(messages::error_body(status, &bytes)))
+}
+
+async fn answer(state: AppState, req: Request<Body>) -> Response<Body> {
     let received = Instant::now();
     // One runtime for the whole request, even if the config is reloaded meanwhile.
     let rt = state.reloader.current();
@@ -219,6 +250,7 @@ struct Routing<'a> {
     user: Option<&'a serde_json::value::RawValue>,
     previous_response_id: Option<&'a serde_json::value::RawValue>,
     store: Option<&'a serde_json::value::RawValue>,
+    metadata: Option<&'a serde_json::value::RawValue>,
 }
 
 impl<'a> Routing<'a> {
@@ -231,6 +263,7 @@ impl<'a> Routing<'a> {
             user: f.user,
             previous_response_id: f.previous_response_id,
             store: f.store,
+            metadata: f.metadata,
         }
     }
 
@@ -243,6 +276,7 @@ impl<'a> Routing<'a> {
             user: m.user,
             previous_response_id: m.previous_response_id,
             store: m.store,
+            metadata: None,
         }
     }
 }
@@ -260,6 +294,27 @@ fn session_header(headers: &http::HeaderMap) -> Option<u64> {
             )
         })
         .map(|(_, v)| crate::key_pool::affinity(v.as_bytes()))
+}
+
+/// The session a Messages body's `metadata.user_id` names (Claude Code's: a JSON document with a
+/// `session_id`, or `user_…_session_<id>` in older versions), hashed.
+fn metadata_session(metadata: &serde_json::value::RawValue) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        user_id: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct UserId {
+        session_id: Option<String>,
+    }
+    let user = serde_json::from_str::<Metadata>(metadata.get())
+        .ok()?
+        .user_id?;
+    let session = match serde_json::from_str::<UserId>(&user) {
+        Ok(id) => id.session_id?,
+        Err(_) => user.rsplit_once("_session_")?.1.to_owned(),
+    };
+    (!session.is_empty()).then(|| crate::key_pool::affinity(session.as_bytes()))
 }
 
 /// The fields the gateway routes on, from every body that names them: JSON whatever its media
@@ -318,7 +373,8 @@ async fn parse_meta(
             .prompt_cache_key
             .or(user)
             .filter(|v| !matches!(v.get(), "null" | "\"\""))
-            .map(|v| crate::key_pool::affinity(v.get().as_bytes()));
+            .map(|v| crate::key_pool::affinity(v.get().as_bytes()))
+            .or_else(|| parsed.metadata.and_then(metadata_session));
         meta.previous_response = parsed
             .previous_response_id
             .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
@@ -345,7 +401,12 @@ async fn parse_meta(
     let needs_model = is_audio_upload
         || matches!(
             parts.uri.path(),
-            "/v1/responses" | "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"
+            "/v1/responses"
+                | "/v1/chat/completions"
+                | "/v1/completions"
+                | "/v1/embeddings"
+                | "/v1/messages"
+                | "/v1/messages/count_tokens"
         );
     if needs_model && parts.method == Method::POST && meta.model.is_none() {
         return Err(GatewayError::MissingModel);

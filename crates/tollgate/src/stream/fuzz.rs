@@ -85,6 +85,7 @@ fn upstream() -> impl Strategy<Value = (Vec<u8>, Vec<Index>, Vec<bool>, Tail)> {
 fn failure(trailer: &[u8], end: SseEnd) -> Result<serde_json::Value, TestCaseError> {
     let head: &[u8] = match end {
         SseEnd::Terminal => b"event: response.failed\ndata: ",
+        SseEnd::MessageStop => b"event: error\ndata: ",
         SseEnd::Done | SseEnd::Close => b"data: ",
     };
     let json = trailer
@@ -193,7 +194,12 @@ proptest! {
     fn a_guarded_stream_passes_every_byte_and_ends_once(
         (input, cuts, pauses, tail) in upstream(),
         split in any::<Index>(),
-        end in prop_oneof![Just(SseEnd::Done), Just(SseEnd::Terminal), Just(SseEnd::Close)],
+        end in prop_oneof![
+            Just(SseEnd::Done),
+            Just(SseEnd::Terminal),
+            Just(SseEnd::MessageStop),
+            Just(SseEnd::Close)
+        ],
         finish in prop::option::of(prop::sample::select(vec!["\n", "\r\n", "\r"])),
         max_event in prop_oneof![Just(1usize << 20), 0usize..64],
         tap in tap(),
@@ -204,6 +210,7 @@ proptest! {
             // leaves an event unfinished).
             let last = match end {
                 SseEnd::Terminal => "event: response.completed\ndata: {\"type\":\"response.completed\"}",
+                SseEnd::MessageStop => "event: message_stop\ndata: {\"type\":\"message_stop\"}",
                 SseEnd::Done | SseEnd::Close => "data: [DONE]",
             };
             input.extend_from_slice(format!("{}{eol}{eol}", last.replace('\n', eol)).as_bytes());
@@ -282,6 +289,16 @@ proptest! {
             let json = failure(trailer, end)?;
             let code = match end {
                 SseEnd::Terminal => &json["response"]["error"]["code"],
+                SseEnd::MessageStop => {
+                    // Anthropic's error event: a type the SDK maps, no code.
+                    let kind = match ended {
+                        StreamEnd::Idle => "timeout_error",
+                        _ => "api_error",
+                    };
+                    prop_assert_eq!(&json["type"], "error");
+                    prop_assert_eq!(json["error"]["type"].as_str(), Some(kind));
+                    return Ok(());
+                }
                 SseEnd::Done | SseEnd::Close => &json["error"]["code"],
             };
             prop_assert_eq!(code.as_str(), Some(self::code(ended)));

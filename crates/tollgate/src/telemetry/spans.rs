@@ -35,10 +35,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// The GenAI operation of an endpoint (`None`: not a GenAI operation).
 fn operation(endpoint: Endpoint) -> Option<&'static str> {
     match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Responses => Some("chat"),
+        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => Some("chat"),
         Endpoint::Completions => Some("text_completion"),
         Endpoint::Embeddings => Some("embeddings"),
-        Endpoint::Models
+        Endpoint::CountTokens
+        | Endpoint::Models
         | Endpoint::Moderations
         | Endpoint::Images
         | Endpoint::Audio
@@ -54,6 +55,8 @@ fn route(endpoint: Endpoint) -> &'static str {
         Endpoint::Completions => "/v1/completions",
         Endpoint::Embeddings => "/v1/embeddings",
         Endpoint::Responses => "/v1/responses",
+        Endpoint::Messages => "/v1/messages",
+        Endpoint::CountTokens => "/v1/messages/count_tokens",
         Endpoint::Models => "/v1/models",
         Endpoint::Moderations => "/v1/moderations",
         Endpoint::Images => "/v1/images",

@@ -152,7 +152,10 @@ proptest! {
         prop_assert!(prompt <= 40 * body.len() as u64 + 3, "{} tokens for {} bytes", prompt, body.len());
         let generates = matches!(
             endpoint,
-            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses
+            Endpoint::ChatCompletions
+                | Endpoint::Completions
+                | Endpoint::Responses
+                | Endpoint::Messages
         );
         if !generates {
             prop_assert_eq!(completion, 0);

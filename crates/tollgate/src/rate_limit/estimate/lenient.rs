@@ -59,7 +59,10 @@ pub(super) fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32)
         return (bytes, default);
     };
     let priming = match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Responses => 3,
+        Endpoint::ChatCompletions
+        | Endpoint::Responses
+        | Endpoint::Messages
+        | Endpoint::CountTokens => 3,
         _ => 0,
     };
     let prompt = members
@@ -118,6 +121,9 @@ fn member_tokens(endpoint: Endpoint, name: &str, value: &RawValue) -> u64 {
             text_tokens(value.get().len())
         }
         (Endpoint::Responses, "input") => input_tokens(value),
+        (Endpoint::Messages | Endpoint::CountTokens, "messages" | "system" | "tools") => {
+            super::block_tokens(value).max(text_tokens(value.get().len()))
+        }
         _ => 0,
     }
 }
