@@ -410,8 +410,9 @@ pub mod openai_sdk {
 
     /// Set to `1` to fail, not skip, when the SDK cannot be provisioned (meant for CI).
     pub const REQUIRE_SDK: &str = "TOLLGATE_REQUIRE_SDK";
-    /// The pip requirement installed into the virtualenv.
-    const SDK_REQUIREMENT: &str = "openai>=1.50,<3";
+    /// The pip requirements installed into the virtualenv: the `openai` SDK, and `anthropic`
+    /// for the Messages API in front.
+    const SDK_REQUIREMENTS: [&str; 2] = ["openai>=1.50,<3", "anthropic>=0.60,<3"];
     /// Longest a whole `client.py` run may take; the SDK's own timeout per request is 20s.
     const CLIENT_LIMIT: Duration = Duration::from_secs(90);
 
@@ -433,7 +434,7 @@ pub mod openai_sdk {
 
     fn has_sdk(python: &Path) -> bool {
         Command::new(python)
-            .args(["-c", "import openai"])
+            .args(["-c", "import openai, anthropic"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -445,8 +446,9 @@ pub mod openai_sdk {
         venv_cmd.args(["-m", "venv", "--clear"]).arg(venv);
         provision::run_step(venv_cmd, "python3 -m venv")?;
         let mut pip = Command::new(python);
-        pip.args(["-m", "pip", "install", "--quiet", SDK_REQUIREMENT]);
-        provision::run_step(pip, &format!("pip install '{SDK_REQUIREMENT}'"))
+        pip.args(["-m", "pip", "install", "--quiet"])
+            .args(SDK_REQUIREMENTS);
+        provision::run_step(pip, &format!("pip install {}", SDK_REQUIREMENTS.join(" ")))
     }
 
     /// The SDK's python, or `None` after printing why the test is skipped.
@@ -457,13 +459,41 @@ pub mod openai_sdk {
 
     /// Runs `client.py scenario` against `gw` and returns the JSON line it printed.
     pub async fn observe(python: &Path, gw: &Gateway, scenario: &str) -> Value {
-        let child = Command::new(python)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/client.py"))
+        let mut cmd = Command::new(python);
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/client.py"))
             .arg(scenario)
             .env("OPENAI_BASE_URL", gw.base_url())
             .env("OPENAI_API_KEY", "client-key")
             .env_remove("OPENAI_ORG_ID")
-            .env_remove("OPENAI_PROJECT_ID")
+            .env_remove("OPENAI_PROJECT_ID");
+        run(cmd, gw, scenario).await
+    }
+
+    /// Runs `anthropic_client.py scenario model` against `gw`'s Messages API with the gateway
+    /// key `key` and returns the JSON line it printed.
+    pub async fn observe_anthropic(
+        python: &Path,
+        gw: &Gateway,
+        scenario: &str,
+        model: &str,
+        key: &str,
+    ) -> Value {
+        let root = gw.base_url();
+        let root = root.strip_suffix("/v1").unwrap_or(&root);
+        let mut cmd = Command::new(python);
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/sdk/anthropic_client.py"
+        ))
+        .args([scenario, model])
+        .env("ANTHROPIC_BASE_URL", root)
+        .env("ANTHROPIC_API_KEY", key)
+        .env_remove("ANTHROPIC_AUTH_TOKEN");
+        run(cmd, gw, scenario).await
+    }
+
+    async fn run(mut cmd: Command, gw: &Gateway, scenario: &str) -> Value {
+        let child = cmd
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -54,6 +54,16 @@ pub(crate) const ALLOWED_FIELDS: &[&str] = &[
     "thinking",
 ];
 
+/// Fields (and message roles) the real API accepts only with an `anthropic-beta` flag, and
+/// the flag (Claude Code sends these): without it a 400, as there.
+pub(crate) const BETA_FIELDS: &[(&str, &str)] = &[
+    ("context_management", "context-management-2025-06-27"),
+    ("output_config", "effort-2025-11-24"),
+];
+
+/// The flag that lets a `system` message follow the first user message.
+pub(crate) const SYSTEM_MESSAGES_BETA: &str = "claude-code-20250219";
+
 /// The first API version that rejects sampling parameters.
 const SAMPLING_REJECTED_FROM: &str = "2026-10-21";
 
@@ -114,27 +124,54 @@ pub(crate) fn stream_error_event() -> Bytes {
     sse::named_event("error", &error)
 }
 
-/// Answers `POST /v1/messages`; `version` is the `anthropic-version` header.
-pub(crate) fn messages(body: &Bytes, version: Option<&str>, knobs: &Knobs) -> Answer {
+/// Answers `POST /v1/messages` (`count` for `/v1/messages/count_tokens`: `{"input_tokens"}`,
+/// the request's JSON size over 4); `version` is the `anthropic-version` header, `betas` the
+/// `anthropic-beta` flags.
+pub(crate) fn messages(
+    body: &Bytes,
+    version: Option<&str>,
+    betas: &[&str],
+    count: bool,
+    knobs: &Knobs,
+) -> Answer {
     let Some(version) = version else {
         return invalid("anthropic-version: header is required");
     };
-    let request = match serde_json::from_slice::<Value>(body) {
+    let mut request = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return invalid("The request body must be a JSON object (mock)."),
         Err(err) => return invalid(&format!("There was an error parsing the body: {err}")),
     };
-    if let Err(message) = validate(&request, version) {
+    if count {
+        // Counting takes no `max_tokens`.
+        request
+            .entry("max_tokens")
+            .or_insert_with(|| Value::from(1));
+    }
+    if let Err(message) = validate(&request, version, betas) {
         return invalid(&message);
+    }
+    if count {
+        let tokens = body.len().div_ceil(4);
+        return Answer::json(StatusCode::OK, &json!({ "input_tokens": tokens }));
     }
     answer::answer(&request, knobs)
 }
 
 /// Checks a request like the real API; the error names the offending field.
-pub(crate) fn validate(request: &Map<String, Value>, version: &str) -> Result<(), String> {
+pub(crate) fn validate(
+    request: &Map<String, Value>,
+    version: &str,
+    betas: &[&str],
+) -> Result<(), String> {
+    let beta_allows = |field: &str| {
+        BETA_FIELDS
+            .iter()
+            .any(|(f, flag)| *f == field && betas.contains(flag))
+    };
     if let Some(field) = request
         .keys()
-        .find(|k| !ALLOWED_FIELDS.contains(&k.as_str()))
+        .find(|k| !ALLOWED_FIELDS.contains(&k.as_str()) && !beta_allows(k))
     {
         return Err(format!("{field}: Extra inputs are not permitted"));
     }
@@ -147,7 +184,10 @@ pub(crate) fn validate(request: &Map<String, Value>, version: &str) -> Result<()
         Some(n) if n >= 1 => {}
         _ => return Err("max_tokens: Input should be a positive integer".to_owned()),
     }
-    validate_messages(request.get("messages"))?;
+    validate_messages(
+        request.get("messages"),
+        betas.contains(&SYSTEM_MESSAGES_BETA),
+    )?;
     if version >= SAMPLING_REJECTED_FROM {
         if let Some(field) = ["temperature", "top_p", "top_k"]
             .into_iter()
@@ -161,7 +201,7 @@ pub(crate) fn validate(request: &Map<String, Value>, version: &str) -> Result<()
     validate_tools(request.get("tools"))
 }
 
-fn validate_messages(messages: Option<&Value>) -> Result<(), String> {
+fn validate_messages(messages: Option<&Value>, system_allowed: bool) -> Result<(), String> {
     let messages = match messages {
         Some(Value::Array(messages)) if messages.is_empty() => {
             return Err("messages: at least one message is required".to_owned())
@@ -172,6 +212,9 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), String> {
     let mut previous: Option<&str> = None;
     for (i, message) in messages.iter().enumerate() {
         let role = match message.get("role").and_then(Value::as_str) {
+            // With the beta, a system message may follow the first user message; it takes no
+            // part in the alternation.
+            Some("system") if system_allowed && previous.is_some() => continue,
             Some(role @ ("user" | "assistant")) => role,
             _ => {
                 return Err(format!(
@@ -206,6 +249,14 @@ fn validate_tools(tools: Option<&Value>) -> Result<(), String> {
     for (i, tool) in tools.iter().enumerate() {
         if tool.get("name").and_then(Value::as_str).is_none() {
             return Err(format!("tools.{i}.name: Field required"));
+        }
+        // Anthropic's built-in tools (`web_search_20250305`, …) take no schema.
+        if tool
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != "custom")
+        {
+            continue;
         }
         if tool.pointer("/input_schema/type") != Some(&Value::from("object")) {
             return Err(format!(

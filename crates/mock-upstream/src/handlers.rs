@@ -35,6 +35,8 @@ pub(crate) enum Route {
     Chat,
     /// Anthropic's `POST /v1/messages`.
     Messages,
+    /// Anthropic's `POST /v1/messages/count_tokens`.
+    CountTokens,
     Completions,
     /// OpenAI's `POST /v1/responses`.
     Responses,
@@ -63,6 +65,8 @@ pub(crate) fn route(method: &Method, path: &str) -> Route {
         Route::Chat
     } else if post && path.ends_with("/v1/messages") {
         Route::Messages
+    } else if post && path.ends_with("/v1/messages/count_tokens") {
+        Route::CountTokens
     } else if post && path.ends_with("/completions") {
         Route::Completions
     } else if post && path.ends_with("/responses") {
@@ -192,6 +196,12 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     // `x-ratelimit-remaining-requests` and `-tokens` on the answer.
     let remaining = header_str(&parts.headers, "x-mock-ratelimit-remaining").map(str::to_owned);
     let version = header_str(&parts.headers, "anthropic-version").map(str::to_owned);
+    let beta_header: Vec<String> = parts
+        .headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
     let method = parts.method.to_string();
     let path = parts.uri.path().to_owned();
 
@@ -258,10 +268,18 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         Route::ResponseDelete => (responses::delete(&shared, key, id), fault),
         Route::NoResponses => (responses::unsupported(&method, &path), fault),
         Route::Chat => (answers::completion(&body, &knobs, StreamKind::Chat), fault),
-        Route::Messages => (
-            anthropic::messages(&body, version.as_deref(), &knobs),
-            fault,
-        ),
+        Route::Messages | Route::CountTokens => {
+            let betas: Vec<&str> = beta_header
+                .iter()
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .collect();
+            let count = route == Route::CountTokens;
+            (
+                anthropic::messages(&body, version.as_deref(), &betas, count, &knobs),
+                fault,
+            )
+        }
         Route::Completions => (
             answers::completion(&body, &knobs, StreamKind::Completion),
             fault,

@@ -1,6 +1,7 @@
 //! Codex CLI's tool round trip, played the same way on every generation route (Responses, chat
 //! completions, Anthropic messages): a user turn containing [`TOOL_MARKER`] gets a call to the
-//! request's `exec_command` function (else `shell`), and a turn carrying that tool's output gets
+//! request's `exec_command` function (else `shell`, else Claude Code's `Bash`), and a turn
+//! carrying that tool's output gets
 //! `"tool said: <output>"`. Each route reads its own request shape into a [`Last`] turn and
 //! writes the [`Reply`] in its own shape; the contract is in the crate docs, section "Codex's
 //! tool round trip".
@@ -75,7 +76,7 @@ pub(crate) fn text_of(content: &Value) -> String {
 fn shell_tool(tools: Option<&Value>) -> Option<&'static str> {
     let mut names = Vec::new();
     tool_names(tools, &mut names);
-    ["exec_command", "shell"]
+    ["exec_command", "shell", "Bash"]
         .into_iter()
         .find(|wanted| names.contains(wanted))
 }
@@ -91,12 +92,16 @@ fn tool_names<'a>(tools: Option<&'a Value>, names: &mut Vec<&'a str>) {
     }
 }
 
-/// The input of the call to `name`: Codex's `exec_command` takes `cmd`, `shell` an argv.
+/// The input of the call to `name`: Codex's `exec_command` takes `cmd`, `shell` an argv,
+/// Claude Code's `Bash` a `command` and a `description`.
 pub(crate) fn tool_input(name: &str) -> Value {
-    if name == "shell" {
-        json!({ "command": ["echo", TOOL_OUTPUT] })
-    } else {
-        json!({ "cmd": format!("echo {TOOL_OUTPUT}") })
+    match name {
+        "shell" => json!({ "command": ["echo", TOOL_OUTPUT] }),
+        "Bash" => json!({
+            "command": format!("echo {TOOL_OUTPUT}"),
+            "description": "Print the mock's marker",
+        }),
+        _ => json!({ "cmd": format!("echo {TOOL_OUTPUT}") }),
     }
 }
 

@@ -24,7 +24,7 @@ fn valid() -> Map<String, Value> {
 fn check(version: &str, change: impl FnOnce(&mut Map<String, Value>)) -> Result<(), String> {
     let mut request = valid();
     change(&mut request);
-    validate(&request, version)
+    validate(&request, version, &[])
 }
 
 fn assert_refused(result: Result<(), String>, expected: &str) {
@@ -236,4 +236,41 @@ fn status_bodies_are_anthropic_shaped() {
         assert_eq!(body["type"], "error");
         assert_eq!(body["error"]["type"], kind, "{status}");
     }
+}
+
+#[test]
+fn claude_codes_fields_and_system_messages_need_their_beta_flags() {
+    let claude_code = |request: &mut Map<String, Value>| {
+        request.insert("context_management".into(), json!({ "edits": [] }));
+        request.insert("output_config".into(), json!({ "effort": "high" }));
+        if let Some(Value::Array(messages)) = request.get_mut("messages") {
+            messages.insert(1, json!({ "role": "system", "content": "plan mode" }));
+        }
+        request.insert(
+            "tools".into(),
+            json!([{ "type": "web_search_20250305", "name": "web_search" }]),
+        );
+    };
+    let mut request = valid();
+    claude_code(&mut request);
+    let betas = [
+        "claude-code-20250219",
+        "context-management-2025-06-27",
+        "effort-2025-11-24",
+    ];
+    assert_eq!(validate(&request, "2023-06-01", &betas), Ok(()));
+    assert_refused(
+        validate(&request, "2023-06-01", &betas[..2]),
+        "output_config: Extra inputs are not permitted",
+    );
+    assert_refused(
+        validate(&request, "2023-06-01", &[]),
+        "context_management: Extra inputs are not permitted",
+    );
+    request.remove("context_management");
+    request.remove("output_config");
+    assert_refused(
+        validate(&request, "2023-06-01", &[]),
+        "messages.1.role: Input should be 'user' or 'assistant'",
+    );
 }

@@ -633,11 +633,12 @@ pub fn error_type(status: u16) -> &'static str {
     }
 }
 
-/// The status a Messages client gets for the gateway's: the same, but for `503` (no capacity
-/// left: no key, every key cooling, the provider down), which Anthropic calls `529`.
+/// The status a Messages client gets for the gateway's: the same, but for `502` (every target
+/// failed) and `503` (no capacity left: no key, every key cooling, the provider down), which
+/// Anthropic calls `529` (its clients retry it later).
 pub fn status(status: u16) -> u16 {
     match status {
-        503 => 529,
+        502 | 503 => 529,
         other => other,
     }
 }

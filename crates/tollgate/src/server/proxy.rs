@@ -67,6 +67,10 @@ async fn messages_error(resp: Response<Body>) -> Response<Body> {
         .unwrap_or_default();
     let status = messages::status(parts.status.as_u16());
     parts.status = http::StatusCode::from_u16(status).unwrap_or(parts.status);
+    if status == 529 && !parts.headers.contains_key(header::RETRY_AFTER) {
+        // A short hint, as on a 503, keeps the client's retries from hammering.
+        set_retry_after(&mut parts.headers, std::time::Duration::from_secs(1));
+    }
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,

@@ -292,7 +292,7 @@ fn errors_take_anthropics_shape_and_statuses() {
         (413, 413, "request_too_large"),
         (429, 429, "rate_limit_error"),
         (500, 500, "api_error"),
-        (502, 502, "api_error"),
+        (502, 529, "overloaded_error"),
         (503, 529, "overloaded_error"),
         (504, 504, "timeout_error"),
         (422, 422, "invalid_request_error"),
