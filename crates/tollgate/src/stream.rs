@@ -16,6 +16,10 @@ use tokio::time::Instant;
 /// Largest prefix buffered while waiting for the first event; past it the stream counts as started.
 const MAX_PEEK: usize = 1 << 20;
 
+/// How long a Messages stream may be silent before its client gets a `ping` (Anthropic's own
+/// keep-alive); the upstream's silence still ends the stream at the idle timeout.
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+
 /// What the first real event of a stream said.
 #[derive(Debug)]
 pub enum FirstEvent {
@@ -389,8 +393,13 @@ struct Guard<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     /// at that point (hyper does) has the whole answer.
     remaining: Option<u64>,
     on_end: Option<F>,
-    /// One idle timer for the whole body, pushed forward on every chunk (no timer per chunk).
+    /// One idle timer for the whole body, pushed forward on every chunk (no timer per chunk);
+    /// it also wakes the stream for a keep-alive.
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// What a silent stream sends its client every [`PING_EVERY`] (a Messages `ping`).
+    keep_alive: Option<&'static [u8]>,
+    /// When the wait for the upstream's next chunk began.
+    quiet_since: Instant,
     /// What the upstream said after the chunks coalesced into the last write (end or error).
     stash: Option<Option<Result<Bytes, UpstreamError>>>,
 }
@@ -458,6 +467,26 @@ impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
     fn flush(&mut self) -> Option<Bytes> {
         self.tap.as_mut().and_then(UsageTap::flush)
     }
+
+    /// When the wait that began at `quiet_since` next needs a look: its idle deadline, or the
+    /// next keep-alive before it.
+    fn next_wake(&self, now: Instant) -> Instant {
+        let idle = self.quiet_since + self.idle;
+        match self.keep_alive {
+            Some(_) if PING_EVERY < self.idle => idle.min(now + PING_EVERY),
+            _ => idle,
+        }
+    }
+
+    /// The keep-alive to send now, if the stream has one and stands between two events (never
+    /// inside an upstream event that is still arriving) and has not ended.
+    fn ping(&self) -> Option<&'static [u8]> {
+        let between = self
+            .watch
+            .as_ref()
+            .is_some_and(|w| !w.seen && w.framer.is_empty());
+        self.keep_alive.filter(|_| between)
+    }
 }
 
 /// How a guarded body reports a failure to the client.
@@ -497,6 +526,13 @@ where
         Framing::Raw { length } => (None, length),
         Framing::Sse { end, max_event } => (Some(EndWatch::new(end, max_event)), None),
     };
+    let keep_alive = match framing {
+        Framing::Sse {
+            end: SseEnd::MessageStop,
+            ..
+        } => Some(crate::provider::messages::PING),
+        _ => None,
+    };
     let mut guard = Guard {
         body,
         idle,
@@ -506,6 +542,8 @@ where
         remaining,
         on_end: Some(on_end),
         timer: Box::pin(tokio::time::sleep(idle)),
+        keep_alive,
+        quiet_since: Instant::now(),
         stash: None,
     };
     let prefix = guard.pass(prefix);
@@ -553,15 +591,30 @@ where
             Some(stashed) => Ok(stashed),
             None => {
                 if !this.waiting {
-                    let deadline = tokio::time::Instant::now() + g.idle;
-                    g.timer.as_mut().reset(deadline);
+                    let now = Instant::now();
+                    g.quiet_since = now;
+                    let wake = g.next_wake(now);
+                    g.timer.as_mut().reset(wake);
                     this.waiting = true;
                 }
                 match g.body.poll_next_unpin(cx) {
                     Poll::Ready(next) => Ok(next),
-                    Poll::Pending => match g.timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => Err(()),
-                        Poll::Pending => return Poll::Pending,
+                    Poll::Pending => loop {
+                        match g.timer.as_mut().poll(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(()) => {
+                                let now = Instant::now();
+                                if now >= g.quiet_since + g.idle {
+                                    break Err(());
+                                }
+                                // A keep-alive wake: a ping where one fits, and the next wake.
+                                let wake = g.next_wake(now);
+                                g.timer.as_mut().reset(wake);
+                                if let Some(ping) = g.ping() {
+                                    return Poll::Ready(Some(Ok(Bytes::from_static(ping))));
+                                }
+                            }
+                        }
                     },
                 }
             }

@@ -286,6 +286,33 @@ mod tests {
     }
 
     #[test]
+    fn a_messages_body_counts_system_every_block_and_tools() {
+        let tool_use = r#"{"type":"tool_use","id":"t","name":"Bash","input":{"command":"ls"}}"#;
+        let tools = r#"[{"name":"Bash","input_schema":{"type":"object"}}]"#;
+        let body = format!(
+            r#"{{"model":"m","max_tokens":40,"system":[{{"type":"text","text":"{sys}"}}],"messages":[
+            {{"role":"user","content":[{{"type":"text","text":"What is this?"}},{{"type":"image","source":{{"type":"base64","media_type":"image/png","data":"{img}"}}}}]}},
+            {{"role":"assistant","content":[{tool_use}]}},
+            {{"role":"user","content":"ok"}}
+        ],"tools":{tools}}}"#,
+            sys = "s".repeat(400),
+            img = "A".repeat(40_000),
+        );
+        let (prompt, completion) = estimate(body.as_bytes(), Endpoint::Messages, 1024);
+        // system 100; user 3 + 4 + 765 (the image, not its 40 KB); assistant 3 + the block's
+        // JSON; user 3 + 1; each tool by its JSON; priming 3.
+        let tool = tools.len() - 2;
+        let want = 100 + (3 + 4 + 765) + (3 + tool_use.len().div_ceil(4) as u64) + (3 + 1)
+            + tool.div_ceil(4) as u64
+            + 3;
+        assert_eq!(prompt, want);
+        assert_eq!(completion, 40);
+        // count_tokens writes nothing: no allowance.
+        let (counted, nothing) = estimate(body.as_bytes(), Endpoint::CountTokens, 1024);
+        assert_eq!((counted, nothing), (want, 0));
+    }
+
+    #[test]
     fn completion_allowance_prefers_max_completion_tokens_then_default() {
         let body = br#"{"model":"m","messages":[],"max_tokens":10,"max_completion_tokens":20}"#;
         assert_eq!(estimate(body, Endpoint::ChatCompletions, 7).1, 20);

@@ -261,3 +261,66 @@ async fn chunks_already_available_go_out_in_one_write() {
 }
 
 mod protocols;
+
+/// A Messages stream whose upstream is silent: a `ping` every 10 s between events, never one
+/// inside an event still arriving; the silence still ends it at the idle timeout (60 s here)
+/// with Anthropic's `error` event.
+#[tokio::test(start_paused = true)]
+async fn a_silent_messages_stream_gets_pings_between_events_until_the_idle_timeout() {
+    use crate::provider::messages::PING;
+    async fn run(chunks: Vec<&'static str>, hang: bool) -> (String, StreamEnd, Vec<u64>) {
+        let started = Instant::now();
+        let items = chunks
+            .into_iter()
+            .map(|c| Ok::<_, UpstreamError>(Bytes::from_static(c.as_bytes())));
+        let tail: BodyStream = match hang {
+            true => Box::pin(stream::iter(items).chain(stream::pending())),
+            false => Box::pin(stream::iter(items)),
+        };
+        let end = Arc::new(Mutex::new(None));
+        let e2 = end.clone();
+        let s = guard(
+            Bytes::from_static(b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n"),
+            tail,
+            Duration::from_secs(60),
+            Framing::Sse {
+                end: SseEnd::MessageStop,
+                max_event: 1 << 20,
+            },
+            None,
+            move |e, _| *e2.lock().unwrap() = Some(e),
+        );
+        let mut text = String::new();
+        let mut ping_at = Vec::new();
+        let mut s = std::pin::pin!(s);
+        while let Some(part) = s.next().await {
+            let part = part.unwrap();
+            if part.as_ref() == PING {
+                ping_at.push(started.elapsed().as_secs());
+            }
+            text.push_str(&String::from_utf8_lossy(&part));
+        }
+        let end = end.lock().unwrap().unwrap();
+        (text, end, ping_at)
+    }
+    let (text, end, pings) = run(vec![], true).await;
+    assert_eq!(pings, [10, 20, 30, 40, 50], "{text}");
+    assert_eq!(end, StreamEnd::Idle);
+    let last = text.rsplit("\n\n").nth(1).unwrap();
+    let error: serde_json::Value =
+        serde_json::from_str(last.strip_prefix("event: error\ndata: ").unwrap()).unwrap();
+    assert_eq!(error["error"]["type"], "timeout_error", "{text}");
+    assert_eq!(error["error"]["message"], "upstream sent nothing for 60s");
+    // Half an event has arrived: no ping may cut it.
+    let (text, end, pings) = run(vec!["event: content_block_delta\ndata: {\"ty"], true).await;
+    assert!(pings.is_empty(), "{text}");
+    assert_eq!(end, StreamEnd::Idle);
+    // An ended stream gets none either.
+    let (text, end, pings) = run(
+        vec!["event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"],
+        false,
+    )
+    .await;
+    assert!(pings.is_empty(), "{text}");
+    assert_eq!(end, StreamEnd::Complete);
+}
