@@ -413,3 +413,32 @@ async fn errors_are_anthropic_shaped_and_betas_pass_only_where_allowed() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claude_code_session_stays_on_one_key() {
+    let s = setup().await;
+    let turn = |session: &str| {
+        let user_id = json!({"device_id": "d", "account_uuid": "", "session_id": session}).to_string();
+        json!({"model": "claude-pool", "max_tokens": 16, "metadata": {"user_id": user_id},
+               "messages": [{"role": "user", "content": "hi"}]})
+    };
+    // By the session in `metadata.user_id`, and by the header alone: many sessions, each
+    // one key every turn (and both keys used across sessions).
+    let mut keys_used = std::collections::HashSet::new();
+    for n in 0..8 {
+        let session = format!("8f1c2d9e-0000-4000-8000-00000000000{n}");
+        let mut keys = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let resp = post(&s.gw, KEY, turn(&session), &[]).await;
+            assert_eq!(resp.status(), 200);
+            keys.insert(resp.headers()["x-tollgate-key"].to_str().unwrap().to_owned());
+            let hi = json!({"model": "claude-pool", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+            let header = [("x-claude-code-session-id", session.as_str())];
+            let resp = post(&s.gw, KEY, hi, &header).await;
+            keys.insert(resp.headers()["x-tollgate-key"].to_str().unwrap().to_owned());
+        }
+        assert_eq!(keys.len(), 1, "session {session}: {keys:?}");
+        keys_used.extend(keys);
+    }
+    assert_eq!(keys_used.len(), 2, "sessions spread over the keys");
+}
