@@ -6,6 +6,7 @@
     reason = "test harness: a failed step is a failed test"
 )]
 
+pub mod claude_code_cli;
 pub mod codex_cli;
 pub mod container;
 pub mod provision;
