@@ -160,13 +160,15 @@ fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
     };
     let nested = chunk.response.or(chunk.message).and_then(|r| r.usage);
     if let Some(u) = chunk.usage.or(nested) {
-        // Anthropic's stream tells it in parts: the input in `message_start`, the output in
-        // `message_delta` (each count only grows); OpenAI's in one event.
+        // Anthropic's stream tells it in parts: the input in `message_start`, the output (and
+        // in newer versions the input again, final) in `message_delta`: a later count replaces
+        // an earlier one, a count left out keeps it. OpenAI's comes in one event.
+        let later = |before: u64, now: u64| if now > 0 { now } else { before };
         *usage = Some(match usage.take() {
             Some(before) => Usage {
-                prompt_tokens: before.prompt_tokens.max(u.prompt_tokens),
-                completion_tokens: before.completion_tokens.max(u.completion_tokens),
-                total_tokens: before.total_tokens.max(u.total_tokens),
+                prompt_tokens: later(before.prompt_tokens, u.prompt_tokens),
+                completion_tokens: later(before.completion_tokens, u.completion_tokens),
+                total_tokens: later(before.total_tokens, u.total_tokens),
                 prompt_tokens_details: u.prompt_tokens_details.or(before.prompt_tokens_details),
             },
             None => u,
@@ -351,6 +353,24 @@ mod tests {
                 ..Usage::default()
             })
         );
+    }
+
+    #[test]
+    fn an_anthropic_stream_tells_its_usage_in_parts() {
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":40,\"output_tokens\":1}}}\n\n";
+        let text = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"usage\"}}\n\n";
+        // Older versions: the output alone in `message_delta`; newer: the input again, final
+        // (the gateway's own Messages stream puts its estimate first, the real count last).
+        for (delta, prompt) in [
+            ("{\"output_tokens\":9}", 40),
+            ("{\"input_tokens\":33,\"output_tokens\":9}", 33),
+        ] {
+            let end = format!("event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{delta}}}\n\nevent: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n");
+            let mut tap = UsageTap::stream(false);
+            run(&mut tap, &[start, text, &end]);
+            let usage = tap.finish().unwrap();
+            assert_eq!((usage.prompt_tokens, usage.completion_tokens), (prompt, 9));
+        }
     }
 
     #[test]
