@@ -306,9 +306,7 @@ async fn a_break_after_the_first_block_ends_with_an_error_event_the_sdk_raises()
         "{seen}"
     );
     // Through a chat target too: the translated stream ends with the same error event.
-    for key in ["sk-o1"] {
-        s.openai.script(key, [Fault::BreakAfter(3)]);
-    }
+    s.openai.script("sk-o1", [Fault::BreakAfter(3)]);
     let seen = observe_anthropic(&python, &s.gw, "stream", "gpt-chain", KEY).await;
     assert!(seen["exception"]["mro"].as_array().is_some(), "{seen}");
 }
@@ -418,7 +416,8 @@ async fn errors_are_anthropic_shaped_and_betas_pass_only_where_allowed() {
 async fn a_claude_code_session_stays_on_one_key() {
     let s = setup().await;
     let turn = |session: &str| {
-        let user_id = json!({"device_id": "d", "account_uuid": "", "session_id": session}).to_string();
+        let user_id =
+            json!({"device_id": "d", "account_uuid": "", "session_id": session}).to_string();
         json!({"model": "claude-pool", "max_tokens": 16, "metadata": {"user_id": user_id},
                "messages": [{"role": "user", "content": "hi"}]})
     };
@@ -431,11 +430,21 @@ async fn a_claude_code_session_stays_on_one_key() {
         for _ in 0..3 {
             let resp = post(&s.gw, KEY, turn(&session), &[]).await;
             assert_eq!(resp.status(), 200);
-            keys.insert(resp.headers()["x-tollgate-key"].to_str().unwrap().to_owned());
+            keys.insert(
+                resp.headers()["x-tollgate-key"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
             let hi = json!({"model": "claude-pool", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
             let header = [("x-claude-code-session-id", session.as_str())];
             let resp = post(&s.gw, KEY, hi, &header).await;
-            keys.insert(resp.headers()["x-tollgate-key"].to_str().unwrap().to_owned());
+            keys.insert(
+                resp.headers()["x-tollgate-key"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
         }
         assert_eq!(keys.len(), 1, "session {session}: {keys:?}");
         keys_used.extend(keys);

@@ -94,7 +94,7 @@ impl Auth {
         self.clients.is_empty()
     }
 
-    /// The client presenting `Authorization: Bearer <key>` or `api-key: <key>`; `Ok(None)` in open mode.
+    /// The client presenting `Authorization: Bearer <key>`, `api-key: <key>` or `x-api-key: <key>`; `Ok(None)` in open mode.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Arc<Client>>, Denied> {
         self.authenticate_key(presented_key(headers))
     }
@@ -117,7 +117,7 @@ impl Auth {
     }
 }
 
-/// The gateway key a request presents: `Authorization: Bearer <key>`, else `api-key: <key>`.
+/// The gateway key a request presents: `Authorization: Bearer <key>`, else `api-key: <key>`, else `x-api-key: <key>`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(http::header::AUTHORIZATION)

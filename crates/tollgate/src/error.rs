@@ -87,7 +87,7 @@ pub enum GatewayError {
         summary: String,
     },
     /// No client key, or an unknown one.
-    #[error("Incorrect API key provided. Pass your gateway key as `Authorization: Bearer <key>`.")]
+    #[error("Incorrect API key provided. Pass your gateway key as `Authorization: Bearer <key>` (or `x-api-key: <key>`, as Anthropic's clients do).")]
     Unauthorized,
     /// The client may not use this model.
     #[error("this key may not use model `{0}`")]

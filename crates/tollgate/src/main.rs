@@ -162,14 +162,16 @@ fn run(sources: Sources) -> ExitCode {
         let deps = tollgate::Deps::production(&settings).map_err(std::io::Error::other)?;
         tollgate::serve(settings, deps, Some(sources)).await
     });
-    // The spans still queued go out (the runtime's workers run the exporter meanwhile).
-    telemetry.shutdown();
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
             eprintln!("tollgate: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The spans still queued go out (the runtime's workers run the exporter meanwhile), then
+    // the log lines still queued.
+    telemetry.shutdown();
+    code
 }

@@ -302,7 +302,10 @@ mod tests {
         // system 100; user 3 + 4 + 765 (the image, not its 40 KB); assistant 3 + the block's
         // JSON; user 3 + 1; each tool by its JSON; priming 3.
         let tool = tools.len() - 2;
-        let want = 100 + (3 + 4 + 765) + (3 + tool_use.len().div_ceil(4) as u64) + (3 + 1)
+        let want = 100
+            + (3 + 4 + 765)
+            + (3 + tool_use.len().div_ceil(4) as u64)
+            + (3 + 1)
             + tool.div_ceil(4) as u64
             + 3;
         assert_eq!(prompt, want);

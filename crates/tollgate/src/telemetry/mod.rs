@@ -1,5 +1,7 @@
 //! Logs and traces. Logs: tracing-subscriber, JSON or human-readable, level from `RUST_LOG`
-//! (default info). Traces: OpenTelemetry over OTLP when `[telemetry]` or the `OTEL_*`
+//! (default info), written to stdout by a thread of their own (tracing-appender's non-blocking
+//! writer: a request's task formats its line and queues it, never waits on the pipe; a full
+//! queue of 128k lines makes it wait rather than lose a line). Traces: OpenTelemetry over OTLP when `[telemetry]` or the `OTEL_*`
 //! variables name an endpoint (`config::TelemetrySettings::resolve`). Off, none of it runs:
 //! no exporter, no subscriber layer, and the request path reads one flag ([`enabled`]) before
 //! doing anything for traces. On, the spans (`spans`) reach the exporter through
@@ -27,21 +29,36 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// The running trace exporter, if any; [`Telemetry::shutdown`] sends what is still queued.
-#[must_use = "dropping it is fine, but shutdown() sends the last spans"]
+/// The running trace exporter, if any, and the log writer's thread; [`Telemetry::shutdown`]
+/// sends what is still queued.
+#[must_use = "dropping it stops the log writer; shutdown() also sends the last spans"]
 #[derive(Debug)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Dropped last: the lines still queued are written, then the writer's thread ends.
+    _log: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Telemetry {
-    /// Flushes the queued spans (bounded by the exporter's timeout) and stops the exporter.
-    /// Call it outside the runtime's worker threads (the exporter's task must run meanwhile).
+    /// Flushes the queued spans (bounded by the exporter's timeout) and stops the exporter,
+    /// then writes the queued log lines. Call it outside the runtime's worker threads (the
+    /// exporter's task must run meanwhile).
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {
             let _ = provider.shutdown();
         }
     }
+}
+
+/// Stdout, written by a thread of its own.
+fn log_writer() -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("tollgate-log")
+        .finish(std::io::stdout())
 }
 
 fn env_filter() -> EnvFilter {
@@ -53,19 +70,27 @@ fn env_filter() -> EnvFilter {
 pub fn init(json: bool, otlp: Option<&Otlp>) -> Telemetry {
     // Colours only for a terminal: a log written to a file or a pipe stays plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = log_writer();
     let Some(otlp) = otlp else {
-        logs_only(json, ansi);
-        return Telemetry { provider: None };
+        logs_only(json, ansi, writer);
+        return Telemetry {
+            provider: None,
+            _log: Some(guard),
+        };
     };
     let provider = match export::provider(otlp) {
         Ok(provider) => provider,
         Err(error) => {
-            logs_only(json, ansi);
+            logs_only(json, ansi, writer);
             tracing::warn!(%error, endpoint = otlp.endpoint, "traces off: the OTLP exporter cannot be built");
-            return Telemetry { provider: None };
+            return Telemetry {
+                provider: None,
+                _log: Some(guard),
+            };
         }
     };
     let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
         .with_target(false)
         .with_ansi(ansi);
     let fmt = match json {
@@ -101,12 +126,14 @@ pub fn init(json: bool, otlp: Option<&Otlp>) -> Telemetry {
     );
     Telemetry {
         provider: Some(provider),
+        _log: Some(guard),
     }
 }
 
 /// The subscriber without traces: exactly the logs, nothing else per span or event.
-fn logs_only(json: bool, ansi: bool) {
+fn logs_only(json: bool, ansi: bool, writer: tracing_appender::non_blocking::NonBlocking) {
     let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
         .with_env_filter(env_filter())
         .with_target(false)
         .with_ansi(ansi);
