@@ -371,6 +371,12 @@ async fn a_client_that_leaves_is_counted_as_cancelled_not_as_an_upstream_failure
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The log is written by a thread of its own: the second line may still be on its way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gw.logs().matches("client_cancelled").count() < 2 && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let logs = gw.logs();
     assert_eq!(
         logs.matches("client_cancelled").count(),

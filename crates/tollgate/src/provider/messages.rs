@@ -681,9 +681,10 @@ pub fn error_body(status: u16, body: &[u8]) -> Vec<u8> {
 /// The `error` event that ends a Messages stream the gateway cannot finish.
 pub fn error_event(kind: &str, message: &str) -> bytes::Bytes {
     let mut out = Vec::with_capacity(96 + message.len());
+    const ERROR: &str = "error";
     write_event(
         &mut out,
-        "error",
+        ERROR,
         &json!({"type": "error", "error": {"type": kind, "message": message}}),
     );
     bytes::Bytes::from(out)

@@ -507,7 +507,8 @@ fn build(
     if via_chat {
         json_content_type(&mut headers);
     }
-    if provider.kind != ProviderKind::Anthropic {
+    if provider.kind != ProviderKind::Anthropic && speaks_messages(req) {
+        // A Messages client's Anthropic headers mean nothing to another dialect.
         headers.remove(ANTHROPIC_BETA);
         headers.remove("anthropic-version");
     }
