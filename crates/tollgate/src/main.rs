@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 /// mimalloc: a proxy allocates many small, short-lived buffers per request; in the overhead
-/// benchmark glibc's malloc/free took ~15% of the gateway's CPU.
+/// benchmark glibc's malloc/free took ~15% of the gateway's CPU. Its v2 line, with arenas
+/// committed on use (`.cargo/config.toml`; ARCHITECTURE.md, "Memory and the allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;

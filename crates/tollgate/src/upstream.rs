@@ -184,12 +184,28 @@ fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     msg
 }
 
+/// The `host` header for `uri`: its authority as written, when that is `host[:port]` with a port
+/// that is not the scheme's default (hyper-util's rule); `None` leaves it to hyper-util.
+fn host_value(uri: &http::Uri) -> Option<http::HeaderValue> {
+    let authority = uri.authority()?;
+    let default_port = match (uri.scheme_str(), authority.port_u16()) {
+        (_, None) => false,
+        (Some("http"), Some(80)) | (Some("https"), Some(443)) => true,
+        _ => false,
+    };
+    if default_port || authority.as_str().contains('@') {
+        return None;
+    }
+    http::HeaderValue::from_str(authority.as_str()).ok()
+}
+
 impl Upstream for HttpUpstream {
     fn send(
         &self,
         req: UpstreamRequest,
     ) -> BoxFuture<'static, Result<UpstreamResponse, UpstreamError>> {
-        let uri = match http::Uri::try_from(req.url.as_str()) {
+        // Owned: the URL's bytes become the URI's without a copy.
+        let uri = match http::Uri::try_from(req.url) {
             Ok(uri) => uri,
             Err(e) => {
                 return Box::pin(std::future::ready(Err(UpstreamError::Connect(format!(
@@ -206,6 +222,14 @@ impl Upstream for HttpUpstream {
         *request.method_mut() = req.method;
         *request.uri_mut() = uri;
         *request.headers_mut() = req.headers;
+        if let Some(host) = host_value(request.uri()) {
+            // What the pooled client would set, without its formatting (its own path stays
+            // for the rare authority this leaves to it).
+            request
+                .headers_mut()
+                .entry(http::header::HOST)
+                .or_insert(host);
+        }
         let sent = client.request(request);
         Box::pin(async move {
             let resp = sent.await.map_err(|e| {
@@ -227,5 +251,35 @@ impl Upstream for HttpUpstream {
                 body,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_value;
+
+    #[test]
+    fn host_is_the_authority_without_a_default_port_or_user_info() {
+        let host = |url: &str| {
+            let uri: http::Uri = url.parse().unwrap_or_else(|e| panic!("{url}: {e}"));
+            host_value(&uri).map(|v| v.to_str().unwrap_or_default().to_owned())
+        };
+        assert_eq!(
+            host("http://127.0.0.1:18081/v1/x").as_deref(),
+            Some("127.0.0.1:18081")
+        );
+        assert_eq!(
+            host("https://api.openai.com/v1").as_deref(),
+            Some("api.openai.com")
+        );
+        assert_eq!(host("http://[::1]:8080/v1").as_deref(), Some("[::1]:8080"));
+        assert_eq!(
+            host("https://api.openai.com:8443/").as_deref(),
+            Some("api.openai.com:8443")
+        );
+        // hyper-util drops a default port and never sends user info: left to it.
+        assert_eq!(host("https://api.openai.com:443/v1"), None);
+        assert_eq!(host("http://example.com:80/v1"), None);
+        assert_eq!(host("http://user@example.com:8080/"), None);
     }
 }

@@ -216,7 +216,9 @@ impl Limiter {
         let tokens = tokens.min(MAX_TOKENS);
         let charge = |shared| Charge::of(limits, tokens, shared);
         if let Some(redis) = &self.redis {
-            if let Some(result) = redis.take(id, limits, tokens).await {
+            // Boxed: the Redis call's state stays out of every caller's future (memory buckets
+            // never build it).
+            if let Some(result) = Box::pin(redis.take(id, limits, tokens)).await {
                 return result.map(|levels| Taken {
                     levels,
                     charge: charge(true),
@@ -250,7 +252,7 @@ impl Limiter {
                 (client.0, client.1, client.2.min(MAX_TOKENS)),
                 (key.0, key.1, key.2.min(MAX_TOKENS)),
             );
-            if let Some(result) = redis.take_pair(c, k).await {
+            if let Some(result) = Box::pin(redis.take_pair(c, k)).await {
                 return result.map(|(c, k)| {
                     (
                         Taken {
@@ -312,10 +314,7 @@ impl Limiter {
         }
         if charge.shared {
             if let Some(redis) = &self.redis {
-                if !redis
-                    .refund(id, limits, charge.requests, charge.tokens)
-                    .await
-                {
+                if !Box::pin(redis.refund(id, limits, charge.requests, charge.tokens)).await {
                     tracing::debug!(
                         bucket = id,
                         tokens = charge.tokens,
@@ -384,10 +383,7 @@ impl Limiter {
         }
         if let Some(redis) = &self.redis {
             // Both at most 2^53: the difference fits an i64 either way.
-            if redis
-                .adjust_many(&counted, estimated as i64 - actual as i64)
-                .await
-            {
+            if Box::pin(redis.adjust_many(&counted, estimated as i64 - actual as i64)).await {
                 return;
             }
         }
@@ -414,7 +410,7 @@ impl Limiter {
             return;
         }
         if let Some(redis) = &self.redis {
-            if redis.sync(id, limits, requests, tokens).await {
+            if Box::pin(redis.sync(id, limits, requests, tokens)).await {
                 return;
             }
         }

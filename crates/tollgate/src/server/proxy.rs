@@ -393,9 +393,12 @@ async fn parse_meta(
     if is_form && parts.method == Method::POST {
         // The boundary is case-sensitive: the header as sent.
         let form_type = content_type.unwrap_or_default();
-        meta.model = super::form::model(form_type, body).await.map_err(|why| {
-            GatewayError::InvalidJson(format!("unreadable multipart form: {why}"))
-        })?;
+        // Boxed: the form reader's state stays out of every request's future.
+        meta.model = Box::pin(super::form::model(form_type, body))
+            .await
+            .map_err(|why| {
+                GatewayError::InvalidJson(format!("unreadable multipart form: {why}"))
+            })?;
     }
     let is_audio_upload = endpoint == Endpoint::Audio
         && (parts.uri.path().ends_with("/transcriptions")
