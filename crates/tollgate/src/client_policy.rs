@@ -14,7 +14,7 @@ use crate::policy::{Policy, PolicyLayer, PolicyService};
 use crate::rate_limit::estimate;
 use crate::rate_limit::{Charge, Levels, Limiter, Limits, Taken, MAX_TOKENS};
 use crate::request::{Answer, GatewayRequest, Served};
-use crate::units::format_go_duration;
+use crate::units::go_duration_header;
 use futures_util::future::{ready, Either, Ready};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
@@ -278,9 +278,9 @@ fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
         // `insert` replaces the upstream's value.
         headers.insert(limit.clone(), HeaderValue::from(level.limit));
         headers.insert(remaining.clone(), HeaderValue::from(level.remaining));
-        match HeaderValue::try_from(format_go_duration(level.reset)) {
-            Ok(v) => headers.insert(reset.clone(), v),
-            Err(_) => headers.remove(reset),
+        match go_duration_header(level.reset) {
+            Some(v) => headers.insert(reset.clone(), v),
+            None => headers.remove(reset),
         };
     }
 }

@@ -63,6 +63,31 @@ pub fn parse_size(input: &str) -> Option<u64> {
 }
 
 /// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do (`1s`, `6m0s`, `20ms`).
+/// [`format_go_duration`] as a header value; the common short forms (`250ms`, `12s`) are
+/// written without the formatting machinery (this runs on every answer).
+pub fn go_duration_header(d: Duration) -> Option<http::HeaderValue> {
+    let ms = d.as_millis();
+    let (n, unit): (u128, &[u8]) = match ms {
+        0..1000 => (ms, b"ms"),
+        _ if ms.is_multiple_of(1000) && ms < 60_000 => (ms / 1000, b"s"),
+        _ => return http::HeaderValue::try_from(format_go_duration(d)).ok(),
+    };
+    // At most three digits, then the unit.
+    let mut buf = [0u8; 5];
+    let digits = match n {
+        0..10 => 1,
+        10..100 => 2,
+        _ => 3,
+    };
+    let mut rest = n;
+    for slot in buf[..digits].iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    buf[digits..digits + unit.len()].copy_from_slice(unit);
+    http::HeaderValue::from_bytes(&buf[..digits + unit.len()]).ok()
+}
+
 pub fn format_go_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
@@ -85,6 +110,21 @@ pub fn format_go_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_duration_headers_match_the_formatted_string() {
+        for ms in [
+            0, 1, 9, 10, 99, 100, 999, 1000, 1500, 9000, 59_000, 60_000, 61_500, 3_723_000,
+        ] {
+            let d = Duration::from_millis(ms);
+            let header = go_duration_header(d).unwrap_or_else(|| panic!("{ms}"));
+            assert_eq!(
+                header.to_str().ok(),
+                Some(format_go_duration(d).as_str()),
+                "{ms} ms"
+            );
+        }
+    }
 
     #[test]
     fn parses_go_style_durations() {

@@ -99,6 +99,9 @@ impl SelectShared {
         let key = lease.id().to_owned();
         let pname = lease.provider().to_owned();
         strip_key_limits(&mut resp.headers);
+        // Room for what the gateway adds on the way out (its own and the client's rate-limit
+        // headers, attempts, provider, key, request id): one growth of the map, not several.
+        resp.headers.reserve(16);
         let sse = req.stream && is_event_stream(&resp.headers);
         if req.records && resp.status.is_success() {
             crate::ownership::record_answer(&self.records, req, &prefix, sse, lease.bucket_id());

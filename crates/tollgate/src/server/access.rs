@@ -99,7 +99,7 @@ impl<S, B> Service<Request<Body>> for Access<S>
 where
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
 {
     type Response = Response<Body>;
@@ -125,7 +125,7 @@ where
         Box::pin(async move {
             let _inflight = Dec(&layer.metrics.inflight);
             // Until the answer's head exists, a client that leaves is counted and logged here.
-            let mut pending = Entry {
+            let pending = Entry {
                 layer: layer.clone(),
                 endpoint: endpoint_of(&uri),
                 request_id,
@@ -141,32 +141,11 @@ where
                 Ok(resp) => resp,
                 Err(never) => match never {},
             };
-            let (parts, body) = resp.into_parts();
-            let mut resp = layer.envelope(
-                Response::from_parts(parts, Body::new(body)),
-                &pending.request_id,
-            );
-            let elapsed = received.elapsed();
-            layer
-                .metrics
-                .request_duration
-                .with_label_values(&[pending.endpoint.label()])
-                .observe(elapsed.as_secs_f64());
-            pending.head = Some(elapsed);
-            pending.status = resp.status().as_u16();
-            // Taken, not copied: nothing outside this layer reads it.
-            pending.record = resp.extensions_mut().remove::<AnswerRecord>();
-            let remaining = resp
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok());
-            let body = std::mem::replace(resp.body_mut(), Body::empty());
-            *resp.body_mut() = Body::new(Counted {
-                entry: Some(pending),
-                inner: body,
-                remaining,
-            });
-            Ok(resp)
+            // The answer's body is boxed once, with the access record's counter around it.
+            Ok(match layer.replacement(&resp, &pending.request_id) {
+                Some(made) => layer.counted(made, pending),
+                None => layer.counted(resp, pending),
+            })
         })
     }
 }
@@ -217,15 +196,15 @@ enum Outcome {
 }
 
 /// An answer's body that writes its request's access record at its end.
-struct Counted {
+struct Counted<B: http_body::Body> {
     // First, so it is written while the body (which holds the request span open) still lives.
     entry: Option<Entry>,
-    inner: Body,
+    inner: B,
     /// Bytes still due when the answer declared a length: hyper stops reading there.
     remaining: Option<u64>,
 }
 
-impl Counted {
+impl<B: http_body::Body> Counted<B> {
     fn sent(&mut self) {
         if let Some(mut e) = self.entry.take() {
             e.write(Outcome::Sent);
@@ -233,7 +212,11 @@ impl Counted {
     }
 }
 
-impl http_body::Body for Counted {
+impl<B> http_body::Body for Counted<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -241,7 +224,9 @@ impl http_body::Body for Counted {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(axum::Error::new);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
@@ -267,7 +252,7 @@ impl http_body::Body for Counted {
     }
 }
 
-impl Drop for Counted {
+impl<B: http_body::Body> Drop for Counted<B> {
     fn drop(&mut self) {
         // An empty body that was never polled went out whole with its head; any other left
         // unfinished is the client's leaving (the entry's own drop).
@@ -278,24 +263,51 @@ impl Drop for Counted {
 }
 
 impl AccessLayer {
-    /// The envelope for the answers tower-http made.
-    fn envelope(&self, resp: Response<Body>, request_id: &str) -> Response<Body> {
+    /// The envelope for the answers tower-http made (`None`: the answer stands).
+    fn replacement<B>(&self, resp: &Response<B>, request_id: &str) -> Option<Response<Body>> {
         if resp.extensions().get::<Panicked>().is_some() {
             tracing::error!(request_id, "handler panicked");
             let err = GatewayError::Internal {
                 request_id: request_id.to_owned(),
             };
-            return err.to_response();
+            return Some(err.to_response());
         }
         let from_limit = resp.status() == StatusCode::PAYLOAD_TOO_LARGE
             && resp.extensions().get::<AnswerRecord>().is_none();
-        if from_limit {
-            return GatewayError::BodyTooLarge {
+        from_limit.then(|| {
+            GatewayError::BodyTooLarge {
                 limit: self.max_body,
             }
-            .to_response();
-        }
-        resp
+            .to_response()
+        })
+    }
+
+    /// Metrics for the answer's head, and its body wrapped to write the record at its end.
+    fn counted<B>(&self, mut resp: Response<B>, mut pending: Entry) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let elapsed = pending.received.elapsed();
+        self.metrics
+            .request_duration
+            .with_label_values(&[pending.endpoint.label()])
+            .observe(elapsed.as_secs_f64());
+        pending.head = Some(elapsed);
+        pending.status = resp.status().as_u16();
+        // Taken, not copied: nothing outside this layer reads it.
+        pending.record = resp.extensions_mut().remove::<AnswerRecord>();
+        let remaining = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        resp.map(|inner| {
+            Body::new(Counted {
+                entry: Some(pending),
+                inner,
+                remaining,
+            })
+        })
     }
 
     fn record(&self, e: &Entry, outcome: Outcome) {
