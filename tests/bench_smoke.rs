@@ -66,3 +66,67 @@ fn the_benchmark_runs_in_smoke_mode_and_writes_its_results() {
         std::fs::remove_file(tmp.join(format!("bench-smoke-{}-summary.csv", std::process::id())));
     let _ = std::fs::remove_file(&out);
 }
+
+/// `tollgate-bench instructions` under valgrind (skipped, saying so, where valgrind is missing;
+/// `TOLLGATE_REQUIRE_VALGRIND=1` makes that a failure): it reports a count per request for the
+/// gateway and the bare proxy, and the gateway, which does all the bare proxy does and more,
+/// counts more.
+#[test]
+fn the_instruction_count_reports_the_gateway_and_the_bare_proxy() {
+    let required = std::env::var("TOLLGATE_REQUIRE_VALGRIND").is_ok_and(|v| v == "1");
+    let found = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            !required,
+            "TOLLGATE_REQUIRE_VALGRIND=1 but valgrind is not on PATH"
+        );
+        eprintln!(
+            "note: valgrind not on PATH, skipping the instruction count (apt-get install valgrind)"
+        );
+        return;
+    }
+    let dir = profile_dir();
+    cargo_build(&["-p", "tollgate", "-p", "mock-upstream"]);
+    cargo_build(&["-p", "tollgate-bench"]);
+    let output = Command::new(dir.join("tollgate-bench"))
+        .args([
+            "instructions",
+            "--requests",
+            "5",
+            "--scenarios",
+            "immediate,stream20",
+        ])
+        .arg("--bin-dir")
+        .arg(&dir)
+        .output()
+        .expect("run tollgate-bench instructions");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tollgate-bench instructions failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    for scenario in ["immediate", "stream20"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {scenario} ")))
+            .unwrap_or_else(|| panic!("no row for {scenario}:\n{stdout}"));
+        // | scenario | gateway 116.0k | bare 43.5k | ratio | difference |
+        let counts: Vec<f64> = row
+            .split('|')
+            .skip(2)
+            .take(2)
+            .map(|c| c.trim().trim_end_matches('k').parse().unwrap())
+            .collect();
+        assert!(
+            counts[1] > 0.0 && counts[0] > counts[1],
+            "gateway {} k, bare {} k instructions per request:\n{stdout}",
+            counts[0],
+            counts[1]
+        );
+    }
+}

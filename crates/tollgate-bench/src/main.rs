@@ -18,6 +18,9 @@
 //!
 //! `tollgate-bench soak [--duration 60s] [--concurrency 16] ...` is the fault soak instead: mixed
 //! load through the gateway while its upstreams fail in scripted ways (see `soak`).
+//!
+//! `tollgate-bench instructions [--requests 2000] ...` counts the CPU instructions of one request
+//! through the gateway and through the bare proxy with valgrind's callgrind (see `instructions`).
 #![allow(clippy::print_stdout, reason = "a CLI that prints its report")]
 
 /// The same allocator as the gateway, so the bare proxy baseline differs only in what it does.
@@ -27,6 +30,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod args;
 mod bare;
 mod codex_turn;
+mod instructions;
 mod load;
 mod measure;
 mod open_streams;
@@ -53,6 +57,9 @@ fn main() -> ExitCode {
     }
     if argv.first().is_some_and(|a| a == soak::COMMAND) {
         return soak_main(argv.into_iter().skip(1));
+    }
+    if argv.first().is_some_and(|a| a == instructions::COMMAND) {
+        return instructions::main(argv.into_iter().skip(1));
     }
     let args = match args::parse(argv.into_iter()) {
         Ok(args) => args,

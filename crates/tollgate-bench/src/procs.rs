@@ -110,6 +110,24 @@ impl Proc {
         kept.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
+    /// Asks it to stop (`SIGTERM`, through `kill`) and waits up to `limit` for it to exit.
+    pub(crate) fn terminate(&mut self, limit: Duration) -> Result<(), BoxError> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        if !status.success() {
+            return Err(format!("kill -TERM {} failed: {status}", self.name).into());
+        }
+        let deadline = std::time::Instant::now() + limit;
+        while self.child.try_wait()?.is_none() {
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("{} did not exit within {limit:?}", self.name).into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Fails if the process has exited.
     pub(crate) fn check_alive(&mut self) -> Result<(), BoxError> {
         match self.child.try_wait()? {
@@ -152,7 +170,15 @@ pub(crate) fn start_mock(bin_dir: &Path) -> Result<(Proc, SocketAddr), BoxError>
 /// Starts the bare proxy (this executable re-run as `--serve-bare-proxy <upstream>`) in front of
 /// `upstream` and returns it with the address from its `listening` line.
 pub(crate) fn start_bare(upstream: SocketAddr) -> Result<(Proc, SocketAddr), BoxError> {
-    let mut cmd = Command::new(std::env::current_exe()?);
+    start_bare_under(upstream, &[])
+}
+
+/// [`start_bare`], run by `wrapper` (a program and its arguments, e.g. valgrind's) when not empty.
+pub(crate) fn start_bare_under(
+    upstream: SocketAddr,
+    wrapper: &[String],
+) -> Result<(Proc, SocketAddr), BoxError> {
+    let mut cmd = wrapped(wrapper, std::env::current_exe()?);
     cmd.arg(crate::bare::FLAG).arg(upstream.to_string());
     let (proc, line) = Proc::spawn(
         "bare-proxy",
@@ -218,7 +244,16 @@ fn gateway_config_memory(mock: SocketAddr) -> String {
 /// `RUST_LOG` keeps only the crate root's startup lines at info (the address is logged there);
 /// everything per request is at warn, so logging does not dominate the profile.
 pub(crate) fn start_gateway(bin_dir: &Path, config: &Path) -> Result<(Proc, SocketAddr), BoxError> {
-    let mut cmd = Command::new(bin_dir.join("tollgate"));
+    start_gateway_under(bin_dir, config, &[])
+}
+
+/// [`start_gateway`], run by `wrapper` (a program and its arguments) when not empty.
+pub(crate) fn start_gateway_under(
+    bin_dir: &Path,
+    config: &Path,
+    wrapper: &[String],
+) -> Result<(Proc, SocketAddr), BoxError> {
+    let mut cmd = wrapped(wrapper, bin_dir.join("tollgate"));
     cmd.arg("--config")
         .arg(config)
         .args(["--listen", "127.0.0.1:0"])
@@ -243,6 +278,18 @@ pub(crate) fn start_gateway(bin_dir: &Path, config: &Path) -> Result<(Proc, Sock
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| format!("no address in tollgate's line `{line}`"))?;
     Ok((proc, addr))
+}
+
+/// `program`, or `wrapper` running it (`wrapper[0]` with the rest of `wrapper` first).
+fn wrapped(wrapper: &[String], program: PathBuf) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(program);
+            cmd
+        }
+    }
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`, else 100).

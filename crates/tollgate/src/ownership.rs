@@ -141,29 +141,43 @@ const QUOTED: [&[u8]; 10] = [
 
 /// Whether a body may name a stored object: one of [`QUOTED`] in its bytes, or an ASCII
 /// character written as a `\u00XX` escape (which could spell a field name past the byte
-/// search; text outside ASCII, escaped by many clients, does not count). One pass over the
-/// body's underscores and backslashes (every name but `conversation` has an underscore), and
-/// one search for `"conversation"`: this runs on every tenant's request.
+/// search; text outside ASCII, escaped by many clients, does not count). This runs on every
+/// tenant's request, so it searches for what the names end with (`_id`, `_file"`) and for
+/// `"conversation"` and `\u00`, each a vectorized pass that a code-heavy prompt full of
+/// underscores and `\n` escapes does not slow down, and checks the whole name only where one
+/// of those is found.
 fn may_reference(body: &[u8]) -> bool {
     use memchr::memmem::Finder;
     use std::sync::LazyLock;
-    static CONVERSATION: LazyLock<Finder<'static>> =
-        LazyLock::new(|| Finder::new(b"\"conversation\""));
-    let named_at = |i: usize| {
+    /// The endings every name in [`QUOTED`] but `"conversation"` has one of.
+    const ENDINGS: [&[u8]; 2] = [b"_id", b"_file\""];
+    static FINDERS: LazyLock<[Finder<'static>; 4]> = LazyLock::new(|| {
+        [
+            Finder::new(ENDINGS[0]),
+            Finder::new(ENDINGS[1]),
+            Finder::new(b"\"conversation\""),
+            Finder::new(b"\\u00"),
+        ]
+    });
+    let [id, file, conversation, escape] = &*FINDERS;
+    let escaped = escape
+        .find_iter(body)
+        .any(|i| body.get(i + 4).is_some_and(|c| matches!(c, b'2'..=b'7')));
+    if escaped || conversation.find(body).is_some() {
+        return true;
+    }
+    // A name ending at a found ending: it starts that many bytes before it.
+    let named_at = |i: usize, ending: &[u8]| {
         QUOTED.iter().any(|name| {
-            // Each name is tried where its first underscore would sit.
-            let first = name.iter().position(|b| *b == b'_').unwrap_or(usize::MAX);
-            i.checked_sub(first)
+            name.windows(ending.len())
+                .rposition(|w| w == ending)
+                .and_then(|at| i.checked_sub(at))
                 .and_then(|start| body.get(start..))
                 .is_some_and(|rest| rest.starts_with(name))
         })
     };
-    memchr::memchr2_iter(b'_', b'\\', body).any(|i| match body[i] {
-        b'_' => named_at(i),
-        _ => body
-            .get(i + 1..i + 5)
-            .is_some_and(|e| e.starts_with(b"u00") && matches!(e[3], b'2'..=b'7')),
-    }) || CONVERSATION.find(body).is_some()
+    id.find_iter(body).any(|i| named_at(i, ENDINGS[0]))
+        || file.find_iter(body).any(|i| named_at(i, ENDINGS[1]))
 }
 
 /// The objects a JSON body names in [`REFERENCES`] fields, with the field; empty when the body

@@ -385,3 +385,32 @@ async fn open_mode_checks_nothing_but_still_sends_follow_ups_to_their_key() {
         .await
         .expect("passed on: one tenant");
 }
+
+/// The byte check as its definition says: a quoted name anywhere, or `\u00` then `2`–`7`.
+fn may_reference_by_definition(body: &[u8]) -> bool {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    QUOTED.iter().any(|name| has(name))
+        || body
+            .windows(5)
+            .any(|w| w.starts_with(b"\\u00") && matches!(w[4], b'2'..=b'7'))
+}
+
+proptest::proptest! {
+    /// Bodies built from pieces of names, endings, escapes and code agree with the definition.
+    #[test]
+    fn the_fast_byte_check_agrees_with_its_definition(
+        pieces in proptest::collection::vec(proptest::sample::select(vec![
+            "\"", "_", "_id", "_ids", "_file", "file", "id", "\"file_id\"", "\"file_ids\"",
+            "\"thread_id\"", "\"tool_call_id\"", "\"training_file\"", "training", "\"conversation\"",
+            "conversation", "\\u00", "\\u005f", "\\u00e9", "\\n", "\\\\", "previous_response",
+            "\"previous_response_id\"", "vector_store", "\"vector_store_ids\"", "x", " ", ":",
+        ]), 0..40)
+    ) {
+        let body = pieces.concat();
+        proptest::prop_assert_eq!(
+            may_reference(body.as_bytes()),
+            may_reference_by_definition(body.as_bytes()),
+            "{}", body
+        );
+    }
+}
