@@ -209,10 +209,14 @@ async fn measure_all(
     );
     let open = match args.open_streams {
         Some(n) => {
-            let v = open_streams::measure(setup.gateway_addr, setup.gateway.pid(), n).await?;
-            println!("{}", open_streams::describe(&v));
+            let gateway = open_streams::measure(setup.gateway_addr, setup.gateway.pid(), n).await?;
+            println!("{}", open_streams::describe("tollgate", &gateway));
             setup.gateway.check_alive()?;
-            Some(v)
+            // The same streams through the bare proxy: what any hyper proxy pays per stream.
+            let bare = open_streams::measure(setup.bare_addr, setup.bare.pid(), n).await?;
+            println!("{}", open_streams::describe("bare proxy", &bare));
+            setup.bare.check_alive()?;
+            Some(serde_json::json!({ "gateway": gateway, "bare": bare }))
         }
         None => None,
     };

@@ -1,4 +1,5 @@
-//! `--open-streams N`: holds N slow streams open through Tollgate at once and reports its memory.
+//! `--open-streams N`: holds N slow streams open through Tollgate at once and reports its memory,
+//! then the same through the bare proxy (the baseline: what a hyper proxy pays per stream).
 //!
 //! Each stream asks the mock for 20 chunks one second apart, so every stream stays open for about
 //! 19 s after its first chunk. Once every stream has received its first chunk, Tollgate's RSS is
@@ -29,7 +30,7 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Opens `n` streams through the gateway at `addr` (process `pid`) and measures its RSS.
+/// Opens `n` streams through the proxy at `addr` (process `pid`) and measures its RSS.
 pub(crate) async fn measure(addr: SocketAddr, pid: u32, n: usize) -> Result<Value, BoxError> {
     let uri = load::url(addr, "/v1/chat/completions")?;
     let client = load::client();
@@ -110,11 +111,11 @@ pub(crate) async fn measure(addr: SocketAddr, pid: u32, n: usize) -> Result<Valu
     }))
 }
 
-/// One line for the printed report.
-pub(crate) fn describe(v: &Value) -> String {
+/// One line for the printed report, about the process called `who`.
+pub(crate) fn describe(who: &str, v: &Value) -> String {
     let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
     format!(
-        "open streams: {} of {} open (failed {}) in {:.1} s; tollgate RSS {:.1} MB before, \
+        "open streams: {} of {} open (failed {}) in {:.1} s; {who} RSS {:.1} MB before, \
          {:.1} MB with all open (peak {:.1} MB, {:.1} KiB/stream), {:.1} MB after release",
         v["opened"],
         v["streams"],
