@@ -73,19 +73,9 @@ fn the_benchmark_runs_in_smoke_mode_and_writes_its_results() {
 /// counts more.
 #[test]
 fn the_instruction_count_reports_the_gateway_and_the_bare_proxy() {
-    let required = std::env::var("TOLLGATE_REQUIRE_VALGRIND").is_ok_and(|v| v == "1");
-    let found = Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            !required,
-            "TOLLGATE_REQUIRE_VALGRIND=1 but valgrind is not on PATH"
-        );
-        eprintln!(
-            "note: valgrind not on PATH, skipping the instruction count (apt-get install valgrind)"
-        );
+    let test = "the_instruction_count_reports_the_gateway_and_the_bare_proxy";
+    let install = "apt-get install valgrind";
+    if !tollgate_e2e::tool_or_skip("valgrind", "TOLLGATE_REQUIRE_VALGRIND", test, install) {
         return;
     }
     let dir = profile_dir();

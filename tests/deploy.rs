@@ -1744,19 +1744,9 @@ fn every_gateway_config_passes_check_config() {
 
 #[test]
 fn promtool_accepts_the_rules_and_config_and_the_rule_tests_pass() {
-    let required = std::env::var("TOLLGATE_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1");
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            !required,
-            "TOLLGATE_REQUIRE_PROMTOOL=1 but promtool is not on PATH"
-        );
-        eprintln!(
-            "note: promtool not on PATH, skipping its checks (Debian: apt-get install prometheus)"
-        );
+    let test = "promtool_accepts_the_rules_and_config_and_the_rule_tests_pass";
+    let install = "Debian: apt-get install prometheus";
+    if !tollgate_e2e::tool_or_skip("promtool", "TOLLGATE_REQUIRE_PROMTOOL", test, install) {
         return;
     }
     for args in [

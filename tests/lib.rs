@@ -295,6 +295,23 @@ pub fn provider(name: &str, base_url: &str, keys: &[&str], default: bool) -> Str
     format!("[[providers]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"{base_url}\"\ndefault = {default}\nkeys = [{}]\n", keys.join(", "))
 }
 
+/// Whether `program` runs (`program --version` succeeds). When it does not, the calling test
+/// says it skipped, unless `require` (a variable `.ci/run` sets to `1`) makes that a failure.
+pub fn tool_or_skip(program: &str, require: &str, test: &str, install: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var(require).as_deref() != Ok("1"),
+            "{program} is required ({require}=1) but not installed"
+        );
+        eprintln!("SKIPPED {test}: {program} is not installed ({install})");
+    }
+    found
+}
+
 /// A `redis-server` on an ephemeral port, stopped on drop.
 pub struct RedisServer {
     child: Option<Child>,
@@ -306,18 +323,8 @@ impl RedisServer {
     /// Starts one, or `None` (after saying so) when `redis-server` is not installed; with
     /// `TOLLGATE_REQUIRE_REDIS=1` (set by `.ci/run`) a missing server fails the test instead.
     pub async fn start(test: &str) -> Option<RedisServer> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var("TOLLGATE_REQUIRE_REDIS").as_deref() != Ok("1"),
-                "redis-server is required (TOLLGATE_REQUIRE_REDIS=1) but not installed"
-            );
-            eprintln!(
-                "SKIPPED {test}: redis-server is not installed (apt-get install redis-server)"
-            );
+        let install = "apt-get install redis-server";
+        if !tool_or_skip("redis-server", "TOLLGATE_REQUIRE_REDIS", test, install) {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
