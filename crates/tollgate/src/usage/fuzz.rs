@@ -202,3 +202,35 @@ proptest! {
         }
     }
 }
+
+/// The usage-object check as it was first written: each `"usage":`, then an optional space and
+/// a `{`.
+fn names_usage_object_by_definition(bytes: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"usage\":";
+    (0..bytes.len()).any(|at| {
+        bytes[at..].starts_with(KEY) && {
+            let value = &bytes[at + KEY.len()..];
+            value.strip_prefix(b" ").unwrap_or(value).first() == Some(&b'{')
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    /// The two-form search agrees with the definition on chunks built from usage pieces.
+    #[test]
+    fn the_usage_object_check_agrees_with_its_definition(
+        pieces in prop::collection::vec(prop::sample::select(vec![
+            "\"usage\":", "\"usage\"", "usage", ":", " ", "  ", "{", "}", "null", "\"", "x",
+            "data: ", "\n\n", "\"usage\":null", "\"usage\": {", "\"usage\":{\"prompt_tokens\":1}",
+        ]), 0..24)
+    ) {
+        let chunk = pieces.concat();
+        prop_assert_eq!(
+            names_usage_object(chunk.as_bytes()),
+            names_usage_object_by_definition(chunk.as_bytes()),
+            "{}", chunk
+        );
+    }
+}
