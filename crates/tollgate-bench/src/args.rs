@@ -143,6 +143,16 @@ fn parse_list<T>(value: &str, one: impl Fn(&str) -> Result<T, String>) -> Result
         .collect()
 }
 
+/// A comma-separated list of scenario names.
+pub(crate) fn parse_scenarios(value: &str) -> Result<Vec<Scenario>, String> {
+    parse_list(value, |s| {
+        Scenario::ALL
+            .into_iter()
+            .find(|sc| sc.name() == s)
+            .ok_or_else(|| format!("unknown scenario `{s}`"))
+    })
+}
+
 pub(crate) fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -177,12 +187,7 @@ pub(crate) fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, Stri
             }
             "--scenarios" if value == "none" => out.scenarios.clear(),
             "--scenarios" => {
-                out.scenarios = parse_list(&value, |s| {
-                    Scenario::ALL
-                        .into_iter()
-                        .find(|sc| sc.name() == s)
-                        .ok_or_else(|| format!("unknown scenario `{s}`"))
-                })?;
+                out.scenarios = parse_scenarios(&value)?;
             }
             "--out" => out.out = PathBuf::from(value),
             "--client-threads" => out.client_threads = parse_count(&flag, &value)?,

@@ -14,14 +14,14 @@
 //! `SIGTERM`, and reads the instruction total callgrind writes at exit; a second run sends the
 //! warm requests alone. The difference divided by `--requests` is the cost of one request,
 //! startup, shutdown and first-request work excluded; `--keep DIR` leaves callgrind's files there
-//! (`callgrind_annotate --inclusive=yes FILE` shows where the instructions went). `delay20` measures nothing more than
-//! `immediate` here and is not offered.
+//! (`callgrind_annotate --inclusive=yes FILE` shows where the instructions went). `delay20`
+//! counts nothing more than `immediate` here and is not offered.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use crate::args::{parse_count, Scenario};
+use crate::args::{parse_count, parse_scenarios, Scenario};
 use crate::load;
 use crate::procs::{self, BoxError, Proc};
 
@@ -56,17 +56,10 @@ pub(crate) fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts, Stri
         match flag.as_str() {
             "--requests" => opts.requests = parse_count(&flag, &value()?)?,
             "--scenarios" => {
-                opts.scenarios = value()?
-                    .split(',')
-                    .map(|name| match name.trim() {
-                        "immediate" => Ok(Scenario::Immediate),
-                        "stream20" => Ok(Scenario::Stream20),
-                        "prompt40k" => Ok(Scenario::Prompt40k),
-                        other => Err(format!(
-                            "unknown scenario `{other}` (immediate, stream20, prompt40k)"
-                        )),
-                    })
-                    .collect::<Result<_, _>>()?;
+                opts.scenarios = parse_scenarios(&value()?)?;
+                if opts.scenarios.contains(&Scenario::Delay20) {
+                    return Err("delay20 counts what immediate does; not offered here".to_owned());
+                }
             }
             "--bin-dir" => opts.bin_dir = Some(PathBuf::from(value()?)),
             "--keep" => opts.keep = Some(PathBuf::from(value()?)),

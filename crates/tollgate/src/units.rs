@@ -62,7 +62,6 @@ pub fn parse_size(input: &str) -> Option<u64> {
     value.checked_mul(scale)
 }
 
-/// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do (`1s`, `6m0s`, `20ms`).
 /// [`format_go_duration`] as a header value; the common short forms (`250ms`, `12s`) are
 /// written without the formatting machinery (this runs on every answer).
 pub fn go_duration_header(d: Duration) -> Option<http::HeaderValue> {
@@ -88,6 +87,7 @@ pub fn go_duration_header(d: Duration) -> Option<http::HeaderValue> {
     http::HeaderValue::from_bytes(&buf[..digits + unit.len()]).ok()
 }
 
+/// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do (`1s`, `6m0s`, `20ms`).
 pub fn format_go_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
