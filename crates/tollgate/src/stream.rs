@@ -133,6 +133,18 @@ fn json_type(data: &[u8]) -> Option<&[u8]> {
 /// A chat chunk that carries no output yet: every choice's delta holds only a role (or
 /// nothing), no finish reason (the role-only first chunk, Azure's `choices: []` filter chunk).
 fn is_empty_chat_chunk(data: &[u8]) -> bool {
+    // Most first chunks after the role-only one carry text: a `"content":"` followed by
+    // anything but its closing quote is output, found without a parse. (A quote inside a
+    // string is escaped, so this is a key; a mistaken match only commits a stream early.)
+    static CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\""));
+    if let Some(at) = CONTENT.find(data) {
+        if data
+            .get(at + CONTENT.needle().len())
+            .is_some_and(|&b| b != b'"')
+        {
+            return false;
+        }
+    }
     #[derive(serde::Deserialize)]
     struct Chunk<'a> {
         #[serde(borrow)]
@@ -142,8 +154,8 @@ fn is_empty_chat_chunk(data: &[u8]) -> bool {
     }
     #[derive(serde::Deserialize)]
     struct Choice<'a> {
-        #[serde(borrow, default)]
-        delta: Option<std::collections::HashMap<&'a str, &'a serde_json::value::RawValue>>,
+        #[serde(default)]
+        delta: Option<QuietDelta>,
         #[serde(default)]
         text: Option<&'a str>,
         #[serde(default)]
@@ -158,13 +170,53 @@ fn is_empty_chat_chunk(data: &[u8]) -> bool {
     let quiet = |c: &Choice<'_>| {
         c.finish_reason.is_none()
             && c.text.is_none_or(str::is_empty)
-            && c.delta.as_ref().is_none_or(|d| {
-                d.iter().all(|(field, value)| {
-                    *field == "role" || matches!(value.get(), "null" | "\"\"" | "[]")
-                })
-            })
+            && c.delta.as_ref().is_none_or(|d| d.0)
     };
     chunk.choices.is_some_and(|c| c.iter().all(quiet))
+}
+
+/// Whether a chat delta carries no output: each of its fields is the `role`, or null, `""` or
+/// `[]`. Decided while it is read, nothing kept (this runs on the first chunks of every stream).
+struct QuietDelta(bool);
+
+impl<'de> serde::Deserialize<'de> for QuietDelta {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, Visitor};
+        use serde_json::value::RawValue;
+        /// A field name, read only to ask whether it is `role`.
+        struct IsRole(bool);
+        impl<'de> serde::Deserialize<'de> for IsRole {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Name;
+                impl Visitor<'_> for Name {
+                    type Value = IsRole;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a field name")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IsRole, E> {
+                        Ok(IsRole(v == "role"))
+                    }
+                }
+                d.deserialize_str(Name)
+            }
+        }
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = QuietDelta;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a delta object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<QuietDelta, A::Error> {
+                let mut quiet = true;
+                while let Some(IsRole(role)) = map.next_key()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    quiet &= role || matches!(value.get(), "null" | "\"\"" | "[]");
+                }
+                Ok(QuietDelta(quiet))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 /// The SSE event a client gets when its stream fails after the first byte: the official SDKs
@@ -393,9 +445,12 @@ struct Guard<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     /// at that point (hyper does) has the whole answer.
     remaining: Option<u64>,
     on_end: Option<F>,
-    /// One idle timer for the whole body, pushed forward on every chunk (no timer per chunk);
-    /// it also wakes the stream for a keep-alive.
+    /// One idle timer for the whole body; it also wakes the stream for a keep-alive. It is
+    /// moved only when it fires or would fire too late, never per chunk: a deadline that has
+    /// gone stale (chunks kept coming) is pushed on to `due` when it fires.
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the current wait next needs a look (its idle deadline, or a keep-alive).
+    due: Instant,
     /// What a silent stream sends its client every [`PING_EVERY`] (a Messages `ping`).
     keep_alive: Option<&'static [u8]>,
     /// When the wait for the upstream's next chunk began.
@@ -542,6 +597,7 @@ where
         remaining,
         on_end: Some(on_end),
         timer: Box::pin(tokio::time::sleep(idle)),
+        due: Instant::now() + idle,
         keep_alive,
         quiet_since: Instant::now(),
         stash: None,
@@ -593,8 +649,10 @@ where
                 if !this.waiting {
                     let now = Instant::now();
                     g.quiet_since = now;
-                    let wake = g.next_wake(now);
-                    g.timer.as_mut().reset(wake);
+                    g.due = g.next_wake(now);
+                    if g.due < g.timer.deadline() {
+                        g.timer.as_mut().reset(g.due);
+                    }
                     this.waiting = true;
                 }
                 match g.body.poll_next_unpin(cx) {
@@ -604,12 +662,17 @@ where
                             Poll::Pending => return Poll::Pending,
                             Poll::Ready(()) => {
                                 let now = Instant::now();
+                                if now < g.due {
+                                    // A deadline set for an earlier wait: on to this one's.
+                                    g.timer.as_mut().reset(g.due);
+                                    continue;
+                                }
                                 if now >= g.quiet_since + g.idle {
                                     break Err(());
                                 }
                                 // A keep-alive wake: a ping where one fits, and the next wake.
-                                let wake = g.next_wake(now);
-                                g.timer.as_mut().reset(wake);
+                                g.due = g.next_wake(now);
+                                g.timer.as_mut().reset(g.due);
                                 if let Some(ping) = g.ping() {
                                     return Poll::Ready(Some(Ok(Bytes::from_static(ping))));
                                 }

@@ -177,14 +177,17 @@ fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
     !(chunk.usage.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty))
 }
 
-/// Whether `bytes` hold a `"usage":` whose value is an object (`"usage":{` or `"usage": {`):
-/// the only events [`inspect`] reads. Searched as those two forms, not as `"usage":` and then a
-/// look at the value: a stream asked for usage carries `"usage":null` in every chunk, and a
-/// search that finds nothing is the cheap one (this runs on every chunk).
+/// Whether `bytes` hold a usage object (`"usage":{` or `"usage": {`), not `"usage":null`:
+/// the only events [`inspect`] reads. One search for the key, then a look at the byte after
+/// it: a stream asked for usage carries `"usage":null` in every chunk, usually once, so this
+/// is one pass over the chunk (this runs on every chunk).
 fn names_usage_object(bytes: &[u8]) -> bool {
-    static FORMS: LazyLock<[Finder<'static>; 2]> =
-        LazyLock::new(|| [Finder::new(b"\"usage\":{"), Finder::new(b"\"usage\": {")]);
-    FORMS.iter().any(|form| form.find(bytes).is_some())
+    const KEY: &[u8] = b"\"usage\":";
+    static FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(KEY));
+    FINDER.find_iter(bytes).any(|at| {
+        let value = &bytes[at + KEY.len()..];
+        value.strip_prefix(b" ").unwrap_or(value).first() == Some(&b'{')
+    })
 }
 
 /// The top-level `usage` of a JSON answer. OpenAI puts it last, so the search starts from the

@@ -197,6 +197,26 @@ async fn idle_stream_ends_with_an_error_event_instead_of_hanging() {
     assert_eq!(end, StreamEnd::Idle);
 }
 
+/// The idle timer is not moved per chunk: a stream that keeps sending for longer than the idle
+/// timeout runs on, and its silence is still measured from its last chunk.
+#[tokio::test(start_paused = true)]
+async fn the_idle_timeout_counts_from_the_last_chunk_of_a_long_stream() {
+    let started = Instant::now();
+    let chunks = stream::unfold(0, |i| async move {
+        if i == 8 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Some((Ok(Bytes::from(format!("data: {i}\n\n"))), i + 1))
+    });
+    let b: BodyStream = Box::pin(chunks.chain(stream::pending()));
+    let (text, end) = collect_guarded(b, true).await;
+    assert_eq!(end, StreamEnd::Idle);
+    assert!(text.contains("data: 7\n\n"), "{text}");
+    // Eight chunks 3 s apart (24 s, past the 5 s timeout many times over), then 5 s of silence.
+    assert_eq!(started.elapsed(), Duration::from_secs(29));
+}
+
 #[tokio::test]
 async fn a_body_read_to_its_declared_length_is_complete_even_if_never_polled_to_the_end() {
     let end = Arc::new(Mutex::new(None));

@@ -218,7 +218,7 @@ fn names_usage_object_by_definition(bytes: &[u8]) -> bool {
 proptest! {
     #![proptest_config(config(1024))]
 
-    /// The two-form search agrees with the definition on chunks built from usage pieces.
+    /// The one-search check agrees with the definition on chunks built from usage pieces.
     #[test]
     fn the_usage_object_check_agrees_with_its_definition(
         pieces in prop::collection::vec(prop::sample::select(vec![

@@ -112,6 +112,11 @@ async fn a_chat_error_after_a_role_only_chunk_is_before_the_commit_point() {
     assert!(matches!(peek(&[role, tool]).await, FirstEvent::Data(_)));
     let stop = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
     assert!(matches!(peek(&[role, stop]).await, FirstEvent::Data(_)));
+    // Every field empty but the role, as some servers send it: still no output.
+    let nulls = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"refusal\":null,\"tool_calls\":[]}}]}\n\n";
+    assert!(matches!(peek(&[nulls, error]).await, FirstEvent::Error(_)));
+    let late = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":null,\"role\":\"assistant\",\"reasoning_content\":\"hm\"}}]}\n\n";
+    assert!(matches!(peek(&[late, error]).await, FirstEvent::Data(_)));
 }
 
 #[tokio::test]
