@@ -451,6 +451,9 @@ struct Guard<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// When the current wait next needs a look (its idle deadline, or a keep-alive).
     due: Instant,
+    /// The waker the timer was last polled with, while the timer holds it (cleared when the
+    /// timer is reset or fires): polls that change nothing are skipped.
+    timer_waker: Option<std::task::Waker>,
     /// What a silent stream sends its client every [`PING_EVERY`] (a Messages `ping`).
     keep_alive: Option<&'static [u8]>,
     /// When the wait for the upstream's next chunk began.
@@ -517,6 +520,35 @@ impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
             }
         }
         merged.map_or(first, BytesMut::freeze)
+    }
+
+    /// Polls the idle timer; a poll is skipped while the timer has not fired and holds a
+    /// waker of the same task (the body is polled several times for every chunk, and a poll
+    /// that registers the same waker again is most of a waiting poll's cost).
+    fn poll_timer(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::future::Future;
+        let holds_ours = self
+            .timer_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if holds_ours && !self.timer.is_elapsed() {
+            return std::task::Poll::Pending;
+        }
+        let polled = self.timer.as_mut().poll(cx);
+        match polled {
+            std::task::Poll::Pending if !holds_ours => {
+                self.timer_waker = Some(cx.waker().clone());
+            }
+            std::task::Poll::Pending => {}
+            std::task::Poll::Ready(()) => self.timer_waker = None,
+        }
+        polled
+    }
+
+    /// Moves the idle timer's deadline; the next wait polls it again.
+    fn reset_timer(&mut self, at: Instant) {
+        self.timer.as_mut().reset(at);
+        self.timer_waker = None;
     }
 
     fn flush(&mut self) -> Option<Bytes> {
@@ -598,6 +630,7 @@ where
         on_end: Some(on_end),
         timer: Box::pin(tokio::time::sleep(idle)),
         due: Instant::now() + idle,
+        timer_waker: None,
         keep_alive,
         quiet_since: Instant::now(),
         stash: None,
@@ -633,7 +666,6 @@ where
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        use std::future::Future;
         use std::task::Poll;
         let this = self.get_mut();
         if let Some(head) = this.head.take() {
@@ -651,20 +683,20 @@ where
                     g.quiet_since = now;
                     g.due = g.next_wake(now);
                     if g.due < g.timer.deadline() {
-                        g.timer.as_mut().reset(g.due);
+                        g.reset_timer(g.due);
                     }
                     this.waiting = true;
                 }
                 match g.body.poll_next_unpin(cx) {
                     Poll::Ready(next) => Ok(next),
                     Poll::Pending => loop {
-                        match g.timer.as_mut().poll(cx) {
+                        match g.poll_timer(cx) {
                             Poll::Pending => return Poll::Pending,
                             Poll::Ready(()) => {
                                 let now = Instant::now();
                                 if now < g.due {
                                     // A deadline set for an earlier wait: on to this one's.
-                                    g.timer.as_mut().reset(g.due);
+                                    g.reset_timer(g.due);
                                     continue;
                                 }
                                 if now >= g.quiet_since + g.idle {
@@ -672,7 +704,7 @@ where
                                 }
                                 // A keep-alive wake: a ping where one fits, and the next wake.
                                 g.due = g.next_wake(now);
-                                g.timer.as_mut().reset(g.due);
+                                g.reset_timer(g.due);
                                 if let Some(ping) = g.ping() {
                                     return Poll::Ready(Some(Ok(Bytes::from_static(ping))));
                                 }
@@ -745,6 +777,26 @@ where
         };
         this.guard = None;
         Poll::Ready(Some(last))
+    }
+}
+
+/// The guarded body as an HTTP body, one layer (no stream adapter between it and the server).
+impl<F> http_body::Body for Guarded<F>
+where
+    F: FnOnce(StreamEnd, Option<Usage>) + Send + Unpin,
+{
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        Stream::poll_next(self, cx).map(|next| next.map(|chunk| chunk.map(http_body::Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.guard.is_none()
     }
 }
 

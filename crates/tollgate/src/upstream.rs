@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::Stream;
 use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyDataStream, Full};
+use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -242,15 +242,46 @@ impl Upstream for HttpUpstream {
                 }
             })?;
             let (parts, body) = resp.into_parts();
-            let body = BodyDataStream::new(body)
-                .map_err(|e| UpstreamError::Transport(describe(&e)))
-                .boxed();
+            let body: BodyStream = Box::pin(DataFrames(body));
             Ok(UpstreamResponse {
                 status: parts.status,
                 headers: parts.headers,
                 body,
             })
         })
+    }
+}
+
+/// An upstream answer's body as the stream of its data (trailers skipped, an error described):
+/// one layer, where the body is polled a few times for every chunk.
+struct DataFrames(hyper::body::Incoming);
+
+impl Stream for DataFrames {
+    type Item = Result<Bytes, UpstreamError>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use http_body::Body;
+        use std::task::Poll;
+        loop {
+            return match Pin::new(&mut self.0).poll_frame(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => {
+                    Poll::Ready(Some(Err(UpstreamError::Transport(describe(&e)))))
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(data))),
+                    Err(_trailers) => continue,
+                },
+            };
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, None)
     }
 }
 

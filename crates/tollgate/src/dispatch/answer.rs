@@ -130,7 +130,7 @@ impl SelectShared {
         };
         let on_end = self.on_end(req, provider, lease, span);
         let body = guard(prefix, resp.body, self.idle_timeout, framing, tap, on_end);
-        let body = Body::from_stream(body);
+        let body = Body::new(body);
         Answer {
             status: resp.status,
             headers: resp.headers,
