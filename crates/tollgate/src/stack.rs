@@ -243,12 +243,15 @@ impl MakeRequestId for MakeId {
 
 /// Drops a client `x-request-id` that is empty, over 128 bytes or not printable ASCII.
 fn drop_bad_request_id<B>(mut req: http::Request<B>) -> http::Request<B> {
-    let bad = req.headers().get("x-request-id").is_some_and(|v| {
-        let id = v.as_bytes();
-        id.is_empty() || id.len() > 128 || !id.iter().all(u8::is_ascii_graphic)
-    });
+    let bad = req
+        .headers()
+        .get(crate::server::X_REQUEST_ID)
+        .is_some_and(|v| {
+            let id = v.as_bytes();
+            id.is_empty() || id.len() > 128 || !id.iter().all(u8::is_ascii_graphic)
+        });
     if bad {
-        req.headers_mut().remove("x-request-id");
+        req.headers_mut().remove(crate::server::X_REQUEST_ID);
     }
     req
 }

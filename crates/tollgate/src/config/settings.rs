@@ -40,7 +40,9 @@ pub struct Settings {
     /// `[telemetry]` as the file has it (the `OTEL_*` variables are added at start).
     pub telemetry: super::TelemetrySettings,
     #[serde(skip)]
-    model_index: HashMap<String, usize>,
+    /// Model name → route (FNV: the names are the config's; a lookup hashes the client's
+    /// model on every request).
+    model_index: fnv::FnvHashMap<String, usize>,
 }
 
 /// Validated `[server]`.
@@ -576,8 +578,8 @@ impl Config {
         &self,
         p: &mut Problems,
         providers: &[ProviderSettings],
-    ) -> (Vec<ModelRoute>, HashMap<String, usize>) {
-        let mut index = HashMap::new();
+    ) -> (Vec<ModelRoute>, fnv::FnvHashMap<String, usize>) {
+        let mut index = fnv::FnvHashMap::default();
         let mut out = Vec::with_capacity(self.models.len());
         for (i, mc) in self.models.iter().enumerate() {
             let path = format!("models[{i}]");

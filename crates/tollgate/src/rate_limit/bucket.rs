@@ -35,6 +35,10 @@ impl TokenBucket {
     }
 
     fn refill(&mut self, now: Instant) {
+        // A take reads a bucket several times at one instant: only the first refills.
+        if now <= self.updated {
+            return;
+        }
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.set(self.level + elapsed * self.per_sec);
         self.updated = self.updated.max(now);

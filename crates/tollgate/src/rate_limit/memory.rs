@@ -3,7 +3,6 @@
 
 use super::bucket::TokenBucket;
 use super::{Dimension, Level, Levels, Limits, Refused};
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -68,10 +67,10 @@ impl Pair {
     }
 }
 
-/// The in-memory store.
+/// The in-memory store (FNV-hashed: its ids are configured names, looked up on every take).
 #[derive(Debug, Default)]
 pub(super) struct MemoryStore {
-    pairs: Mutex<HashMap<String, Pair>>,
+    pairs: Mutex<fnv::FnvHashMap<String, Pair>>,
 }
 
 impl MemoryStore {

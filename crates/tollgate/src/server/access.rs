@@ -55,7 +55,7 @@ pub fn panic_answer(_: Box<dyn Any + Send + 'static>) -> Response<http_body_util
 pub fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
     let id = req
         .headers()
-        .get("x-request-id")
+        .get(crate::server::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     if crate::telemetry::enabled() {
@@ -116,7 +116,7 @@ where
         layer.metrics.inflight.inc();
         let request_id = req
             .headers()
-            .get("x-request-id")
+            .get(crate::server::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_owned();

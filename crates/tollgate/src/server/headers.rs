@@ -8,6 +8,9 @@ use http::header::{self, HeaderName};
 use http::HeaderMap;
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1) plus framing the gateway redoes.
+/// `x-request-id`, as a name built once (a lookup by a string parses the name every time).
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     header::TE,
@@ -127,7 +130,7 @@ pub(super) fn client_headers(upstream: &mut HeaderMap) {
     if upstream.keys().all(stays) {
         return;
     }
-    if let Some(id) = upstream.get("x-request-id").cloned() {
+    if let Some(id) = upstream.get(X_REQUEST_ID).cloned() {
         upstream.insert("x-upstream-request-id", id);
     }
     let gone: Vec<HeaderName> = upstream.keys().filter(|n| !stays(n)).cloned().collect();

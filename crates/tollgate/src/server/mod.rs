@@ -8,6 +8,7 @@ pub mod access;
 mod admin;
 mod form;
 mod headers;
+pub(crate) use headers::X_REQUEST_ID;
 pub(crate) mod listen;
 pub mod open;
 mod path;

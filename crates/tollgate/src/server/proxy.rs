@@ -181,7 +181,7 @@ async fn parse(
     };
     let request_id = parts
         .headers
-        .get("x-request-id")
+        .get(super::headers::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
