@@ -641,6 +641,7 @@ where
         guard: Some(guard),
         framing,
         waiting: false,
+        waited: false,
     }
 }
 
@@ -654,6 +655,8 @@ pub struct Guarded<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     framing: Framing,
     /// A wait for the next chunk is under way (its idle deadline is set).
     waiting: bool,
+    /// That wait found the upstream body not ready at least once.
+    waited: bool,
 }
 
 impl<F> Stream for Guarded<F>
@@ -686,10 +689,12 @@ where
                         g.reset_timer(g.due);
                     }
                     this.waiting = true;
+                    this.waited = false;
                 }
                 match g.body.poll_next_unpin(cx) {
                     Poll::Ready(next) => Ok(next),
                     Poll::Pending => loop {
+                        this.waited = true;
                         match g.poll_timer(cx) {
                             Poll::Pending => return Poll::Pending,
                             Poll::Ready(()) => {
@@ -717,7 +722,13 @@ where
         this.waiting = false;
         let (end, message, code) = match next {
             Ok(Some(Ok(chunk))) => {
-                let chunk = g.coalesce(chunk);
+                // A chunk that was there at once may have more behind it (a burst): those go
+                // out with it. One that had to be waited for rarely does, and the look would
+                // cost a poll of the upstream body for every chunk of a trickling stream.
+                let chunk = match this.waited {
+                    false => g.coalesce(chunk),
+                    true => chunk,
+                };
                 return Poll::Ready(Some(Ok(g.pass(chunk))));
             }
             Ok(None) if g.oversized => (

@@ -280,6 +280,41 @@ async fn chunks_already_available_go_out_in_one_write() {
     );
 }
 
+/// A chunk that had to be waited for goes out alone (no look behind it, which would cost a poll
+/// of the upstream for every chunk of a trickling stream); the burst that follows it at once
+/// goes out together.
+#[tokio::test(start_paused = true)]
+async fn a_waited_for_chunk_goes_alone_and_the_burst_behind_it_together() {
+    let first = stream::once(async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(Bytes::from_static(b"data: 0\n\n"))
+    });
+    let burst = stream::iter(
+        (1..4)
+            .map(|i| Ok(Bytes::from(format!("data: {i}\n\n"))))
+            .chain([Ok(Bytes::from_static(b"data: [DONE]\n\n"))]),
+    );
+    let s = guard(
+        Bytes::new(),
+        Box::pin(first.chain(burst)),
+        Duration::from_secs(5),
+        Framing::Sse {
+            end: SseEnd::Done,
+            max_event: 1 << 20,
+        },
+        None,
+        |_, _| {},
+    );
+    let parts: Vec<Bytes> = s.map(|r| r.unwrap()).collect().await;
+    assert_eq!(
+        parts,
+        [
+            "data: 0\n\n",
+            "data: 1\n\ndata: 2\n\ndata: 3\n\ndata: [DONE]\n\n"
+        ]
+    );
+}
+
 mod protocols;
 
 /// A Messages stream whose upstream is silent: a `ping` every 10 s between events, never one
