@@ -7,10 +7,10 @@
 use http::header::{self, HeaderName};
 use http::HeaderMap;
 
-/// Headers that belong to one connection (RFC 9110 §7.6.1) plus framing the gateway redoes.
 /// `x-request-id`, as a name built once (a lookup by a string parses the name every time).
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Headers that belong to one connection (RFC 9110 §7.6.1) plus framing the gateway redoes.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     header::TE,
@@ -100,7 +100,7 @@ pub(super) fn upstream_headers(
         {
             continue;
         }
-        if name.as_str() == "x-request-id" || name == header::ACCEPT_ENCODING {
+        if name == X_REQUEST_ID || name == header::ACCEPT_ENCODING {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -111,8 +111,14 @@ pub(super) fn upstream_headers(
         header::ACCEPT_ENCODING,
         http::HeaderValue::from_static("identity"),
     );
-    if let Ok(v) = request_id.parse() {
-        out.insert("x-request-id", v);
+    // The edge put the id on the request: its value as it is when it is this one.
+    let id = client
+        .get(X_REQUEST_ID)
+        .filter(|v| v.as_bytes() == request_id.as_bytes())
+        .cloned()
+        .or_else(|| request_id.parse().ok());
+    if let Some(v) = id {
+        out.insert(X_REQUEST_ID, v);
     }
     out
 }
