@@ -1,8 +1,8 @@
 //! The gateway stack's layers as policies. A [`Policy`] says what one layer does with one
 //! request, given the rest of the stack (`next`); [`PolicyLayer`] and [`PolicyService`] are the
-//! `tower::Layer` and `tower::Service` every such layer shares, written once: the policy behind
-//! an `Arc`, the rest of the stack taken out of the service for the call (a clone left in its
-//! place), the call's future boxed once.
+//! `tower::Layer` and `tower::Service` every such layer shares, written once: the policy and the
+//! rest of the stack behind one `Arc` (so a clone of a whole stack is one count, not one per
+//! layer below), the call's future boxed once.
 //!
 //! A new policy is a type holding its shared state and an `impl Policy` with its `run`; the
 //! stack adds it with `PolicyLayer::of(state)` (ARCHITECTURE.md, "The request path").
@@ -74,23 +74,29 @@ impl<P, S> Layer<S> for PolicyLayer<P> {
     type Service = PolicyService<P, S>;
     fn layer(&self, next: S) -> PolicyService<P, S> {
         PolicyService {
-            policy: Arc::clone(&self.policy),
-            next,
+            shared: Arc::new(Shared {
+                policy: Arc::clone(&self.policy),
+                next,
+            }),
         }
     }
 }
 
 /// The service of a [`Policy`] over the rest of the stack.
 pub struct PolicyService<P, S> {
+    shared: Arc<Shared<P, S>>,
+}
+
+/// A policy and the rest of the stack under it, shared by every clone of the service.
+struct Shared<P, S> {
     policy: Arc<P>,
     next: S,
 }
 
-impl<P, S: Clone> Clone for PolicyService<P, S> {
+impl<P, S> Clone for PolicyService<P, S> {
     fn clone(&self) -> Self {
         PolicyService {
-            policy: Arc::clone(&self.policy),
-            next: self.next.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -110,8 +116,8 @@ where
     }
 
     fn call(&mut self, req: P::Request) -> Self::Future {
-        let fresh = self.next.clone();
-        let next = std::mem::replace(&mut self.next, fresh);
-        Box::pin(Arc::clone(&self.policy).run(next, req))
+        // The rest of the stack is a policy service too (one count to clone) or the upstream.
+        let next = self.shared.next.clone();
+        Box::pin(Arc::clone(&self.shared.policy).run(next, req))
     }
 }
