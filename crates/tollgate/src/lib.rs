@@ -92,6 +92,7 @@ pub async fn serve(
     let listen = settings.server.listen;
     let admin = settings.server.admin_listen;
     let header_timeout = settings.server.header_timeout;
+    let workers = settings.server.workers;
     let (app, state) = build_app(settings, deps, sources);
     state.reloader.spawn_watchers();
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -112,6 +113,7 @@ pub async fn serve(
             ops,
             header_timeout,
             stop,
+            None,
         ));
     }
     tracing::info!(addr = %listener.local_addr()?, "listening");
@@ -128,7 +130,16 @@ pub async fn serve(
     });
     // Small writes (SSE chunks) must not wait for Nagle's algorithm and the peer's delayed ACK.
     // The peer address reaches open mode's loopback check (server/open.rs) as ConnectInfo.
-    let server = server::listen::serve(listener.tap_io(no_delay), app, header_timeout, stopped());
+    // The main listener's connections run on worker threads of their own (server::workers).
+    let workers = Arc::new(server::workers::Workers::start(workers)?);
+    tracing::info!(workers = workers.len(), "serving on worker threads");
+    let server = server::listen::serve(
+        listener.tap_io(no_delay),
+        app,
+        header_timeout,
+        stopped(),
+        Some(Arc::clone(&workers)),
+    );
     let drain_deadline = {
         let stop = stopped();
         async move {
@@ -140,6 +151,8 @@ pub async fn serve(
         () = server => {}
         () = drain_deadline => tracing::warn!(after = ?drain, "drain timeout: closing remaining connections"),
     }
+    // What the workers still run (connections past the drain timeout) ends with them.
+    drop(workers);
     tracing::info!("stopped");
     Ok(())
 }

@@ -114,10 +114,56 @@ type Pooled = Client<HttpsConnector<egress::Egress>, Full<Bytes>>;
 /// too) trusting Mozilla's and the system's roots plus the configured `ca_file`s, through the
 /// configured or environment's proxy; no redirects followed, bodies passed through undecoded.
 /// A provider with its own `ca_file` gets its own client, trusting that file too.
+///
+/// Each thread that sends has pools of its own ([`POOLS`]): a connection is opened, used and
+/// kept by one worker thread (`server::workers`), so its task and the requests on it never wake
+/// another core.
 #[derive(Clone)]
 pub struct HttpUpstream {
+    clients: std::sync::Arc<Clients>,
+}
+
+/// The egress connector (TLS roots, proxy, timeouts).
+type Connector = HttpsConnector<egress::Egress>;
+
+/// The connectors an [`HttpUpstream`] was built with; each thread builds pools of its own over
+/// them the first time it sends.
+struct Clients {
+    shared: Connector,
+    own: std::collections::HashMap<String, Connector>,
+}
+
+impl Clients {
+    fn pools(self: &std::sync::Arc<Self>) -> ThreadPools {
+        let pool = |connector: &Connector| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(1024)
+                .build(connector.clone())
+        };
+        ThreadPools {
+            of: std::sync::Arc::downgrade(self),
+            shared: pool(&self.shared),
+            own: self
+                .own
+                .iter()
+                .map(|(name, c)| (name.clone(), pool(c)))
+                .collect(),
+        }
+    }
+}
+
+/// One thread's pools of one [`HttpUpstream`].
+struct ThreadPools {
+    /// Whose pools these are (a dropped upstream's pools are let go).
+    of: std::sync::Weak<Clients>,
     shared: Pooled,
-    own: std::sync::Arc<std::collections::HashMap<String, Pooled>>,
+    own: std::collections::HashMap<String, Pooled>,
+}
+
+thread_local! {
+    /// This thread's connection pools, per upstream.
+    static POOLS: std::cell::RefCell<Vec<ThreadPools>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl std::fmt::Debug for HttpUpstream {
@@ -133,7 +179,7 @@ impl HttpUpstream {
         let proxy = egress::matcher(&settings.egress).map(std::sync::Arc::new);
         let global: Vec<&std::path::Path> =
             settings.egress.ca_file.as_deref().into_iter().collect();
-        let client = |extra: &[&std::path::Path]| -> Result<Pooled, rustls::Error> {
+        let client = |extra: &[&std::path::Path]| -> Result<Connector, rustls::Error> {
             let mut http = HttpConnector::new();
             http.enforce_http(false);
             http.set_connect_timeout(Some(connect_timeout));
@@ -145,16 +191,12 @@ impl HttpUpstream {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(egress::roots(extra))
             .with_no_client_auth();
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
+            Ok(hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
                 .https_or_http()
                 .enable_http1()
                 .enable_http2()
-                .wrap_connector(egress::Egress::new(http, proxy.clone()));
-            Ok(Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(1024)
-                .build(https))
+                .wrap_connector(egress::Egress::new(http, proxy.clone())))
         };
         let shared = client(&global)?;
         let mut own = std::collections::HashMap::new();
@@ -166,8 +208,7 @@ impl HttpUpstream {
             }
         }
         Ok(HttpUpstream {
-            shared,
-            own: std::sync::Arc::new(own),
+            clients: std::sync::Arc::new(Clients { shared, own }),
         })
     }
 }
@@ -213,11 +254,6 @@ impl Upstream for HttpUpstream {
                 )))))
             }
         };
-        let client = req
-            .egress
-            .as_deref()
-            .and_then(|name| self.own.get(name))
-            .unwrap_or(&self.shared);
         let mut request = http::Request::new(Full::new(req.body));
         *request.method_mut() = req.method;
         *request.uri_mut() = uri;
@@ -230,7 +266,26 @@ impl Upstream for HttpUpstream {
                 .entry(http::header::HOST)
                 .or_insert(host);
         }
-        let sent = client.request(request);
+        let sent = POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            let at = match pools
+                .iter()
+                .position(|p| std::ptr::eq(p.of.as_ptr(), &*self.clients))
+            {
+                Some(at) => at,
+                None => {
+                    pools.retain(|p| p.of.strong_count() > 0);
+                    pools.push(self.clients.pools());
+                    pools.len() - 1
+                }
+            };
+            let mine = &pools[at];
+            req.egress
+                .as_deref()
+                .and_then(|name| mine.own.get(name))
+                .unwrap_or(&mine.shared)
+                .request(request)
+        });
         Box::pin(async move {
             let resp = sent.await.map_err(|e| {
                 if let Some(why) = egress::setup_failure(&e) {
@@ -287,7 +342,100 @@ impl Stream for DataFrames {
 
 #[cfg(test)]
 mod tests {
-    use super::host_value;
+    use super::{host_value, HttpUpstream, Upstream, UpstreamRequest};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// An HTTP/1.1 server answering `ok` on kept-alive connections; counts the connections.
+    async fn counting_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request(addr: std::net::SocketAddr) -> UpstreamRequest {
+        UpstreamRequest {
+            method: http::Method::GET,
+            url: format!("http://{addr}/v1/models"),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            egress: None,
+        }
+    }
+
+    /// Sends `n` requests one after the other and reads their answers.
+    async fn send(upstream: &HttpUpstream, addr: std::net::SocketAddr, n: usize) {
+        for _ in 0..n {
+            let resp = upstream.send(request(addr)).await.unwrap();
+            assert_eq!(resp.status, 200);
+            let mut body = resp.body;
+            while futures_util::StreamExt::next(&mut body).await.is_some() {}
+        }
+    }
+
+    fn single_threaded() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A connection is opened, used and kept by one thread: requests from one thread share its
+    /// connection, and another thread opens its own even while the first one's is idle in its
+    /// pool (a shared pool would hand it over: one connection in all).
+    #[tokio::test]
+    async fn each_thread_has_pools_of_its_own() {
+        let (addr, accepted) = counting_server().await;
+        let settings = crate::config::Config::from_toml(
+            "[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\nkeys = [{ id = \"a\", secret = \"sk\" }]\n",
+        )
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap();
+        let upstream = HttpUpstream::new(&settings).unwrap();
+        let (a_sent, a_done) = std::sync::mpsc::channel::<()>();
+        let (b_sent, b_done) = tokio::sync::oneshot::channel::<()>();
+        let a = std::thread::spawn({
+            let upstream = upstream.clone();
+            move || {
+                single_threaded().block_on(async {
+                    send(&upstream, addr, 2).await;
+                    a_sent.send(()).unwrap();
+                    // Still running (its connection idle in its pool) while the other sends.
+                    b_done.await.unwrap();
+                })
+            }
+        });
+        let b = std::thread::spawn(move || {
+            a_done.recv().unwrap();
+            single_threaded().block_on(send(&upstream, addr, 2));
+            b_sent.send(()).unwrap();
+        });
+        tokio::task::spawn_blocking(move || {
+            b.join().unwrap();
+            a.join().unwrap();
+        })
+        .await
+        .unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn host_is_the_authority_without_a_default_port_or_user_info() {

@@ -167,6 +167,9 @@ pub struct ServerConfig {
     /// With no `[[clients]]` (open mode), serve peers other than loopback too. Off, open mode
     /// answers them 403: anyone who reaches the port would use the upstream keys.
     pub open: bool,
+    /// Threads serving the main listener's connections, each with a runtime of its own (0: one
+    /// per CPU the process may use).
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -185,6 +188,7 @@ impl Default for ServerConfig {
             max_event: "16MiB".into(),
             log_format: "json".into(),
             open: false,
+            workers: 0,
         }
     }
 }

@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Most `server.workers` (threads serving the main listener).
+const MAX_WORKERS: usize = 256;
+
 /// The validated config the gateway runs on. Serializes with secrets as `***`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -81,6 +84,9 @@ pub struct ServerSettings {
     pub log_json: bool,
     /// Open mode (no clients) serves every peer, not only loopback ones.
     pub open: bool,
+    /// Threads serving the main listener, at least 1 (`server.workers`, 0 resolved to the CPUs
+    /// the process may use).
+    pub workers: usize,
 }
 
 /// Validated `[retry]`.
@@ -335,6 +341,17 @@ impl Config {
                 }
             },
             open: s.open,
+            workers: match s.workers {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n if n > MAX_WORKERS => {
+                    p.push(
+                        "server.workers",
+                        format!("is more than {MAX_WORKERS} (0: one per CPU)"),
+                    );
+                    1
+                }
+                n => n,
+            },
         };
         if server.header_timeout.is_zero() && parse_duration(&s.header_timeout).is_some() {
             // Zero would close every connection before its first request.

@@ -296,6 +296,25 @@ fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused(
 }
 
 #[test]
+fn workers_default_to_one_per_cpu_and_are_bounded() {
+    let with = |workers: &str| {
+        Config::from_toml(&format!(
+            "[server]\n{workers}\n[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\nkeys = [{{ id = \"a\", secret = \"sk\" }}]\n"
+        ))
+        .unwrap()
+        .validate_with(&|_| None)
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(with("").unwrap().server.workers, cpus);
+    assert_eq!(with("workers = 0").unwrap().server.workers, cpus);
+    assert_eq!(with("workers = 3").unwrap().server.workers, 3);
+    assert_eq!(
+        with("workers = 257").unwrap_err().problems,
+        ["server.workers: is more than 256 (0: one per CPU)"]
+    );
+}
+
+#[test]
 fn resolved_config_never_shows_secrets() {
     Jail::expect_with(|jail| {
         jail.set_env("OPENAI_API_KEY", "sk-very-secret");

@@ -43,12 +43,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves `app` on every connection `listener` accepts until `stop` completes, then stops
 /// accepting and waits for the connections to finish their requests (the caller bounds that
-/// wait). Handlers see the peer as `ConnectInfo<SocketAddr>`.
+/// wait). Handlers see the peer as `ConnectInfo<SocketAddr>`. With `workers`, each connection
+/// runs on one of their threads (`server::workers`); else on the caller's runtime.
 pub(crate) async fn serve<L>(
     mut listener: L,
     app: Router,
     header_timeout: Duration,
     stop: impl Future<Output = ()>,
+    workers: Option<Arc<super::workers::Workers>>,
 ) where
     L: Listener<Io = TcpStream, Addr = SocketAddr>,
 {
@@ -64,7 +66,7 @@ pub(crate) async fn serve<L>(
         let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(app.clone()));
         let builders = Arc::clone(&builders);
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let connection = move |tcp: TcpStream| async move {
             let ended = match first_bytes(&tcp, header_timeout).await {
                 Some(Version::Http1) => {
                     let conn = builders.http1.serve_connection(TokioIo::new(tcp), service);
@@ -82,7 +84,20 @@ pub(crate) async fn serve<L>(
             if let Err(error) = ended {
                 tracing::debug!(%peer, error = %error, "connection ended with an error");
             }
-        });
+        };
+        match &workers {
+            // The socket moves to the worker's own I/O driver: its readiness wakes that thread.
+            Some(workers) => match tcp.into_std() {
+                Ok(socket) => workers.spawn(async move {
+                    match TcpStream::from_std(socket) {
+                        Ok(tcp) => connection(tcp).await,
+                        Err(error) => tracing::debug!(%peer, %error, "connection not served"),
+                    }
+                }),
+                Err(error) => tracing::debug!(%peer, %error, "connection not served"),
+            },
+            None => drop(tokio::spawn(connection(tcp))),
+        }
     }
     drop(listener);
     graceful.shutdown().await;

@@ -13,6 +13,7 @@ pub(crate) mod listen;
 pub mod open;
 mod path;
 mod proxy;
+pub(crate) mod workers;
 
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
