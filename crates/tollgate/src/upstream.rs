@@ -334,10 +334,6 @@ impl Stream for DataFrames {
             };
         }
     }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, None)
-    }
 }
 
 #[cfg(test)]
