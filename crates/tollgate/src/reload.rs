@@ -235,6 +235,9 @@ fn warn_on_restart_only_changes(old: &Settings, new: &Settings) {
     if old.server.max_body != new.server.max_body {
         tracing::warn!("server.max_body changed: it takes effect after a restart");
     }
+    if old.server.workers != new.server.workers {
+        tracing::warn!("server.workers changed: it takes effect after a restart");
+    }
     if old.server.header_timeout != new.server.header_timeout {
         tracing::warn!("server.header_timeout changed: it takes effect after a restart");
     }
