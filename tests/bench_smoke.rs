@@ -16,21 +16,8 @@ fn the_benchmark_runs_in_smoke_mode_and_writes_its_results() {
     let tmp = dir.join("..").join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let out = tmp.join(format!("bench-smoke-{}.json", std::process::id()));
-    let output = Command::new(dir.join("tollgate-bench"))
-        .arg("--smoke")
-        .arg("--bin-dir")
-        .arg(&dir)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run tollgate-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "tollgate-bench failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    let out_arg = out.to_string_lossy();
+    let stdout = run_bench(&dir, &["--smoke", "--out", &out_arg]);
     assert!(
         stdout.lines().any(|l| l.starts_with("| immediate ")),
         "no table row for the immediate scenario:\n{stdout}"
@@ -81,24 +68,15 @@ fn the_instruction_count_reports_the_gateway_and_the_bare_proxy() {
     let dir = profile_dir();
     cargo_build(&["-p", "tollgate", "-p", "mock-upstream"]);
     cargo_build(&["-p", "tollgate-bench"]);
-    let output = Command::new(dir.join("tollgate-bench"))
-        .args([
+    let stdout = run_bench(
+        &dir,
+        &[
             "instructions",
             "--requests",
             "5",
             "--scenarios",
             "immediate,stream20",
-        ])
-        .arg("--bin-dir")
-        .arg(&dir)
-        .output()
-        .expect("run tollgate-bench instructions");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "tollgate-bench instructions failed ({}):\n{stdout}\n{stderr}",
-        output.status
+        ],
     );
     for scenario in ["immediate", "stream20"] {
         let row = stdout
@@ -119,4 +97,23 @@ fn the_instruction_count_reports_the_gateway_and_the_bare_proxy() {
             counts[1]
         );
     }
+}
+
+/// Runs `tollgate-bench ARGS --bin-dir DIR` from `dir` and answers its standard output; a
+/// failure prints both outputs.
+fn run_bench(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = Command::new(dir.join("tollgate-bench"))
+        .args(args)
+        .arg("--bin-dir")
+        .arg(dir)
+        .output()
+        .expect("run tollgate-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tollgate-bench {args:?} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    stdout
 }
