@@ -107,8 +107,11 @@ impl tower::Service<UpstreamRequest> for UpstreamService {
     }
 }
 
+/// The egress connector (TLS roots, proxy, timeouts).
+type Connector = HttpsConnector<egress::Egress>;
+
 /// A pooled hyper client over the egress connector.
-type Pooled = Client<HttpsConnector<egress::Egress>, Full<Bytes>>;
+type Pooled = Client<Connector, Full<Bytes>>;
 
 /// The production upstream: pooled hyper clients (HTTP/1.1 and HTTP/2 over rustls, plain HTTP
 /// too) trusting Mozilla's and the system's roots plus the configured `ca_file`s, through the
@@ -120,20 +123,17 @@ type Pooled = Client<HttpsConnector<egress::Egress>, Full<Bytes>>;
 /// another core.
 #[derive(Clone)]
 pub struct HttpUpstream {
-    clients: std::sync::Arc<Clients>,
+    connectors: std::sync::Arc<Connectors>,
 }
-
-/// The egress connector (TLS roots, proxy, timeouts).
-type Connector = HttpsConnector<egress::Egress>;
 
 /// The connectors an [`HttpUpstream`] was built with; each thread builds pools of its own over
 /// them the first time it sends.
-struct Clients {
+struct Connectors {
     shared: Connector,
     own: std::collections::HashMap<String, Connector>,
 }
 
-impl Clients {
+impl Connectors {
     fn pools(self: &std::sync::Arc<Self>) -> ThreadPools {
         let pool = |connector: &Connector| {
             Client::builder(TokioExecutor::new())
@@ -155,8 +155,9 @@ impl Clients {
 
 /// One thread's pools of one [`HttpUpstream`].
 struct ThreadPools {
-    /// Whose pools these are (a dropped upstream's pools are let go).
-    of: std::sync::Weak<Clients>,
+    /// Whose pools these are (a dropped upstream's pools are let go; the weak reference also
+    /// keeps its address from being reused while these pools name it).
+    of: std::sync::Weak<Connectors>,
     shared: Pooled,
     own: std::collections::HashMap<String, Pooled>,
 }
@@ -179,7 +180,7 @@ impl HttpUpstream {
         let proxy = egress::matcher(&settings.egress).map(std::sync::Arc::new);
         let global: Vec<&std::path::Path> =
             settings.egress.ca_file.as_deref().into_iter().collect();
-        let client = |extra: &[&std::path::Path]| -> Result<Connector, rustls::Error> {
+        let connector = |extra: &[&std::path::Path]| -> Result<Connector, rustls::Error> {
             let mut http = HttpConnector::new();
             http.enforce_http(false);
             http.set_connect_timeout(Some(connect_timeout));
@@ -198,17 +199,17 @@ impl HttpUpstream {
                 .enable_http2()
                 .wrap_connector(egress::Egress::new(http, proxy.clone())))
         };
-        let shared = client(&global)?;
+        let shared = connector(&global)?;
         let mut own = std::collections::HashMap::new();
         for p in &settings.providers {
             if let Some(file) = &p.ca_file {
                 let mut extra = global.clone();
                 extra.push(file);
-                own.insert(p.name.clone(), client(&extra)?);
+                own.insert(p.name.clone(), connector(&extra)?);
             }
         }
         Ok(HttpUpstream {
-            clients: std::sync::Arc::new(Clients { shared, own }),
+            connectors: std::sync::Arc::new(Connectors { shared, own }),
         })
     }
 }
@@ -270,12 +271,12 @@ impl Upstream for HttpUpstream {
             let mut pools = pools.borrow_mut();
             let at = match pools
                 .iter()
-                .position(|p| std::ptr::eq(p.of.as_ptr(), &*self.clients))
+                .position(|p| std::ptr::eq(p.of.as_ptr(), &*self.connectors))
             {
                 Some(at) => at,
                 None => {
                     pools.retain(|p| p.of.strong_count() > 0);
-                    pools.push(self.clients.pools());
+                    pools.push(self.connectors.pools());
                     pools.len() - 1
                 }
             };
