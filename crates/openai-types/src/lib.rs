@@ -103,7 +103,7 @@ impl RequestMeta<'_> {
 }
 
 /// `stream_options` of a chat or completion request.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct StreamOptions {
     /// Ask for a final usage chunk.
     #[serde(default)]

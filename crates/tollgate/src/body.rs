@@ -8,16 +8,35 @@
 //! the narrower readers: the routing fields alone (`openai_types::RequestMeta`) and the
 //! estimate's lenient reading; so this shape changes what is accepted in no case.
 
+mod skim;
+
 use openai_types::StreamOptions;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+/// A JSON value as the text it is in the body (a string keeps its quotes), borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// The value's JSON text.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <&'de RawValue>::deserialize(deserializer).map(|raw| Raw(raw.get()))
+    }
+}
+
 /// The fields of a request body the gateway reads; everything else is skipped unread.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct Fields<'a> {
     /// `model`, as its JSON value (where it is in the body, for a rename spliced in place).
     #[serde(borrow, default)]
-    pub model: Option<&'a RawValue>,
+    pub model: Option<Raw<'a>>,
     /// `stream`.
     #[serde(default)]
     pub stream: Option<bool>,
@@ -26,37 +45,37 @@ pub struct Fields<'a> {
     pub stream_options: Option<StreamOptions>,
     /// `prompt_cache_key`, as sent.
     #[serde(borrow, default)]
-    pub prompt_cache_key: Option<&'a RawValue>,
+    pub prompt_cache_key: Option<Raw<'a>>,
     /// `user`, as sent.
     #[serde(borrow, default)]
-    pub user: Option<&'a RawValue>,
+    pub user: Option<Raw<'a>>,
     /// `previous_response_id`, as sent.
     #[serde(borrow, default)]
-    pub previous_response_id: Option<&'a RawValue>,
+    pub previous_response_id: Option<Raw<'a>>,
     /// `store`, as sent.
     #[serde(borrow, default)]
-    pub store: Option<&'a RawValue>,
+    pub store: Option<Raw<'a>>,
     /// Chat `messages`.
     #[serde(default, borrow)]
     pub messages: Vec<Message<'a>>,
     /// `tools`.
     #[serde(default, borrow)]
-    pub tools: Option<&'a RawValue>,
+    pub tools: Option<Raw<'a>>,
     /// Legacy completions' `prompt`.
     #[serde(default, borrow)]
-    pub prompt: Option<&'a RawValue>,
+    pub prompt: Option<Raw<'a>>,
     /// Responses and embeddings `input`.
     #[serde(default, borrow)]
-    pub input: Option<&'a RawValue>,
+    pub input: Option<Raw<'a>>,
     /// Responses `instructions`.
     #[serde(default, borrow)]
-    pub instructions: Option<&'a RawValue>,
+    pub instructions: Option<Raw<'a>>,
     /// Messages `system`.
     #[serde(default, borrow)]
-    pub system: Option<&'a RawValue>,
+    pub system: Option<Raw<'a>>,
     /// Messages `metadata` (its `user_id` names Claude Code's session).
     #[serde(default, borrow)]
-    pub metadata: Option<&'a RawValue>,
+    pub metadata: Option<Raw<'a>>,
     /// `max_tokens`.
     #[serde(default)]
     pub max_tokens: Option<u64>,
@@ -69,20 +88,50 @@ pub struct Fields<'a> {
 }
 
 /// What the estimate reads of a chat message.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 pub struct Message<'a> {
     /// `content`.
     #[serde(default, borrow)]
-    pub content: Option<&'a RawValue>,
+    pub content: Option<Raw<'a>>,
     /// Whether it has a `name`.
     #[serde(default)]
     pub name: Option<serde::de::IgnoredAny>,
     /// `tool_calls`.
     #[serde(default, borrow)]
-    pub tool_calls: Option<&'a RawValue>,
+    pub tool_calls: Option<Raw<'a>>,
 }
 
-impl Fields<'_> {
+/// A body's one reading: its [`Fields`], and whether an object in it, at any depth, has a
+/// member named in the `watch` list it was read with (`None`: not known).
+#[derive(Debug)]
+pub struct Reading<'a> {
+    /// The fields.
+    pub fields: Fields<'a>,
+    /// A watched name is a member's name somewhere in the body.
+    pub names: Option<bool>,
+}
+
+/// Reads `body` ([`skim`] first; serde_json where the skim leaves a body to it, and then its
+/// verdict is the one given), noting whether an object in it has a member named in `watch`.
+pub fn read<'a>(body: &'a [u8], watch: &[&str]) -> Result<Reading<'a>, serde_json::Error> {
+    match skim::read(body, watch) {
+        Some((fields, names)) => Ok(Reading {
+            fields,
+            names: Some(names),
+        }),
+        None => serde_json::from_slice(body).map(|fields| Reading {
+            fields,
+            names: None,
+        }),
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// Reads `body` (as [`read`] does).
+    pub fn read(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+        read(body, &[]).map(|r| r.fields)
+    }
+
     /// The model the client asked for; an error when `model` is not a string.
     pub fn model_name(&self) -> Result<Option<String>, serde_json::Error> {
         self.model

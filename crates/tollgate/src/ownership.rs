@@ -48,7 +48,7 @@ const ACTIONS: [&str; 3] = ["runs", "input_tokens", "compact"];
 const MAKERS: [&str; 3] = ["batches", "fine_tuning/jobs", "uploads"];
 
 /// Body fields that name a stored object.
-const REFERENCES: [&str; 10] = [
+pub(crate) const REFERENCES: [&str; 10] = [
     "previous_response_id",
     "conversation",
     "input_file_id",
@@ -329,8 +329,9 @@ where
         if let Some(id) = scope.object {
             req.object = Some(id.into());
         }
-        // Only a tenant's body is searched for the objects it names.
-        let refs = match tenant && req.method == Method::POST {
+        // Only a tenant's body is searched for the objects it names, and not when its one
+        // reading found no member that could name one.
+        let refs = match tenant && req.method == Method::POST && req.names_objects != Some(false) {
             true => references(&req.body),
             false => Vec::new(),
         };

@@ -37,6 +37,10 @@ pub struct GatewayRequest {
     /// The token estimate's count of `body`, made by the request's one reading of it; `None`
     /// when the body was not read that way (then it is counted when needed) or was replaced.
     pub counted: Option<crate::rate_limit::estimate::Counted>,
+    /// Whether an object in `body`, at any depth, has a member that names a stored object
+    /// (`previous_response_id`, `file_id`, …), as the request's one reading of it found;
+    /// `None` when not known (then the ownership layer searches the body itself).
+    pub names_objects: Option<bool>,
     /// Index of the configured model `model` names (`None`: pass-through or no model).
     pub model_index: Option<usize>,
     /// `stream: true`.
@@ -77,7 +81,7 @@ impl GatewayRequest {
     #[cfg(test)]
     pub fn for_test(method: Method, path: &str, body: Bytes) -> Self {
         let endpoint = Endpoint::from_path(path);
-        let parsed = serde_json::from_slice::<crate::body::Fields<'_>>(&body).ok();
+        let parsed = crate::body::Fields::read(&body).ok();
         let counted = parsed
             .as_ref()
             .map(|p| crate::rate_limit::estimate::count(p, body.len(), endpoint));
@@ -92,6 +96,7 @@ impl GatewayRequest {
             model: meta.model_name().ok().flatten(),
             model_span: meta.model.map(|raw| span_in(&body, raw.get())),
             counted,
+            names_objects: None,
             client_take: None,
             model_index: None,
             stream: meta.stream.unwrap_or(false),

@@ -90,6 +90,7 @@ impl FallbackShared {
                         body,
                         model_span: None,
                         counted: None,
+                        names_objects: None,
                         ..GatewayRequest::clone(&req)
                     });
                     &fitted

@@ -16,7 +16,7 @@ use crate::endpoint::Endpoint;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::body::Fields;
+use crate::body::{Fields, Raw};
 
 /// A body's count: its prompt estimate and the completion allowance it names (and the field
 /// naming it), made once from the request's one reading of its body.
@@ -59,9 +59,9 @@ fn text_tokens(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4)
 }
 
-/// Tokens of a message's `content`: a string, or an array of text and image parts.
-fn content_tokens(raw: &RawValue) -> u64 {
-    let text = raw.get();
+/// Tokens of a message's `content` (its JSON text): a string, or an array of text and image
+/// parts.
+fn content_tokens(text: &str) -> u64 {
     if !text.starts_with('[') {
         return text_tokens(text.len());
     }
@@ -87,8 +87,7 @@ fn content_tokens(raw: &RawValue) -> u64 {
 /// ever pass it, and no model writes that much.
 /// A Messages `content` or `system` (a string or blocks): text by its length, an image as a
 /// high-detail image, every other block (`tool_use`, `tool_result`, a document) by its JSON.
-fn block_tokens(raw: &RawValue) -> u64 {
-    let text = raw.get();
+fn block_tokens(text: &str) -> u64 {
     if !text.starts_with('[') {
         return text_tokens(text.len());
     }
@@ -131,7 +130,7 @@ pub struct Uncountable {
 pub fn total(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> Result<u64, Uncountable> {
     let (prompt, completion) = estimate(body, endpoint, default_max_tokens);
     if completion > MAX_TOKENS {
-        let param = match serde_json::from_slice::<Fields<'_>>(body) {
+        let param = match Fields::read(body) {
             Ok(b) => allowance(&b),
             Err(_) => lenient::allowance_in(body),
         }
@@ -154,13 +153,12 @@ fn allowance(body: &Fields<'_>) -> Option<(&'static str, u64)> {
 
 /// Tokens of a Responses `input`: a string, or items (messages counted by their content, images
 /// as images; calls, their outputs and reasoning by their size).
-fn input_tokens(raw: &RawValue) -> u64 {
+fn input_tokens(text: &str) -> u64 {
     #[derive(Deserialize)]
     struct Item<'a> {
         #[serde(default, borrow)]
         content: Option<&'a RawValue>,
     }
-    let text = raw.get();
     if !text.starts_with('[') {
         return text_tokens(text.len());
     }
@@ -172,7 +170,7 @@ fn input_tokens(raw: &RawValue) -> u64 {
         .map(|item| match serde_json::from_str::<Item<'_>>(item.get()) {
             Ok(Item {
                 content: Some(content),
-            }) => 3 + content_tokens(content),
+            }) => 3 + content_tokens(content.get()),
             Ok(_) => text_tokens(item.get().len()),
             // A `content` named twice: each one counted.
             Err(_) => lenient::item_tokens(item),
@@ -182,7 +180,7 @@ fn input_tokens(raw: &RawValue) -> u64 {
 
 /// (prompt estimate, completion allowance) for a request body.
 pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u64, u64) {
-    match serde_json::from_slice::<Fields<'_>>(body) {
+    match Fields::read(body) {
         Ok(parsed) => count(&parsed, body.len(), endpoint).split(endpoint, default_max_tokens),
         Err(_) => lenient::estimate(body, endpoint, default_max_tokens),
     }
@@ -196,7 +194,7 @@ pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint) -> Counted {
                 .messages
                 .iter()
                 .map(|m| {
-                    3 + m.content.map_or(0, content_tokens)
+                    3 + m.content.map_or(0, |c| content_tokens(c.get()))
                         + u64::from(m.name.is_some())
                         + m.tool_calls.map_or(0, |t| text_tokens(t.get().len()))
                 })
@@ -204,16 +202,15 @@ pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint) -> Counted {
             messages + 3 + parsed.tools.map_or(0, |t| text_tokens(t.get().len()))
         }
         Endpoint::Responses => {
-            let raw = |v: Option<&RawValue>| v.map_or(0, |v| text_tokens(v.get().len()));
-            parsed.input.map_or(0, input_tokens) + raw(parsed.instructions) + raw(parsed.tools) + 3
+            let raw = |v: Option<Raw<'_>>| v.map_or(0, |v| text_tokens(v.get().len()));
+            parsed.input.map_or(0, |i| input_tokens(i.get()))
+                + raw(parsed.instructions)
+                + raw(parsed.tools)
+                + 3
         }
         Endpoint::Messages | Endpoint::CountTokens => {
-            let raw = |v: Option<&RawValue>| v.map_or(0, block_tokens);
-            let messages: u64 = parsed
-                .messages
-                .iter()
-                .map(|m| 3 + m.content.map_or(0, block_tokens))
-                .sum();
+            let raw = |v: Option<Raw<'_>>| v.map_or(0, |v| block_tokens(v.get()));
+            let messages: u64 = parsed.messages.iter().map(|m| raw(m.content) + 3).sum();
             messages + raw(parsed.system) + raw(parsed.tools) + 3
         }
         _ => parsed

@@ -208,6 +208,7 @@ async fn parse(
         model: meta.model,
         model_span: meta.model_span,
         counted: meta.counted,
+        names_objects: meta.names_objects,
         client_take: None,
         model_index,
         stream: meta.stream,
@@ -243,43 +244,48 @@ struct Meta {
     previous_response: Option<Box<str>>,
     /// `store`, when it is a boolean.
     store: Option<bool>,
+    /// Whether an object in the body has a member naming a stored object (`None`: not known).
+    names_objects: Option<bool>,
 }
 
 /// The routing fields of a body, from whichever reading took it.
+/// Values are JSON text.
 struct Routing<'a> {
-    model: Option<&'a serde_json::value::RawValue>,
+    model: Option<&'a str>,
     stream: Option<bool>,
     include_usage: Option<bool>,
-    prompt_cache_key: Option<&'a serde_json::value::RawValue>,
-    user: Option<&'a serde_json::value::RawValue>,
-    previous_response_id: Option<&'a serde_json::value::RawValue>,
-    store: Option<&'a serde_json::value::RawValue>,
-    metadata: Option<&'a serde_json::value::RawValue>,
+    prompt_cache_key: Option<&'a str>,
+    user: Option<&'a str>,
+    previous_response_id: Option<&'a str>,
+    store: Option<&'a str>,
+    metadata: Option<&'a str>,
 }
 
 impl<'a> Routing<'a> {
     fn of_fields(f: crate::body::Fields<'a>) -> Self {
+        let text = |raw: Option<crate::body::Raw<'a>>| raw.map(crate::body::Raw::get);
         Routing {
-            model: f.model,
+            model: text(f.model),
             stream: f.stream,
             include_usage: f.stream_options.and_then(|o| o.include_usage),
-            prompt_cache_key: f.prompt_cache_key,
-            user: f.user,
-            previous_response_id: f.previous_response_id,
-            store: f.store,
-            metadata: f.metadata,
+            prompt_cache_key: text(f.prompt_cache_key),
+            user: text(f.user),
+            previous_response_id: text(f.previous_response_id),
+            store: text(f.store),
+            metadata: text(f.metadata),
         }
     }
 
     fn of_meta(m: openai_types::RequestMeta<'a>) -> Self {
+        let text = |raw: Option<&'a serde_json::value::RawValue>| raw.map(|r| r.get());
         Routing {
-            model: m.model,
+            model: text(m.model),
             stream: m.stream,
             include_usage: m.stream_options.and_then(|o| o.include_usage),
-            prompt_cache_key: m.prompt_cache_key,
-            user: m.user,
-            previous_response_id: m.previous_response_id,
-            store: m.store,
+            prompt_cache_key: text(m.prompt_cache_key),
+            user: text(m.user),
+            previous_response_id: text(m.previous_response_id),
+            store: text(m.store),
             metadata: None,
         }
     }
@@ -302,7 +308,7 @@ fn session_header(headers: &http::HeaderMap) -> Option<u64> {
 
 /// The session a Messages body's `metadata.user_id` names (Claude Code's: a JSON document with a
 /// `session_id`, or `user_…_session_<id>` in older versions), hashed.
-fn metadata_session(metadata: &serde_json::value::RawValue) -> Option<u64> {
+fn metadata_session(metadata: &str) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct Metadata {
         user_id: Option<String>,
@@ -311,9 +317,7 @@ fn metadata_session(metadata: &serde_json::value::RawValue) -> Option<u64> {
     struct UserId {
         session_id: Option<String>,
     }
-    let user = serde_json::from_str::<Metadata>(metadata.get())
-        .ok()?
-        .user_id?;
+    let user = serde_json::from_str::<Metadata>(metadata).ok()?.user_id?;
     let session = match serde_json::from_str::<UserId>(&user) {
         Ok(id) => id.session_id?,
         Err(_) => user.rsplit_once("_session_")?.1.to_owned(),
@@ -350,8 +354,10 @@ async fn parse_meta(
     if is_json && !body.is_empty() && parts.method != Method::GET {
         // One pass reads the routing fields and counts the estimate; a body that shape
         // refuses is read for the routing fields alone (and counted leniently when needed).
-        let (parsed, counted) = match serde_json::from_slice::<crate::body::Fields<'_>>(body) {
-            Ok(f) => {
+        let (parsed, counted) = match crate::body::read(body, &crate::ownership::REFERENCES) {
+            Ok(reading) => {
+                let f = reading.fields;
+                meta.names_objects = reading.names;
                 let counted = crate::rate_limit::estimate::count(&f, body.len(), endpoint);
                 (Routing::of_fields(f), Some(counted))
             }
@@ -364,27 +370,25 @@ async fn parse_meta(
         meta.counted = counted;
         meta.model = parsed
             .model
-            .map(|raw| serde_json::from_str::<String>(raw.get()))
+            .map(serde_json::from_str::<String>)
             .transpose()
             .map_err(|e| GatewayError::InvalidJson(format!("`model`: {e}")))?;
-        meta.model_span = parsed
-            .model
-            .map(|raw| crate::request::span_in(body, raw.get()));
+        meta.model_span = parsed.model.map(|raw| crate::request::span_in(body, raw));
         meta.stream = parsed.stream.unwrap_or(false);
         meta.include_usage = parsed.include_usage.unwrap_or(false);
         let user = parsed.user.filter(|_| sticky_user);
         meta.session = parsed
             .prompt_cache_key
             .or(user)
-            .filter(|v| !matches!(v.get(), "null" | "\"\""))
-            .map(|v| crate::key_pool::affinity(v.get().as_bytes()))
+            .filter(|v| !matches!(*v, "null" | "\"\""))
+            .map(|v| crate::key_pool::affinity(v.as_bytes()))
             .or_else(|| parsed.metadata.and_then(metadata_session));
         meta.previous_response = parsed
             .previous_response_id
-            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+            .and_then(|v| serde_json::from_str::<String>(v).ok())
             .filter(|id| !id.is_empty())
             .map(String::into_boxed_str);
-        meta.store = parsed.store.and_then(|v| match v.get() {
+        meta.store = parsed.store.and_then(|v| match v {
             "true" => Some(true),
             "false" => Some(false),
             _ => None,

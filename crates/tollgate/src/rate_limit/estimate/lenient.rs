@@ -120,9 +120,9 @@ fn member_tokens(endpoint: Endpoint, name: &str, value: &RawValue) -> u64 {
         (Endpoint::ChatCompletions, "tools") | (Endpoint::Responses, "tools" | "instructions") => {
             text_tokens(value.get().len())
         }
-        (Endpoint::Responses, "input") => input_tokens(value),
+        (Endpoint::Responses, "input") => input_tokens(value.get()),
         (Endpoint::Messages | Endpoint::CountTokens, "messages" | "system" | "tools") => {
-            super::block_tokens(value).max(text_tokens(value.get().len()))
+            super::block_tokens(value.get()).max(text_tokens(value.get().len()))
         }
         _ => 0,
     }
@@ -144,7 +144,7 @@ fn message_tokens(raw: &RawValue) -> u64 {
     members
         .iter()
         .map(|(name, value)| match name.as_str() {
-            "content" => content_tokens(value),
+            "content" => content_tokens(value.get()),
             "name" => 1,
             "tool_calls" => text_tokens(value.get().len()),
             _ => 0,
@@ -159,7 +159,7 @@ pub(super) fn item_tokens(raw: &RawValue) -> u64 {
         .unwrap_or_default()
         .iter()
         .filter(|(name, _)| name == "content")
-        .map(|(_, value)| content_tokens(value))
+        .map(|(_, value)| content_tokens(value.get()))
         .collect();
     if contents.is_empty() {
         return text_tokens(raw.get().len());

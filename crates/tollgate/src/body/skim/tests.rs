@@ -1,0 +1,250 @@
+use super::*;
+use crate::ownership::{references, REFERENCES};
+use crate::sse::fuzz::config;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+/// What serde_json reads of `body`.
+fn serde(body: &[u8]) -> Option<Fields<'_>> {
+    serde_json::from_slice(body).ok()
+}
+
+fn skim(body: &[u8]) -> Option<(Fields<'_>, bool)> {
+    read(body, &REFERENCES)
+}
+
+#[test]
+fn a_coding_agent_turn_is_read_as_serde_reads_it() {
+    let code = "fn main() {\n\tlet s = \"a \\\"quoted\\\" word\";\n\tprintln!(\"{s}\\n\");\n}\n";
+    let body = json!({
+        "model": "gpt-5",
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "prompt_cache_key": "sess-1",
+        "messages": [
+            {"role": "system", "content": format!("You are an agent.\n{}", "Rules:\n- be terse\n".repeat(50))},
+            {"role": "user", "name": "ann", "content": [{"type": "text", "text": code}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "shell", "arguments": "{\"cmd\":[\"ls\",\"-la\"]}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "total 0\r\n\u{e9}\u{1F600} \\ / \u{7f}"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "shell", "parameters": {"type": "object", "properties": {"cmd": {"type": "array", "items": {"type": "string"}}}, "required": ["cmd"]}}}],
+        "temperature": -0.5e-3,
+        "n": 0,
+        "max_tokens": 16,
+        "logit_bias": {},
+        "stop": [],
+        "user": null,
+    })
+    .to_string();
+    let (fields, named) = skim(body.as_bytes()).expect("skimmed");
+    assert_eq!(Some(&fields), serde(body.as_bytes()).as_ref());
+    assert!(!named, "`tool_call_id` is not a stored object's field");
+    assert_eq!(fields.messages.len(), 4);
+    assert_eq!(fields.max_tokens, Some(16));
+    assert_eq!(fields.user, None);
+    // Whitespace around every token is JSON too.
+    let spaced = " {\n \"model\" : \"m\" ,\t\"messages\" : [ { \"content\" : \"hi\" } , {} ] , \"max_tokens\" : null }\r\n";
+    let (fields, _) = skim(spaced.as_bytes()).expect("skimmed");
+    assert_eq!(Some(&fields), serde(spaced.as_bytes()).as_ref());
+}
+
+#[test]
+fn leaves_to_serde_what_it_is_not_sure_of() {
+    for body in [
+        // Not JSON, or JSON serde refuses.
+        "",
+        "{",
+        r#"{"model":"m",}"#,
+        r#"{"model":"m"} x"#,
+        "{\"model\":\"a\u{1}b\"}",
+        "{\"model\":\"a\nb\"}",
+        r#"{"model":"a\xb"}"#,
+        r#"{"model":"a\u12G4"}"#,
+        r#"{"model":"a\"}"#,
+        r#"{"n":01}"#,
+        r#"{"n":-}"#,
+        r#"{"n":1.}"#,
+        r#"{"n":1e}"#,
+        r#"{"n":tru}"#,
+        r#"{"n":[1,]}"#,
+        r#"{"n":{"a":1,}}"#,
+        // JSON the fields' reading refuses, or reads in a way the skim does not.
+        r#"{"model":"a","model":"b"}"#,
+        r#"{"messages":[{"content":"a","content":"b"}]}"#,
+        r#"{"stream":"yes"}"#,
+        r#"{"max_tokens":1.5}"#,
+        r#"{"max_tokens":-1}"#,
+        r#"{"messages":null}"#,
+        r#"{"messages":[["hi"]]}"#,
+        r#"{"mod\u0065l":"m"}"#,
+        r#"["m"]"#,
+    ] {
+        assert!(skim(body.as_bytes()).is_none(), "{body}");
+    }
+    let deep = format!("{{\"a\":{}{}}}", "[".repeat(DEPTH), "]".repeat(DEPTH));
+    assert!(skim(deep.as_bytes()).is_none());
+    assert!(skim(b"{\"model\":\"\xff\"}").is_none(), "not UTF-8");
+}
+
+#[test]
+fn a_watched_name_is_found_at_any_depth_and_only_as_a_name() {
+    let named = |body: Value| skim(body.to_string().as_bytes()).expect("skimmed").1;
+    assert!(named(
+        json!({"input": [{"x": {"previous_response_id": "resp_1"}}]})
+    ));
+    assert!(named(json!({"file_ids": []})));
+    assert!(!named(
+        json!({"input": "previous_response_id file_id \"file_id\""})
+    ));
+    assert!(!named(json!({"metadata": {"file": 1, "tool_call_id": 2}})));
+    // A name written with escapes may spell one.
+    assert!(
+        skim(br#"{"input":{"file\u005fid":"f"}}"#)
+            .expect("skimmed")
+            .1
+    );
+}
+
+/// Any JSON value, with member names the fields' reading and the ownership layer look for.
+fn value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| json!(f)),
+        "[a-z\"\\\\/\n\t\u{1}\u{e9} ]{0,12}".prop_map(Value::from),
+    ];
+    let names = prop_oneof![
+        prop::sample::select(vec![
+            "model",
+            "stream",
+            "stream_options",
+            "include_usage",
+            "messages",
+            "content",
+            "name",
+            "tool_calls",
+            "tools",
+            "input",
+            "max_tokens",
+            "user",
+            "store",
+            "metadata",
+        ]),
+        prop::sample::select(REFERENCES.to_vec()),
+        Just("x"),
+    ];
+    leaf.prop_recursive(5, 48, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::vec((names.clone(), inner), 0..6).prop_map(|members| Value::Object(
+                members
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect()
+            )),
+        ]
+    })
+}
+
+/// A body: an object of fields, written out, then perhaps broken at one place.
+fn body() -> impl Strategy<Value = Vec<u8>> {
+    let object = prop::collection::vec(
+        (
+            prop::sample::select(vec![
+                "model",
+                "stream",
+                "stream_options",
+                "messages",
+                "tools",
+                "input",
+                "prompt",
+                "instructions",
+                "system",
+                "metadata",
+                "max_tokens",
+                "max_completion_tokens",
+                "max_output_tokens",
+                "prompt_cache_key",
+                "user",
+                "previous_response_id",
+                "store",
+                "file_id",
+                "other",
+            ]),
+            prop_oneof![
+                value(),
+                prop::collection::vec(value(), 0..4).prop_map(Value::Array),
+                (0u64..100).prop_map(Value::from),
+            ],
+        ),
+        0..8,
+    );
+    let edit = prop::option::of((
+        any::<prop::sample::Index>(),
+        prop::sample::select(vec![
+            &b""[..],
+            b"\"",
+            b"\\",
+            b",",
+            b"}",
+            b"]",
+            b"\x01",
+            b" ",
+            b"0",
+            b"\"model\":1,",
+            b"\\u00",
+        ]),
+    ));
+    (object, edit).prop_map(|(members, edit)| {
+        // Members written one by one: a name may come twice.
+        let members: Vec<String> = members
+            .into_iter()
+            .map(|(k, v)| format!("{}:{v}", Value::from(k)))
+            .collect();
+        let mut body = format!("{{{}}}", members.join(",")).into_bytes();
+        if let Some((at, bytes)) = edit {
+            let at = at.index(body.len());
+            body.splice(at..at, bytes.iter().copied());
+        }
+        body
+    })
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// What the skim reads is what serde_json reads, and a body it finds no watched name in
+    /// names no stored object.
+    #[test]
+    fn the_skim_reads_what_serde_reads(body in body()) {
+        if let Some((fields, named)) = skim(&body) {
+            prop_assert_eq!(Some(fields), serde(&body));
+            if !named {
+                prop_assert!(references(&body).is_empty());
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Every body serde_json reads is skimmed too, but for what the skim leaves to it on
+    /// purpose (a member named twice, a message written as an array).
+    #[test]
+    fn the_skim_leaves_little_to_serde(
+        members in prop::collection::btree_map(
+            prop::sample::select(vec!["model", "stream", "messages", "tools", "input", "user", "x"]),
+            value(),
+            0..6,
+        )
+    ) {
+        let body = Value::Object(members.into_iter().map(|(k, v)| (k.to_owned(), v)).collect());
+        let arrays = body["messages"].as_array().is_some_and(|m| m.iter().any(Value::is_array));
+        let bytes = body.to_string().into_bytes();
+        if serde(&bytes).is_some() && !arrays {
+            prop_assert!(skim(&bytes).is_some(), "{}", body);
+        }
+    }
+}
