@@ -7,6 +7,10 @@
 //! A body this shape refuses (a member named twice, a field of another type) is read again by
 //! the narrower readers: the routing fields alone (`openai_types::RequestMeta`) and the
 //! estimate's lenient reading; so this shape changes what is accepted in no case.
+//!
+//! [`read`] takes the fields with `skim` (one pass that checks the JSON and scans strings
+//! sixteen bytes a turn) and leaves to serde_json every body the skim is not sure of; serde_json's
+//! reading and verdict are the ones given either way.
 
 mod skim;
 
@@ -111,7 +115,7 @@ pub struct Reading<'a> {
     pub names: Option<bool>,
 }
 
-/// Reads `body` ([`skim`] first; serde_json where the skim leaves a body to it, and then its
+/// Reads `body` (`skim` first; serde_json where the skim leaves a body to it, and then its
 /// verdict is the one given), noting whether an object in it has a member named in `watch`.
 pub fn read<'a>(body: &'a [u8], watch: &[&str]) -> Result<Reading<'a>, serde_json::Error> {
     match skim::read(body, watch) {
