@@ -165,65 +165,53 @@ impl<'a> Skim<'a, '_> {
         depth: usize,
         mut member: impl FnMut(&mut Self, Option<&'a str>) -> Option<()>,
     ) -> Option<()> {
-        if depth > DEPTH {
-            return None;
-        }
-        self.eat(b'{')?;
-        self.space();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            self.eat(b'"')?;
-            let start = self.at;
-            let escaped = self.string()?;
-            let key = &self.text[start..self.at - 1];
+        self.sequence(depth, [b'{', b'}'], |skim| {
+            skim.eat(b'"')?;
+            let start = skim.at;
+            let escaped = skim.string()?;
+            let key = &skim.text[start..skim.at - 1];
             // A name written with escapes may spell a watched one.
             let long = key.len() >= 64;
             if escaped
-                || ((long || self.lengths >> key.len() & 1 == 1) && self.watch.contains(&key))
+                || ((long || skim.lengths >> key.len() & 1 == 1) && skim.watch.contains(&key))
             {
-                self.named = true;
+                skim.named = true;
             }
-            self.eat(b':')?;
-            self.space();
-            member(self, (!escaped).then_some(key))?;
-            self.space();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-            self.space();
-        }
+            skim.eat(b':')?;
+            skim.space();
+            member(skim, (!escaped).then_some(key))
+        })
     }
 
     /// An array's elements, each read by `element`; `depth` is the array's own.
-    fn array(
+    fn array(&mut self, depth: usize, element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.sequence(depth, [b'[', b']'], element)
+    }
+
+    /// The items between `open` and `close`, separated by commas, each read by `item`;
+    /// `depth` is the container's own.
+    fn sequence(
         &mut self,
         depth: usize,
-        mut element: impl FnMut(&mut Self) -> Option<()>,
+        [open, close]: [u8; 2],
+        mut item: impl FnMut(&mut Self) -> Option<()>,
     ) -> Option<()> {
         if depth > DEPTH {
             return None;
         }
-        self.eat(b'[')?;
+        self.eat(open)?;
         self.space();
-        if self.peek()? == b']' {
+        if self.peek()? == close {
             self.at += 1;
             return Some(());
         }
         loop {
             self.space();
-            element(self)?;
+            item(self)?;
             self.space();
             match self.peek()? {
                 b',' => self.at += 1,
-                b']' => {
+                b if b == close => {
                     self.at += 1;
                     return Some(());
                 }
