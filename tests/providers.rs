@@ -277,7 +277,16 @@ async fn anthropic_errors_are_classified_and_returned_in_openai_shape() {
     assert_eq!(err["error"]["type"], "invalid_request_error");
     assert!(err["error"].get("param").is_some() && err["error"].get("code").is_some());
     assert_eq!(an.requests().len(), before + 1);
-    // 401 on one key disables it after one request; the other key serves.
+    // 401 on one key disables it after one request; the other key serves. A fresh gateway:
+    // the failures above left the keys' records uneven, and selection would prefer one of
+    // them whichever it is.
+    drop(gw);
+    let gw = Gateway::start(
+        &chain_config(&o, &az, &an, "2023-06-01")
+            .replace("max_attempts = 1", "max_attempts = 3\nbase_delay = \"1ms\""),
+        &[],
+    )
+    .await;
     an.clear();
     an.clear_requests();
     an.script_always("ant-key-1", Fault::status(401));
