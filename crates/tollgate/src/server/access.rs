@@ -10,7 +10,7 @@ use crate::request::Served;
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use std::any::Any;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -120,17 +120,20 @@ where
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_owned();
-        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let method = req.method().clone();
+        // Copied, not the request's `Uri`: that shares hyper's read buffer, which a stream's
+        // record would keep alive (8 KiB a stream) while hyper reads into another.
+        let path: Box<str> = req.uri().path().into();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let _inflight = Dec(&layer.metrics.inflight);
             // Until the answer's head exists, a client that leaves is counted and logged here.
             let pending = Entry {
                 layer: layer.clone(),
-                endpoint: endpoint_of(&uri),
+                endpoint: endpoint_of(&path),
                 request_id,
                 method,
-                uri,
+                path,
                 received,
                 head: None,
                 status: 499,
@@ -150,8 +153,8 @@ where
     }
 }
 
-fn endpoint_of(uri: &Uri) -> Endpoint {
-    Endpoint::from_path(uri.path().strip_prefix("/v1/").unwrap_or_default())
+fn endpoint_of(path: &str) -> Endpoint {
+    Endpoint::from_path(path.strip_prefix("/v1/").unwrap_or_default())
 }
 
 /// One request's access record, written once: when its answer's body has been sent (or
@@ -161,7 +164,8 @@ struct Entry {
     endpoint: Endpoint,
     request_id: String,
     method: Method,
-    uri: Uri,
+    /// The request's path.
+    path: Box<str>,
     received: Instant,
     /// Time to the answer's head, once it exists.
     head: Option<std::time::Duration>,
@@ -311,7 +315,7 @@ impl AccessLayer {
     }
 
     fn record(&self, e: &Entry, outcome: Outcome) {
-        let path = e.uri.path().strip_prefix("/v1/").unwrap_or_default();
+        let path = e.path.strip_prefix("/v1/").unwrap_or_default();
         let endpoint = e.endpoint;
         let record = e.record.as_ref();
         let served = match (outcome, record) {
