@@ -306,18 +306,22 @@ impl EndWatch {
             return Ok(());
         }
         // Searchers built once: building one per chunk cost more than the search.
-        static DONE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"[DONE]"));
-        static TERMINALS: LazyLock<[Finder<'static>; 4]> =
-            LazyLock::new(|| TERMINAL.map(Finder::new));
-        static MESSAGE_ENDS: LazyLock<[Finder<'static>; 2]> =
-            LazyLock::new(|| MESSAGE_END.map(Finder::new));
+        static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error"));
+        static MESSAGE_STOP: LazyLock<Finder<'static>> =
+            LazyLock::new(|| Finder::new(b"message_stop"));
+        // A hint that the chunk may hold the end: a false one costs a framing, a missed one
+        // would cut an honest stream, so each is a plain search for the names.
         let hint = match self.end {
             SseEnd::Close => false,
-            SseEnd::Done => DONE.find(chunk).is_some(),
+            SseEnd::Done => sse::holds(chunk, b"[DONE]"),
             SseEnd::Terminal => {
-                self.response_id.is_none() || TERMINALS.iter().any(|t| t.find(chunk).is_some())
+                self.response_id.is_none()
+                    || names_terminal_response(chunk)
+                    || ERROR.find(chunk).is_some()
             }
-            SseEnd::MessageStop => MESSAGE_ENDS.iter().any(|t| t.find(chunk).is_some()),
+            SseEnd::MessageStop => {
+                MESSAGE_STOP.find(chunk).is_some() || ERROR.find(chunk).is_some()
+            }
         };
         if !hint && self.framer.skip_whole(chunk) {
             return Ok(());
@@ -333,6 +337,18 @@ impl EndWatch {
         }
         Ok(())
     }
+}
+
+/// Whether `chunk` holds `response.completed`, `response.incomplete` or `response.failed`:
+/// one `memchr` for `.` (a few in each Responses event) and a look on both sides of each.
+fn names_terminal_response(chunk: &[u8]) -> bool {
+    memchr::memchr_iter(b'.', chunk).any(|at| {
+        let after = &chunk[at + 1..];
+        chunk[..at].ends_with(b"response")
+            && [&b"completed"[..], b"incomplete", b"failed"]
+                .iter()
+                .any(|name| after.starts_with(name))
+    })
 }
 
 /// Whether `event` ends a stream of this kind; notes a Responses stream's id on the way.

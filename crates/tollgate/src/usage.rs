@@ -178,15 +178,14 @@ fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
 }
 
 /// Whether `bytes` hold a usage object (`"usage":{` or `"usage": {`), not `"usage":null`:
-/// the only events [`inspect`] reads. One search for the key, then a look at the byte after
-/// it: a stream asked for usage carries `"usage":null` in every chunk, usually once, so this
-/// is one pass over the chunk (this runs on every chunk).
+/// the only events [`inspect`] reads. A stream asked for usage carries `"usage":null` in every
+/// chunk, so this runs on every chunk: one `memchr` for `{` (a few in a chunk) and a look
+/// behind each (see [`sse::holds`]).
 fn names_usage_object(bytes: &[u8]) -> bool {
     const KEY: &[u8] = b"\"usage\":";
-    static FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(KEY));
-    FINDER.find_iter(bytes).any(|at| {
-        let value = &bytes[at + KEY.len()..];
-        value.strip_prefix(b" ").unwrap_or(value).first() == Some(&b'{')
+    memchr::memchr_iter(b'{', bytes).any(|at| {
+        let before = &bytes[..at];
+        before.strip_suffix(b" ").unwrap_or(before).ends_with(KEY)
     })
 }
 

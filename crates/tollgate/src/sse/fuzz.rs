@@ -362,3 +362,21 @@ proptest! {
         prop_assert!(joins < data_fields.max(1));
     }
 }
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    /// The look-behind search finds a needle wherever a substring search does, and nowhere else.
+    #[test]
+    fn holds_agrees_with_a_substring_search(
+        pieces in prop::collection::vec(prop::sample::select(vec![
+            "[DONE", "]", "[DONE]", "[", "D", "DONE", "\"usage\":", "{", " ", "x", "data: ", "\n\n",
+        ]), 0..24),
+        needle in prop::sample::select(vec!["[DONE]", "]", "\"usage\":{", "x]", ""]),
+    ) {
+        let chunk = pieces.concat();
+        let naive = needle.is_empty()
+            || chunk.as_bytes().windows(needle.len()).any(|w| w == needle.as_bytes());
+        prop_assert_eq!(holds(chunk.as_bytes(), needle.as_bytes()), naive, "{}", chunk);
+    }
+}

@@ -369,3 +369,23 @@ fn a_crlf_cut_in_two_counts_its_lf_toward_max_event() {
         assert_eq!(ends[0].0, want, "max_event {max_event}");
     }
 }
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    /// The look around each `.` finds a terminal Responses name wherever a substring search
+    /// does, and nowhere else.
+    #[test]
+    fn the_terminal_name_check_agrees_with_a_substring_search(
+        pieces in prop::collection::vec(prop::sample::select(vec![
+            "response", ".", "completed", "incomplete", "failed", "response.", "response.completed",
+            "respons", "e", "x", "event: ", "\"type\":\"", "\n\n", "output_text", "delta",
+        ]), 0..24)
+    ) {
+        let chunk = pieces.concat();
+        let naive = ["response.completed", "response.incomplete", "response.failed"]
+            .iter()
+            .any(|name| chunk.contains(name));
+        prop_assert_eq!(names_terminal_response(chunk.as_bytes()), naive, "{}", chunk);
+    }
+}
