@@ -251,3 +251,33 @@ proptest! {
         }
     }
 }
+
+/// Whether a byte ends a string's plain run, by definition.
+fn is_special(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
+}
+
+proptest! {
+    #![proptest_config(config(2048))]
+
+    /// Both ways of masking a block mark exactly the quotes, backslashes and control
+    /// characters.
+    #[test]
+    fn a_block_mask_marks_exactly_the_special_bytes(block in prop::array::uniform16(
+        prop::sample::select(vec![b'"', b'\\', 0, 0x1f, 0x20, b'\n', b'a', 0x7f, 0x80, 0xe9, 0xff, b'"' ^ 0x80, b'\\' ^ 0x80])
+    )) {
+        let naive = (0..16).fold(0u32, |m, i| m | u32::from(is_special(block[i])) << i);
+        prop_assert_eq!(block_mask(&block), naive);
+        prop_assert_eq!(block_mask_words(&block), naive);
+    }
+
+    /// The search finds the first special byte from any place, as a byte-by-byte one does.
+    #[test]
+    fn the_search_finds_the_first_special_byte(
+        bytes in prop::collection::vec(prop::sample::select(vec![b'"', b'\\', b'\n', b'a', 0xe9]), 0..80),
+        start in 0usize..90,
+    ) {
+        let naive = (start..bytes.len()).find(|&i| is_special(bytes[i]));
+        prop_assert_eq!(special(&bytes, start), naive);
+    }
+}
