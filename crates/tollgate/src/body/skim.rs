@@ -23,7 +23,7 @@ const DEPTH: usize = 100;
 /// The body's fields and whether any object in it has a member named in `watch`; `None` to
 /// leave the body to serde_json.
 pub(super) fn read<'a>(body: &'a [u8], watch: &[&str]) -> Option<(Fields<'a>, bool)> {
-    let text = std::str::from_utf8(body).ok()?;
+    let text = simdutf8::basic::from_utf8(body).ok()?;
     let mut skim = Skim {
         text,
         at: 0,
