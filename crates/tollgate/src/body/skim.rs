@@ -4,10 +4,9 @@
 //! bytes, and that loop was half of what a 40 KB request cost the gateway).
 //!
 //! A string is read sixteen bytes at a time (SSE2 on x86_64, word arithmetic elsewhere) to its
-//! next quote, backslash or control character,
-//! and an escape is checked where it is found. Every object's member names are compared with
-//! the names the caller watches, so the ownership layer knows without another pass whether the
-//! body can name a stored object.
+//! next quote, backslash or control character, and an escape is checked where it is found.
+//! Every object's member names are compared with the names the caller watches, so the
+//! ownership layer knows without another pass whether the body can name a stored object.
 //!
 //! The skim is a shortcut, never a judge: any body it is not sure of (a key written with
 //! escapes where fields are read, a member named twice, a field of another type, a body that
