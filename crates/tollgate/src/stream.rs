@@ -310,7 +310,7 @@ impl EndWatch {
         static MESSAGE_STOP: LazyLock<Finder<'static>> =
             LazyLock::new(|| Finder::new(b"message_stop"));
         // A hint that the chunk may hold the end: a false one costs a framing, a missed one
-        // would cut an honest stream, so each is a plain search for the names.
+        // would cut an honest stream, so each finds its names wherever they are in the chunk.
         let hint = match self.end {
             SseEnd::Close => false,
             SseEnd::Done => sse::holds(chunk, b"[DONE]"),
