@@ -14,6 +14,8 @@
 
 mod skim;
 
+pub(crate) use skim::input_tokens as skim_input_tokens;
+
 use openai_types::StreamOptions;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;

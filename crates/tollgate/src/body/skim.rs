@@ -31,6 +31,7 @@ pub(super) fn read<'a>(body: &'a [u8], watch: &[&str]) -> Option<(Fields<'a>, bo
             set | 1u64.checked_shl(name.len() as u32).unwrap_or(0)
         }),
         named: false,
+        unusual: false,
     };
     skim.space();
     let fields = skim.fields()?;
@@ -46,6 +47,10 @@ struct Skim<'a, 'w> {
     /// by their length alone.
     lengths: u64,
     named: bool,
+    /// A number with an exponent or of over 300 characters was passed: one a reader of JSON
+    /// values may refuse (past `f64`) where the skim does not ([`input_tokens`] then leaves
+    /// the count to it).
+    unusual: bool,
 }
 
 /// One bit per field of [`Fields`] and [`Message`], to refuse a member named twice.
@@ -252,6 +257,7 @@ impl<'a> Skim<'a, '_> {
 
     /// A number as JSON writes one: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     fn number(&mut self) -> Option<()> {
+        let start = self.at;
         if self.peek() == Some(b'-') {
             self.at += 1;
         }
@@ -265,12 +271,14 @@ impl<'a> Skim<'a, '_> {
             self.some_digits()?;
         }
         if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.unusual = true;
             self.at += 1;
             if matches!(self.peek(), Some(b'+' | b'-')) {
                 self.at += 1;
             }
             self.some_digits()?;
         }
+        self.unusual |= self.at - start > 300;
         Some(())
     }
 
@@ -313,6 +321,198 @@ impl<'a> Skim<'a, '_> {
             }
         }
     }
+}
+
+/// What the token estimate counts for a Responses `input` array (`text`, valid JSON), read in
+/// one pass with nothing built (the estimate's own reading parses it three times over: the
+/// items, each item, each content array into values): for each item, 3 and its `content`'s
+/// tokens when it has one (a string or any other value by its JSON's bytes, an array part by
+/// part: an image 85 at low detail else 765, any other part by its `text`'s length), else the
+/// item's bytes. `tokens` is the estimate's bytes-to-tokens rule. `None` for whatever this
+/// reading is not sure of (an item that is not an object, `content` named twice, a name or a
+/// part's type or detail written with escapes, a lone surrogate, nesting past [`DEPTH`]): the
+/// estimate then reads it its own way. A property test holds the two to the same count.
+pub(crate) fn input_tokens(text: &str, tokens: fn(usize) -> u64) -> Option<u64> {
+    if may_hold_surrogate(text.as_bytes()) {
+        return None;
+    }
+    let mut skim = Skim {
+        text,
+        at: 0,
+        watch: &[],
+        lengths: 0,
+        named: false,
+        unusual: false,
+    };
+    let mut total: u64 = 0;
+    skim.space();
+    skim.array(1, |skim| {
+        let start = skim.at;
+        let mut content: Option<Option<u64>> = None;
+        skim.object(2, |skim, key| match key? {
+            "content" if content.is_some() => None,
+            "content" => {
+                content = Some(skim.content_tokens(3, tokens)?);
+                Some(())
+            }
+            _ => skim.value(2),
+        })?;
+        total += match content.flatten() {
+            Some(count) => 3 + count,
+            None => tokens(skim.at - start),
+        };
+        Some(())
+    })?;
+    skim.space();
+    (skim.at == text.len() && !skim.unusual).then_some(total)
+}
+
+/// Whether `text` may hold a `\\u` escape of a surrogate (D800–DFFF), half of a pair or
+/// alone (which a reader of JSON values refuses); a backslash escaped before a `u` counts too,
+/// a false alarm only leaving the count to serde_json. Looked for here, once a Responses
+/// request, not on every string the skim reads.
+fn may_hold_surrogate(text: &[u8]) -> bool {
+    memchr::memmem::find_iter(text, b"\\u").any(|at| {
+        matches!(
+            text.get(at + 2..at + 4),
+            Some([b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'])
+        )
+    })
+}
+
+impl Skim<'_, '_> {
+    /// An item's `content`: `None` (inside) for `null`, which counts as no content.
+    fn content_tokens(&mut self, depth: usize, tokens: fn(usize) -> u64) -> Option<Option<u64>> {
+        match self.peek()? {
+            b'n' => self.word("null").map(|()| None),
+            b'[' => {
+                let mut sum: u64 = 0;
+                self.array(depth, |skim| {
+                    sum += skim.part_tokens(depth + 1, tokens)?;
+                    Some(())
+                })?;
+                Some(Some(sum))
+            }
+            _ => {
+                let start = self.at;
+                self.value(depth)?;
+                Some(Some(tokens(self.at - start)))
+            }
+        }
+    }
+
+    /// One part of a content array: an image by its detail, anything else by its `text`'s
+    /// length (a member named twice: the last one, as a JSON object reads).
+    fn part_tokens(&mut self, depth: usize, tokens: fn(usize) -> u64) -> Option<u64> {
+        if self.peek()? != b'{' {
+            self.value(depth)?;
+            return Some(tokens(0));
+        }
+        let mut image = false;
+        let mut low = false;
+        let mut text_len = 0;
+        self.object(depth, |skim, key| match key? {
+            "type" => {
+                image = matches!(skim.plain_string()?, Some("image_url" | "input_image"));
+                Some(())
+            }
+            "text" => {
+                text_len = skim.string_len()?.unwrap_or(0);
+                Some(())
+            }
+            "image_url" => {
+                low = false;
+                if skim.peek()? != b'{' {
+                    return skim.value(depth + 1);
+                }
+                skim.object(depth + 1, |skim, key| match key? {
+                    "detail" => {
+                        low = skim.plain_string()? == Some("low");
+                        Some(())
+                    }
+                    _ => skim.value(depth + 1),
+                })
+            }
+            _ => skim.value(depth),
+        })?;
+        Some(match (image, low) {
+            (true, true) => 85,
+            (true, false) => 765,
+            (false, _) => tokens(text_len),
+        })
+    }
+
+    /// A string value written without escapes, as text; `Some(None)` for a value that is not
+    /// a string; `None` (unsure) for a string with escapes.
+    fn plain_string(&mut self) -> Option<Option<&str>> {
+        if self.peek()? != b'"' {
+            self.value(DEPTH)?;
+            return Some(None);
+        }
+        self.at += 1;
+        let start = self.at;
+        let escaped = self.string()?;
+        (!escaped).then(|| Some(&self.text[start..self.at - 1]))
+    }
+
+    /// A string value's length once unescaped, in bytes; `Some(None)` for a value that is not
+    /// a string; `None` for a lone surrogate (which a JSON reader refuses).
+    fn string_len(&mut self) -> Option<Option<usize>> {
+        if self.peek()? != b'"' {
+            self.value(DEPTH)?;
+            return Some(None);
+        }
+        self.at += 1;
+        let start = self.at;
+        let escaped = self.string()?;
+        let inner = &self.text.as_bytes()[start..self.at - 1];
+        if !escaped {
+            return Some(Some(inner.len()));
+        }
+        unescaped_len(inner).map(Some)
+    }
+}
+
+/// The length of a string's text (its bytes between the quotes, checked already) once its
+/// escapes are read: one byte each, a `\\u` escape the UTF-8 length of its character, a
+/// surrogate pair four. `None` for a lone surrogate.
+fn unescaped_len(inner: &[u8]) -> Option<usize> {
+    let hex = |digits: &[u8]| {
+        std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| u32::from_str_radix(d, 16).ok())
+    };
+    let mut len = 0;
+    let mut at = 0;
+    while let Some(backslash) = memchr::memchr(b'\\', &inner[at..]).map(|i| at + i) {
+        len += backslash - at;
+        if inner.get(backslash + 1) != Some(&b'u') {
+            len += 1;
+            at = backslash + 2;
+            continue;
+        }
+        let unit = hex(inner.get(backslash + 2..backslash + 6)?)?;
+        match unit {
+            0xD800..=0xDBFF => {
+                let low = inner.get(backslash + 6..backslash + 12)?;
+                if !low.starts_with(b"\\u") || !(0xDC00..=0xDFFF).contains(&hex(&low[2..])?) {
+                    return None;
+                }
+                len += 4;
+                at = backslash + 12;
+            }
+            0xDC00..=0xDFFF => return None,
+            _ => {
+                len += match unit {
+                    0..0x80 => 1,
+                    0x80..0x800 => 2,
+                    _ => 3,
+                };
+                at = backslash + 6;
+            }
+        }
+    }
+    Some(len + inner.len().saturating_sub(at))
 }
 
 /// Where the first byte at or after `at` that ends a string's plain run is (a quote, a

@@ -154,13 +154,21 @@ fn allowance(body: &Fields<'_>) -> Option<(&'static str, u64)> {
 /// Tokens of a Responses `input`: a string, or items (messages counted by their content, images
 /// as images; calls, their outputs and reasoning by their size).
 fn input_tokens(text: &str) -> u64 {
+    if !text.starts_with('[') {
+        return text_tokens(text.len());
+    }
+    // A coding agent's turn, its whole history: read in one pass when the skim is sure of it
+    // (a 40 KB Codex turn: 649k → see ARCHITECTURE, "The body: read once").
+    crate::body::skim_input_tokens(text, text_tokens).unwrap_or_else(|| parsed_input_tokens(text))
+}
+
+/// [`input_tokens`] by serde_json's reading: the items, then each item, then each content
+/// array into values.
+fn parsed_input_tokens(text: &str) -> u64 {
     #[derive(Deserialize)]
     struct Item<'a> {
         #[serde(default, borrow)]
         content: Option<&'a RawValue>,
-    }
-    if !text.starts_with('[') {
-        return text_tokens(text.len());
     }
     let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(text) else {
         return text_tokens(text.len());

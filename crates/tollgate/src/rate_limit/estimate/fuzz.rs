@@ -215,3 +215,124 @@ proptest! {
         prop_assert!(d.0 >= t.0 && d.1 >= t.1, "{:?} for {}, {:?} for {}", d, dodged, t, twin);
     }
 }
+
+/// Strings as JSON text: plain, escaped, a character written `\u`, a surrogate pair, a lone
+/// surrogate.
+const STRINGS: &[&str] = &[
+    r#""hello""#,
+    r#""""#,
+    r#""line\none\ttab \"quoted\" back\\slash""#,
+    r#""caf\u00e9 \u20ac \u0041""#,
+    r#""smile \ud83d\ude00""#,
+    r#""lone \ud800 half""#,
+    r#""fn main() {\n    println!(\"hi\");\n}\n""#,
+    "\"é raw utf-8\"",
+];
+
+/// Values of other kinds, some that a JSON value reader reads otherwise than the skim.
+const OTHERS: &[&str] = &[
+    "null",
+    "1",
+    "-0.5",
+    "1e5",
+    "1e400",
+    "true",
+    r#"{"a":[1,{"b":null}]}"#,
+    "[]",
+];
+
+fn json_string() -> impl Strategy<Value = String> {
+    prop::sample::select(STRINGS).prop_map(str::to_owned)
+}
+
+fn any_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        json_string(),
+        prop::sample::select(OTHERS).prop_map(str::to_owned)
+    ]
+}
+
+fn object(members: impl Strategy<Value = (String, String)>) -> impl Strategy<Value = String> {
+    (prop::collection::vec(members, 0..5), prop::bool::ANY).prop_map(|(members, spaced)| {
+        let sep = if spaced { ", " } else { "," };
+        let body: Vec<String> = members.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+        format!("{{{}}}", body.join(sep))
+    })
+}
+
+/// A content part: text or image members (any of them twice, names and values escaped or
+/// not), or not an object.
+fn part() -> impl Strategy<Value = String> {
+    let kind = prop::sample::select(vec![
+        r#""input_text""#,
+        r#""output_text""#,
+        r#""image_url""#,
+        r#""input_image""#,
+        r#""imag\u0065_url""#,
+        "1",
+        "null",
+    ]);
+    let detail = prop::sample::select(vec![
+        r#"{"detail":"low"}"#,
+        r#"{"detail":"high"}"#,
+        r#"{"url":"u","detail":"low","detail":"auto"}"#,
+        r#"{"detail":"lo\u0077"}"#,
+        r#"{"d\u0065tail":"low"}"#,
+        r#""x""#,
+        "null",
+    ]);
+    let member = prop_oneof![
+        kind.prop_map(|v| (r#""type""#.to_owned(), v.to_owned())),
+        any_value().prop_map(|v| (r#""text""#.to_owned(), v)),
+        detail.prop_map(|v| (r#""image_url""#.to_owned(), v.to_owned())),
+        any_value().prop_map(|v| (r#""extra""#.to_owned(), v)),
+        json_string().prop_map(|v| (r#""t\u0065xt""#.to_owned(), v)),
+    ];
+    prop_oneof![4 => object(member), 1 => any_value()]
+}
+
+/// An input item: a message with content (a string, parts, another value, `null`), a call
+/// without content, `content` twice or escaped, or not an object.
+fn item() -> impl Strategy<Value = String> {
+    let content = prop_oneof![
+        2 => prop::collection::vec(part(), 0..4).prop_map(|p| format!("[{}]", p.join(","))),
+        1 => any_value(),
+    ];
+    let member = prop_oneof![
+        3 => content.prop_map(|v| (r#""content""#.to_owned(), v)),
+        1 => json_string().prop_map(|v| (r#""role""#.to_owned(), v)),
+        1 => any_value().prop_map(|v| (r#""arguments""#.to_owned(), v)),
+        1 => json_string().prop_map(|v| (r#""c\u006fntent""#.to_owned(), v)),
+    ];
+    prop_oneof![6 => object(member), 1 => any_value()]
+}
+
+proptest! {
+    #![proptest_config(config(2048))]
+
+    /// Whenever the one-pass count of a Responses `input` answers, it is serde_json's count.
+    #[test]
+    fn the_one_pass_input_count_is_the_parsed_one(
+        items in prop::collection::vec(item(), 0..6),
+        spaced in prop::bool::ANY,
+    ) {
+        let text = if spaced {
+            format!("[ {} ]", items.join(" , "))
+        } else {
+            format!("[{}]", items.join(","))
+        };
+        prop_assume!(serde_json::from_str::<&serde_json::value::RawValue>(&text).is_ok());
+        if let Some(fast) = crate::body::skim_input_tokens(&text, text_tokens) {
+            prop_assert_eq!(fast, parsed_input_tokens(&text), "{}", text);
+        }
+    }
+}
+
+/// A coding agent's input (messages with text parts full of escapes, calls and their outputs)
+/// is counted in one pass, as serde_json counts it.
+#[test]
+fn a_coding_agents_input_is_counted_in_one_pass() {
+    let text = r#"[{"type":"message","role":"user","content":[{"type":"input_text","text":"fix the bug:\n\tfn main() {\n\t\tprintln!(\"hi\");\n\t}\n caf\u00e9"}]},{"type":"function_call","call_id":"c1","name":"shell","arguments":"{\"cmd\":[\"ls\"]}"},{"type":"function_call_output","call_id":"c1","output":"a.rs\nb.rs\n"},{"role":"assistant","content":[{"type":"output_text","text":"done"},{"type":"input_image","image_url":{"detail":"low"}}]},{"role":"user","content":"plain text"}]"#;
+    let fast = crate::body::skim_input_tokens(text, text_tokens);
+    assert_eq!(fast, Some(parsed_input_tokens(text)));
+}
