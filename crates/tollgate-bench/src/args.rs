@@ -6,7 +6,7 @@ use std::time::Duration;
 /// The usage text printed for `--help` and after a bad argument.
 pub(crate) const USAGE: &str = "\
 usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
-                      [--scenarios immediate,delay20,stream20,prompt40k]
+                      [--scenarios immediate,delay20,stream20,prompt40k,responses40k]
                       [--out target/bench/results.json]
                       [--warmup 500ms] [--client-threads 2] [--open-streams N]
                       [--bin-dir DIR] [--redis URL] [--smoke]
@@ -17,7 +17,8 @@ usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
   --concurrency A,B   concurrent connections of the load generator
   --scenarios S,...   immediate (plain answer at once), delay20 (20 ms before headers),
                       stream20 (SSE answer of 20 chunks), prompt40k (plain answer to a
-                      40 KB coding-agent turn: 31 messages, 10 tools); `none` runs no
+                      40 KB coding-agent turn: 31 messages, 10 tools), responses40k (the
+                      same turn on /v1/responses, as Codex CLI sends it); `none` runs no
                       load matrix
   --out PATH          JSON results; CSVs are written next to it
   --warmup D          discarded load before every measured run
@@ -39,15 +40,18 @@ pub(crate) enum Scenario {
     /// A plain answer at once to a 40 KB request shaped like a coding agent's turn (see
     /// `codex_turn`).
     Prompt40k,
+    /// The same turn on the Responses API, as Codex CLI sends it (`/v1/responses`).
+    Responses40k,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub(crate) const ALL: [Scenario; 4] = [
+    pub(crate) const ALL: [Scenario; 5] = [
         Scenario::Immediate,
         Scenario::Delay20,
         Scenario::Stream20,
         Scenario::Prompt40k,
+        Scenario::Responses40k,
     ];
 
     /// The name used on the command line and in reports.
@@ -57,6 +61,15 @@ impl Scenario {
             Scenario::Delay20 => "delay20",
             Scenario::Stream20 => "stream20",
             Scenario::Prompt40k => "prompt40k",
+            Scenario::Responses40k => "responses40k",
+        }
+    }
+
+    /// The endpoint the requests go to.
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Scenario::Responses40k => "/v1/responses",
+            _ => "/v1/chat/completions",
         }
     }
 
@@ -68,7 +81,7 @@ impl Scenario {
     /// The mock-upstream knobs sent as request headers (Tollgate forwards them).
     pub(crate) fn headers(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Scenario::Immediate | Scenario::Prompt40k => &[],
+            Scenario::Immediate | Scenario::Prompt40k | Scenario::Responses40k => &[],
             Scenario::Delay20 => &[("x-mock-fault", "delay-ms=20")],
             Scenario::Stream20 => &[("x-mock-chunks", "20")],
         }
@@ -251,7 +264,7 @@ mod tests {
     #[test]
     fn every_scenario_is_named_on_the_command_line_in_report_order() -> Result<(), String> {
         let names = Scenario::ALL.map(Scenario::name).join(",");
-        assert_eq!(names, "immediate,delay20,stream20,prompt40k");
+        assert_eq!(names, "immediate,delay20,stream20,prompt40k,responses40k");
         assert_eq!(
             parse_strs(&["--scenarios", &names])?.scenarios,
             Scenario::ALL

@@ -42,9 +42,102 @@ pub(crate) fn prompt40k_body() -> Bytes {
         .clone()
 }
 
+/// The `responses40k` request body: the same turn as Codex CLI sends it to the Responses API
+/// (the system message as `instructions`, the conversation as input items: messages with text
+/// parts, `function_call`s and their `function_call_output`s; the tools flattened).
+pub(crate) fn responses40k_body() -> Bytes {
+    static BODY: OnceLock<Bytes> = OnceLock::new();
+    BODY.get_or_init(|| Bytes::from(responses(&build()).to_string()))
+        .clone()
+}
+
+/// The Responses API's form of a chat completions turn.
+fn responses(chat: &Value) -> Value {
+    let mut instructions = String::new();
+    let mut input = Vec::new();
+    for message in chat["messages"].as_array().into_iter().flatten() {
+        let role = message["role"].as_str().unwrap_or_default();
+        if role == "system" {
+            instructions = message["content"].as_str().unwrap_or_default().to_owned();
+            continue;
+        }
+        if role == "tool" {
+            input.push(json!({
+                "type": "function_call_output",
+                "call_id": message["tool_call_id"],
+                "output": message["content"],
+            }));
+            continue;
+        }
+        if let Some(text) = message["content"].as_str() {
+            let kind = if role == "assistant" {
+                "output_text"
+            } else {
+                "input_text"
+            };
+            input.push(json!({
+                "type": "message",
+                "role": role,
+                "content": [{ "type": kind, "text": text }],
+            }));
+        }
+        for call in message["tool_calls"].as_array().into_iter().flatten() {
+            input.push(json!({
+                "type": "function_call",
+                "call_id": call["id"],
+                "name": call["function"]["name"],
+                "arguments": call["function"]["arguments"],
+            }));
+        }
+    }
+    let tools: Vec<Value> = chat["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|tool| {
+            json!({
+                "type": "function",
+                "name": tool["function"]["name"],
+                "description": tool["function"]["description"],
+                "parameters": tool["function"]["parameters"],
+            })
+        })
+        .collect();
+    json!({
+        "model": "bench-model",
+        "instructions": instructions,
+        "input": input,
+        "tools": tools,
+        "tool_choice": "auto",
+        "parallel_tool_calls": true,
+        "store": false,
+        "max_output_tokens": 16,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_responses_body_is_the_same_turn_as_input_items() {
+        let body = responses40k_body();
+        assert!(
+            (38_000..=44_000).contains(&body.len()),
+            "{} bytes",
+            body.len()
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["instructions"].as_str().unwrap().len() > 8_000);
+        let input = v["input"].as_array().unwrap();
+        assert!(input.len() >= 30, "{} items", input.len());
+        for kind in ["message", "function_call", "function_call_output"] {
+            assert!(input.iter().any(|i| i["type"] == kind), "no {kind}");
+        }
+        assert_eq!(input.last().unwrap()["role"], "user");
+        assert_eq!(v["tools"].as_array().unwrap().len(), 10);
+        assert_eq!(v["store"], false);
+    }
 
     #[test]
     fn the_body_is_about_40_kb_with_31_messages_and_10_tools() {

@@ -210,7 +210,7 @@ async fn send(
     count: usize,
 ) -> Result<(), BoxError> {
     let client = load::client();
-    let uri = load::url(addr, "/v1/chat/completions")?;
+    let uri = load::url(addr, scenario.path())?;
     let body = load::body(scenario);
     for _ in 0..count {
         let req = load::request(&uri, scenario, body.clone(), &[])?;

@@ -42,8 +42,10 @@ pub(crate) fn histogram() -> Result<Histogram<u64>, BoxError> {
 /// The request body of a scenario: one short user message, a small completion allowance; for
 /// `prompt40k`, a 40 KB coding-agent turn with the same allowance (`crate::codex_turn`).
 pub(crate) fn body(scenario: Scenario) -> Bytes {
-    if scenario == Scenario::Prompt40k {
-        return crate::codex_turn::prompt40k_body();
+    match scenario {
+        Scenario::Prompt40k => return crate::codex_turn::prompt40k_body(),
+        Scenario::Responses40k => return crate::codex_turn::responses40k_body(),
+        _ => {}
     }
     let stream = if scenario.streaming() {
         ",\"stream\":true"

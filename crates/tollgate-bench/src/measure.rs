@@ -80,7 +80,7 @@ pub(crate) async fn run(
     };
     let now = Instant::now();
     let spec = load::RunSpec {
-        uri: load::url(target, "/v1/chat/completions")?,
+        uri: load::url(target, scenario.path())?,
         scenario,
         concurrency,
         start: now + args.warmup,
