@@ -380,7 +380,7 @@ fn may_hold_surrogate(text: &[u8]) -> bool {
     })
 }
 
-impl Skim<'_, '_> {
+impl<'a> Skim<'a, '_> {
     /// An item's `content`: `None` (inside) for `null`, which counts as no content.
     fn content_tokens(&mut self, depth: usize, tokens: fn(usize) -> u64) -> Option<Option<u64>> {
         match self.peek()? {
@@ -445,31 +445,32 @@ impl Skim<'_, '_> {
     /// A string value written without escapes, as text; `Some(None)` for a value that is not
     /// a string; `None` (unsure) for a string with escapes.
     fn plain_string(&mut self) -> Option<Option<&str>> {
-        if self.peek()? != b'"' {
-            self.value(DEPTH)?;
-            return Some(None);
-        }
-        self.at += 1;
-        let start = self.at;
-        let escaped = self.string()?;
-        (!escaped).then(|| Some(&self.text[start..self.at - 1]))
+        let (inner, escaped) = self.string_value()?;
+        (!escaped).then_some(inner)
     }
 
     /// A string value's length once unescaped, in bytes; `Some(None)` for a value that is not
     /// a string; `None` for a lone surrogate (which a JSON reader refuses).
     fn string_len(&mut self) -> Option<Option<usize>> {
+        match self.string_value()? {
+            (None, _) => Some(None),
+            (Some(inner), false) => Some(Some(inner.len())),
+            (Some(inner), true) => unescaped_len(inner.as_bytes()).map(Some),
+        }
+    }
+
+    /// Reads the next value: a string's text between its quotes (as written, escapes
+    /// included) and whether it holds an escape; `None` text for a value that is not a string
+    /// (read past); `None` for a value that does not read.
+    fn string_value(&mut self) -> Option<(Option<&'a str>, bool)> {
         if self.peek()? != b'"' {
             self.value(DEPTH)?;
-            return Some(None);
+            return Some((None, false));
         }
         self.at += 1;
         let start = self.at;
         let escaped = self.string()?;
-        let inner = &self.text.as_bytes()[start..self.at - 1];
-        if !escaped {
-            return Some(Some(inner.len()));
-        }
-        unescaped_len(inner).map(Some)
+        Some((Some(&self.text[start..self.at - 1]), escaped))
     }
 }
 
