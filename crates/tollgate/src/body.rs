@@ -115,19 +115,30 @@ pub struct Reading<'a> {
     pub fields: Fields<'a>,
     /// A watched name is a member's name somewhere in the body.
     pub names: Option<bool>,
+    /// The token count of the `input` array, made in the same pass when the reading was asked
+    /// for it (`None`: not made; the estimate then counts `input` itself).
+    pub input_tokens: Option<u64>,
 }
 
 /// Reads `body` (`skim` first; serde_json where the skim leaves a body to it, and then its
-/// verdict is the one given), noting whether an object in it has a member named in `watch`.
-pub fn read<'a>(body: &'a [u8], watch: &[&str]) -> Result<Reading<'a>, serde_json::Error> {
-    match skim::read(body, watch) {
-        Some((fields, names)) => Ok(Reading {
+/// verdict is the one given), noting whether an object in it has a member named in `watch`,
+/// and counting a Responses `input` array on the way by `count_input`, the estimate's rule
+/// (the count a 40 KB Codex turn needs, without a second pass over it).
+pub fn read<'a>(
+    body: &'a [u8],
+    watch: &[&str],
+    count_input: Option<fn(usize) -> u64>,
+) -> Result<Reading<'a>, serde_json::Error> {
+    match skim::read(body, watch, count_input) {
+        Some((fields, names, input_tokens)) => Ok(Reading {
             fields,
             names: Some(names),
+            input_tokens,
         }),
         None => serde_json::from_slice(body).map(|fields| Reading {
             fields,
             names: None,
+            input_tokens: None,
         }),
     }
 }
@@ -135,7 +146,7 @@ pub fn read<'a>(body: &'a [u8], watch: &[&str]) -> Result<Reading<'a>, serde_jso
 impl<'a> Fields<'a> {
     /// Reads `body` (as [`read`] does).
     pub fn read(body: &'a [u8]) -> Result<Self, serde_json::Error> {
-        read(body, &[]).map(|r| r.fields)
+        read(body, &[], None).map(|r| r.fields)
     }
 
     /// The model the client asked for; an error when `model` is not a string.

@@ -84,7 +84,7 @@ impl GatewayRequest {
         let parsed = crate::body::Fields::read(&body).ok();
         let counted = parsed
             .as_ref()
-            .map(|p| crate::rate_limit::estimate::count(p, body.len(), endpoint));
+            .map(|p| crate::rate_limit::estimate::count(p, body.len(), endpoint, None));
         let meta = parsed.unwrap_or_default();
         GatewayRequest {
             id: "req-test".into(),

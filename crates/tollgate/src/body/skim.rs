@@ -19,9 +19,15 @@ use super::{Fields, Message, Raw};
 /// Nesting the skim follows (serde_json's limit is 128); a deeper body goes to serde_json.
 const DEPTH: usize = 100;
 
-/// The body's fields and whether any object in it has a member named in `watch`; `None` to
-/// leave the body to serde_json.
-pub(super) fn read<'a>(body: &'a [u8], watch: &[&str]) -> Option<(Fields<'a>, bool)> {
+/// The body's fields, whether any object in it has a member named in `watch`, and the count
+/// of its `input` array when `count_input` gives the estimate's rule ([`input_tokens`], made
+/// in the same pass; `None` where that count is not sure); `None` to leave the body to
+/// serde_json.
+pub(super) fn read<'a>(
+    body: &'a [u8],
+    watch: &[&str],
+    count_input: Option<fn(usize) -> u64>,
+) -> Option<(Fields<'a>, bool, Option<u64>)> {
     let text = simdutf8::basic::from_utf8(body).ok()?;
     let mut skim = Skim {
         text,
@@ -32,11 +38,13 @@ pub(super) fn read<'a>(body: &'a [u8], watch: &[&str]) -> Option<(Fields<'a>, bo
         }),
         named: false,
         unusual: false,
+        count_input,
+        input_count: None,
     };
     skim.space();
     let fields = skim.fields()?;
     skim.space();
-    (skim.at == body.len()).then_some((fields, skim.named))
+    (skim.at == body.len()).then_some((fields, skim.named, skim.input_count))
 }
 
 struct Skim<'a, 'w> {
@@ -51,6 +59,10 @@ struct Skim<'a, 'w> {
     /// values may refuse (past `f64`) where the skim does not ([`input_tokens`] then leaves
     /// the count to it).
     unusual: bool,
+    /// The estimate's rule, when the `input` array is to be counted as it is read.
+    count_input: Option<fn(usize) -> u64>,
+    /// That count, once made and sure.
+    input_count: Option<u64>,
 }
 
 /// One bit per field of [`Fields`] and [`Message`], to refuse a member named twice.
@@ -122,7 +134,7 @@ impl<'a> Skim<'a, '_> {
                 }
                 "tools" => once(s, 8, &mut f.tools, optional(skim.raw(1)?)),
                 "prompt" => once(s, 9, &mut f.prompt, optional(skim.raw(1)?)),
-                "input" => once(s, 10, &mut f.input, optional(skim.raw(1)?)),
+                "input" => once(s, 10, &mut f.input, optional(skim.input()?)),
                 "instructions" => once(s, 11, &mut f.instructions, optional(skim.raw(1)?)),
                 "system" => once(s, 12, &mut f.system, optional(skim.raw(1)?)),
                 "metadata" => once(s, 13, &mut f.metadata, optional(skim.raw(1)?)),
@@ -343,26 +355,11 @@ pub(crate) fn input_tokens(text: &str, tokens: fn(usize) -> u64) -> Option<u64> 
         lengths: 0,
         named: false,
         unusual: false,
+        count_input: None,
+        input_count: None,
     };
-    let mut total: u64 = 0;
     skim.space();
-    skim.array(1, |skim| {
-        let start = skim.at;
-        let mut content: Option<Option<u64>> = None;
-        skim.object(2, |skim, key| match key? {
-            "content" if content.is_some() => None,
-            "content" => {
-                content = Some(skim.content_tokens(3, tokens)?);
-                Some(())
-            }
-            _ => skim.value(2),
-        })?;
-        total += match content.flatten() {
-            Some(count) => 3 + count,
-            None => tokens(skim.at - start),
-        };
-        Some(())
-    })?;
+    let total = skim.input_items(1, tokens)?;
     skim.space();
     (skim.at == text.len() && !skim.unusual).then_some(total)
 }
@@ -381,6 +378,50 @@ fn may_hold_surrogate(text: &[u8]) -> bool {
 }
 
 impl<'a> Skim<'a, '_> {
+    /// The top-level `input` as its text; counted on the way ([`Skim::input_items`]) when
+    /// asked to and it is an array, else (or where the count is unsure) read as any value.
+    fn input(&mut self) -> Option<&'a str> {
+        let start = self.at;
+        if let Some(tokens) = self.count_input.filter(|_| self.peek() == Some(b'[')) {
+            let before = std::mem::take(&mut self.unusual);
+            let counted = self.input_items(2, tokens);
+            let sure = !self.unusual;
+            self.unusual |= before;
+            if let Some(total) = counted {
+                let text = &self.text[start..self.at];
+                self.input_count = (sure && !may_hold_surrogate(text.as_bytes())).then_some(total);
+                return Some(text);
+            }
+            // Unsure, or not JSON: read again, as any value (which judges the JSON).
+            self.at = start;
+        }
+        self.raw(1)
+    }
+
+    /// The items of a Responses `input` array here (`depth`: the array's own), counted as
+    /// [`input_tokens`] says; `None` where unsure or not JSON.
+    fn input_items(&mut self, depth: usize, tokens: fn(usize) -> u64) -> Option<u64> {
+        let mut total: u64 = 0;
+        self.array(depth, |skim| {
+            let start = skim.at;
+            let mut content: Option<Option<u64>> = None;
+            skim.object(depth + 1, |skim, key| match key? {
+                "content" if content.is_some() => None,
+                "content" => {
+                    content = Some(skim.content_tokens(depth + 2, tokens)?);
+                    Some(())
+                }
+                _ => skim.value(depth + 1),
+            })?;
+            total += match content.flatten() {
+                Some(count) => 3 + count,
+                None => tokens(skim.at - start),
+            };
+            Some(())
+        })?;
+        Some(total)
+    }
+
     /// An item's `content`: `None` (inside) for `null`, which counts as no content.
     fn content_tokens(&mut self, depth: usize, tokens: fn(usize) -> u64) -> Option<Option<u64>> {
         match self.peek()? {

@@ -55,7 +55,8 @@ impl Counted {
     }
 }
 
-fn text_tokens(bytes: usize) -> u64 {
+/// The estimate's rule for text: a token every four bytes, rounded up.
+pub(crate) fn text_tokens(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4)
 }
 
@@ -189,13 +190,16 @@ fn parsed_input_tokens(text: &str) -> u64 {
 /// (prompt estimate, completion allowance) for a request body.
 pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u64, u64) {
     match Fields::read(body) {
-        Ok(parsed) => count(&parsed, body.len(), endpoint).split(endpoint, default_max_tokens),
+        Ok(parsed) => {
+            count(&parsed, body.len(), endpoint, None).split(endpoint, default_max_tokens)
+        }
         Err(_) => lenient::estimate(body, endpoint, default_max_tokens),
     }
 }
 
-/// The count of a body read as [`Fields`] (`len`: the body's size in bytes).
-pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint) -> Counted {
+/// The count of a body read as [`Fields`] (`len`: the body's size in bytes; `input`: the
+/// count of its `input` array when the reading made it, `Reading::input_tokens`).
+pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint, input: Option<u64>) -> Counted {
     let prompt = match endpoint {
         Endpoint::ChatCompletions => {
             let messages: u64 = parsed
@@ -211,7 +215,9 @@ pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint) -> Counted {
         }
         Endpoint::Responses => {
             let raw = |v: Option<Raw<'_>>| v.map_or(0, |v| text_tokens(v.get().len()));
-            parsed.input.map_or(0, |i| input_tokens(i.get()))
+            parsed
+                .input
+                .map_or(0, |i| input.unwrap_or_else(|| input_tokens(i.get())))
                 + raw(parsed.instructions)
                 + raw(parsed.tools)
                 + 3

@@ -10,7 +10,7 @@ fn serde(body: &[u8]) -> Option<Fields<'_>> {
 }
 
 fn skim(body: &[u8]) -> Option<(Fields<'_>, bool)> {
-    read(body, &REFERENCES)
+    read(body, &REFERENCES, None).map(|(fields, named, _)| (fields, named))
 }
 
 #[test]

@@ -322,8 +322,23 @@ proptest! {
             format!("[{}]", items.join(","))
         };
         prop_assume!(serde_json::from_str::<&serde_json::value::RawValue>(&text).is_ok());
-        if let Some(fast) = crate::body::skim_input_tokens(&text, text_tokens) {
+        let fast = crate::body::skim_input_tokens(&text, text_tokens);
+        if let Some(fast) = fast {
             prop_assert_eq!(fast, parsed_input_tokens(&text), "{}", text);
+        }
+        // Counted while the whole body is read: the same count, as sure, the same fields.
+        let body = format!(r#"{{"model":"m","input":{text},"store":false}}"#);
+        let counting = crate::body::read(body.as_bytes(), &[], Some(text_tokens));
+        let plain = crate::body::read(body.as_bytes(), &[], None);
+        match (counting, plain) {
+            (Ok(counting), Ok(plain)) => {
+                prop_assert_eq!(&counting.fields, &plain.fields);
+                prop_assert!(plain.input_tokens.is_none());
+                if counting.names.is_some() {
+                    prop_assert_eq!(counting.input_tokens, fast, "{}", text);
+                }
+            }
+            (counting, plain) => prop_assert_eq!(counting.is_ok(), plain.is_ok()),
         }
     }
 }
@@ -335,4 +350,15 @@ fn a_coding_agents_input_is_counted_in_one_pass() {
     let text = r#"[{"type":"message","role":"user","content":[{"type":"input_text","text":"fix the bug:\n\tfn main() {\n\t\tprintln!(\"hi\");\n\t}\n caf\u00e9"}]},{"type":"function_call","call_id":"c1","name":"shell","arguments":"{\"cmd\":[\"ls\"]}"},{"type":"function_call_output","call_id":"c1","output":"a.rs\nb.rs\n"},{"role":"assistant","content":[{"type":"output_text","text":"done"},{"type":"input_image","image_url":{"detail":"low"}}]},{"role":"user","content":"plain text"}]"#;
     let fast = crate::body::skim_input_tokens(text, text_tokens);
     assert_eq!(fast, Some(parsed_input_tokens(text)));
+    let body = format!(r#"{{"model":"gpt-5","instructions":"be brief","input":{text}}}"#);
+    let reading = crate::body::read(body.as_bytes(), &[], Some(text_tokens)).expect("read");
+    assert_eq!(reading.input_tokens, fast);
+    let counted = count(&reading.fields, body.len(), Endpoint::Responses, None);
+    let fused = count(
+        &reading.fields,
+        body.len(),
+        Endpoint::Responses,
+        reading.input_tokens,
+    );
+    assert_eq!(counted.prompt, fused.prompt);
 }
