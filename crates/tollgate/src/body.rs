@@ -107,38 +107,59 @@ pub struct Message<'a> {
     pub tool_calls: Option<Raw<'a>>,
 }
 
-/// A body's one reading: its [`Fields`], and whether an object in it, at any depth, has a
-/// member named in the `watch` list it was read with (`None`: not known).
+/// A body's one reading: its [`Fields`], whether an object in it, at any depth, has a member
+/// named in the `watch` list it was read with (`None`: not known), and the counts made on the
+/// way.
 #[derive(Debug)]
 pub struct Reading<'a> {
     /// The fields.
     pub fields: Fields<'a>,
     /// A watched name is a member's name somewhere in the body.
     pub names: Option<bool>,
-    /// The token count of the `input` array, made in the same pass when the reading was asked
-    /// for it (`None`: not made; the estimate then counts `input` itself).
-    pub input_tokens: Option<u64>,
+    /// What the reading counted, when it was asked to ([`Tally`]).
+    pub counts: Counts,
+}
+
+/// What a reading counts while it checks the body, by the estimate's bytes-to-tokens rule: the
+/// parts the estimate would otherwise read a second time, into values (a coding agent's
+/// history, content arrays).
+#[derive(Debug, Clone, Copy)]
+pub enum Tally {
+    /// Chat `messages`' contents: a string by its JSON's bytes, an array part by part.
+    ChatContents(fn(usize) -> u64),
+    /// A Responses `input` array, item by item.
+    ResponsesInput(fn(usize) -> u64),
+}
+
+/// The counts a reading made (`None`: not made, or not sure; the estimate then counts the
+/// field itself).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// The sum of every chat message's `content` count.
+    pub contents: Option<u64>,
+    /// The Responses `input` array's count.
+    pub input: Option<u64>,
 }
 
 /// Reads `body` (`skim` first; serde_json where the skim leaves a body to it, and then its
 /// verdict is the one given), noting whether an object in it has a member named in `watch`,
-/// and counting a Responses `input` array on the way by `count_input`, the estimate's rule
-/// (the count a 40 KB Codex turn needs, without a second pass over it).
+/// and making the counts `tally` asks for on the way (the count a 40 KB Codex turn needs,
+/// without a second pass over it).
 pub fn read<'a>(
     body: &'a [u8],
     watch: &[&str],
-    count_input: Option<fn(usize) -> u64>,
+    tally: Option<Tally>,
 ) -> Result<Reading<'a>, serde_json::Error> {
-    match skim::read(body, watch, count_input) {
-        Some((fields, names, input_tokens)) => Ok(Reading {
+    match skim::read(body, watch, tally) {
+        Some((fields, names, counts)) => Ok(Reading {
             fields,
             names: Some(names),
-            input_tokens,
+            counts,
         }),
         None => serde_json::from_slice(body).map(|fields| Reading {
             fields,
             names: None,
-            input_tokens: None,
+            counts: Counts::default(),
         }),
     }
 }

@@ -82,9 +82,9 @@ impl GatewayRequest {
     pub fn for_test(method: Method, path: &str, body: Bytes) -> Self {
         let endpoint = Endpoint::from_path(path);
         let parsed = crate::body::Fields::read(&body).ok();
-        let counted = parsed
-            .as_ref()
-            .map(|p| crate::rate_limit::estimate::count(p, body.len(), endpoint, None));
+        let counted = parsed.as_ref().map(|p| {
+            crate::rate_limit::estimate::count(p, body.len(), endpoint, Default::default())
+        });
         let meta = parsed.unwrap_or_default();
         GatewayRequest {
             id: "req-test".into(),

@@ -14,20 +14,19 @@
 //! not JSON) is left to serde_json, whose reading and verdict are the ones given. What it
 //! returns is what serde_json returns for the same body (a property test holds it to that).
 
-use super::{Fields, Message, Raw};
+use super::{Counts, Fields, Message, Raw, Tally};
 
 /// Nesting the skim follows (serde_json's limit is 128); a deeper body goes to serde_json.
 const DEPTH: usize = 100;
 
-/// The body's fields, whether any object in it has a member named in `watch`, and the count
-/// of its `input` array when `count_input` gives the estimate's rule ([`input_tokens`], made
-/// in the same pass; `None` where that count is not sure); `None` to leave the body to
-/// serde_json.
+/// The body's fields, whether any object in it has a member named in `watch`, and the counts
+/// `tally` asks for, made in the same pass (`None` in them where not sure); `None` to leave the
+/// body to serde_json.
 pub(super) fn read<'a>(
     body: &'a [u8],
     watch: &[&str],
-    count_input: Option<fn(usize) -> u64>,
-) -> Option<(Fields<'a>, bool, Option<u64>)> {
+    tally: Option<Tally>,
+) -> Option<(Fields<'a>, bool, Counts)> {
     let text = simdutf8::basic::from_utf8(body).ok()?;
     let mut skim = Skim {
         text,
@@ -38,13 +37,16 @@ pub(super) fn read<'a>(
         }),
         named: false,
         unusual: false,
-        count_input,
-        input_count: None,
+        tally,
+        counts: Counts::default(),
     };
+    if let Some(Tally::ChatContents(_)) = tally {
+        skim.counts.contents = Some(0);
+    }
     skim.space();
     let fields = skim.fields()?;
     skim.space();
-    (skim.at == body.len()).then_some((fields, skim.named, skim.input_count))
+    (skim.at == body.len()).then_some((fields, skim.named, skim.counts))
 }
 
 struct Skim<'a, 'w> {
@@ -59,10 +61,11 @@ struct Skim<'a, 'w> {
     /// values may refuse (past `f64`) where the skim does not ([`input_tokens`] then leaves
     /// the count to it).
     unusual: bool,
-    /// The estimate's rule, when the `input` array is to be counted as it is read.
-    count_input: Option<fn(usize) -> u64>,
-    /// That count, once made and sure.
-    input_count: Option<u64>,
+    /// What to count on the way.
+    tally: Option<Tally>,
+    /// What was counted (`contents` starts at zero when asked for, and is let go at the first
+    /// content the count is not sure of).
+    counts: Counts,
 }
 
 /// One bit per field of [`Fields`] and [`Message`], to refuse a member named twice.
@@ -161,7 +164,7 @@ impl<'a> Skim<'a, '_> {
             };
             let mut seen: Seen = 0;
             skim.object(3, |skim, key| match key? {
-                "content" => once(&mut seen, 0, &mut m.content, optional(skim.raw(3)?)),
+                "content" => once(&mut seen, 0, &mut m.content, optional(skim.content()?)),
                 "name" => {
                     let name = optional(skim.raw(3)?).map(|_| serde::de::IgnoredAny);
                     once(&mut seen, 1, &mut m.name, name)
@@ -355,8 +358,8 @@ pub(crate) fn input_tokens(text: &str, tokens: fn(usize) -> u64) -> Option<u64> 
         lengths: 0,
         named: false,
         unusual: false,
-        count_input: None,
-        input_count: None,
+        tally: None,
+        counts: Counts::default(),
     };
     skim.space();
     let total = skim.input_items(1, tokens)?;
@@ -378,24 +381,65 @@ fn may_hold_surrogate(text: &[u8]) -> bool {
 }
 
 impl<'a> Skim<'a, '_> {
-    /// The top-level `input` as its text; counted on the way ([`Skim::input_items`]) when
-    /// asked to and it is an array, else (or where the count is unsure) read as any value.
+    /// The top-level `input` as its text; its items counted on the way when the tally asks
+    /// for it and it is an array ([`Skim::input_items`]).
     fn input(&mut self) -> Option<&'a str> {
-        let start = self.at;
-        if let Some(tokens) = self.count_input.filter(|_| self.peek() == Some(b'[')) {
-            let before = std::mem::take(&mut self.unusual);
-            let counted = self.input_items(2, tokens);
-            let sure = !self.unusual;
-            self.unusual |= before;
-            if let Some(total) = counted {
-                let text = &self.text[start..self.at];
-                self.input_count = (sure && !may_hold_surrogate(text.as_bytes())).then_some(total);
-                return Some(text);
-            }
-            // Unsure, or not JSON: read again, as any value (which judges the JSON).
-            self.at = start;
+        let Some(Tally::ResponsesInput(tokens)) = self.tally else {
+            return self.raw(1);
+        };
+        if self.peek()? != b'[' {
+            return self.raw(1);
         }
-        self.raw(1)
+        let (text, count) = self.counted(1, |skim| skim.input_items(2, tokens))?;
+        self.counts.input = count;
+        Some(text)
+    }
+
+    /// A chat message's `content` as its text, counted on the way when the tally asks for it
+    /// (as the estimate counts it): an array part by part ([`Skim::part_tokens`]), `null` as
+    /// nothing, any other value by its JSON's bytes.
+    fn content(&mut self) -> Option<&'a str> {
+        let Some(Tally::ChatContents(tokens)) = self.tally else {
+            return self.raw(3);
+        };
+        let (text, count) = if self.peek()? == b'[' {
+            self.counted(3, |skim| Some(skim.content_tokens(4, tokens)?.unwrap_or(0)))?
+        } else {
+            let text = self.raw(3)?;
+            (
+                text,
+                Some(if text == "null" {
+                    0
+                } else {
+                    tokens(text.len())
+                }),
+            )
+        };
+        self.counts.contents = self.counts.contents.zip(count).map(|(sum, n)| sum + n);
+        Some(text)
+    }
+
+    /// The array here (`depth`: that of its container) as its text, and the count `count`
+    /// makes of it while reading it; `None` for a count that is unsure (a surrogate escape, a
+    /// number a reader of values may refuse, or anything `count` leaves: the array is then
+    /// read again as any value, which judges the JSON).
+    fn counted(
+        &mut self,
+        depth: usize,
+        count: impl FnOnce(&mut Self) -> Option<u64>,
+    ) -> Option<(&'a str, Option<u64>)> {
+        let start = self.at;
+        let before = std::mem::take(&mut self.unusual);
+        let counted = count(self);
+        let sure = !self.unusual;
+        self.unusual |= before;
+        let Some(total) = counted else {
+            self.at = start;
+            return Some((self.raw(depth)?, None));
+        };
+        let text = &self.text[start..self.at];
+        let sure = sure && !may_hold_surrogate(text.as_bytes());
+        Some((text, sure.then_some(total)))
     }
 
     /// The items of a Responses `input` array here (`depth`: the array's own), counted as
@@ -491,12 +535,58 @@ impl<'a> Skim<'a, '_> {
     }
 
     /// A string value's length once unescaped, in bytes; `Some(None)` for a value that is not
-    /// a string; `None` for a lone surrogate (which a JSON reader refuses).
+    /// a string; `None` for a lone surrogate (which a JSON reader refuses). One pass: the
+    /// escapes are counted where the string's end is looked for.
     fn string_len(&mut self) -> Option<Option<usize>> {
-        match self.string_value()? {
-            (None, _) => Some(None),
-            (Some(inner), false) => Some(Some(inner.len())),
-            (Some(inner), true) => unescaped_len(inner.as_bytes()).map(Some),
+        if self.peek()? != b'"' {
+            self.value(DEPTH)?;
+            return Some(None);
+        }
+        self.at += 1;
+        self.unescaped_len().map(Some)
+    }
+
+    /// The rest of a string (its opening quote read), as [`Skim::string`] reads it, and its
+    /// length once its escapes are read: one byte each, a `\u` escape the UTF-8 length of its
+    /// character, a surrogate pair four. `None` for a lone surrogate, or a string JSON does not
+    /// allow.
+    fn unescaped_len(&mut self) -> Option<usize> {
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let mut at = start;
+        // Bytes the escapes take beyond what they stand for.
+        let mut shrink = 0;
+        loop {
+            at = special(bytes, at)?;
+            match bytes[at] {
+                b'"' => {
+                    self.at = at + 1;
+                    return Some(at - start - shrink);
+                }
+                b'\\' => {}
+                _ => return None,
+            }
+            let (width, len) = match bytes.get(at + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => (2, 1),
+                b'u' => match hex4(bytes.get(at + 2..at + 6)?)? {
+                    0xD800..=0xDBFF => {
+                        let low = bytes.get(at + 6..at + 12)?;
+                        if !low.starts_with(b"\\u")
+                            || !(0xDC00..=0xDFFF).contains(&hex4(&low[2..])?)
+                        {
+                            return None;
+                        }
+                        (12, 4)
+                    }
+                    0xDC00..=0xDFFF => return None,
+                    0..0x80 => (6, 1),
+                    0x80..0x800 => (6, 2),
+                    _ => (6, 3),
+                },
+                _ => return None,
+            };
+            shrink += width - len;
+            at += width;
         }
     }
 
@@ -515,46 +605,11 @@ impl<'a> Skim<'a, '_> {
     }
 }
 
-/// The length of a string's text (its bytes between the quotes, checked already) once its
-/// escapes are read: one byte each, a `\\u` escape the UTF-8 length of its character, a
-/// surrogate pair four. `None` for a lone surrogate.
-fn unescaped_len(inner: &[u8]) -> Option<usize> {
-    let hex = |digits: &[u8]| {
-        std::str::from_utf8(digits)
-            .ok()
-            .and_then(|d| u32::from_str_radix(d, 16).ok())
-    };
-    let mut len = 0;
-    let mut at = 0;
-    while let Some(backslash) = memchr::memchr(b'\\', &inner[at..]).map(|i| at + i) {
-        len += backslash - at;
-        if inner.get(backslash + 1) != Some(&b'u') {
-            len += 1;
-            at = backslash + 2;
-            continue;
-        }
-        let unit = hex(inner.get(backslash + 2..backslash + 6)?)?;
-        match unit {
-            0xD800..=0xDBFF => {
-                let low = inner.get(backslash + 6..backslash + 12)?;
-                if !low.starts_with(b"\\u") || !(0xDC00..=0xDFFF).contains(&hex(&low[2..])?) {
-                    return None;
-                }
-                len += 4;
-                at = backslash + 12;
-            }
-            0xDC00..=0xDFFF => return None,
-            _ => {
-                len += match unit {
-                    0..0x80 => 1,
-                    0x80..0x800 => 2,
-                    _ => 3,
-                };
-                at = backslash + 6;
-            }
-        }
-    }
-    Some(len + inner.len().saturating_sub(at))
+/// Four hex digits as a number; `None` for anything else.
+fn hex4(digits: &[u8]) -> Option<u32> {
+    digits
+        .iter()
+        .try_fold(0, |n, &d| Some(n << 4 | char::from(d).to_digit(16)?))
 }
 
 /// Where the first byte at or after `at` that ends a string's plain run is (a quote, a

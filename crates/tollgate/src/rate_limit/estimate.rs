@@ -16,7 +16,7 @@ use crate::endpoint::Endpoint;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::body::{Fields, Raw};
+use crate::body::{Counts, Fields, Raw, Tally};
 
 /// A body's count: its prompt estimate and the completion allowance it names (and the field
 /// naming it), made once from the request's one reading of its body.
@@ -190,34 +190,48 @@ fn parsed_input_tokens(text: &str) -> u64 {
 /// (prompt estimate, completion allowance) for a request body.
 pub fn estimate(body: &[u8], endpoint: Endpoint, default_max_tokens: u32) -> (u64, u64) {
     match Fields::read(body) {
-        Ok(parsed) => {
-            count(&parsed, body.len(), endpoint, None).split(endpoint, default_max_tokens)
-        }
+        Ok(parsed) => count(&parsed, body.len(), endpoint, Counts::default())
+            .split(endpoint, default_max_tokens),
         Err(_) => lenient::estimate(body, endpoint, default_max_tokens),
     }
 }
 
-/// The count of a body read as [`Fields`] (`len`: the body's size in bytes; `input`: the
-/// count of its `input` array when the reading made it, `Reading::input_tokens`).
-pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint, input: Option<u64>) -> Counted {
+/// What the body's reading should count on the way for `endpoint` ([`count`] takes it).
+pub fn tally(endpoint: Endpoint) -> Option<Tally> {
+    match endpoint {
+        Endpoint::ChatCompletions => Some(Tally::ChatContents(text_tokens)),
+        Endpoint::Responses => Some(Tally::ResponsesInput(text_tokens)),
+        _ => None,
+    }
+}
+
+/// The count of a body read as [`Fields`] (`len`: the body's size in bytes; `made`: what its
+/// reading counted on the way, [`tally`], used in place of counting those fields again).
+pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint, made: Counts) -> Counted {
     let prompt = match endpoint {
         Endpoint::ChatCompletions => {
+            let contents = made.contents.unwrap_or_else(|| {
+                parsed
+                    .messages
+                    .iter()
+                    .map(|m| m.content.map_or(0, |c| content_tokens(c.get())))
+                    .sum()
+            });
             let messages: u64 = parsed
                 .messages
                 .iter()
                 .map(|m| {
-                    3 + m.content.map_or(0, |c| content_tokens(c.get()))
-                        + u64::from(m.name.is_some())
+                    3 + u64::from(m.name.is_some())
                         + m.tool_calls.map_or(0, |t| text_tokens(t.get().len()))
                 })
                 .sum();
-            messages + 3 + parsed.tools.map_or(0, |t| text_tokens(t.get().len()))
+            contents + messages + 3 + parsed.tools.map_or(0, |t| text_tokens(t.get().len()))
         }
         Endpoint::Responses => {
             let raw = |v: Option<Raw<'_>>| v.map_or(0, |v| text_tokens(v.get().len()));
             parsed
                 .input
-                .map_or(0, |i| input.unwrap_or_else(|| input_tokens(i.get())))
+                .map_or(0, |i| made.input.unwrap_or_else(|| input_tokens(i.get())))
                 + raw(parsed.instructions)
                 + raw(parsed.tools)
                 + 3

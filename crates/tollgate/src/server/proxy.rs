@@ -354,19 +354,14 @@ async fn parse_meta(
     if is_json && !body.is_empty() && parts.method != Method::GET {
         // One pass reads the routing fields and counts the estimate; a body that shape
         // refuses is read for the routing fields alone (and counted leniently when needed).
-        let count_input = (endpoint == Endpoint::Responses)
-            .then_some(crate::rate_limit::estimate::text_tokens as fn(usize) -> u64);
-        let read = crate::body::read(body, &crate::ownership::REFERENCES, count_input);
+        let tally = crate::rate_limit::estimate::tally(endpoint);
+        let read = crate::body::read(body, &crate::ownership::REFERENCES, tally);
         let (parsed, counted) = match read {
             Ok(reading) => {
                 let f = reading.fields;
                 meta.names_objects = reading.names;
-                let counted = crate::rate_limit::estimate::count(
-                    &f,
-                    body.len(),
-                    endpoint,
-                    reading.input_tokens,
-                );
+                let counted =
+                    crate::rate_limit::estimate::count(&f, body.len(), endpoint, reading.counts);
                 (Routing::of_fields(f), Some(counted))
             }
             Err(_) => {

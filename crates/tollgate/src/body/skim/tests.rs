@@ -281,3 +281,35 @@ proptest! {
         prop_assert_eq!(special(&bytes, start), naive);
     }
 }
+
+#[test]
+fn a_strings_unescaped_length_is_read_with_its_end() {
+    for (text, len) in [
+        (r#""plain""#, Some(5)),
+        (r#""a\nb\"c\\""#, Some(6)),
+        (r#""caf\u00e9 \u20ac \u0041""#, Some(11)),
+        (r#""smile \ud83d\ude00""#, Some(10)),
+        (r#""lone \ud800 half""#, None),
+        (r#""low \udc00""#, None),
+        (r#""\ud800\u0041""#, None),
+        (r#""\x""#, None),
+        (r#""no end"#, None),
+    ] {
+        let mut skim = Skim {
+            text,
+            at: 0,
+            watch: &[],
+            lengths: 0,
+            named: false,
+            unusual: false,
+            tally: None,
+            counts: Counts::default(),
+        };
+        assert_eq!(skim.string_len(), len.map(Some), "{text}");
+        if let Some(len) = len {
+            assert_eq!(skim.at, text.len());
+            let read: String = serde_json::from_str(text).expect("a JSON string");
+            assert_eq!(read.len(), len, "{text}");
+        }
+    }
+}

@@ -328,19 +328,68 @@ proptest! {
         }
         // Counted while the whole body is read: the same count, as sure, the same fields.
         let body = format!(r#"{{"model":"m","input":{text},"store":false}}"#);
-        let counting = crate::body::read(body.as_bytes(), &[], Some(text_tokens));
+        let counting = crate::body::read(body.as_bytes(), &[], tally(Endpoint::Responses));
         let plain = crate::body::read(body.as_bytes(), &[], None);
         match (counting, plain) {
             (Ok(counting), Ok(plain)) => {
                 prop_assert_eq!(&counting.fields, &plain.fields);
-                prop_assert!(plain.input_tokens.is_none());
+                prop_assert_eq!(plain.counts, Counts::default());
                 if counting.names.is_some() {
-                    prop_assert_eq!(counting.input_tokens, fast, "{}", text);
+                    prop_assert_eq!(counting.counts.input, fast, "{}", text);
                 }
             }
             (counting, plain) => prop_assert_eq!(counting.is_ok(), plain.is_ok()),
         }
     }
+}
+
+proptest! {
+    #![proptest_config(config(2048))]
+
+    /// Chat contents counted while the body is read (strings, parts, images, values, `null`,
+    /// escapes, a `content` twice) give the count the estimate makes reading them after.
+    #[test]
+    fn chat_contents_counted_on_the_way_are_the_estimates(
+        messages in prop::collection::vec(item(), 0..6),
+    ) {
+        let body = format!(r#"{{"model":"m","messages":[{}],"max_tokens":5}}"#, messages.join(","));
+        prop_assume!(serde_json::from_str::<&serde_json::value::RawValue>(&body).is_ok());
+        let counting = crate::body::read(body.as_bytes(), &[], tally(Endpoint::ChatCompletions));
+        let plain = crate::body::read(body.as_bytes(), &[], None);
+        match (counting, plain) {
+            (Ok(counting), Ok(plain)) => {
+                prop_assert_eq!(&counting.fields, &plain.fields);
+                let chat = Endpoint::ChatCompletions;
+                let made = count(&counting.fields, body.len(), chat, counting.counts).prompt;
+                let after = count(&plain.fields, body.len(), chat, Counts::default()).prompt;
+                prop_assert_eq!(made, after, "{}", body);
+            }
+            (counting, plain) => prop_assert_eq!(counting.is_ok(), plain.is_ok()),
+        }
+    }
+}
+
+/// A chat turn whose contents are parts (as SDKs and agent frameworks send them) is counted
+/// while it is read, as the estimate counts it after.
+#[test]
+fn chat_content_parts_are_counted_in_one_pass() {
+    let body = r#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"fix:\n\tfn main() {\n\t\tprintln!(\"hi\");\n\t}\n caf\u00e9"},{"type":"image_url","image_url":{"url":"u","detail":"low"}},{"type":"image_url","image_url":{"url":"u"}}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"user","content":[]}]}"#;
+    let reading =
+        crate::body::read(body.as_bytes(), &[], tally(Endpoint::ChatCompletions)).expect("read");
+    let parts = content_tokens(
+        r#"[{"type":"text","text":"fix:\n\tfn main() {\n\t\tprintln!(\"hi\");\n\t}\n caf\u00e9"},{"type":"image_url","image_url":{"url":"u","detail":"low"}},{"type":"image_url","image_url":{"url":"u"}}]"#,
+    );
+    // The text is 45 bytes once its escapes are read (`é` two of them).
+    assert_eq!(parts, text_tokens(45) + 85 + 765);
+    assert_eq!(
+        reading.counts.contents,
+        Some(text_tokens(r#""be brief""#.len()) + parts)
+    );
+    let chat = Endpoint::ChatCompletions;
+    assert_eq!(
+        count(&reading.fields, body.len(), chat, reading.counts).prompt,
+        count(&reading.fields, body.len(), chat, Counts::default()).prompt
+    );
 }
 
 /// A coding agent's input (messages with text parts full of escapes, calls and their outputs)
@@ -351,14 +400,20 @@ fn a_coding_agents_input_is_counted_in_one_pass() {
     let fast = crate::body::skim_input_tokens(text, text_tokens);
     assert_eq!(fast, Some(parsed_input_tokens(text)));
     let body = format!(r#"{{"model":"gpt-5","instructions":"be brief","input":{text}}}"#);
-    let reading = crate::body::read(body.as_bytes(), &[], Some(text_tokens)).expect("read");
-    assert_eq!(reading.input_tokens, fast);
-    let counted = count(&reading.fields, body.len(), Endpoint::Responses, None);
+    let reading =
+        crate::body::read(body.as_bytes(), &[], tally(Endpoint::Responses)).expect("read");
+    assert_eq!(reading.counts.input, fast);
+    let counted = count(
+        &reading.fields,
+        body.len(),
+        Endpoint::Responses,
+        Counts::default(),
+    );
     let fused = count(
         &reading.fields,
         body.len(),
         Endpoint::Responses,
-        reading.input_tokens,
+        reading.counts,
     );
     assert_eq!(counted.prompt, fused.prompt);
 }
