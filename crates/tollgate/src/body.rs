@@ -129,16 +129,23 @@ pub enum Tally {
     ChatContents(fn(usize) -> u64),
     /// A Responses `input` array, item by item.
     ResponsesInput(fn(usize) -> u64),
+    /// Messages' (Anthropic's) `content`s, `system` and `tools`: a string by its JSON's bytes,
+    /// an array block by block.
+    MessagesBlocks(fn(usize) -> u64),
 }
 
 /// The counts a reading made (`None`: not made, or not sure; the estimate then counts the
 /// field itself).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// The sum of every chat message's `content` count.
+    /// The sum of every message's `content` count.
     pub contents: Option<u64>,
     /// The Responses `input` array's count.
     pub input: Option<u64>,
+    /// The Messages `system`'s count.
+    pub system: Option<u64>,
+    /// The Messages `tools`' count.
+    pub tools: Option<u64>,
 }
 
 /// Reads `body` (`skim` first; serde_json where the skim leaves a body to it, and then its

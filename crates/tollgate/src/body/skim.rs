@@ -40,7 +40,7 @@ pub(super) fn read<'a>(
         tally,
         counts: Counts::default(),
     };
-    if let Some(Tally::ChatContents(_)) = tally {
+    if let Some(Tally::ChatContents(_) | Tally::MessagesBlocks(_)) = tally {
         skim.counts.contents = Some(0);
     }
     skim.space();
@@ -135,11 +135,19 @@ impl<'a> Skim<'a, '_> {
                     let messages = skim.messages()?;
                     once(s, 7, &mut f.messages, messages)
                 }
-                "tools" => once(s, 8, &mut f.tools, optional(skim.raw(1)?)),
+                "tools" => {
+                    let (text, count) = skim.blocks_field()?;
+                    skim.counts.tools = count;
+                    once(s, 8, &mut f.tools, optional(text))
+                }
                 "prompt" => once(s, 9, &mut f.prompt, optional(skim.raw(1)?)),
                 "input" => once(s, 10, &mut f.input, optional(skim.input()?)),
                 "instructions" => once(s, 11, &mut f.instructions, optional(skim.raw(1)?)),
-                "system" => once(s, 12, &mut f.system, optional(skim.raw(1)?)),
+                "system" => {
+                    let (text, count) = skim.blocks_field()?;
+                    skim.counts.system = count;
+                    once(s, 12, &mut f.system, optional(text))
+                }
                 "metadata" => once(s, 13, &mut f.metadata, optional(skim.raw(1)?)),
                 "max_tokens" => once(s, 14, &mut f.max_tokens, count(skim.raw(1)?)?),
                 "max_completion_tokens" => {
@@ -395,28 +403,53 @@ impl<'a> Skim<'a, '_> {
         Some(text)
     }
 
-    /// A chat message's `content` as its text, counted on the way when the tally asks for it
-    /// (as the estimate counts it): an array part by part ([`Skim::part_tokens`]), `null` as
-    /// nothing, any other value by its JSON's bytes.
+    /// A message's `content` as its text, counted on the way as the tally asks (chat: an
+    /// array part by part, [`Skim::part_tokens`]; Messages: block by block,
+    /// [`Skim::block_tokens`]; see [`Skim::tallied`]).
     fn content(&mut self) -> Option<&'a str> {
-        let Some(Tally::ChatContents(tokens)) = self.tally else {
-            return self.raw(3);
-        };
-        let (text, count) = if self.peek()? == b'[' {
-            self.counted(3, |skim| Some(skim.content_tokens(4, tokens)?.unwrap_or(0)))?
-        } else {
-            let text = self.raw(3)?;
-            (
-                text,
-                Some(if text == "null" {
-                    0
-                } else {
-                    tokens(text.len())
-                }),
-            )
+        let (text, count) = match self.tally {
+            Some(Tally::ChatContents(tokens)) => self.tallied(3, tokens, |skim| {
+                Some(skim.content_tokens(4, tokens)?.unwrap_or(0))
+            })?,
+            Some(Tally::MessagesBlocks(tokens)) => {
+                self.tallied(3, tokens, |skim| skim.blocks(4, tokens))?
+            }
+            _ => return self.raw(3),
         };
         self.counts.contents = self.counts.contents.zip(count).map(|(sum, n)| sum + n);
         Some(text)
+    }
+
+    /// A top-level Messages `system` or `tools` as its text, and its count block by block
+    /// when the tally asks for it.
+    fn blocks_field(&mut self) -> Option<(&'a str, Option<u64>)> {
+        match self.tally {
+            Some(Tally::MessagesBlocks(tokens)) => {
+                self.tallied(1, tokens, |skim| skim.blocks(2, tokens))
+            }
+            _ => Some((self.raw(1)?, None)),
+        }
+    }
+
+    /// The value here (`depth`: that of its container) as its text, and its count as the
+    /// estimate makes it: `null` nothing, an array by `array` (as it is read, [`Skim::counted`]),
+    /// any other value by its JSON's bytes.
+    fn tallied(
+        &mut self,
+        depth: usize,
+        tokens: fn(usize) -> u64,
+        array: impl FnOnce(&mut Self) -> Option<u64>,
+    ) -> Option<(&'a str, Option<u64>)> {
+        if self.peek()? == b'[' {
+            return self.counted(depth, array);
+        }
+        let text = self.raw(depth)?;
+        let count = if text == "null" {
+            0
+        } else {
+            tokens(text.len())
+        };
+        Some((text, Some(count)))
     }
 
     /// The array here (`depth`: that of its container) as its text, and the count `count`
@@ -524,6 +557,75 @@ impl<'a> Skim<'a, '_> {
             (true, true) => 85,
             (true, false) => 765,
             (false, _) => tokens(text_len),
+        })
+    }
+
+    /// A Messages array of blocks (`depth`: the array's own), block by block.
+    fn blocks(&mut self, depth: usize, tokens: fn(usize) -> u64) -> Option<u64> {
+        let mut sum: u64 = 0;
+        self.array(depth, |skim| {
+            sum += skim.block_tokens(depth + 1, tokens)?;
+            Some(())
+        })?;
+        Some(sum)
+    }
+
+    /// One Messages block as the estimate counts it (it reads a block as a struct of an
+    /// optional borrowed `type` and an optional `text`): an image 765, a text block by its
+    /// text's length, any other block, or one that struct refuses (a `type` or `text` named
+    /// twice or of another kind, a `type` with escapes, not an object), by its JSON's bytes.
+    /// `None` where unsure: a name written with escapes, a block written as an array (which
+    /// that struct reads field by field).
+    fn block_tokens(&mut self, depth: usize, tokens: fn(usize) -> u64) -> Option<u64> {
+        let start = self.at;
+        match self.peek()? {
+            b'{' => {}
+            b'[' => return None,
+            _ => {
+                self.value(depth)?;
+                return Some(tokens(self.at - start));
+            }
+        }
+        let mut kind: Option<Option<&str>> = None;
+        let mut text: Option<Option<usize>> = None;
+        let mut refused = false;
+        self.object(depth, |skim, key| match key? {
+            "type" if kind.is_none() => {
+                kind = Some(match skim.peek()? {
+                    b'n' => skim.word("null").map(|()| None)?,
+                    _ => match skim.string_value()? {
+                        (Some(name), false) => Some(name),
+                        _ => {
+                            refused = true;
+                            None
+                        }
+                    },
+                });
+                Some(())
+            }
+            "text" if text.is_none() => {
+                text = Some(match skim.peek()? {
+                    b'n' => skim.word("null").map(|()| None)?,
+                    _ => {
+                        let len = skim.string_len()?;
+                        refused |= len.is_none();
+                        len
+                    }
+                });
+                Some(())
+            }
+            "type" | "text" => {
+                refused = true;
+                skim.value(depth)
+            }
+            _ => skim.value(depth),
+        })?;
+        let whole = tokens(self.at - start);
+        Some(match (refused, kind.flatten(), text.flatten()) {
+            (true, _, _) => whole,
+            (false, Some("image"), _) => 765,
+            (false, Some("text"), Some(len)) => tokens(len),
+            _ => whole,
         })
     }
 

@@ -201,6 +201,7 @@ pub fn tally(endpoint: Endpoint) -> Option<Tally> {
     match endpoint {
         Endpoint::ChatCompletions => Some(Tally::ChatContents(text_tokens)),
         Endpoint::Responses => Some(Tally::ResponsesInput(text_tokens)),
+        Endpoint::Messages | Endpoint::CountTokens => Some(Tally::MessagesBlocks(text_tokens)),
         _ => None,
     }
 }
@@ -238,8 +239,15 @@ pub fn count(parsed: &Fields<'_>, len: usize, endpoint: Endpoint, made: Counts) 
         }
         Endpoint::Messages | Endpoint::CountTokens => {
             let raw = |v: Option<Raw<'_>>| v.map_or(0, |v| block_tokens(v.get()));
-            let messages: u64 = parsed.messages.iter().map(|m| raw(m.content) + 3).sum();
-            messages + raw(parsed.system) + raw(parsed.tools) + 3
+            let contents = made
+                .contents
+                .unwrap_or_else(|| parsed.messages.iter().map(|m| raw(m.content)).sum());
+            let messages = 3 * parsed.messages.len() as u64;
+            contents
+                + messages
+                + made.system.unwrap_or_else(|| raw(parsed.system))
+                + made.tools.unwrap_or_else(|| raw(parsed.tools))
+                + 3
         }
         _ => parsed
             .prompt

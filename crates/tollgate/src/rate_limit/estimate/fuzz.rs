@@ -369,6 +369,106 @@ proptest! {
     }
 }
 
+/// A Messages block: text, image, tool blocks (`type` or `text` twice, escaped, of another
+/// kind), or not an object (an array too, which the estimate reads as a struct's fields).
+fn block() -> impl Strategy<Value = String> {
+    let kind = prop::sample::select(vec![
+        r#""text""#,
+        r#""image""#,
+        r#""tool_use""#,
+        r#""tool_result""#,
+        r#""t\u0065xt""#,
+        "1",
+        "null",
+    ]);
+    let member = prop_oneof![
+        3 => kind.prop_map(|v| (r#""type""#.to_owned(), v.to_owned())),
+        3 => any_value().prop_map(|v| (r#""text""#.to_owned(), v)),
+        1 => any_value().prop_map(|v| (r#""input""#.to_owned(), v)),
+        1 => json_string().prop_map(|v| (r#""t\u0065xt""#.to_owned(), v)),
+    ];
+    prop_oneof![
+        6 => object(member),
+        1 => any_value(),
+        1 => Just(r#"["image"]"#.to_owned()),
+    ]
+}
+
+/// A Messages `content`, `system` or `tools` value: blocks, or any other value.
+fn blocks_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::collection::vec(block(), 0..4).prop_map(|b| format!("[{}]", b.join(","))),
+        1 => any_value(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(2048))]
+
+    /// Messages contents, `system` and `tools` counted while the body is read give the count
+    /// the estimate makes reading them after.
+    #[test]
+    fn message_blocks_counted_on_the_way_are_the_estimates(
+        contents in prop::collection::vec(blocks_value(), 0..5),
+        system in prop::option::of(blocks_value()),
+        tools in prop::option::of(blocks_value()),
+    ) {
+        let messages: Vec<String> = contents
+            .iter()
+            .map(|c| format!(r#"{{"role":"user","content":{c}}}"#))
+            .collect();
+        let mut body = format!(r#"{{"model":"m","max_tokens":9,"messages":[{}]"#, messages.join(","));
+        if let Some(system) = system {
+            body += &format!(r#","system":{system}"#);
+        }
+        if let Some(tools) = tools {
+            body += &format!(r#","tools":{tools}"#);
+        }
+        body += "}";
+        prop_assume!(serde_json::from_str::<&serde_json::value::RawValue>(&body).is_ok());
+        for endpoint in [Endpoint::Messages, Endpoint::CountTokens] {
+            let counting = crate::body::read(body.as_bytes(), &[], tally(endpoint));
+            let plain = crate::body::read(body.as_bytes(), &[], None);
+            match (counting, plain) {
+                (Ok(counting), Ok(plain)) => {
+                    prop_assert_eq!(&counting.fields, &plain.fields);
+                    let made = count(&counting.fields, body.len(), endpoint, counting.counts);
+                    let after = count(&plain.fields, body.len(), endpoint, Counts::default());
+                    prop_assert_eq!(made.prompt, after.prompt, "{}", body);
+                }
+                (counting, plain) => prop_assert_eq!(counting.is_ok(), plain.is_ok()),
+            }
+        }
+    }
+}
+
+/// A Claude Code turn (system blocks, text, tool_use and tool_result blocks, tools) is counted
+/// while it is read, as the estimate counts it after.
+#[test]
+fn a_claude_code_turn_is_counted_in_one_pass() {
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":32000,"system":[{"type":"text","text":"You are Claude Code.\n","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":[{"type":"text","text":"fix the \"bug\"\n\tin main.rs"}]},{"role":"assistant","content":[{"type":"text","text":"Reading it."},{"type":"tool_use","id":"t1","name":"Read","input":{"file_path":"/src/main.rs"}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"fn main() {}\n"},{"type":"image","source":{"type":"base64","data":"AAAA"}}]},{"role":"user","content":"thanks"}],"tools":[{"name":"Read","description":"Reads a file","input_schema":{"type":"object","properties":{"file_path":{"type":"string"}}}}]}"#;
+    let reading = crate::body::read(body.as_bytes(), &[], tally(Endpoint::Messages)).expect("read");
+    assert!(reading.counts.contents.is_some());
+    assert!(reading.counts.system.is_some());
+    assert!(reading.counts.tools.is_some());
+    assert_eq!(
+        count(
+            &reading.fields,
+            body.len(),
+            Endpoint::Messages,
+            reading.counts
+        )
+        .prompt,
+        count(
+            &reading.fields,
+            body.len(),
+            Endpoint::Messages,
+            Counts::default()
+        )
+        .prompt
+    );
+}
+
 /// A chat turn whose contents are parts (as SDKs and agent frameworks send them) is counted
 /// while it is read, as the estimate counts it after.
 #[test]
