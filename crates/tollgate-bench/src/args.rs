@@ -6,7 +6,7 @@ use std::time::Duration;
 /// The usage text printed for `--help` and after a bad argument.
 pub(crate) const USAGE: &str = "\
 usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
-                      [--scenarios immediate,delay20,stream20,prompt40k,responses40k]
+                      [--scenarios immediate,delay20,stream20,prompt40k,responses40k,messages40k]
                       [--out target/bench/results.json]
                       [--warmup 500ms] [--client-threads 2] [--open-streams N]
                       [--bin-dir DIR] [--redis URL] [--smoke]
@@ -18,8 +18,9 @@ usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
   --scenarios S,...   immediate (plain answer at once), delay20 (20 ms before headers),
                       stream20 (SSE answer of 20 chunks), prompt40k (plain answer to a
                       40 KB coding-agent turn: 31 messages, 10 tools), responses40k (the
-                      same turn on /v1/responses, as Codex CLI sends it); `none` runs no
-                      load matrix
+                      same turn on /v1/responses, as Codex CLI sends it), messages40k (the
+                      same turn on /v1/messages, as Claude Code sends it, to an Anthropic
+                      provider); `none` runs no load matrix
   --out PATH          JSON results; CSVs are written next to it
   --warmup D          discarded load before every measured run
   --client-threads N  worker threads of the load generator's runtime
@@ -42,16 +43,19 @@ pub(crate) enum Scenario {
     Prompt40k,
     /// The same turn on the Responses API, as Codex CLI sends it (`/v1/responses`).
     Responses40k,
+    /// The same turn on Anthropic's Messages API, as Claude Code sends it (`/v1/messages`).
+    Messages40k,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub(crate) const ALL: [Scenario; 5] = [
+    pub(crate) const ALL: [Scenario; 6] = [
         Scenario::Immediate,
         Scenario::Delay20,
         Scenario::Stream20,
         Scenario::Prompt40k,
         Scenario::Responses40k,
+        Scenario::Messages40k,
     ];
 
     /// The name used on the command line and in reports.
@@ -62,6 +66,7 @@ impl Scenario {
             Scenario::Stream20 => "stream20",
             Scenario::Prompt40k => "prompt40k",
             Scenario::Responses40k => "responses40k",
+            Scenario::Messages40k => "messages40k",
         }
     }
 
@@ -69,6 +74,7 @@ impl Scenario {
     pub(crate) fn path(self) -> &'static str {
         match self {
             Scenario::Responses40k => "/v1/responses",
+            Scenario::Messages40k => "/v1/messages",
             _ => "/v1/chat/completions",
         }
     }
@@ -78,10 +84,13 @@ impl Scenario {
         self == Scenario::Stream20
     }
 
-    /// The mock-upstream knobs sent as request headers (Tollgate forwards them).
+    /// The headers the scenario adds to its requests: mock-upstream's knobs (Tollgate forwards
+    /// them), or what its client sends.
     pub(crate) fn headers(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Scenario::Immediate | Scenario::Prompt40k | Scenario::Responses40k => &[],
+            // As Claude Code sends it (the gateway forwards it to the Anthropic provider).
+            Scenario::Messages40k => &[("anthropic-version", "2023-06-01")],
             Scenario::Delay20 => &[("x-mock-fault", "delay-ms=20")],
             Scenario::Stream20 => &[("x-mock-chunks", "20")],
         }
@@ -264,7 +273,10 @@ mod tests {
     #[test]
     fn every_scenario_is_named_on_the_command_line_in_report_order() -> Result<(), String> {
         let names = Scenario::ALL.map(Scenario::name).join(",");
-        assert_eq!(names, "immediate,delay20,stream20,prompt40k,responses40k");
+        assert_eq!(
+            names,
+            "immediate,delay20,stream20,prompt40k,responses40k,messages40k"
+        );
         assert_eq!(
             parse_strs(&["--scenarios", &names])?.scenarios,
             Scenario::ALL

@@ -1,5 +1,6 @@
 //! The request body of the `prompt40k` scenario: one turn of a coding agent (Codex CLI's shape on
-//! chat completions), about 40 KB.
+//! chat completions), about 40 KB; and the same turn as the Responses API (`responses40k`) and
+//! Anthropic's Messages API (`messages40k`) carry it.
 //!
 //! A long system message (the agent's instructions, `codex_turn/instructions.md`), 30 more
 //! messages of a session fixing a bug (user requests, assistant answers, assistant `tool_calls`
@@ -49,6 +50,93 @@ pub(crate) fn responses40k_body() -> Bytes {
     static BODY: OnceLock<Bytes> = OnceLock::new();
     BODY.get_or_init(|| Bytes::from(responses(&build()).to_string()))
         .clone()
+}
+
+/// The `messages40k` request body: the same turn as Claude Code sends it to Anthropic's
+/// Messages API (`/v1/messages`): the system prompt as a text block marked for caching, the
+/// conversation as alternating user and assistant turns of blocks (text, `tool_use`, and the
+/// `tool_result`s in the next user turn), the tools with their `input_schema`; model
+/// `bench-claude`, which the benchmark's gateway serves from an Anthropic provider.
+pub(crate) fn messages40k_body() -> Bytes {
+    static BODY: OnceLock<Bytes> = OnceLock::new();
+    BODY.get_or_init(|| Bytes::from(messages(&build()).to_string()))
+        .clone()
+}
+
+/// The Messages API's form of a chat completions turn.
+fn messages(chat: &Value) -> Value {
+    let mut system = String::new();
+    // (role, blocks), a role's consecutive messages merged into one turn.
+    let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
+    for message in chat["messages"].as_array().into_iter().flatten() {
+        let (role, mut blocks) = match message["role"].as_str().unwrap_or_default() {
+            "system" => {
+                system = message["content"].as_str().unwrap_or_default().to_owned();
+                continue;
+            }
+            "tool" => (
+                "user",
+                vec![json!({
+                    "type": "tool_result",
+                    "tool_use_id": message["tool_call_id"],
+                    "content": message["content"],
+                })],
+            ),
+            role => {
+                let mut blocks = Vec::new();
+                if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
+                    blocks.push(json!({ "type": "text", "text": text }));
+                }
+                for call in message["tool_calls"].as_array().into_iter().flatten() {
+                    let input: Value = call["function"]["arguments"]
+                        .as_str()
+                        .and_then(|a| serde_json::from_str(a).ok())
+                        .unwrap_or_else(|| json!({}));
+                    blocks.push(json!({
+                        "type": "tool_use",
+                        "id": call["id"],
+                        "name": call["function"]["name"],
+                        "input": input,
+                    }));
+                }
+                (
+                    if role == "assistant" {
+                        "assistant"
+                    } else {
+                        "user"
+                    },
+                    blocks,
+                )
+            }
+        };
+        match turns.last_mut() {
+            Some((last, into)) if *last == role => into.append(&mut blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    let messages: Vec<Value> = turns
+        .into_iter()
+        .map(|(role, blocks)| json!({ "role": role, "content": blocks }))
+        .collect();
+    let tools: Vec<Value> = chat["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|tool| {
+            json!({
+                "name": tool["function"]["name"],
+                "description": tool["function"]["description"],
+                "input_schema": tool["function"]["parameters"],
+            })
+        })
+        .collect();
+    json!({
+        "model": "bench-claude",
+        "max_tokens": 16,
+        "system": [{ "type": "text", "text": system, "cache_control": { "type": "ephemeral" } }],
+        "messages": messages,
+        "tools": tools,
+    })
 }
 
 /// The Responses API's form of a chat completions turn.
@@ -137,6 +225,34 @@ mod tests {
         assert_eq!(input.last().unwrap()["role"], "user");
         assert_eq!(v["tools"].as_array().unwrap().len(), 10);
         assert_eq!(v["store"], false);
+    }
+
+    #[test]
+    fn the_messages_body_is_the_same_turn_in_alternating_turns_of_blocks() {
+        let body = messages40k_body();
+        assert!(
+            (38_000..=44_000).contains(&body.len()),
+            "{} bytes",
+            body.len()
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["system"][0]["text"].as_str().unwrap().len() > 8_000);
+        let turns = v["messages"].as_array().unwrap();
+        assert_eq!(turns.first().unwrap()["role"], "user");
+        assert_eq!(turns.last().unwrap()["role"], "user");
+        for pair in turns.windows(2) {
+            assert_ne!(pair[0]["role"], pair[1]["role"], "turns alternate");
+        }
+        let blocks: Vec<&Value> = turns
+            .iter()
+            .flat_map(|t| t["content"].as_array().unwrap())
+            .collect();
+        for kind in ["text", "tool_use", "tool_result"] {
+            let n = blocks.iter().filter(|b| b["type"] == kind).count();
+            assert!(n >= 10, "{n} {kind} blocks");
+        }
+        assert_eq!(v["tools"].as_array().unwrap().len(), 10);
+        assert_eq!(v["model"], "bench-claude");
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub(crate) fn body(scenario: Scenario) -> Bytes {
     match scenario {
         Scenario::Prompt40k => return crate::codex_turn::prompt40k_body(),
         Scenario::Responses40k => return crate::codex_turn::responses40k_body(),
+        Scenario::Messages40k => return crate::codex_turn::messages40k_body(),
         _ => {}
     }
     let stream = if scenario.streaming() {

@@ -230,12 +230,16 @@ fn gateway_config_memory(mock: SocketAddr) -> String {
          keys = [{}, {}, {}]\n\n\
          [[providers]]\nname = \"secondary\"\nkind = \"openai\"\nbase_url = \"{base}\"\n\
          keys = [{}]\n\n\
+         [[providers]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"{base}\"\n\
+         keys = [{}]\n\n\
          [[models]]\nname = \"bench-model\"\n\
-         targets = [{{ provider = \"primary\" }}, {{ provider = \"secondary\" }}]\n",
+         targets = [{{ provider = \"primary\" }}, {{ provider = \"secondary\" }}]\n\n\
+         [[models]]\nname = \"bench-claude\"\ntargets = [{{ provider = \"anthropic\" }}]\n",
         key("p1"),
         key("p2"),
         key("p3"),
         key("s1"),
+        key("a1"),
     )
 }
 
