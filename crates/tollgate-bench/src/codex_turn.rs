@@ -118,18 +118,10 @@ fn messages(chat: &Value) -> Value {
         .into_iter()
         .map(|(role, blocks)| json!({ "role": role, "content": blocks }))
         .collect();
-    let tools: Vec<Value> = chat["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|tool| {
-            json!({
-                "name": tool["function"]["name"],
-                "description": tool["function"]["description"],
-                "input_schema": tool["function"]["parameters"],
-            })
-        })
-        .collect();
+    let tools = flat_tools(
+        chat,
+        |name, description, schema| json!({ "name": name, "description": description, "input_schema": schema }),
+    );
     json!({
         "model": "bench-claude",
         "max_tokens": 16,
@@ -137,6 +129,20 @@ fn messages(chat: &Value) -> Value {
         "messages": messages,
         "tools": tools,
     })
+}
+
+/// A chat turn's function tools written by `tool` from each one's name, description and
+/// parameters' schema (the other APIs' tools are flat).
+fn flat_tools(chat: &Value, tool: impl Fn(&Value, &Value, &Value) -> Value) -> Vec<Value> {
+    chat["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let f = &t["function"];
+            tool(&f["name"], &f["description"], &f["parameters"])
+        })
+        .collect()
 }
 
 /// The Responses API's form of a chat completions turn.
@@ -178,19 +184,10 @@ fn responses(chat: &Value) -> Value {
             }));
         }
     }
-    let tools: Vec<Value> = chat["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|tool| {
-            json!({
-                "type": "function",
-                "name": tool["function"]["name"],
-                "description": tool["function"]["description"],
-                "parameters": tool["function"]["parameters"],
-            })
-        })
-        .collect();
+    let tools = flat_tools(
+        chat,
+        |name, description, schema| json!({ "type": "function", "name": name, "description": description, "parameters": schema }),
+    );
     json!({
         "model": "bench-model",
         "instructions": instructions,
@@ -207,15 +204,19 @@ fn responses(chat: &Value) -> Value {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_responses_body_is_the_same_turn_as_input_items() {
-        let body = responses40k_body();
+    /// `body`, checked to be about 40 KB, as JSON.
+    fn about_40_kb(body: &Bytes) -> Value {
         assert!(
             (38_000..=44_000).contains(&body.len()),
             "{} bytes",
             body.len()
         );
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn the_responses_body_is_the_same_turn_as_input_items() {
+        let v = about_40_kb(&responses40k_body());
         assert!(v["instructions"].as_str().unwrap().len() > 8_000);
         let input = v["input"].as_array().unwrap();
         assert!(input.len() >= 30, "{} items", input.len());
@@ -229,13 +230,7 @@ mod tests {
 
     #[test]
     fn the_messages_body_is_the_same_turn_in_alternating_turns_of_blocks() {
-        let body = messages40k_body();
-        assert!(
-            (38_000..=44_000).contains(&body.len()),
-            "{} bytes",
-            body.len()
-        );
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        let v = about_40_kb(&messages40k_body());
         assert!(v["system"][0]["text"].as_str().unwrap().len() > 8_000);
         let turns = v["messages"].as_array().unwrap();
         assert_eq!(turns.first().unwrap()["role"], "user");
@@ -258,12 +253,7 @@ mod tests {
     #[test]
     fn the_body_is_about_40_kb_with_31_messages_and_10_tools() {
         let body = prompt40k_body();
-        assert!(
-            (38_000..=44_000).contains(&body.len()),
-            "{} bytes",
-            body.len()
-        );
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        let v = about_40_kb(&body);
         let messages = v["messages"].as_array().unwrap();
         assert_eq!(messages.len(), 31);
         assert_eq!(messages[0]["role"], "system");

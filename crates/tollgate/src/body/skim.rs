@@ -28,18 +28,7 @@ pub(super) fn read<'a>(
     tally: Option<Tally>,
 ) -> Option<(Fields<'a>, bool, Counts)> {
     let text = simdutf8::basic::from_utf8(body).ok()?;
-    let mut skim = Skim {
-        text,
-        at: 0,
-        watch,
-        lengths: watch.iter().fold(0, |set, name| {
-            set | 1u64.checked_shl(name.len() as u32).unwrap_or(0)
-        }),
-        named: false,
-        unusual: false,
-        tally,
-        counts: Counts::default(),
-    };
+    let mut skim = Skim::new(text, watch, tally);
     if let Some(Tally::ChatContents(_) | Tally::MessagesBlocks(_)) = tally {
         skim.counts.contents = Some(0);
     }
@@ -85,6 +74,24 @@ fn once<T>(seen: &mut Seen, bit: u32, slot: &mut T, value: T) -> Option<()> {
 /// A raw value as an `Option`: JSON `null` is `None`, as serde reads an `Option`.
 fn optional(raw: &str) -> Option<Raw<'_>> {
     (raw != "null").then_some(Raw(raw))
+}
+
+impl<'a, 'w> Skim<'a, 'w> {
+    /// A reading of `text` from its start.
+    fn new(text: &'a str, watch: &'w [&'w str], tally: Option<Tally>) -> Self {
+        Skim {
+            text,
+            at: 0,
+            watch,
+            lengths: watch.iter().fold(0, |set, name| {
+                set | 1u64.checked_shl(name.len() as u32).unwrap_or(0)
+            }),
+            named: false,
+            unusual: false,
+            tally,
+            counts: Counts::default(),
+        }
+    }
 }
 
 impl<'a> Skim<'a, '_> {
@@ -359,16 +366,7 @@ pub(crate) fn input_tokens(text: &str, tokens: fn(usize) -> u64) -> Option<u64> 
     if may_hold_surrogate(text.as_bytes()) {
         return None;
     }
-    let mut skim = Skim {
-        text,
-        at: 0,
-        watch: &[],
-        lengths: 0,
-        named: false,
-        unusual: false,
-        tally: None,
-        counts: Counts::default(),
-    };
+    let mut skim = Skim::new(text, &[], None);
     skim.space();
     let total = skim.input_items(1, tokens)?;
     skim.space();

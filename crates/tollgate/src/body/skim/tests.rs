@@ -295,16 +295,7 @@ fn a_strings_unescaped_length_is_read_with_its_end() {
         (r#""\x""#, None),
         (r#""no end"#, None),
     ] {
-        let mut skim = Skim {
-            text,
-            at: 0,
-            watch: &[],
-            lengths: 0,
-            named: false,
-            unusual: false,
-            tally: None,
-            counts: Counts::default(),
-        };
+        let mut skim = Skim::new(text, &[], None);
         assert_eq!(skim.string_len(), len.map(Some), "{text}");
         if let Some(len) = len {
             assert_eq!(skim.at, text.len());

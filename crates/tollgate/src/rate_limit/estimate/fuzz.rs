@@ -343,6 +343,23 @@ proptest! {
     }
 }
 
+/// `body` read for `endpoint` counting on the way and not: the same fields (or the same
+/// refusal), and the count made on the way is the one the estimate makes after.
+fn made_is_after(body: &str, endpoint: Endpoint) -> Result<(), TestCaseError> {
+    let counting = crate::body::read(body.as_bytes(), &[], tally(endpoint));
+    let plain = crate::body::read(body.as_bytes(), &[], None);
+    match (counting, plain) {
+        (Ok(counting), Ok(plain)) => {
+            prop_assert_eq!(&counting.fields, &plain.fields);
+            let made = count(&counting.fields, body.len(), endpoint, counting.counts).prompt;
+            let after = count(&plain.fields, body.len(), endpoint, Counts::default()).prompt;
+            prop_assert_eq!(made, after, "{}", body);
+        }
+        (counting, plain) => prop_assert_eq!(counting.is_ok(), plain.is_ok()),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config(2048))]
 
@@ -354,18 +371,7 @@ proptest! {
     ) {
         let body = format!(r#"{{"model":"m","messages":[{}],"max_tokens":5}}"#, messages.join(","));
         prop_assume!(serde_json::from_str::<&serde_json::value::RawValue>(&body).is_ok());
-        let counting = crate::body::read(body.as_bytes(), &[], tally(Endpoint::ChatCompletions));
-        let plain = crate::body::read(body.as_bytes(), &[], None);
-        match (counting, plain) {
-            (Ok(counting), Ok(plain)) => {
-                prop_assert_eq!(&counting.fields, &plain.fields);
-                let chat = Endpoint::ChatCompletions;
-                let made = count(&counting.fields, body.len(), chat, counting.counts).prompt;
-                let after = count(&plain.fields, body.len(), chat, Counts::default()).prompt;
-                prop_assert_eq!(made, after, "{}", body);
-            }
-            (counting, plain) => prop_assert_eq!(counting.is_ok(), plain.is_ok()),
-        }
+        made_is_after(&body, Endpoint::ChatCompletions)?;
     }
 }
 
@@ -427,17 +433,7 @@ proptest! {
         body += "}";
         prop_assume!(serde_json::from_str::<&serde_json::value::RawValue>(&body).is_ok());
         for endpoint in [Endpoint::Messages, Endpoint::CountTokens] {
-            let counting = crate::body::read(body.as_bytes(), &[], tally(endpoint));
-            let plain = crate::body::read(body.as_bytes(), &[], None);
-            match (counting, plain) {
-                (Ok(counting), Ok(plain)) => {
-                    prop_assert_eq!(&counting.fields, &plain.fields);
-                    let made = count(&counting.fields, body.len(), endpoint, counting.counts);
-                    let after = count(&plain.fields, body.len(), endpoint, Counts::default());
-                    prop_assert_eq!(made.prompt, after.prompt, "{}", body);
-                }
-                (counting, plain) => prop_assert_eq!(counting.is_ok(), plain.is_ok()),
-            }
+            made_is_after(&body, endpoint)?;
         }
     }
 }
