@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 
-/// The client-auth layer: the gateway key → the [`Client`] (401 when it is missing or
+/// The client-auth layer: the gateway key → the [`Client`](crate::auth::Client) (401 when it is missing or
 /// unknown), and the client's model allow-list (403). Never waits.
 #[derive(Clone, Debug)]
 pub struct ClientAuthLayer {

@@ -127,7 +127,7 @@ const FAMILIES: [&str; 21] = [
 /// The inference families (the default).
 const INFERENCE: u32 = 0x1ff;
 
-/// A set of endpoint families, as bits of [`FAMILIES`]; a path of no known family needs `"*"`.
+/// A set of endpoint families, as bits of `FAMILIES`; a path of no known family needs `"*"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Families {
     bits: u32,

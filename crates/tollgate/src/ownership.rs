@@ -180,7 +180,7 @@ fn may_reference(body: &[u8]) -> bool {
         || file.find_iter(body).any(|i| named_at(i, ENDINGS[1]))
 }
 
-/// The objects a JSON body names in [`REFERENCES`] fields, with the field; empty when the body
+/// The objects a JSON body names in `REFERENCES` fields, with the field; empty when the body
 /// names none (checked on the bytes first: most bodies are never parsed here).
 pub fn references(body: &[u8]) -> Vec<(&'static str, String)> {
     if !may_reference(body) {

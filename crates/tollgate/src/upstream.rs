@@ -118,7 +118,7 @@ type Pooled = Client<Connector, Full<Bytes>>;
 /// configured or environment's proxy; no redirects followed, bodies passed through undecoded.
 /// A provider with its own `ca_file` gets its own client, trusting that file too.
 ///
-/// Each thread that sends has pools of its own ([`POOLS`]): a connection is opened, used and
+/// Each thread that sends has pools of its own (`POOLS`): a connection is opened, used and
 /// kept by one worker thread (`server::workers`), so its task and the requests on it never wake
 /// another core.
 #[derive(Clone)]
