@@ -213,7 +213,7 @@ async fn a_private_certificate_authority_is_trusted_only_where_configured() {
         1.0,
         "the key is not blamed"
     );
-    assert!(gw.logs().contains("not trusted"), "{}", gw.logs());
+    assert!(gw.logged("not trusted").await, "{}", gw.logs());
 
     // Trusted through the provider's ca_file, egress.ca_file, or SSL_CERT_FILE.
     let own = format!("ca_file = \"{ca}\"");
@@ -284,7 +284,7 @@ async fn connections_go_through_the_proxy_the_environment_or_the_config_names() 
     let local = |toml: String| toml.replace("http://127.0.0.1:", "http://localhost:");
     let gw = Gateway::start(&local(chain(secure, &m, &own, &wrong)), &[]).await;
     assert_eq!(ask(&gw).await, (200, "plain".to_owned()));
-    assert!(gw.logs().contains("407"), "{}", gw.logs());
+    assert!(gw.logged("407").await, "{}", gw.logs());
     assert!(
         !gw.logs().contains("nope"),
         "the proxy's password never printed"

@@ -217,6 +217,20 @@ impl Gateway {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Whether the process logs `needle` within 5 s. A log line is written by the gateway's
+    /// log thread and read from its output by ours, so it may come after the answer of the
+    /// request that caused it: a test that looks for one waits for it here.
+    pub async fn logged(&self, needle: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.logs().contains(needle) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// Opens a chat stream the mock holds after its first chunk (`x-mock-fault: hold`), reads
     /// that chunk and goes away, as a client that leaves mid-answer does.
     pub async fn leave_mid_stream(&self) {

@@ -340,7 +340,7 @@ async fn a_redis_outage_degrades_to_local_limits_and_recovers() {
             assert_eq!(post(&c, gw, "tg-c", &chat()).await.status(), 200);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(gw.logs().contains("redis reachable again"));
+        assert!(gw.logged("redis reachable again").await);
     }
 }
 
