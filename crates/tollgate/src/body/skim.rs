@@ -29,9 +29,6 @@ pub(super) fn read<'a>(
 ) -> Option<(Fields<'a>, bool, Counts)> {
     let text = simdutf8::basic::from_utf8(body).ok()?;
     let mut skim = Skim::new(text, watch, tally);
-    if let Some(Tally::ChatContents(_) | Tally::MessagesBlocks(_)) = tally {
-        skim.counts.contents = Some(0);
-    }
     skim.space();
     let fields = skim.fields()?;
     skim.space();
@@ -47,8 +44,8 @@ struct Skim<'a, 'w> {
     lengths: u64,
     named: bool,
     /// A number with an exponent or of over 300 characters was passed: one a reader of JSON
-    /// values may refuse (past `f64`) where the skim does not ([`input_tokens`] then leaves
-    /// the count to it).
+    /// values may refuse (past `f64`) where the skim does not (a count made on the way,
+    /// [`Skim::counted`], or [`input_tokens`], then leaves the value to the estimate).
     unusual: bool,
     /// What to count on the way.
     tally: Option<Tally>,
@@ -89,7 +86,15 @@ impl<'a, 'w> Skim<'a, 'w> {
             named: false,
             unusual: false,
             tally,
-            counts: Counts::default(),
+            // Message contents are summed from zero as they are read.
+            counts: Counts {
+                contents: matches!(
+                    tally,
+                    Some(Tally::ChatContents(_) | Tally::MessagesBlocks(_))
+                )
+                .then_some(0),
+                ..Counts::default()
+            },
         }
     }
 }
@@ -375,8 +380,8 @@ pub(crate) fn input_tokens(text: &str, tokens: fn(usize) -> u64) -> Option<u64> 
 
 /// Whether `text` may hold a `\\u` escape of a surrogate (D800–DFFF), half of a pair or
 /// alone (which a reader of JSON values refuses); a backslash escaped before a `u` counts too,
-/// a false alarm only leaving the count to serde_json. Looked for here, once a Responses
-/// request, not on every string the skim reads.
+/// a false alarm only leaving the count to serde_json. Looked for over each array a count is
+/// made of (the arrays only), not on every string the skim reads.
 fn may_hold_surrogate(text: &[u8]) -> bool {
     memchr::memmem::find_iter(text, b"\\u").any(|at| {
         matches!(
@@ -618,12 +623,10 @@ impl<'a> Skim<'a, '_> {
             }
             _ => skim.value(depth),
         })?;
-        let whole = tokens(self.at - start);
         Some(match (refused, kind.flatten(), text.flatten()) {
-            (true, _, _) => whole,
             (false, Some("image"), _) => 765,
             (false, Some("text"), Some(len)) => tokens(len),
-            _ => whole,
+            _ => tokens(self.at - start),
         })
     }
 
