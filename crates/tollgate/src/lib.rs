@@ -64,7 +64,7 @@ pub fn build_app(
     settings: Arc<Settings>,
     deps: Deps,
     sources: Option<config::Sources>,
-) -> (axum::Router, AppState) {
+) -> (server::App, AppState) {
     let separate_admin = settings.server.admin_listen.is_some();
     let reloader = Arc::new(reload::Reloader::new(
         settings,

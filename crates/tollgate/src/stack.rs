@@ -49,13 +49,15 @@ use crate::provider::{Provider, ProviderLayer};
 use crate::rate_limit::Limiter;
 use crate::request::{Answer, GatewayRequest};
 use crate::upstream::{Upstream, UpstreamService};
+use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use tokio::time::Instant;
-use tower::util::{BoxCloneSyncService, MapRequestLayer};
-use tower::ServiceBuilder;
+use tower::util::MapRequestLayer;
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
@@ -68,7 +70,61 @@ pub use crate::server::access::{AccessLayer, AnswerRecord};
 pub use crate::server::open::OpenModeLayer;
 
 /// A gateway stack, type-erased: what the handler calls.
-pub type GatewayService = BoxCloneSyncService<GatewayRequest, Answer, GatewayError>;
+pub type GatewayService = SharedService<GatewayRequest, Answer, GatewayError>;
+
+/// A whole stack, type-erased behind one `Arc`: a clone is one count and a call boxes the
+/// stack's future once. (tower's `BoxCloneSyncService` boxes every clone anew, and a stack is
+/// cloned for every request it serves.)
+pub struct SharedService<Req, Resp, Err>(Arc<dyn CallClone<Req, Resp, Err>>);
+
+/// Calls a clone of the stack (readied first).
+trait CallClone<Req, Resp, Err>: Send + Sync {
+    fn call_clone(&self, req: Req) -> BoxFuture<'static, Result<Resp, Err>>;
+}
+
+impl<S, Req> CallClone<Req, S::Response, S::Error> for S
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    Req: Send + 'static,
+{
+    fn call_clone(&self, req: Req) -> BoxFuture<'static, Result<S::Response, S::Error>> {
+        Box::pin(self.clone().oneshot(req))
+    }
+}
+
+impl<Req, Resp, Err> SharedService<Req, Resp, Err> {
+    /// `service`, type-erased.
+    pub fn new<S>(service: S) -> Self
+    where
+        S: Service<Req, Response = Resp, Error = Err> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        Req: Send + 'static,
+    {
+        SharedService(Arc::new(service))
+    }
+}
+
+impl<Req, Resp, Err> Clone for SharedService<Req, Resp, Err> {
+    fn clone(&self) -> Self {
+        SharedService(Arc::clone(&self.0))
+    }
+}
+
+impl<Req, Resp, Err> Service<Req> for SharedService<Req, Resp, Err> {
+    type Response = Resp;
+    type Error = Err;
+    type Future = BoxFuture<'static, Result<Resp, Err>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Err>> {
+        // Each call readies its own clone of the stack.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.0.call_clone(req)
+    }
+}
 
 /// What the stacks are built from besides the settings: the parts that outlive a reload.
 #[derive(Clone)]
@@ -129,8 +185,8 @@ pub fn gateway(
         ))
         .service(dispatch.clone());
     Gateway {
-        service: BoxCloneSyncService::new(service),
-        dispatch,
+        service: SharedService::new(service),
+        dispatch: SharedService::new(dispatch),
         pools,
     }
 }
@@ -162,7 +218,15 @@ fn dispatch(
     settings: &Arc<Settings>,
     parts: &Parts,
     pools: &Arc<[Arc<KeyPool>]>,
-) -> GatewayService {
+) -> impl Service<
+    GatewayRequest,
+    Response = Answer,
+    Error = GatewayError,
+    Future = BoxFuture<'static, Result<Answer, GatewayError>>,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
     let providers: Arc<[Provider]> = settings
         .providers
         .iter()
@@ -206,7 +270,7 @@ fn dispatch(
         records: Arc::clone(&parts.records),
         max_delay: r.max_delay,
     };
-    let service = ServiceBuilder::new()
+    ServiceBuilder::new()
         .layer(RouteLayer::new(
             Arc::clone(settings),
             Arc::clone(&providers),
@@ -219,8 +283,7 @@ fn dispatch(
         .layer(RetryLayer::new(retry))
         .layer(KeySelectLayer::new(select))
         .layer(ProviderLayer::new(settings, providers, &parts.metrics))
-        .service(UpstreamService::new(Arc::clone(&parts.upstream)));
-    BoxCloneSyncService::new(service)
+        .service(UpstreamService::new(Arc::clone(&parts.upstream)))
 }
 
 /// Makes `req_<24 hex>` request ids.
@@ -256,22 +319,38 @@ fn drop_bad_request_id<B>(mut req: http::Request<B>) -> http::Request<B> {
     req
 }
 
-/// Wraps the `/v1/*` routes in the edge stack (order: this module's docs).
-pub fn edge<S>(
-    router: axum::Router<S>,
+/// The edge stack (order: this module's docs) around `handler`, the `/v1/*` handler.
+pub fn edge<H>(
+    handler: H,
     metrics: Arc<Metrics>,
     max_body: usize,
     open: OpenModeLayer,
-) -> axum::Router<S>
+) -> impl Service<
+    http::Request<axum::body::Body>,
+    Response = http::Response<axum::body::Body>,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static
 where
-    S: Clone + Send + Sync + 'static,
+    H: Service<
+            http::Request<tower_http::body::Limited<axum::body::Body>>,
+            Response = http::Response<axum::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    H::Future: Send + 'static,
 {
     let sensitive: Arc<[HeaderName]> = Arc::new([
         http::header::AUTHORIZATION,
         HeaderName::from_static("api-key"),
         HeaderName::from_static("x-api-key"),
     ]);
-    let layers = ServiceBuilder::new()
+    ServiceBuilder::new()
         .layer(MapRequestLayer::new(
             drop_bad_request_id::<axum::body::Body>,
         ))
@@ -290,6 +369,6 @@ where
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
         .layer(CatchPanicLayer::custom(crate::server::access::panic_answer))
         .layer(RequestBodyLimitLayer::new(max_body))
-        .layer(open);
-    router.layer(layers)
+        .layer(open)
+        .service(handler)
 }

@@ -21,19 +21,24 @@
 //! closed after the answer. Nothing here runs per request: the service a connection gets is the
 //! one `axum::serve` gave it.
 
+use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
-use axum::{Extension, Router};
+use axum::Extension;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tower::Layer;
+use tower::Service;
 
 /// The largest header block a client may send (request line and headers; 431 beyond it).
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -45,14 +50,19 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// accepting and waits for the connections to finish their requests (the caller bounds that
 /// wait). Handlers see the peer as `ConnectInfo<SocketAddr>`. With `workers`, each connection
 /// runs on one of their threads (`server::workers`); else on the caller's runtime.
-pub(crate) async fn serve<L>(
+pub(crate) async fn serve<L, A>(
     mut listener: L,
-    app: Router,
+    app: A,
     header_timeout: Duration,
     stop: impl Future<Output = ()>,
     workers: Option<Arc<super::workers::Workers>>,
 ) where
     L: Listener<Io = TcpStream, Addr = SocketAddr>,
+    A: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    A::Future: Send + 'static,
 {
     let builders = Arc::new(Builders::new(header_timeout));
     let graceful = GracefulShutdown::new();

@@ -22,8 +22,10 @@ use axum::extract::State;
 use axum::routing::{any, get};
 use axum::Router;
 use http::{header, HeaderValue, Request, Response, StatusCode};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tower_http::body::Limited;
 
 /// Shared state of the handlers.
 #[derive(Clone, Debug)]
@@ -36,16 +38,79 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// The main router: `/v1/*`, health, and (unless they have their own listener) metrics and admin.
-pub fn router(state: AppState, with_admin: bool) -> Router {
+/// The main listener's app: `/v1/*` (the edge stack around the handler), health, and (unless
+/// they have their own listener) metrics and admin.
+pub fn router(state: AppState, with_admin: bool) -> App {
     let max_body = state.reloader.current().settings.server.max_body;
-    let v1 = Router::new().route("/v1/{*path}", any(proxy::proxy));
     let open = open::OpenModeLayer::new(Arc::clone(&state.reloader));
-    crate::stack::edge(v1, Arc::clone(&state.metrics), max_body, open)
+    let reloader = Arc::clone(&state.reloader);
+    let handler = tower::service_fn(move |req: Request<Limited<Body>>| {
+        let reloader = Arc::clone(&reloader);
+        async move { Ok::<_, Infallible>(proxy::proxy(reloader, req.map(Body::new)).await) }
+    });
+    let v1 = crate::stack::edge(handler, Arc::clone(&state.metrics), max_body, open);
+    let rest = Router::new()
         .route("/v1", any(not_found))
         .merge(ops_router(with_admin))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state);
+    App {
+        v1: crate::stack::SharedService::new(v1),
+        rest,
+    }
+}
+
+/// The main listener's service. A `/v1/…` request goes straight to the edge stack; anything
+/// else to axum's router. The router is not on the proxy's path because of what it costs a
+/// request there: its route lookup, the path parameters it stores in the request's
+/// extensions, and two boxed service clones and two boxed futures for a route with layers.
+#[derive(Clone)]
+pub struct App {
+    /// The edge stack around the `/v1/*` handler (`crate::stack::edge`).
+    v1: crate::stack::SharedService<Request<Body>, Response<Body>, Infallible>,
+    /// `/v1` itself, health, metrics, admin, and the 404 of everything else.
+    rest: Router,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+/// Whether `path` is served by the `/v1/*` handler: `/v1/` and at least one more byte.
+fn is_v1(path: &str) -> bool {
+    path.len() > "/v1/".len() && path.starts_with("/v1/")
+}
+
+impl<B> tower::Service<Request<B>> for App
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        futures_util::future::BoxFuture<'static, Result<Response<Body>, Infallible>>,
+        axum::routing::future::RouteFuture<Infallible>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        // Both are always ready: the edge stack readies each call's own clone, the router
+        // each route's.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        use futures_util::future::Either;
+        match is_v1(req.uri().path()) {
+            true => Either::Left(self.v1.call(req.map(Body::new))),
+            false => Either::Right(self.rest.call(req)),
+        }
+    }
 }
 
 /// Health routes, plus metrics and `/admin/*` when `with_admin` (served alone on `server.admin_listen`).

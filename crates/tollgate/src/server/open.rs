@@ -206,7 +206,7 @@ mod tests {
     }
 
     /// The whole app in open mode (`server.open` as given), its upstream refusing connections.
-    fn app(open: bool) -> axum::Router {
+    fn app(open: bool) -> crate::server::App {
         use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
         use futures_util::future::BoxFuture;
         struct Down;
@@ -231,7 +231,7 @@ mod tests {
         crate::build_app(Arc::new(settings), deps, None).0
     }
 
-    async fn get(app: &axum::Router, path: &str, peer: &str) -> Response<Body> {
+    async fn get(app: &crate::server::App, path: &str, peer: &str) -> Response<Body> {
         let mut req = Request::get(path).body(Body::empty()).unwrap();
         req.extensions_mut()
             .insert(ConnectInfo::<SocketAddr>(peer.parse().unwrap()));

@@ -5,21 +5,20 @@
 
 use super::access::AnswerRecord;
 use super::headers::{client_headers, upstream_headers};
-use super::AppState;
 use crate::error::{set_retry_after, GatewayError};
-use crate::reload::Runtime;
+use crate::reload::{Reloader, Runtime};
 use crate::request::{Answer, Endpoint, GatewayRequest, Served};
 use axum::body::Body;
-use axum::extract::State;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
+use std::sync::Arc;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
 /// Handles every `/v1/*` request.
-pub(super) async fn proxy(State(state): State<AppState>, req: Request<Body>) -> Response<Body> {
+pub(super) async fn proxy(state: Arc<Reloader>, req: Request<Body>) -> Response<Body> {
     if !crate::telemetry::enabled() {
         return handle(state, req).await;
     }
@@ -44,7 +43,7 @@ impl Drop for Cancelled {
     }
 }
 
-async fn handle(state: AppState, req: Request<Body>) -> Response<Body> {
+async fn handle(state: Arc<Reloader>, req: Request<Body>) -> Response<Body> {
     // Anthropic's clients read errors in Anthropic's shape.
     let messages = req.uri().path().starts_with("/v1/messages");
     let resp = answer(state, req).await;
@@ -79,10 +78,10 @@ async fn messages_error(resp: Response<Body>) -> Response<Body> {
     Response::from_parts(parts, Body::from(messages::error_body(status, &bytes)))
 }
 
-async fn answer(state: AppState, req: Request<Body>) -> Response<Body> {
+async fn answer(reloader: Arc<Reloader>, req: Request<Body>) -> Response<Body> {
     let received = Instant::now();
     // One runtime for the whole request, even if the config is reloaded meanwhile.
-    let rt = state.reloader.current();
+    let rt = reloader.current();
     // The client key is checked from the headers first: a request without a valid key is
     // answered before a byte of its body is read.
     let client = match rt

@@ -23,7 +23,7 @@ impl Upstream for PanickingUpstream {
     }
 }
 
-fn app() -> axum::Router {
+fn app() -> crate::server::App {
     let toml = "[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\ndefault = true\nkeys = [{ id = \"k\", secret = \"sk\" }]\n";
     let settings = Arc::new(
         Config::from_toml(toml)
