@@ -16,7 +16,7 @@ use crate::rate_limit::{Charge, Levels, Limiter, Limits, Taken, MAX_TOKENS};
 use crate::request::{Answer, GatewayRequest, Served};
 use crate::units::go_duration_header;
 use futures_util::future::{ready, Either, Ready};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
@@ -276,8 +276,11 @@ fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
             continue;
         };
         // `insert` replaces the upstream's value.
-        headers.insert(limit.clone(), HeaderValue::from(level.limit));
-        headers.insert(remaining.clone(), HeaderValue::from(level.remaining));
+        headers.insert(limit.clone(), crate::units::integer_header(level.limit));
+        headers.insert(
+            remaining.clone(),
+            crate::units::integer_header(level.remaining),
+        );
         match go_duration_header(level.reset) {
             Some(v) => headers.insert(reset.clone(), v),
             None => headers.remove(reset),

@@ -62,6 +62,22 @@ pub fn parse_size(input: &str) -> Option<u64> {
     value.checked_mul(scale)
 }
 
+/// `n` in decimal as a header value, in one allocation (`HeaderValue::from(u64)` takes two: a
+/// growable buffer, then its frozen copy's count) or none for a single digit. Headers the
+/// gateway writes on every answer (rate limits, attempts) are numbers.
+pub fn integer_header(n: u64) -> http::HeaderValue {
+    const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    if let Some(digit) = DIGITS.get(n as usize).filter(|_| n < 10) {
+        return http::HeaderValue::from_static(digit);
+    }
+    let mut buf = itoa::Buffer::new();
+    match http::HeaderValue::from_str(buf.format(n)) {
+        Ok(value) => value,
+        // Digits are always a valid value.
+        Err(_) => http::HeaderValue::from(n),
+    }
+}
+
 /// [`format_go_duration`] as a header value; the common short forms (`250ms`, `12s`) are
 /// written without the formatting machinery (this runs on every answer).
 pub fn go_duration_header(d: Duration) -> Option<http::HeaderValue> {
@@ -110,6 +126,13 @@ pub fn format_go_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integer_headers_are_the_decimal_number() {
+        for n in [0, 1, 9, 10, 11, 99, 100, 12_345, 4_000_000_000, u64::MAX] {
+            assert_eq!(integer_header(n), http::HeaderValue::from(n), "{n}");
+        }
+    }
 
     #[test]
     fn go_duration_headers_match_the_formatted_string() {

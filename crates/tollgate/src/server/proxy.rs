@@ -511,7 +511,10 @@ fn respond(answer: Answer, model: &str) -> Response<Body> {
     const ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts");
     const PROVIDER: HeaderName = HeaderName::from_static("x-tollgate-provider");
     const KEY: HeaderName = HeaderName::from_static("x-tollgate-key");
-    headers.insert(ATTEMPTS, HeaderValue::from(answer.attempts));
+    headers.insert(
+        ATTEMPTS,
+        crate::units::integer_header(answer.attempts.into()),
+    );
     if let Ok(v) = HeaderValue::try_from(answer.provider.as_str()) {
         headers.insert(PROVIDER, v);
     }
