@@ -148,15 +148,15 @@ impl Reloader {
     /// Reloads on SIGHUP and when the config file's modification time changes.
     pub fn spawn_watchers(self: &Arc<Self>) {
         self.spawn_health_sync();
+        // The signal handler and the file's first look are taken here, before the caller
+        // announces it is listening: taken inside the tasks, a SIGHUP or a change that came
+        // right after the announcement could find no handler (the default action ends the
+        // process) or become the watcher's starting point (and never be seen as a change).
         #[cfg(unix)]
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             let me = Arc::clone(self);
             tokio::spawn(async move {
-                let Ok(mut hup) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                else {
-                    return;
-                };
                 while hup.recv().await.is_some() {
                     let _ = me.reload("SIGHUP");
                 }
@@ -169,11 +169,10 @@ impl Reloader {
         if interval.is_zero() {
             return;
         }
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut seen: Option<SystemTime> = modified(&path);
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let modified =
-                |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            let mut seen: Option<SystemTime> = modified(&path);
             loop {
                 tokio::time::sleep(interval.max(Duration::from_millis(100))).await;
                 let now = modified(&path);
