@@ -15,6 +15,9 @@ pub struct Client {
     pub settings: ClientSettings,
     /// Its rate-limit bucket id (`c:<name>`), shared rather than rebuilt per request.
     pub bucket: Arc<str>,
+    /// Its RPM and TPM limits with their header values, made once: every answer to it
+    /// carries them (a clone is a count, a value written anew an allocation).
+    pub limit_values: [Option<(u64, http::HeaderValue)>; 2],
     /// Requests in flight, shared with the same client of earlier and later configs: a reload
     /// does not let a client past its `max_concurrent`.
     inflight: Arc<AtomicU32>,
@@ -82,6 +85,10 @@ impl Auth {
                     Arc::new(Client {
                         settings: c.clone(),
                         bucket: Arc::from(format!("c:{}", c.name)),
+                        limit_values: [c.rpm, c.tpm].map(|limit| {
+                            let limit = u64::from(limit?);
+                            Some((limit, crate::units::integer_header(limit)))
+                        }),
                         inflight: inflight(&c.name),
                     })
                 })

@@ -16,7 +16,7 @@ use crate::rate_limit::{Charge, Levels, Limiter, Limits, Taken, MAX_TOKENS};
 use crate::request::{Answer, GatewayRequest, Served};
 use crate::units::go_duration_header;
 use futures_util::future::{ready, Either, Ready};
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
@@ -140,8 +140,15 @@ where
             };
             let taken = shared.take(&mut req).await?;
             let bucket = req.client_bucket.clone();
+            let client = req.client.clone();
             let deferred = req.client_take.clone();
-            let result = inner.oneshot(req).await;
+            // Readied, then called with the request itself (`oneshot` would hold the request in
+            // one more future, a copy of it per layer).
+            let mut inner = inner;
+            let result = match inner.ready().await {
+                Ok(next) => next.call(req).await,
+                Err(e) => Err(e),
+            };
             // A take left to the first key take (Redis): what it made, if it was made.
             let Taken { mut levels, charge } = match deferred {
                 Some(pending) => pending.taken.get().copied().unwrap_or_default(),
@@ -153,7 +160,8 @@ where
             }
             let mut answer = result?;
             if levels != Levels::default() {
-                ratelimit_headers(&mut answer.headers, &levels);
+                let made = client.as_deref().map(|c| &c.limit_values);
+                ratelimit_headers(&mut answer.headers, &levels, made);
             }
             // The client's concurrency slot is held until its body has been sent (the access
             // layer keeps it with the body's record; no wrapper around the body).
@@ -252,8 +260,13 @@ fn unserved(charge: Charge, result: &Result<Answer, GatewayError>) -> Option<Cha
     }
 }
 
-/// The client's own limits in OpenAI's header format (replacing the upstream key's).
-fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
+/// The client's own limits in OpenAI's header format (replacing the upstream key's); `made`:
+/// the client's RPM and TPM limits as values already.
+fn ratelimit_headers(
+    headers: &mut HeaderMap,
+    levels: &Levels,
+    made: Option<&[Option<(u64, HeaderValue)>; 2]>,
+) {
     // [limit, remaining, reset] names per dimension, built once: this runs on every answer.
     const NAMES: [[HeaderName; 3]; 2] = [
         [
@@ -267,7 +280,11 @@ fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
             HeaderName::from_static("x-ratelimit-reset-tokens"),
         ],
     ];
-    for (names, level) in NAMES.iter().zip([levels.requests, levels.tokens]) {
+    for (i, (names, level)) in NAMES
+        .iter()
+        .zip([levels.requests, levels.tokens])
+        .enumerate()
+    {
         let [limit, remaining, reset] = names;
         let Some(level) = level else {
             for name in names {
@@ -276,7 +293,14 @@ fn ratelimit_headers(headers: &mut HeaderMap, levels: &Levels) {
             continue;
         };
         // `insert` replaces the upstream's value.
-        headers.insert(limit.clone(), crate::units::integer_header(level.limit));
+        let made = made
+            .and_then(|m| m[i].as_ref())
+            .filter(|m| m.0 == level.limit);
+        let limit_value = match made {
+            Some((_, value)) => value.clone(),
+            None => crate::units::integer_header(level.limit),
+        };
+        headers.insert(limit.clone(), limit_value);
         headers.insert(
             remaining.clone(),
             crate::units::integer_header(level.remaining),

@@ -370,7 +370,8 @@ where
                     req.object_key = owner.map(|o| o.key);
                 }
             }
-            let answer = inner.oneshot(req).await?;
+            let mut inner = inner;
+            let answer = inner.ready().await?.call(req).await?;
             match client {
                 Some(client) if lists && answer.status.is_success() => {
                     keep_own(answer, &records, &client).await

@@ -86,10 +86,21 @@ impl<S, Req> CallClone<Req, S::Response, S::Error> for S
 where
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
+    S::Response: Send,
+    S::Error: Send,
     Req: Send + 'static,
 {
     fn call_clone(&self, req: Req) -> BoxFuture<'static, Result<S::Response, S::Error>> {
-        Box::pin(self.clone().oneshot(req))
+        let mut service = self.clone();
+        // The gateway's services are ready at once (each policy readies what it calls): then
+        // the call's own future is what is boxed, the request moved straight into it. A service
+        // not ready yet is readied by `oneshot` with the caller's waker.
+        let mut noop = Context::from_waker(std::task::Waker::noop());
+        match service.poll_ready(&mut noop) {
+            Poll::Ready(Ok(())) => Box::pin(service.call(req)),
+            Poll::Ready(Err(e)) => Box::pin(std::future::ready(Err(e))),
+            Poll::Pending => Box::pin(service.oneshot(req)),
+        }
     }
 }
 
@@ -99,6 +110,8 @@ impl<Req, Resp, Err> SharedService<Req, Resp, Err> {
     where
         S: Service<Req, Response = Resp, Error = Err> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
+        Resp: Send,
+        Err: Send,
         Req: Send + 'static,
     {
         SharedService(Arc::new(service))

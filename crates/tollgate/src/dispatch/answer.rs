@@ -109,8 +109,7 @@ impl SelectShared {
         let json = resp
             .headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("json"));
+            .is_some_and(|v| names_json(v.as_bytes()));
         let tap = if sse {
             Some(UsageTap::stream(req.strip_usage))
         } else {
@@ -158,5 +157,35 @@ fn strip_key_limits(headers: &mut http::HeaderMap) {
     let names: Vec<http::HeaderName> = headers.keys().filter(|n| is_limit(n)).cloned().collect();
     for name in names {
         headers.remove(name);
+    }
+}
+
+/// Whether a `content-type` names JSON (`application/json`, `+json` types; any case). A
+/// substring search's setup costs more than these few bytes.
+fn names_json(value: &[u8]) -> bool {
+    value.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_media_types_are_named_in_any_case() {
+        for value in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/problem+json",
+        ] {
+            assert!(super::names_json(value.as_bytes()), "{value}");
+        }
+        for value in [
+            "text/event-stream",
+            "text/plain",
+            "",
+            "jso",
+            "application/octet-stream",
+        ] {
+            assert!(!super::names_json(value.as_bytes()), "{value}");
+        }
     }
 }

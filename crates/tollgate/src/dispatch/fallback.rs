@@ -134,7 +134,12 @@ impl FallbackShared {
                 targets_after: chain.len() - i - 1,
                 fallback: i > 0,
             };
-            match inner.clone().oneshot(turn).await {
+            let mut next = inner.clone();
+            let called = match next.ready().await {
+                Ok(next) => next.call(turn).await,
+                Err(e) => Err(e),
+            };
+            match called {
                 Ok(answer) => return Ok(answer),
                 Err(TargetEnd::PassThrough(f)) => {
                     return Ok(pass_through(*f, &self.providers, trail.attempts()))

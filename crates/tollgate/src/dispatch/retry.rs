@@ -137,10 +137,13 @@ impl RetryShared {
             if made > 0 {
                 self.withdraw(&call.trail, provider, now)?;
             }
-            if reuse && !std::mem::take(&mut waited) {
-                self.back_off(&call, now).await?;
-            }
-            let now = Instant::now();
+            let now = match reuse && !std::mem::take(&mut waited) {
+                true => {
+                    self.back_off(&call, now).await?;
+                    Instant::now()
+                }
+                false => now,
+            };
             let served = match (call.fallback, made > 0) {
                 (true, _) => Served::AfterFallback,
                 (false, false) => Served::FirstTry,
@@ -154,7 +157,12 @@ impl RetryShared {
                 served,
                 deadline: attempt_deadline(deadline, call.targets_after, now),
             };
-            match inner.clone().oneshot(attempt).await {
+            let mut next = inner.clone();
+            let called = match next.ready().await {
+                Ok(next) => next.call(attempt).await,
+                Err(e) => Err(e),
+            };
+            match called {
                 Ok(answer) => return Ok(answer),
                 Err(Missed::NoKey(NoKey {
                     client: Some(refused),

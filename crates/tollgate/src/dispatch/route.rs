@@ -67,7 +67,10 @@ where
         };
         async move {
             match routed {
-                Ok(routed) => next.oneshot(routed).await,
+                Ok(routed) => {
+                    let mut next = next;
+                    next.ready().await?.call(routed).await
+                }
                 Err(answer) => answer,
             }
         }

@@ -117,7 +117,12 @@ where
                 key: lease.key_ref(),
                 deadline: call.deadline,
             };
-            let exchange = match inner.oneshot(keyed).await {
+            let mut inner = inner;
+            let called = match inner.ready().await {
+                Ok(next) => next.call(keyed).await,
+                Err(e) => Err(e),
+            };
+            let exchange = match called {
                 Ok(exchange) => exchange,
                 Err(never) => match never {},
             };

@@ -210,9 +210,10 @@ impl ProviderShared {
         S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>,
     {
         let started = Instant::now();
-        let raw = self.raw(upstream, &call, &span).await;
+        let raw = self.raw(upstream, &call, &span, started).await;
         let elapsed = started.elapsed();
-        let wall = SystemTime::now();
+        // Only a failure's classification reads the wall clock (`retry-after` dates).
+        let wall = SystemTime::now;
         let (verdict, status) = match &raw {
             Raw::Ok(resp, _) => (
                 Verdict {
@@ -231,10 +232,10 @@ impl ProviderShared {
                     headers,
                     body,
                 };
-                (classify(outcome, wall), Some(status.as_u16()))
+                (classify(outcome, wall()), Some(status.as_u16()))
             }
             Raw::StreamError(json) => (
-                classify(Outcome::StreamError { body: json }, wall),
+                classify(Outcome::StreamError { body: json }, wall()),
                 Some(200),
             ),
             Raw::Transport(e) => {
@@ -244,7 +245,7 @@ impl ProviderShared {
                     UpstreamError::Setup(_) => Outcome::SetupError,
                     UpstreamError::Transport(_) => Outcome::TransportError,
                 };
-                (classify(outcome, wall), None)
+                (classify(outcome, wall()), None)
             }
         };
         // Classified on the upstream's own words; passed on in OpenAI's shape.
@@ -281,7 +282,7 @@ impl ProviderShared {
         }
     }
 
-    async fn raw<S>(&self, upstream: S, call: &KeyedCall, span: &Span) -> Raw
+    async fn raw<S>(&self, upstream: S, call: &KeyedCall, span: &Span, started: Instant) -> Raw
     where
         S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>,
     {
@@ -306,10 +307,10 @@ impl ProviderShared {
             true => self.first_event_timeout,
             false => self.first_byte_timeout,
         };
-        let deadline = Instant::now()
+        // `started` was read just before the request was built: one clock read for both.
+        let deadline = started
             .checked_add(timeout)
             .map_or(call.deadline, |d| d.min(call.deadline));
-        let started = Instant::now();
         let sent = tokio::time::timeout_at(deadline, upstream.oneshot(up)).await;
         self.upstream_duration[call.target.provider].observe(started.elapsed().as_secs_f64());
         let mut resp = match sent {

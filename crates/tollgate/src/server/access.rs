@@ -9,7 +9,6 @@ use crate::metrics::{status_class, Metrics};
 use crate::request::Served;
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use std::any::Any;
 use std::convert::Infallible;
@@ -98,13 +97,12 @@ pub struct Access<S> {
 impl<S, B> Service<Request<Body>> for Access<S>
 where
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
-    S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+    type Future = AccessFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -112,8 +110,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let received = Instant::now();
-        let layer = self.layer.clone();
-        layer.metrics.inflight.inc();
+        self.layer.metrics.inflight.inc();
         let request_id = req
             .headers()
             .get(crate::server::X_REQUEST_ID)
@@ -124,32 +121,65 @@ where
         // Copied, not the request's `Uri`: that shares hyper's read buffer, which a stream's
         // record would keep alive (8 KiB a stream) while hyper reads into another.
         let path: Box<str> = req.uri().path().into();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let _inflight = Dec(&layer.metrics.inflight);
-            // Until the answer's head exists, a client that leaves is counted and logged here.
-            let pending = Entry {
-                layer: layer.clone(),
-                endpoint: endpoint_of(&path),
-                request_id,
-                method,
-                path,
-                received,
-                head: None,
-                status: 499,
-                record: None,
-                written: false,
-            };
-            let resp = match fut.await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            };
-            // The answer's body is boxed once, with the access record's counter around it.
-            Ok(match layer.replacement(&resp, &pending.request_id) {
-                Some(made) => layer.counted(made, pending),
-                None => layer.counted(resp, pending),
-            })
-        })
+        // Until the answer's head exists, a client that leaves is counted and logged by the
+        // entry's drop.
+        let pending = Entry {
+            layer: self.layer.clone(),
+            endpoint: endpoint_of(&path),
+            request_id,
+            method,
+            path,
+            received,
+            head: None,
+            status: 499,
+            record: None,
+            written: false,
+        };
+        AccessFuture {
+            inner: self.inner.call(req),
+            pending: Some(pending),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Access`]: the inner service's answer, then its body wrapped to write the
+    /// record. A plain future, not an async block boxed: the inner future (the whole edge and
+    /// gateway path, some kilobytes) is held once, never copied into a box or moved from a
+    /// capture into its await.
+    pub struct AccessFuture<F> {
+        #[pin]
+        inner: F,
+        // Taken when the answer's head is ready; dropped with the future if the client left
+        // first (the in-flight gauge goes down with it).
+        pending: Option<Entry>,
+    }
+}
+
+impl<F, B> std::future::Future for AccessFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, Infallible>>,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = match std::task::ready!(this.inner.poll(cx)) {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        };
+        // Polled again after its answer: the inner future's own contract is broken first.
+        let Some(pending) = this.pending.take() else {
+            return Poll::Pending;
+        };
+        let layer = pending.layer.clone();
+        // The answer's body is boxed once, with the access record's counter around it.
+        Poll::Ready(Ok(match layer.replacement(&resp, &pending.request_id) {
+            Some(made) => layer.counted(made, pending),
+            None => layer.counted(resp, pending),
+        }))
     }
 }
 
@@ -184,9 +214,13 @@ impl Entry {
 }
 
 impl Drop for Entry {
-    /// Dropped without being written: the client left.
+    /// Dropped without being written: the client left (before the answer's head, also no
+    /// longer in flight).
     fn drop(&mut self) {
         self.write(Outcome::ClientCancelled);
+        if self.head.is_none() {
+            self.layer.metrics.inflight.dec();
+        }
     }
 }
 
@@ -297,7 +331,9 @@ impl AccessLayer {
             .request_duration
             .with_label_values(&[pending.endpoint.label()])
             .observe(elapsed.as_secs_f64());
+        // The answer's head exists: the request is no longer in flight.
         pending.head = Some(elapsed);
+        self.metrics.inflight.dec();
         pending.status = resp.status().as_u16();
         // Taken, not copied: nothing outside this layer reads it.
         pending.record = resp.extensions_mut().remove::<AnswerRecord>();
@@ -351,11 +387,3 @@ impl AccessLayer {
     }
 }
 
-/// Decrements a gauge when dropped (also when the client goes away mid-request).
-struct Dec<'a>(&'a prometheus::IntGauge);
-
-impl Drop for Dec<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}

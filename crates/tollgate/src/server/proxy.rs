@@ -15,7 +15,7 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 /// Handles every `/v1/*` request.
 pub(super) async fn proxy(state: Arc<Reloader>, req: Request<Body>) -> Response<Body> {
@@ -102,7 +102,12 @@ async fn answer(reloader: Arc<Reloader>, req: Request<Body>) -> Response<Body> {
     if crate::telemetry::enabled() {
         crate::telemetry::spans::requested(&tracing::Span::current(), gw.model.as_deref());
     }
-    match rt.gateway.service.clone().oneshot(gw).await {
+    let mut service = rt.gateway.service.clone();
+    let called = match service.ready().await {
+        Ok(ready) => ready.call(gw).await,
+        Err(e) => Err(e),
+    };
+    match called {
         Ok(answer) => respond(answer, model),
         Err(e) => failed(e, model),
     }
