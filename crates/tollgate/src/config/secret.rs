@@ -3,22 +3,65 @@
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
+use std::sync::OnceLock;
 
 /// A secret value (API key, token). `Debug`, `Display` and `Serialize` all show `***`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
+#[derive(Clone, Default)]
+pub struct Secret {
+    value: String,
+    /// Its header values (`Bearer <value>`, then the value alone; marked sensitive), made at
+    /// their first use: an upstream request clones one (a count) instead of formatting and
+    /// checking the key anew. `None`: the value cannot be a header's.
+    headers: OnceLock<Option<[http::HeaderValue; 2]>>,
+}
 
 impl Secret {
     /// Wraps a value.
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret {
+            value: value.into(),
+            headers: OnceLock::new(),
+        }
     }
 
     /// The value itself: call only where it is sent upstream or compared.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
+    }
+
+    /// `Bearer <value>` as a sensitive header value (`None`: not a valid one).
+    pub fn bearer_header(&self) -> Option<http::HeaderValue> {
+        self.headers().map(|[bearer, _]| bearer.clone())
+    }
+
+    /// The value as a sensitive header value (`None`: not a valid one).
+    pub fn header(&self) -> Option<http::HeaderValue> {
+        self.headers().map(|[_, plain]| plain.clone())
+    }
+
+    fn headers(&self) -> Option<&[http::HeaderValue; 2]> {
+        let made = self.headers.get_or_init(|| {
+            let sensitive = |v: String| {
+                let mut v = http::HeaderValue::try_from(v).ok()?;
+                v.set_sensitive(true);
+                Some(v)
+            };
+            Some([
+                sensitive(format!("Bearer {}", self.value))?,
+                sensitive(self.value.clone())?,
+            ])
+        });
+        made.as_ref()
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -49,16 +92,16 @@ impl<'de> Deserialize<'de> for Secret {
                 f.write_str("a string")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
-                Ok(Secret(v.to_owned()))
+                Ok(Secret::new(v.to_owned()))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
+                Ok(Secret::new(v.to_string()))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
+                Ok(Secret::new(v.to_string()))
             }
             fn visit_u128<E: de::Error>(self, v: u128) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
+                Ok(Secret::new(v.to_string()))
             }
         }
         d.deserialize_any(SecretVisitor)
@@ -123,6 +166,20 @@ mod tests {
     fn numbers_stay_strings() {
         let s: Secret = serde_json::from_str("12345").unwrap();
         assert_eq!(s.expose(), "12345");
+    }
+
+    #[test]
+    fn header_forms_are_sensitive_and_made_once() {
+        let s = Secret::new("sk-1");
+        let bearer = s.bearer_header().unwrap();
+        assert_eq!(bearer, "Bearer sk-1");
+        assert!(bearer.is_sensitive());
+        let plain = s.header().unwrap();
+        assert_eq!(plain, "sk-1");
+        assert!(plain.is_sensitive());
+        assert_eq!(s.clone().bearer_header().unwrap(), "Bearer sk-1");
+        assert!(Secret::new("bad\nkey").header().is_none());
+        assert!(Secret::new("bad\nkey").bearer_header().is_none());
     }
 
     #[test]

@@ -485,12 +485,6 @@ fn azure_checks(req: &GatewayRequest, deployment: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn sensitive(value: &str) -> Result<HeaderValue, BuildError> {
-    let mut v = HeaderValue::try_from(value).map_err(|_| BuildError::BadKey)?;
-    v.set_sensitive(true);
-    Ok(v)
-}
-
 fn build(
     provider: &ProviderSettings,
     serving: Serving,
@@ -515,10 +509,8 @@ fn build(
     let url = match provider.kind {
         _ if serving == Serving::Unsupported => return Err(BuildError::Unsupported),
         ProviderKind::OpenAi => {
-            headers.insert(
-                AUTHORIZATION,
-                sensitive(&format!("Bearer {}", key.expose()))?,
-            );
+            // Made once per key (a clone is a count), sensitive.
+            headers.insert(AUTHORIZATION, key.bearer_header().ok_or(BuildError::BadKey)?);
             let path = match via_chat {
                 true => "chat/completions",
                 false => &req.path,
@@ -535,7 +527,7 @@ fn build(
         }
         ProviderKind::Azure if req.endpoint == Endpoint::Responses && !via_chat => {
             // The Responses API is Azure's v1 API: the deployment is the body's `model`.
-            headers.insert("api-key", sensitive(key.expose())?);
+            headers.insert("api-key", key.header().ok_or(BuildError::BadKey)?);
             let mut url = format!("{}/openai/v1/{}", provider.base_url, req.path);
             if let Some(q) = &req.query {
                 url.push('?');
@@ -548,7 +540,7 @@ fn build(
                 true => "chat/completions",
                 false => azure_operation(req.endpoint).ok_or(BuildError::Unsupported)?,
             };
-            headers.insert("api-key", sensitive(key.expose())?);
+            headers.insert("api-key", key.header().ok_or(BuildError::BadKey)?);
             let deployment = target
                 .model
                 .as_deref()
@@ -561,7 +553,7 @@ fn build(
             )
         }
         ProviderKind::Anthropic => {
-            headers.insert("x-api-key", sensitive(key.expose())?);
+            headers.insert("x-api-key", key.header().ok_or(BuildError::BadKey)?);
             let version = provider.api_version.as_deref().unwrap_or("2023-06-01");
             headers.insert(
                 "anthropic-version",
