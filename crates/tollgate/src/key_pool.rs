@@ -80,6 +80,8 @@ struct KeyState {
 #[derive(Debug)]
 struct PoolKey {
     settings: KeySettings,
+    /// Its id as answers carry it (made once).
+    name: crate::request::Name,
     bucket: Arc<str>,
     limits: Limits,
     /// Shared with the same key in the pools of earlier and later configs: an answer to a
@@ -126,6 +128,8 @@ impl PoolKey {
 #[derive(Debug)]
 pub struct KeyPool {
     provider: String,
+    /// The provider's name as answers carry it (made once).
+    provider_name: crate::request::Name,
     keys: Vec<PoolKey>,
     next: AtomicUsize,
     policy: PoolPolicy,
@@ -198,6 +202,7 @@ impl KeyPool {
                 }
                 PoolKey {
                     settings: k.clone(),
+                    name: crate::request::Name::new(&k.id),
                     bucket: Arc::from(format!("k:{provider}:{}", k.id)),
                     limits: Limits {
                         rpm: k.rpm,
@@ -213,6 +218,7 @@ impl KeyPool {
             .collect();
         Arc::new(KeyPool {
             provider: provider.to_owned(),
+            provider_name: crate::request::Name::new(provider),
             keys,
             next: AtomicUsize::new(0),
             policy,

@@ -185,9 +185,9 @@ pub struct Answer {
     /// Streamed body.
     pub body: axum::body::Body,
     /// Name of the provider that answered.
-    pub provider: String,
+    pub provider: Name,
     /// Id of the key used.
-    pub key: String,
+    pub key: Name,
     /// Upstream attempts made.
     pub attempts: u32,
     /// How it was served.
@@ -222,4 +222,63 @@ pub fn splice(body: &[u8], span: std::ops::Range<usize>, value: &[u8]) -> Option
     out.extend_from_slice(value);
     out.extend_from_slice(tail);
     Some(Bytes::from(out))
+}
+
+/// A provider's name or a key's id as an answer carries it: shared, with its header value
+/// (`x-tollgate-provider`, `x-tollgate-key`) made once where it is configured, so an answer
+/// copies neither.
+#[derive(Debug, Clone)]
+pub struct Name {
+    text: Arc<str>,
+    /// `None` when the text cannot be a header value (the header is then left out).
+    header: Option<http::HeaderValue>,
+}
+
+impl Name {
+    /// `text` with its header value.
+    pub fn new(text: &str) -> Name {
+        Name {
+            text: Arc::from(text),
+            header: http::HeaderValue::from_str(text).ok(),
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The text, shared.
+    pub fn shared(&self) -> Arc<str> {
+        Arc::clone(&self.text)
+    }
+
+    /// The header value, when the text can be one.
+    pub fn header(&self) -> Option<&http::HeaderValue> {
+        self.header.as_ref()
+    }
+}
+
+impl From<&str> for Name {
+    fn from(text: &str) -> Name {
+        Name::new(text)
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        *self.text == *other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        *self.text == **other
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }

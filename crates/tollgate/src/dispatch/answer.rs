@@ -96,8 +96,7 @@ impl SelectShared {
         served: Served,
         span: tracing::Span,
     ) -> Answer {
-        let key = lease.id().to_owned();
-        let pname = lease.provider().to_owned();
+        let (pname, key) = lease.names();
         strip_key_limits(&mut resp.headers);
         // Room for what the gateway adds on the way out (its own and the client's rate-limit
         // headers, attempts, provider, key, request id): one growth of the map, not several.

@@ -258,8 +258,8 @@ pub fn pass_through(f: Failure, providers: &[Provider], attempts: u32) -> Answer
         status: f.status,
         headers: f.headers,
         body: Body::from(f.body),
-        provider: providers[f.provider].name().to_owned(),
-        key: f.key,
+        provider: providers[f.provider].name().into(),
+        key: f.key.as_str().into(),
         attempts,
         served: Served::Failed,
         hold: None,
@@ -291,8 +291,8 @@ pub fn final_error(trail: &Trail, providers: &[Provider]) -> Answer {
     let error = walk.gateway_error(summary, Instant::now());
     tracing::debug!(error = error.metric_label(), "walk ended without an answer");
     let (provider, key) = match walk.attempts.last() {
-        Some(a) => (providers[a.provider].name().to_owned(), a.key.clone()),
-        None => ("-".to_owned(), "-".to_owned()),
+        Some(a) => (providers[a.provider].name().into(), a.key.as_str().into()),
+        None => ("-".into(), "-".into()),
     };
     let (parts, body) = error.to_response().into_parts();
     Answer {

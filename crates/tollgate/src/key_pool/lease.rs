@@ -45,6 +45,14 @@ impl Lease {
         &self.pool.provider
     }
 
+    /// The provider's name and the key's id as an answer carries them.
+    pub fn names(&self) -> (crate::request::Name, crate::request::Name) {
+        (
+            self.pool.provider_name.clone(),
+            self.pool.keys[self.idx].name.clone(),
+        )
+    }
+
     /// The key's secret, to put in the upstream request.
     pub fn secret(&self) -> &Secret {
         &self.pool.keys[self.idx].settings.secret

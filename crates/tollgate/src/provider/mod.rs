@@ -510,7 +510,10 @@ fn build(
         _ if serving == Serving::Unsupported => return Err(BuildError::Unsupported),
         ProviderKind::OpenAi => {
             // Made once per key (a clone is a count), sensitive.
-            headers.insert(AUTHORIZATION, key.bearer_header().ok_or(BuildError::BadKey)?);
+            headers.insert(
+                AUTHORIZATION,
+                key.bearer_header().ok_or(BuildError::BadKey)?,
+            );
             let path = match via_chat {
                 true => "chat/completions",
                 false => &req.path,

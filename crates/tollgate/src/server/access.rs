@@ -23,9 +23,9 @@ pub struct AnswerRecord {
     /// The configured model's name, or `other`.
     pub model: String,
     /// The provider that answered (`-` when none did).
-    pub provider: String,
+    pub provider: Arc<str>,
     /// The key used (`-` when none was).
-    pub key: String,
+    pub key: Arc<str>,
     /// Upstream attempts made.
     pub attempts: u32,
     /// How it was served.
@@ -386,4 +386,3 @@ impl AccessLayer {
         );
     }
 }
-

@@ -73,7 +73,9 @@ pub(super) fn upstream_headers(
     path: &str,
     features: crate::endpoint::FeatureHeaders,
 ) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(client.len() + 1);
+    // Room for what follows and what each attempt adds (the key's header, `host`): a clone of
+    // this map keeps its index table, so the attempt's inserts do not rebuild it.
+    let mut out = HeaderMap::with_capacity(client.len() + 4);
     // Headers the client marks as connection-specific (`Connection: x-secret-hop`) stop here;
     // `keep-alive` and `close` name no header worth the lookups.
     let connection: Option<&str> = client

@@ -520,18 +520,18 @@ fn respond(answer: Answer, model: &str) -> Response<Body> {
         ATTEMPTS,
         crate::units::integer_header(answer.attempts.into()),
     );
-    if let Ok(v) = HeaderValue::try_from(answer.provider.as_str()) {
-        headers.insert(PROVIDER, v);
+    if let Some(v) = answer.provider.header() {
+        headers.insert(PROVIDER, v.clone());
     }
-    if let Ok(v) = HeaderValue::try_from(answer.key.as_str()) {
-        headers.insert(KEY, v);
+    if let Some(v) = answer.key.header() {
+        headers.insert(KEY, v.clone());
     }
     *resp.headers_mut() = headers;
     let served = answer.served;
     resp.extensions_mut().insert(AnswerRecord {
         model: model.to_owned(),
-        provider: answer.provider,
-        key: answer.key,
+        provider: answer.provider.shared(),
+        key: answer.key.shared(),
         attempts: answer.attempts,
         served,
         span: None,
