@@ -29,7 +29,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
 use std::future::Future;
@@ -65,7 +64,7 @@ pub(crate) async fn serve<L, A>(
     A::Future: Send + 'static,
 {
     let builders = Arc::new(Builders::new(header_timeout));
-    let graceful = GracefulShutdown::new();
+    let graceful = super::graceful::Graceful::new();
     let mut stop = std::pin::pin!(stop);
     loop {
         let (tcp, peer) = tokio::select! {

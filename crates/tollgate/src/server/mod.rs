@@ -7,6 +7,7 @@
 pub mod access;
 mod admin;
 mod form;
+mod graceful;
 mod headers;
 pub(crate) use headers::X_REQUEST_ID;
 pub(crate) mod listen;
