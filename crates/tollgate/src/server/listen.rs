@@ -24,7 +24,6 @@
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
-use axum::Extension;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -36,8 +35,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tower::Layer;
 use tower::Service;
+use tower_http::add_extension::AddExtension;
 
 /// The largest header block a client may send (request line and headers; 431 beyond it).
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -45,10 +44,36 @@ pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// The HTTP/2 connection preface, whose first bytes an HTTP/1 request never starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// A listener's service, made for each connection from its peer.
+pub(crate) trait ForPeer {
+    /// One connection's service.
+    type Service;
+    /// The service of a connection from `peer`.
+    fn for_peer(&self, peer: SocketAddr) -> Self::Service;
+}
+
+/// The main listener's app: it gives the peer to open mode's check only when that check needs
+/// it (`App::for_peer`).
+impl ForPeer for super::App {
+    type Service = super::App;
+    fn for_peer(&self, peer: SocketAddr) -> super::App {
+        super::App::for_peer(self, peer)
+    }
+}
+
+/// A router (the admin listener's): handlers see the peer as `ConnectInfo<SocketAddr>`, as
+/// axum's `into_make_service_with_connect_info` gives it.
+impl ForPeer for axum::Router {
+    type Service = AddExtension<axum::Router, ConnectInfo<SocketAddr>>;
+    fn for_peer(&self, peer: SocketAddr) -> Self::Service {
+        AddExtension::new(self.clone(), ConnectInfo(peer))
+    }
+}
+
 /// Serves `app` on every connection `listener` accepts until `stop` completes, then stops
 /// accepting and waits for the connections to finish their requests (the caller bounds that
-/// wait). Handlers see the peer as `ConnectInfo<SocketAddr>`. With `workers`, each connection
-/// runs on one of their threads (`server::workers`); else on the caller's runtime.
+/// wait). Each connection gets `app.for_peer(peer)`. With `workers`, each connection runs on
+/// one of their threads (`server::workers`); else on the caller's runtime.
 pub(crate) async fn serve<L, A>(
     mut listener: L,
     app: A,
@@ -57,11 +82,12 @@ pub(crate) async fn serve<L, A>(
     workers: Option<Arc<super::workers::Workers>>,
 ) where
     L: Listener<Io = TcpStream, Addr = SocketAddr>,
-    A: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+    A: ForPeer,
+    A::Service: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
-    A::Future: Send + 'static,
+    <A::Service as Service<Request<Incoming>>>::Future: Send + 'static,
 {
     let builders = Arc::new(Builders::new(header_timeout));
     let graceful = super::graceful::Graceful::new();
@@ -71,8 +97,7 @@ pub(crate) async fn serve<L, A>(
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
-        // What axum's `into_make_service_with_connect_info` adds to each connection's service.
-        let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(app.clone()));
+        let service = TowerToHyperService::new(app.for_peer(peer));
         let builders = Arc::clone(&builders);
         let watcher = graceful.watcher();
         let connection = move |tcp: TcpStream| async move {

@@ -19,11 +19,12 @@ pub(crate) mod workers;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::routing::{any, get};
 use axum::Router;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tower_http::body::Limited;
@@ -49,7 +50,7 @@ pub fn router(state: AppState, with_admin: bool) -> App {
         let reloader = Arc::clone(&reloader);
         async move { Ok::<_, Infallible>(proxy::proxy(reloader, req.map(Body::new)).await) }
     });
-    let v1 = crate::stack::edge(handler, Arc::clone(&state.metrics), max_body, open);
+    let v1 = crate::stack::edge(handler, Arc::clone(&state.metrics), max_body, open.clone());
     let rest = Router::new()
         .route("/v1", any(not_found))
         .merge(ops_router(with_admin))
@@ -58,6 +59,9 @@ pub fn router(state: AppState, with_admin: bool) -> App {
     App {
         v1: crate::stack::SharedService::new(v1),
         rest,
+        open,
+        remote: None,
+        peer: None,
     }
 }
 
@@ -71,6 +75,22 @@ pub struct App {
     v1: crate::stack::SharedService<Request<Body>, Response<Body>, Infallible>,
     /// `/v1` itself, health, metrics, admin, and the 404 of everything else.
     rest: Router,
+    /// Open mode's check, for the peer below.
+    open: open::OpenModeLayer,
+    /// The connection's peer when it is not loopback (see [`App::for_peer`]).
+    remote: Option<SocketAddr>,
+    /// The connection's peer.
+    peer: Option<SocketAddr>,
+}
+
+impl App {
+    /// The app of one connection from `peer`.
+    pub(crate) fn for_peer(&self, peer: SocketAddr) -> App {
+        let mut app = self.clone();
+        app.remote = (!open::is_local(Some(peer))).then_some(peer);
+        app.peer = Some(peer);
+        app
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -107,9 +127,24 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         use futures_util::future::Either;
+        let mut req = req;
         match is_v1(req.uri().path()) {
-            true => Either::Left(self.v1.call(req.map(Body::new))),
-            false => Either::Right(self.rest.call(req)),
+            true => {
+                // The peer reaches open mode's check (`OpenModeLayer`, which takes a request
+                // without one for local) only when that check would refuse it: not loopback,
+                // and open mode protected by the config as the request arrives. Every other
+                // request skips the extension (a map, its table and a box).
+                if let Some(peer) = self.remote.filter(|_| self.open.protected()) {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                }
+                Either::Left(self.v1.call(req.map(Body::new)))
+            }
+            false => {
+                if let Some(peer) = self.peer {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                }
+                Either::Right(self.rest.call(req))
+            }
         }
     }
 }

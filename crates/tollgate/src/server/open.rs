@@ -48,7 +48,7 @@ pub fn warn_if_open(runtime: &Runtime) {
 }
 
 /// Whether a peer may use an open-mode gateway that did not opt into serving everyone.
-fn is_local(peer: Option<SocketAddr>) -> bool {
+pub(crate) fn is_local(peer: Option<SocketAddr>) -> bool {
     match peer.map(|p| p.ip().to_canonical()) {
         Some(IpAddr::V4(ip)) => ip.is_loopback(),
         Some(IpAddr::V6(ip)) => ip.is_loopback(),
@@ -93,6 +93,11 @@ impl OpenModeLayer {
         OpenModeLayer {
             protected: Arc::new(protected),
         }
+    }
+
+    /// Whether open mode is protected right now (a peer that is not loopback is refused).
+    pub fn protected(&self) -> bool {
+        (self.protected)()
     }
 }
 

@@ -63,3 +63,20 @@ async fn a_panic_becomes_an_openai_shaped_500_and_the_app_keeps_serving() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn a_connection_from_a_remote_peer_meets_open_mode_and_a_local_one_does_not() {
+    // No clients and `server.open` unset: open mode for loopback peers only.
+    let status = |peer: &str, path: &str| {
+        let app = app().for_peer(peer.parse().unwrap());
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        async move { app.oneshot(req).await.unwrap().status() }
+    };
+    assert_eq!(status("10.1.2.3:5000", "/v1/models").await, 403);
+    assert_eq!(status("[2001:db8::1]:443", "/v1/models").await, 403);
+    // Past open mode (this app's upstream panics: the edge's 500).
+    assert_eq!(status("127.0.0.1:5000", "/v1/models").await, 500);
+    assert_eq!(status("[::1]:5000", "/v1/models").await, 500);
+    // Health is not behind open mode.
+    assert_eq!(status("10.1.2.3:5000", "/healthz").await, 200);
+}
