@@ -47,8 +47,10 @@ pub fn router(state: AppState, with_admin: bool) -> App {
     let open = open::OpenModeLayer::new(Arc::clone(&state.reloader));
     let reloader = Arc::clone(&state.reloader);
     let handler = tower::service_fn(move |req: Request<Limited<Body>>| {
-        let reloader = Arc::clone(&reloader);
-        async move { Ok::<_, Infallible>(proxy::proxy(reloader, req.map(Body::new)).await) }
+        use futures_util::FutureExt;
+        // The handler's future itself, not an async block around it (which would hold the
+        // request once more in a future the edge moves whole).
+        proxy::proxy(Arc::clone(&reloader), req.map(Body::new)).map(Ok::<_, Infallible>)
     });
     let v1 = crate::stack::edge(handler, Arc::clone(&state.metrics), max_body, open.clone());
     let rest = Router::new()
