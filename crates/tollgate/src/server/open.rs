@@ -3,11 +3,12 @@
 //! `TOLLGATE_SERVER__OPEN=true`) only loopback peers are served and any other peer gets a 403
 //! saying how to configure client keys (Redis's "protected mode" is the model).
 //!
-//! An edge layer on `/v1/*`, deciding from the peer address (axum's `ConnectInfo`, set by
-//! `crate::serve`) and the live config, so a reload that adds or removes clients takes effect at
-//! once. `/healthz`, `/readyz` and `/metrics` are not behind it (probes and scrapers), nor is
-//! `/admin/*` (its own token). A request with no peer address did not come through a socket
-//! (the app called in-process) and is served.
+//! An edge layer on `/v1/*`, deciding from the peer address (axum's `ConnectInfo`) and the live
+//! config, so a reload that adds or removes clients takes effect at once. `/healthz`, `/readyz`
+//! and `/metrics` are not behind it (probes and scrapers), nor is `/admin/*` (its own token). A
+//! request with no peer address is served: it did not come through a socket (the app called
+//! in-process), or `server::App` left the address off because this check would pass it (a
+//! loopback peer, or open mode not protected when the request arrived).
 
 use crate::reload::{Reloader, Runtime};
 use axum::body::Body;
