@@ -70,6 +70,11 @@ impl Endpoint {
         }
     }
 
+    /// Its place in [`Endpoint::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Closed-set label.
     pub fn label(self) -> &'static str {
         match self {
@@ -255,6 +260,13 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_endpoint_indexes_its_place_in_all() {
+        for (i, endpoint) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(endpoint.index(), i, "{endpoint:?}");
+        }
     }
 
     #[test]
