@@ -52,9 +52,7 @@ pub fn panic_answer(_: Box<dyn Any + Send + 'static>) -> Response<http_body_util
 /// The span of one request (request id, method, path); per-request, so under `tollgate::server`.
 /// With traces on, the richer span of `telemetry::spans::request`, the client's trace its parent.
 pub fn request_span<B>(req: &http::Request<B>) -> tracing::Span {
-    let id = req
-        .headers()
-        .get(crate::server::X_REQUEST_ID)
+    let id = crate::server::request_id(req.extensions(), req.headers())
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     if crate::telemetry::enabled() {
@@ -137,9 +135,7 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let received = Instant::now();
         self.layer.metrics.inflight.inc();
-        let request_id = req
-            .headers()
-            .get(crate::server::X_REQUEST_ID)
+        let request_id = crate::server::request_id(req.extensions(), req.headers())
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_owned();

@@ -10,6 +10,18 @@ use http::HeaderMap;
 /// `x-request-id`, as a name built once (a lookup by a string parses the name every time).
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The request's id as the edge set it: tower-http's `RequestId` extension (a lookup by type,
+/// where the header's is a hash of its name), else the header itself.
+pub(crate) fn request_id<'a>(
+    extensions: &'a http::Extensions,
+    headers: &'a HeaderMap,
+) -> Option<&'a http::HeaderValue> {
+    match extensions.get::<tower_http::request_id::RequestId>() {
+        Some(id) => Some(id.header_value()),
+        None => headers.get(X_REQUEST_ID),
+    }
+}
+
 /// Headers that belong to one connection (RFC 9110 §7.6.1) plus framing the gateway redoes.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,

@@ -9,7 +9,7 @@ mod admin;
 mod form;
 mod graceful;
 mod headers;
-pub(crate) use headers::X_REQUEST_ID;
+pub(crate) use headers::{request_id, X_REQUEST_ID};
 pub(crate) mod listen;
 pub mod open;
 mod path;

@@ -178,9 +178,7 @@ async fn parse(
         true => meta.session.or_else(|| session_header(&parts.headers)),
         false => None,
     };
-    let request_id = parts
-        .headers
-        .get(super::headers::X_REQUEST_ID)
+    let request_id = super::headers::request_id(&parts.extensions, &parts.headers)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
