@@ -81,7 +81,7 @@ fn needs_openai_beta(path: &str) -> bool {
 /// the feature headers this client may have forwarded.
 pub(super) fn upstream_headers(
     client: &HeaderMap,
-    request_id: &str,
+    request_id: Option<&http::HeaderValue>,
     path: &str,
     features: crate::endpoint::FeatureHeaders,
 ) -> HeaderMap {
@@ -125,14 +125,9 @@ pub(super) fn upstream_headers(
         header::ACCEPT_ENCODING,
         http::HeaderValue::from_static("identity"),
     );
-    // The edge put the id on the request: its value as it is when it is this one.
-    let id = client
-        .get(X_REQUEST_ID)
-        .filter(|v| v.as_bytes() == request_id.as_bytes())
-        .cloned()
-        .or_else(|| request_id.parse().ok());
-    if let Some(v) = id {
-        out.insert(X_REQUEST_ID, v);
+    // The id the edge put on the request (the client's or its own).
+    if let Some(id) = request_id {
+        out.insert(X_REQUEST_ID, id.clone());
     }
     out
 }
@@ -180,7 +175,12 @@ mod tests {
         ] {
             client.insert(HeaderName::from_static(k), v.parse().unwrap());
         }
-        let up = upstream_headers(&client, "req-1", "chat/completions", Default::default());
+        let up = upstream_headers(
+            &client,
+            Some(&http::HeaderValue::from_static("req-1")),
+            "chat/completions",
+            Default::default(),
+        );
         let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), 4, "{names:?}");
         assert_eq!(
@@ -211,14 +211,24 @@ mod tests {
         ] {
             client.append(HeaderName::from_static(k), v.parse().unwrap());
         }
-        let up = upstream_headers(&client, "req-1", "chat/completions", Default::default());
+        let up = upstream_headers(
+            &client,
+            Some(&http::HeaderValue::from_static("req-1")),
+            "chat/completions",
+            Default::default(),
+        );
         let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
             ["x-stainless-lang", "accept-encoding", "x-request-id"],
             "{names:?}"
         );
-        let up = upstream_headers(&client, "req-1", "assistants/asst_1", Default::default());
+        let up = upstream_headers(
+            &client,
+            Some(&http::HeaderValue::from_static("req-1")),
+            "assistants/asst_1",
+            Default::default(),
+        );
         assert_eq!(
             up["openai-beta"], "assistants=v2",
             "the Assistants API needs it"
@@ -227,7 +237,12 @@ mod tests {
             anthropic_beta: true,
             openai_beta: false,
         };
-        let up = upstream_headers(&client, "req-1", "chat/completions", allowed);
+        let up = upstream_headers(
+            &client,
+            Some(&http::HeaderValue::from_static("req-1")),
+            "chat/completions",
+            allowed,
+        );
         assert_eq!(
             up["anthropic-beta"], "context-1m-2025-08-07",
             "allowed for this client"

@@ -178,7 +178,8 @@ async fn parse(
         true => meta.session.or_else(|| session_header(&parts.headers)),
         false => None,
     };
-    let request_id = super::headers::request_id(&parts.extensions, &parts.headers)
+    let id_value = super::headers::request_id(&parts.extensions, &parts.headers);
+    let request_id = id_value
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
@@ -195,7 +196,7 @@ async fn parse(
         .map(|c| c.settings.forward_headers)
         .unwrap_or_default();
     Ok(GatewayRequest {
-        headers: upstream_headers(&parts.headers, &request_id, &path, features),
+        headers: upstream_headers(&parts.headers, id_value, &path, features),
         credential: crate::auth::presented_key(&parts.headers).map(Box::from),
         id: request_id,
         method: parts.method,
