@@ -49,11 +49,7 @@ impl Endpoint {
 
     /// Classifies a path relative to `/v1/`.
     pub fn from_path(path: &str) -> Endpoint {
-        // A byte loop: a char searcher's setup costs more than these few bytes.
-        let first = match path.bytes().position(|b| b == b'/') {
-            Some(at) => &path[..at],
-            None => path,
-        };
+        let first = first_segment(path);
         match first {
             "chat" if path.starts_with("chat/completions") => Endpoint::ChatCompletions,
             "completions" => Endpoint::Completions,
@@ -190,11 +186,7 @@ impl Families {
 
     /// Whether a path (after `/v1/`) is in the set; the family's name when it is not.
     pub fn check(self, path: &str) -> Result<(), &'static str> {
-        // A byte loop: a char searcher's setup costs more than these few bytes.
-        let first = match path.bytes().position(|b| b == b'/') {
-            Some(at) => &path[..at],
-            None => path,
-        };
+        let first = first_segment(path);
         match FAMILIES.iter().position(|f| *f == first) {
             Some(i) if self.bits & (1 << i) != 0 => Ok(()),
             Some(i) => Err(FAMILIES[i]),
@@ -251,6 +243,15 @@ impl FeatureHeaders {
             names.push("openai-beta");
         }
         names
+    }
+}
+
+/// A path's first segment (all of it when it has no `/`). A byte loop: a char searcher's
+/// setup costs more than these few bytes.
+fn first_segment(path: &str) -> &str {
+    match path.bytes().position(|b| b == b'/') {
+        Some(at) => &path[..at],
+        None => path,
     }
 }
 

@@ -196,12 +196,13 @@ where
         let Some(pending) = this.pending.take() else {
             return Poll::Pending;
         };
-        let layer = pending.layer.clone();
         // The answer's body is boxed once, with the access record's counter around it.
-        Poll::Ready(Ok(match layer.replacement(&resp, &pending.request_id) {
-            Some(made) => layer.counted(made, pending),
-            None => layer.counted(resp, pending),
-        }))
+        Poll::Ready(Ok(
+            match pending.layer.replacement(&resp, &pending.request_id) {
+                Some(made) => AccessLayer::counted(made, pending),
+                None => AccessLayer::counted(resp, pending),
+            },
+        ))
     }
 }
 
@@ -343,16 +344,18 @@ impl AccessLayer {
     }
 
     /// Metrics for the answer's head, and its body wrapped to write the record at its end.
-    fn counted<B>(&self, mut resp: Response<B>, mut pending: Entry) -> Response<Body>
+    /// (The entry's own layer counts: no other count of it is taken per request.)
+    fn counted<B>(mut resp: Response<B>, mut pending: Entry) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<axum::BoxError>,
     {
         let elapsed = pending.received.elapsed();
-        self.durations[pending.endpoint.index()].observe(elapsed.as_secs_f64());
+        let layer = &pending.layer;
+        layer.durations[pending.endpoint.index()].observe(elapsed.as_secs_f64());
         // The answer's head exists: the request is no longer in flight.
+        layer.metrics.inflight.dec();
         pending.head = Some(elapsed);
-        self.metrics.inflight.dec();
         pending.status = resp.status().as_u16();
         // Taken, not copied: nothing outside this layer reads it.
         pending.record = resp.extensions_mut().remove::<AnswerRecord>();

@@ -62,7 +62,6 @@ pub fn router(state: AppState, with_admin: bool) -> App {
         v1: crate::stack::SharedService::new(v1),
         rest,
         open,
-        remote: None,
         peer: None,
     }
 }
@@ -79,9 +78,7 @@ pub struct App {
     rest: Router,
     /// Open mode's check, for the peer below.
     open: open::OpenModeLayer,
-    /// The connection's peer when it is not loopback (see [`App::for_peer`]).
-    remote: Option<SocketAddr>,
-    /// The connection's peer.
+    /// The connection's peer (see [`App::for_peer`]).
     peer: Option<SocketAddr>,
 }
 
@@ -89,7 +86,6 @@ impl App {
     /// The app of one connection from `peer`.
     pub(crate) fn for_peer(&self, peer: SocketAddr) -> App {
         let mut app = self.clone();
-        app.remote = (!open::is_local(Some(peer))).then_some(peer);
         app.peer = Some(peer);
         app
     }
@@ -136,7 +132,8 @@ where
                 // without one for local) only when that check would refuse it: not loopback,
                 // and open mode protected by the config as the request arrives. Every other
                 // request skips the extension (a map, its table and a box).
-                if let Some(peer) = self.remote.filter(|_| self.open.protected()) {
+                let remote = self.peer.filter(|p| !open::is_local(Some(*p)));
+                if let Some(peer) = remote.filter(|_| self.open.protected()) {
                     req.extensions_mut().insert(ConnectInfo(peer));
                 }
                 Either::Left(self.v1.call(req.map(Body::new)))
