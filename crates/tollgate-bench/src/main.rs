@@ -145,7 +145,7 @@ async fn run(args: Args) -> Result<u64, BoxError> {
                 gateway_addr,
                 clock_ticks: procs::clock_ticks(),
             };
-            measure_all(&args, &mut setup, &bin_dir).await
+            measure_all(&args, &mut setup, &bin_dir, &config_path).await
         }
         Err(e) => Err(e),
     };
@@ -157,6 +157,7 @@ async fn measure_all(
     args: &Args,
     setup: &mut Setup,
     bin_dir: &std::path::Path,
+    config_path: &std::path::Path,
 ) -> Result<u64, BoxError> {
     let loadavg = std::fs::read_to_string("/proc/loadavg").ok();
     wait_ready(setup.gateway_addr).await?;
@@ -209,14 +210,7 @@ async fn measure_all(
     );
     let open = match args.open_streams {
         Some(n) => {
-            let gateway = open_streams::measure(setup.gateway_addr, setup.gateway.pid(), n).await?;
-            println!("{}", open_streams::describe("tollgate", &gateway));
-            setup.gateway.check_alive()?;
-            // The same streams through the bare proxy: what any hyper proxy pays per stream.
-            let bare = open_streams::measure(setup.bare_addr, setup.bare.pid(), n).await?;
-            println!("{}", open_streams::describe("bare proxy", &bare));
-            setup.bare.check_alive()?;
-            Some(serde_json::json!({ "gateway": gateway, "bare": bare }))
+            Some(open_streams_twice(setup, bin_dir, config_path, n, !runs.is_empty()).await?)
         }
         None => None,
     };
@@ -226,6 +220,57 @@ async fn measure_all(
         eprintln!("wrote {path}");
     }
     Ok(runs.iter().map(|r| r.errors).sum())
+}
+
+/// Holds `n` streams open through the gateway, then through the bare proxy. After a load
+/// matrix (`loaded`) it does so twice: on the processes that served the matrix (their
+/// allocators keep some of its memory), then on fresh ones, as on an idle gateway; the JSON's
+/// `gateway` and `bare` are the fresh figures, `*_after_load` the others.
+async fn open_streams_twice(
+    setup: &mut Setup,
+    bin_dir: &std::path::Path,
+    config_path: &std::path::Path,
+    n: usize,
+    loaded: bool,
+) -> Result<serde_json::Value, BoxError> {
+    let mut found = serde_json::Map::new();
+    let rounds: &[(&str, &str)] = if loaded {
+        &[
+            ("_after_load", " (after the load matrix)"),
+            ("", " (fresh process)"),
+        ]
+    } else {
+        &[("", "")]
+    };
+    for (i, (suffix, label)) in rounds.iter().enumerate() {
+        if i > 0 {
+            let (bare, bare_addr) = procs::start_bare(setup.mock_addr)?;
+            let (gateway, gateway_addr) = procs::start_gateway(bin_dir, config_path)?;
+            // The old processes are stopped as these replace them.
+            setup.bare = bare;
+            setup.bare_addr = bare_addr;
+            setup.gateway = gateway;
+            setup.gateway_addr = gateway_addr;
+            wait_ready(setup.gateway_addr).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let gateway = open_streams::measure(setup.gateway_addr, setup.gateway.pid(), n).await?;
+        println!(
+            "{}",
+            open_streams::describe(&format!("tollgate{label}"), &gateway)
+        );
+        setup.gateway.check_alive()?;
+        // The same streams through the bare proxy: what any hyper proxy pays per stream.
+        let bare = open_streams::measure(setup.bare_addr, setup.bare.pid(), n).await?;
+        println!(
+            "{}",
+            open_streams::describe(&format!("bare proxy{label}"), &bare)
+        );
+        setup.bare.check_alive()?;
+        found.insert(format!("gateway{suffix}"), gateway);
+        found.insert(format!("bare{suffix}"), bare);
+    }
+    Ok(serde_json::Value::Object(found))
 }
 
 /// Polls the gateway's `/readyz` until it answers 200 (10 s at most).
