@@ -7,7 +7,7 @@
 //! A new policy is a type holding its shared state and an `impl Policy` with its `run`; the
 //! stack adds it with `PolicyLayer::of(state)` (ARCHITECTURE.md, "The request path").
 //!
-//! `ClientAuth` and `Ownership` are not policies: they decide most requests synchronously and
+//! `ClientAuth`, `Ownership` and `Route` are not policies: they decide requests synchronously and
 //! return the next layer's future unboxed, which a policy's boxed future would cost them.
 
 use futures_util::future::BoxFuture;

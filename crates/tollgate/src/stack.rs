@@ -231,12 +231,8 @@ fn dispatch(
     settings: &Arc<Settings>,
     parts: &Parts,
     pools: &Arc<[Arc<KeyPool>]>,
-) -> impl Service<
-    GatewayRequest,
-    Response = Answer,
-    Error = GatewayError,
-    Future = BoxFuture<'static, Result<Answer, GatewayError>>,
-> + Clone
+) -> impl Service<GatewayRequest, Response = Answer, Error = GatewayError, Future: Send + 'static>
+       + Clone
        + Send
        + Sync
        + 'static {

@@ -5,74 +5,85 @@
 use super::fallback::Routed;
 use crate::config::Settings;
 use crate::error::GatewayError;
-use crate::policy::{Policy, PolicyLayer, PolicyService};
 use crate::provider::Provider;
 use crate::request::{Answer, GatewayRequest, Served, Target};
 use axum::body::Body;
+use futures_util::future::{ready, Either, Ready};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use std::sync::Arc;
-use tower::{Service, ServiceExt};
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
 
-/// The route policy's state (its layer is [`RouteLayer`]): the models and the providers.
+/// The route layer's state: the models and the providers.
 pub struct RouteShared {
     settings: Arc<Settings>,
     providers: Arc<[Provider]>,
 }
 
 /// Builds [`Route`] services.
-pub type RouteLayer = PolicyLayer<RouteShared>;
-
-/// Turns a request into a routed one.
-pub type Route<S> = PolicyService<RouteShared, S>;
+#[derive(Clone)]
+pub struct RouteLayer {
+    shared: Arc<RouteShared>,
+}
 
 impl RouteLayer {
     /// Routes by `settings.models` over `providers`.
     pub fn new(settings: Arc<Settings>, providers: Arc<[Provider]>) -> Self {
-        PolicyLayer::of(RouteShared {
-            settings,
-            providers,
-        })
+        RouteLayer {
+            shared: Arc::new(RouteShared {
+                settings,
+                providers,
+            }),
+        }
     }
 }
 
-impl<S> Policy<S> for RouteShared
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Route<S> {
+        Route {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Turns a request into a routed one. Not a policy: it decides every request before calling
+/// on, so its future is the next layer's own (or the answer it made), not one more boxed
+/// future around it (as `ClientAuth` and `Ownership`).
+#[derive(Clone)]
+pub struct Route<S> {
+    inner: S,
+    shared: Arc<RouteShared>,
+}
+
+impl<S> Service<GatewayRequest> for Route<S>
 where
-    S: Service<Routed, Response = Answer, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Service<Routed, Response = Answer, Error = GatewayError>,
 {
-    type Request = GatewayRequest;
     type Response = Answer;
     type Error = GatewayError;
+    type Future = Either<Ready<Result<Answer, GatewayError>>, S::Future>;
 
-    fn run(
-        self: Arc<Self>,
-        next: S,
-        req: GatewayRequest,
-    ) -> impl std::future::Future<Output = Result<Answer, GatewayError>> + Send + 'static {
-        // Decided before the future: it holds the answer or the routed call, not the policy.
-        let routed = match self.models_answer(&req) {
-            Some(answer) => Err(answer),
-            None => match self.chain(&req) {
-                Ok(chain) => Ok(Routed {
-                    req: Arc::new(req),
-                    chain,
-                }),
-                Err(GatewayError::EndpointUnsupported { .. })
-                    if req.endpoint == crate::request::Endpoint::CountTokens =>
-                {
-                    Err(Ok(count_answer(&req)))
-                }
-                Err(e) => Err(Err(e)),
-            },
-        };
-        async move {
-            match routed {
-                Ok(routed) => {
-                    let mut next = next;
-                    next.ready().await?.call(routed).await
-                }
-                Err(answer) => answer,
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: GatewayRequest) -> Self::Future {
+        if let Some(answer) = self.shared.models_answer(&req) {
+            return Either::Left(ready(answer));
+        }
+        match self.shared.chain(&req) {
+            Ok(chain) => Either::Right(self.inner.call(Routed {
+                req: Arc::new(req),
+                chain,
+            })),
+            Err(GatewayError::EndpointUnsupported { .. })
+                if req.endpoint == crate::request::Endpoint::CountTokens =>
+            {
+                Either::Left(ready(Ok(count_answer(&req))))
             }
+            Err(e) => Either::Left(ready(Err(e))),
         }
     }
 }
