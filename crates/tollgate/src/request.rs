@@ -22,7 +22,9 @@ pub struct GatewayRequest {
     pub query: Option<String>,
     /// Headers to forward (hop-by-hop and client auth already removed).
     pub headers: HeaderMap,
-    /// The gateway key the client presented (read by the client-auth layer, never forwarded).
+    /// The gateway key the client presented, for a request built without the handler's check
+    /// (read by the client-auth layer, never forwarded); the handler authenticates first and
+    /// sets [`Self::client`] instead, leaving this `None`.
     pub credential: Option<Box<str>>,
     /// Body bytes.
     pub body: Bytes,

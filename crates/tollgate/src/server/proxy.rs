@@ -197,7 +197,10 @@ async fn parse(
         .unwrap_or_default();
     Ok(GatewayRequest {
         headers: upstream_headers(&parts.headers, id_value, &path, features),
-        credential: crate::auth::presented_key(&parts.headers).map(Box::from),
+        // The key was checked from these headers already (`answer`): the client travels in
+        // `client` (set by the caller), and in open mode no key is read. The client-auth
+        // layer reads a credential only for requests built without that check.
+        credential: None,
         id: request_id,
         method: parts.method,
         query: parts.uri.query().map(str::to_owned),
