@@ -171,6 +171,12 @@ pub fn read<'a>(
     }
 }
 
+/// The usage object at the start of `text` as serde_json would read it, when the skim is sure
+/// of it (`None`: ask serde_json).
+pub fn usage(text: &[u8]) -> Option<openai_types::Usage> {
+    skim::usage(text)
+}
+
 impl<'a> Fields<'a> {
     /// Reads `body` (as [`read`] does).
     pub fn read(body: &'a [u8]) -> Result<Self, serde_json::Error> {

@@ -35,6 +35,47 @@ pub(super) fn read<'a>(
     (skim.at == body.len()).then_some((fields, skim.named, skim.counts))
 }
 
+/// The usage object at the start of `text` (whitespace before it allowed), as serde_json reads
+/// an [`openai_types::Usage`] there (nothing after the object is looked at); `None` to leave it
+/// to serde_json. Counts are read only as plain digits that fit a `u64`; anything else (a sign,
+/// a fraction, an exponent, `null`, a name written with escapes, a field named twice) is left
+/// to serde_json's verdict.
+pub(super) fn usage(text: &[u8]) -> Option<openai_types::Usage> {
+    let text = simdutf8::basic::from_utf8(text).ok()?;
+    let mut skim = Skim::new(text, &[], None);
+    skim.space();
+    let mut usage = openai_types::Usage::default();
+    let mut seen: Seen = 0;
+    skim.object(1, |skim, key| match key? {
+        "prompt_tokens" | "input_tokens" => {
+            once(&mut seen, 0, &mut usage.prompt_tokens, skim.count()?)
+        }
+        "completion_tokens" | "output_tokens" => {
+            once(&mut seen, 1, &mut usage.completion_tokens, skim.count()?)
+        }
+        "total_tokens" => once(&mut seen, 2, &mut usage.total_tokens, skim.count()?),
+        "prompt_tokens_details" | "input_tokens_details" => {
+            let details = match skim.peek()? {
+                b'n' => skim.word("null").map(|()| None)?,
+                _ => {
+                    let mut details = openai_types::PromptDetails::default();
+                    let mut cached: Seen = 0;
+                    skim.object(2, |skim, key| match key? {
+                        "cached_tokens" => {
+                            once(&mut cached, 0, &mut details.cached_tokens, skim.count()?)
+                        }
+                        _ => skim.value(2),
+                    })?;
+                    Some(details)
+                }
+            };
+            once(&mut seen, 3, &mut usage.prompt_tokens_details, details)
+        }
+        _ => skim.value(1),
+    })?;
+    Some(usage)
+}
+
 struct Skim<'a, 'w> {
     text: &'a str,
     at: usize,
@@ -315,6 +356,25 @@ impl<'a> Skim<'a, '_> {
         }
         self.unusual |= self.at - start > 300;
         Some(())
+    }
+
+    /// A count: plain digits (`0`, or no leading zero) that fit a `u64`; `None` for anything
+    /// else, which a reader of a `u64` may refuse.
+    fn count(&mut self) -> Option<u64> {
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let mut n: u64 = 0;
+        while let Some(digit) = bytes.get(self.at).filter(|b| b.is_ascii_digit()) {
+            // Past `u64`: serde_json reads it as a float, which a `u64` refuses.
+            n = n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+            self.at += 1;
+        }
+        let len = self.at - start;
+        let leading_zero = len > 1 && bytes[start] == b'0';
+        if len == 0 || leading_zero || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        Some(n)
     }
 
     fn digits(&mut self) {

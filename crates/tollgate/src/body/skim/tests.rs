@@ -304,3 +304,129 @@ fn a_strings_unescaped_length_is_read_with_its_end() {
         }
     }
 }
+
+/// What serde_json reads of a usage object at the start of `text` (nothing after it read).
+fn serde_usage(text: &[u8]) -> Option<openai_types::Usage> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    <openai_types::Usage as serde::Deserialize>::deserialize(&mut de).ok()
+}
+
+#[test]
+fn usage_objects_as_providers_write_them_are_skimmed_as_serde_reads_them() {
+    for text in [
+        // Chat Completions, then the Responses API, then spaced out, then with the rest of
+        // the body after it.
+        r#"{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}"#,
+        r#"{"input_tokens":328,"input_tokens_details":{"cached_tokens":128},"output_tokens":52,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":380}"#,
+        " {\n  \"prompt_tokens\" : 0 ,\t\"total_tokens\": 18446744073709551615, \"prompt_tokens_details\" : null }",
+        r#"{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}, "system_fingerprint": "fp_1"}"#,
+        r#"{}"#,
+    ] {
+        let skimmed = usage(text.as_bytes());
+        assert!(skimmed.is_some(), "{text}");
+        assert_eq!(skimmed, serde_usage(text.as_bytes()), "{text}");
+    }
+    let responses = usage(br#"{"input_tokens":328,"input_tokens_details":{"cached_tokens":128},"output_tokens":52,"total_tokens":380}"#);
+    let responses = responses.expect("skimmed");
+    assert_eq!(
+        (
+            responses.prompt_tokens,
+            responses.completion_tokens,
+            responses.cached_tokens()
+        ),
+        (328, 52, 128)
+    );
+}
+
+#[test]
+fn usage_the_skim_is_not_sure_of_is_left_to_serde() {
+    for text in [
+        // What serde_json refuses, or reads in a way the skim does not try.
+        r#"{"prompt_tokens":null}"#,
+        r#"{"prompt_tokens":-0}"#,
+        r#"{"prompt_tokens":1.0}"#,
+        r#"{"prompt_tokens":1e3}"#,
+        r#"{"prompt_tokens":01}"#,
+        r#"{"prompt_tokens":18446744073709551616}"#,
+        r#"{"prompt_tokens":"5"}"#,
+        r#"{"prompt_tokens":1,"input_tokens":2}"#,
+        r#"{"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":2}}"#,
+        r#"{"prompt_tokens_details":[]}"#,
+        r#"{"prompt_\u0074okens":1}"#,
+        r#"{"prompt_tokens":1"#,
+        "null",
+    ] {
+        assert_eq!(usage(text.as_bytes()), None, "{text}");
+    }
+    // Not UTF-8 after the object: serde_json never reads that far, the skim checks it all.
+    assert_eq!(usage(b"{\"prompt_tokens\":1} \xff"), None);
+}
+
+/// A usage object's member names: the fields, their aliases, neighbours and others.
+fn usage_names() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "prompt_tokens",
+            "input_tokens",
+            "completion_tokens",
+            "output_tokens",
+            "total_tokens",
+            "prompt_tokens_details",
+            "input_tokens_details",
+            "completion_tokens_details",
+            "cached_tokens",
+            "reasoning_tokens",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z_\\\\\"]{0,6}".prop_map(|s| s.replace('\\', "\\\\").replace('"', "\\\"")),
+    ]
+}
+
+/// A usage-like member value, written as JSON text.
+fn usage_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        any::<u64>().prop_map(|n| n.to_string()),
+        (0u64..1000).prop_map(|n| n.to_string()),
+        Just("18446744073709551616".to_owned()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        Just("0.5".to_owned()),
+        Just("1e2".to_owned()),
+        Just("-0".to_owned()),
+        Just("null".to_owned()),
+        Just("true".to_owned()),
+        Just("\"7\"".to_owned()),
+        Just("[]".to_owned()),
+    ];
+    leaf.prop_recursive(2, 12, 4, |inner| {
+        prop::collection::vec((usage_names(), inner), 0..4).prop_map(|members| {
+            let members: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    /// What the skim reads of a usage object is what serde_json reads; what it leaves is
+    /// left whole.
+    #[test]
+    fn the_usage_skim_reads_what_serde_reads(
+        members in prop::collection::vec((usage_names(), usage_value()), 0..7),
+        space in prop::sample::select(vec!["", " ", "\n\t "]),
+        after in prop::sample::select(vec![&b""[..], b",\"id\":\"x\"}", b"\xff"]),
+    ) {
+        let members: Vec<String> = members
+            .iter()
+            .map(|(k, v)| format!("{space}\"{k}\"{space}:{space}{v}{space}"))
+            .collect();
+        let mut text = format!("{space}{{{}}}", members.join(",")).into_bytes();
+        text.extend_from_slice(after);
+        if let Some(skimmed) = usage(&text) {
+            prop_assert_eq!(Some(skimmed), serde_usage(&text), "{}", String::from_utf8_lossy(&text));
+        }
+    }
+}
