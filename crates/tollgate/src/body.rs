@@ -177,6 +177,14 @@ pub fn usage(text: &[u8]) -> Option<openai_types::Usage> {
     skim::usage(text)
 }
 
+pub(crate) use skim::EventUsage;
+
+/// What a stream event's JSON says of usage (see [`EventUsage`]), when the skim is sure of it
+/// (`None`: ask serde_json).
+pub(crate) fn event_usage(text: &[u8]) -> Option<EventUsage> {
+    skim::event_usage(text)
+}
+
 impl<'a> Fields<'a> {
     /// Reads `body` (as [`read`] does).
     pub fn read(body: &'a [u8]) -> Result<Self, serde_json::Error> {

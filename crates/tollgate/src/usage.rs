@@ -155,8 +155,25 @@ fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
     if !names_usage_object(event) {
         return true;
     }
-    let Ok(chunk) = serde_json::from_slice::<Chunk>(&sse::data(event)) else {
-        return true;
+    let data = sse::data(event);
+    // The skim reads the usual event as serde_json would (a Responses event's whole answer is
+    // passed over sixteen bytes at a time); serde_json reads the rest.
+    let chunk = match crate::body::event_usage(&data) {
+        Some(read) => Chunk {
+            usage: read.usage,
+            response: read.response.map(|usage| Nested { usage }),
+            message: read.message.map(|usage| Nested { usage }),
+            choices: read.choices,
+        },
+        None => match serde_json::from_slice::<ChunkRead>(&data) {
+            Ok(read) => Chunk {
+                usage: read.usage,
+                response: read.response,
+                message: read.message,
+                choices: read.choices.map(|c| c.len()),
+            },
+            Err(_) => return true,
+        },
     };
     let nested = chunk.response.or(chunk.message).and_then(|r| r.usage);
     if let Some(u) = chunk.usage.or(nested) {
@@ -174,7 +191,7 @@ fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
             None => u,
         });
     }
-    !(chunk.usage.is_some() && chunk.choices.as_ref().is_some_and(Vec::is_empty))
+    !(chunk.usage.is_some() && chunk.choices == Some(0))
 }
 
 /// Whether `bytes` hold a usage object (`"usage":{` or `"usage": {`), not `"usage":null`:
@@ -265,24 +282,34 @@ impl Kept {
     }
 }
 
-#[derive(serde::Deserialize)]
+/// What an event says of usage (see [`ChunkRead`]), with the number of its `choices`.
 struct Chunk {
-    #[serde(default)]
     usage: Option<Usage>,
+    response: Option<Nested>,
+    message: Option<Nested>,
+    choices: Option<usize>,
+}
+
+/// An event as serde_json reads it, when the skim leaves it (`crate::body::event_usage` reads
+/// the same fields).
+#[derive(serde::Deserialize)]
+pub(crate) struct ChunkRead {
+    #[serde(default)]
+    pub(crate) usage: Option<Usage>,
     /// A Responses event (`response.completed`, `.incomplete`, `.failed`) carries it here.
     #[serde(default)]
-    response: Option<Nested>,
+    pub(crate) response: Option<Nested>,
     /// Anthropic's `message_start` carries the input's here.
     #[serde(default)]
-    message: Option<Nested>,
+    pub(crate) message: Option<Nested>,
     #[serde(default)]
-    choices: Option<Vec<serde::de::IgnoredAny>>,
+    pub(crate) choices: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 #[derive(serde::Deserialize)]
-struct Nested {
+pub(crate) struct Nested {
     #[serde(default)]
-    usage: Option<Usage>,
+    pub(crate) usage: Option<Usage>,
 }
 
 /// The body (a JSON object) with `"stream_options":{"include_usage":true}` appended as its last

@@ -44,36 +44,71 @@ pub(super) fn usage(text: &[u8]) -> Option<openai_types::Usage> {
     let text = simdutf8::basic::from_utf8(text).ok()?;
     let mut skim = Skim::new(text, &[], None);
     skim.space();
-    let mut usage = openai_types::Usage::default();
+    skim.usage(1)
+}
+
+/// What a stream event's JSON says of usage, as serde_json reads it into the fields the usage
+/// tap looks at: the top-level `usage`, the `usage` of `response` (a Responses event) and of
+/// `message` (Anthropic's `message_start`), each `None` when absent or `null` (the outer
+/// `Option` of the nested ones: whether that object is there), and how many `choices` there
+/// are. `None` to leave the event to serde_json (the whole text must be one JSON object).
+pub(crate) struct EventUsage {
+    pub(crate) usage: Option<openai_types::Usage>,
+    pub(crate) response: Option<Option<openai_types::Usage>>,
+    pub(crate) message: Option<Option<openai_types::Usage>>,
+    pub(crate) choices: Option<usize>,
+}
+
+/// See [`EventUsage`].
+pub(super) fn event_usage(text: &[u8]) -> Option<EventUsage> {
+    let text = simdutf8::basic::from_utf8(text).ok()?;
+    let mut skim = Skim::new(text, &[], None);
+    skim.space();
+    let mut out = EventUsage {
+        usage: None,
+        response: None,
+        message: None,
+        choices: None,
+    };
     let mut seen: Seen = 0;
     skim.object(1, |skim, key| match key? {
-        "prompt_tokens" | "input_tokens" => {
-            once(&mut seen, 0, &mut usage.prompt_tokens, skim.count()?)
+        "usage" => {
+            let usage = skim.nullable(|skim| skim.usage(2))?;
+            once(&mut seen, 0, &mut out.usage, usage)
         }
-        "completion_tokens" | "output_tokens" => {
-            once(&mut seen, 1, &mut usage.completion_tokens, skim.count()?)
+        name @ ("response" | "message") => {
+            let nested = skim.nullable(|skim| {
+                let mut usage = None;
+                let mut inner: Seen = 0;
+                skim.object(2, |skim, key| match key? {
+                    "usage" => {
+                        let found = skim.nullable(|skim| skim.usage(3))?;
+                        once(&mut inner, 0, &mut usage, found)
+                    }
+                    _ => skim.value(2),
+                })?;
+                Some(usage)
+            })?;
+            match name {
+                "response" => once(&mut seen, 1, &mut out.response, nested),
+                _ => once(&mut seen, 2, &mut out.message, nested),
+            }
         }
-        "total_tokens" => once(&mut seen, 2, &mut usage.total_tokens, skim.count()?),
-        "prompt_tokens_details" | "input_tokens_details" => {
-            let details = match skim.peek()? {
-                b'n' => skim.word("null").map(|()| None)?,
-                _ => {
-                    let mut details = openai_types::PromptDetails::default();
-                    let mut cached: Seen = 0;
-                    skim.object(2, |skim, key| match key? {
-                        "cached_tokens" => {
-                            once(&mut cached, 0, &mut details.cached_tokens, skim.count()?)
-                        }
-                        _ => skim.value(2),
-                    })?;
-                    Some(details)
-                }
-            };
-            once(&mut seen, 3, &mut usage.prompt_tokens_details, details)
+        "choices" => {
+            let choices = skim.nullable(|skim| {
+                let mut n = 0;
+                skim.array(2, |skim| {
+                    n += 1;
+                    skim.value(2)
+                })?;
+                Some(n)
+            })?;
+            once(&mut seen, 3, &mut out.choices, choices)
         }
         _ => skim.value(1),
     })?;
-    Some(usage)
+    skim.space();
+    (skim.at == text.len()).then_some(out)
 }
 
 struct Skim<'a, 'w> {
@@ -356,6 +391,45 @@ impl<'a> Skim<'a, '_> {
         }
         self.unusual |= self.at - start > 300;
         Some(())
+    }
+
+    /// `null` as `None`, else what `read` reads here.
+    fn nullable<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        match self.peek()? {
+            b'n' => self.word("null").map(|()| None),
+            _ => read(self).map(Some),
+        }
+    }
+
+    /// A usage object here (see [`usage`]); `depth`: the object's own.
+    fn usage(&mut self, depth: usize) -> Option<openai_types::Usage> {
+        let mut usage = openai_types::Usage::default();
+        let mut seen: Seen = 0;
+        self.object(depth, |skim, key| match key? {
+            "prompt_tokens" | "input_tokens" => {
+                once(&mut seen, 0, &mut usage.prompt_tokens, skim.count()?)
+            }
+            "completion_tokens" | "output_tokens" => {
+                once(&mut seen, 1, &mut usage.completion_tokens, skim.count()?)
+            }
+            "total_tokens" => once(&mut seen, 2, &mut usage.total_tokens, skim.count()?),
+            "prompt_tokens_details" | "input_tokens_details" => {
+                let details = skim.nullable(|skim| {
+                    let mut details = openai_types::PromptDetails::default();
+                    let mut cached: Seen = 0;
+                    skim.object(depth + 1, |skim, key| match key? {
+                        "cached_tokens" => {
+                            once(&mut cached, 0, &mut details.cached_tokens, skim.count()?)
+                        }
+                        _ => skim.value(depth + 1),
+                    })?;
+                    Some(details)
+                })?;
+                once(&mut seen, 3, &mut usage.prompt_tokens_details, details)
+            }
+            _ => skim.value(depth),
+        })?;
+        Some(usage)
     }
 
     /// A count: plain digits (`0`, or no leading zero) that fit a `u64`; `None` for anything

@@ -430,3 +430,85 @@ proptest! {
         }
     }
 }
+
+/// An event's usage fields as serde_json reads them (the usage tap's reading).
+type EventFields = (
+    Option<openai_types::Usage>,
+    Option<Option<openai_types::Usage>>,
+    Option<Option<openai_types::Usage>>,
+    Option<usize>,
+);
+
+fn serde_event(text: &[u8]) -> Option<EventFields> {
+    let read: crate::usage::ChunkRead = serde_json::from_slice(text).ok()?;
+    Some((
+        read.usage,
+        read.response.map(|n| n.usage),
+        read.message.map(|n| n.usage),
+        read.choices.map(|c| c.len()),
+    ))
+}
+
+fn skim_event(text: &[u8]) -> Option<EventFields> {
+    event_usage(text).map(|e| (e.usage, e.response, e.message, e.choices))
+}
+
+#[test]
+fn stream_events_are_skimmed_as_serde_reads_them() {
+    for text in [
+        r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":20,"total_tokens":29}}"#,
+        r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi \"there\""},"finish_reason":null}],"usage":null}"#,
+        r#"{"type":"response.completed","sequence_number":9,"response":{"id":"resp_1","output":[{"type":"message","content":[{"type":"output_text","text":"a\nb","annotations":[]}]}],"usage":{"input_tokens":5,"input_tokens_details":{"cached_tokens":0},"output_tokens":2,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":7}}}"#,
+        r#"{"type":"message_start","message":{"id":"msg_1","role":"assistant","content":[],"usage":{"input_tokens":25,"output_tokens":1}}}"#,
+        r#"{"type":"response.created","response":{"id":"resp_1","usage":null}}"#,
+        " {\"choices\" : [ ] } \n",
+    ] {
+        let skimmed = skim_event(text.as_bytes());
+        assert!(skimmed.is_some(), "{text}");
+        assert_eq!(skimmed, serde_event(text.as_bytes()), "{text}");
+    }
+    for text in [
+        // Trailing text, a field twice, a field of another type, not JSON.
+        r#"{"usage":null} x"#,
+        r#"{"usage":null,"usage":null}"#,
+        r#"{"choices":{}}"#,
+        r#"{"response":[]}"#,
+        "[DONE]",
+    ] {
+        assert_eq!(skim_event(text.as_bytes()), None, "{text}");
+    }
+}
+
+/// A stream event's member value: usage objects, their holders, lists and leaves.
+fn event_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        usage_value(),
+        (prop::collection::vec(usage_value(), 0..3)).prop_map(|v| format!("[{}]", v.join(","))),
+        usage_value().prop_map(|u| format!("{{\"id\":\"x\",\"usage\":{u}}}")),
+        Just("\"text with \\\"quotes\\\" and \\u00e9\"".to_owned()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    /// What the skim reads of a stream event is what serde_json reads into the usage tap's
+    /// fields.
+    #[test]
+    fn the_event_skim_reads_what_serde_reads(
+        members in prop::collection::vec(
+            (
+                prop::sample::select(vec!["usage", "response", "message", "choices", "type", "u\\u0073age"]),
+                event_value(),
+            ),
+            0..5,
+        ),
+        after in prop::sample::select(vec!["", " \n", " x"]),
+    ) {
+        let members: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        let text = format!("{{{}}}{after}", members.join(","));
+        if let Some(skimmed) = skim_event(text.as_bytes()) {
+            prop_assert_eq!(Some(skimmed), serde_event(text.as_bytes()), "{}", text);
+        }
+    }
+}
