@@ -636,6 +636,8 @@ where
         } => Some(crate::provider::messages::PING),
         _ => None,
     };
+    // One clock read for the timer, its deadline and the wait's start.
+    let now = Instant::now();
     let mut guard = Guard {
         body,
         idle,
@@ -644,11 +646,11 @@ where
         tap,
         remaining,
         on_end: Some(on_end),
-        timer: Box::pin(tokio::time::sleep(idle)),
-        due: Instant::now() + idle,
+        timer: Box::pin(tokio::time::sleep_until(now + idle)),
+        due: now + idle,
         timer_waker: None,
         keep_alive,
-        quiet_since: Instant::now(),
+        quiet_since: now,
         stash: None,
     };
     let prefix = guard.pass(prefix);
