@@ -278,7 +278,7 @@ impl SelectShared {
             let mut walk = call.trail.lock();
             walk.attempts.push(AttemptRecord {
                 provider,
-                key: lease.id().to_owned(),
+                key: lease.shared_id(),
                 kind,
                 status: exchange.status,
                 detail: match &exchange.raw {

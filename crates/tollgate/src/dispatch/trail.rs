@@ -20,7 +20,7 @@ pub struct AttemptRecord {
     /// Provider index.
     pub provider: usize,
     /// Key id.
-    pub key: String,
+    pub key: std::sync::Arc<str>,
     /// Its outcome.
     pub kind: Kind,
     /// Upstream status, when there was one.
@@ -291,7 +291,7 @@ pub fn final_error(trail: &Trail, providers: &[Provider]) -> Answer {
     let error = walk.gateway_error(summary, Instant::now());
     tracing::debug!(error = error.metric_label(), "walk ended without an answer");
     let (provider, key) = match walk.attempts.last() {
-        Some(a) => (providers[a.provider].name().into(), a.key.as_str().into()),
+        Some(a) => (providers[a.provider].name().into(), a.key.as_ref().into()),
         None => ("-".into(), "-".into()),
     };
     let (parts, body) = error.to_response().into_parts();

@@ -30,6 +30,11 @@ impl Lease {
         &self.pool.keys[self.idx].settings.id
     }
 
+    /// The key's id, shared (a count, not a copy).
+    pub fn shared_id(&self) -> Arc<str> {
+        self.pool.keys[self.idx].name.shared()
+    }
+
     /// The key's rate-limit bucket id and limits.
     pub fn bucket(&self) -> (&str, Limits) {
         self.pool.bucket(self.idx)
