@@ -81,10 +81,12 @@ pub enum Denied {
 /// A key's tag: 128 bits of keyed hash.
 type Tag = [u64; 2];
 
-/// Tags presented keys with two SipHash-1-3 under random keys made for one table (a reload
-/// makes new ones and forgets the tags). A tag is a keyed pseudo-random function of the key:
-/// finding another key with a remembered tag takes about 2^128 guesses, and the tags and
-/// their keys, read from memory, give no shorter way to a client key than its SHA-256 digest.
+/// Tags presented keys with two SipHash-1-3 under secret random keys made for one table (std's
+/// `RandomState`: keys from the OS's randomness, the second state's the first's successor; a
+/// reload makes new ones and forgets the tags). Each half of a tag is a keyed pseudo-random
+/// function of the key and the tags are never shown: a key that is not the client's matches
+/// its tag by chance only (one in 2^64 for the first half alone), and the tags and their keys,
+/// read from memory, give no shorter way to a client key than its SHA-256 digest.
 #[derive(Default)]
 struct Tagger([std::collections::hash_map::RandomState; 2]);
 
