@@ -50,7 +50,7 @@ pub fn router(state: AppState, with_admin: bool) -> App {
         use futures_util::FutureExt;
         // The handler's future itself, not an async block around it (which would hold the
         // request once more in a future the edge moves whole).
-        proxy::proxy(Arc::clone(&reloader), req.map(Body::new)).map(Ok::<_, Infallible>)
+        proxy::proxy(Arc::clone(&reloader), req).map(Ok::<_, Infallible>)
     });
     let v1 = crate::stack::edge(handler, Arc::clone(&state.metrics), max_body, open.clone());
     let rest = Router::new()

@@ -9,6 +9,9 @@ use crate::error::{set_retry_after, GatewayError};
 use crate::reload::{Reloader, Runtime};
 use crate::request::{Answer, Endpoint, GatewayRequest, Served};
 use axum::body::Body;
+/// The request body as the edge hands it over: the client's bytes under the edge's limit, not
+/// boxed again.
+pub(super) type EdgeBody = tower_http::body::Limited<Body>;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response};
@@ -19,7 +22,7 @@ use tower::{Service, ServiceExt};
 
 /// Handles every `/v1/*` request. One async fn for what was three nested ones: each level
 /// kept the request twice (as its argument and as a local), in a future the edge moves whole.
-pub(super) async fn proxy(state: Arc<Reloader>, req: Request<Body>) -> Response<Body> {
+pub(super) async fn proxy(state: Arc<Reloader>, req: Request<EdgeBody>) -> Response<Body> {
     // Traces on: a client that leaves before the answer's head is the request span's outcome.
     let mut left = crate::telemetry::enabled().then(|| Cancelled(Some(tracing::Span::current())));
     // Anthropic's clients read errors in Anthropic's shape.
@@ -73,7 +76,7 @@ async fn messages_error(resp: Response<Body>) -> Response<Body> {
     Response::from_parts(parts, Body::from(messages::error_body(status, &bytes)))
 }
 
-async fn answer(reloader: Arc<Reloader>, req: Request<Body>) -> Response<Body> {
+async fn answer(reloader: Arc<Reloader>, req: Request<EdgeBody>) -> Response<Body> {
     let received = Instant::now();
     // One runtime for the whole request, even if the config is reloaded meanwhile.
     let rt = reloader.current();
@@ -146,7 +149,7 @@ fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
 /// Reads the body (the edge's body limit applies) and the fields the gateway routes on.
 async fn parse(
     rt: &Runtime,
-    req: Request<Body>,
+    req: Request<EdgeBody>,
     received: Instant,
     client: Option<&crate::auth::Client>,
 ) -> Result<GatewayRequest, GatewayError> {
@@ -431,7 +434,7 @@ async fn parse_meta(
 
 /// Reads the body, up to `limit` (the client's own; the edge enforces `edge_limit`).
 async fn read_body(
-    body: Body,
+    body: EdgeBody,
     headers: &http::HeaderMap,
     limit: usize,
     edge_limit: usize,
@@ -445,10 +448,18 @@ async fn read_body(
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large);
         }
-        return match http_body_util::Limited::new(body, limit).collect().await {
+        // Boxed here only: the edge's limit error, wrapped by axum, stays told apart from
+        // the client's own.
+        return match http_body_util::Limited::new(Body::new(body), limit)
+            .collect()
+            .await
+        {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-            Err(e) if e.downcast_ref::<axum::Error>().is_some_and(is_length_limit) => {
+            Err(e)
+                if e.downcast_ref::<axum::Error>()
+                    .is_some_and(|e| is_length_limit(e)) =>
+            {
                 Err(GatewayError::BodyTooLarge { limit: edge_limit })
             }
             Err(_) => Err(GatewayError::InvalidJson(
@@ -458,7 +469,7 @@ async fn read_body(
     }
     match body.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if is_length_limit(&e) => Err(too_large),
+        Err(e) if is_length_limit(&*e) => Err(too_large),
         Err(_) => Err(GatewayError::InvalidJson(
             "the request body could not be read".into(),
         )),
@@ -466,7 +477,7 @@ async fn read_body(
 }
 
 /// Whether reading failed at the edge's body limit (the error comes wrapped by axum).
-fn is_length_limit(e: &axum::Error) -> bool {
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
