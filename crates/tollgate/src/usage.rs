@@ -2,6 +2,7 @@
 //! reconciliation and the tokens metric. In a stream it finds the usage chunk and, when the
 //! gateway asked for it on the client's behalf, removes it so the client sees what it asked for.
 
+use crate::body::EventUsage;
 use crate::sse::{self, Event, SseFramer};
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::{Finder, FinderRev};
@@ -159,23 +160,13 @@ fn inspect(event: &[u8], usage: &mut Option<Usage>) -> bool {
     // The skim reads the usual event as serde_json would (a Responses event's whole answer is
     // passed over sixteen bytes at a time); serde_json reads the rest.
     let chunk = match crate::body::event_usage(&data) {
-        Some(read) => Chunk {
-            usage: read.usage,
-            response: read.response.map(|usage| Nested { usage }),
-            message: read.message.map(|usage| Nested { usage }),
-            choices: read.choices,
-        },
+        Some(read) => read,
         None => match serde_json::from_slice::<ChunkRead>(&data) {
-            Ok(read) => Chunk {
-                usage: read.usage,
-                response: read.response,
-                message: read.message,
-                choices: read.choices.map(|c| c.len()),
-            },
+            Ok(read) => EventUsage::from(read),
             Err(_) => return true,
         },
     };
-    let nested = chunk.response.or(chunk.message).and_then(|r| r.usage);
+    let nested = chunk.response.or(chunk.message).flatten();
     if let Some(u) = chunk.usage.or(nested) {
         // Anthropic's stream tells it in parts: the input in `message_start`, the output (and
         // in newer versions the input again, final) in `message_delta`: a later count replaces
@@ -282,14 +273,6 @@ impl Kept {
     }
 }
 
-/// What an event says of usage (see [`ChunkRead`]), with the number of its `choices`.
-struct Chunk {
-    usage: Option<Usage>,
-    response: Option<Nested>,
-    message: Option<Nested>,
-    choices: Option<usize>,
-}
-
 /// An event as serde_json reads it, when the skim leaves it (`crate::body::event_usage` reads
 /// the same fields).
 #[derive(serde::Deserialize)]
@@ -304,6 +287,17 @@ pub(crate) struct ChunkRead {
     pub(crate) message: Option<Nested>,
     #[serde(default)]
     pub(crate) choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+impl From<ChunkRead> for EventUsage {
+    fn from(read: ChunkRead) -> EventUsage {
+        EventUsage {
+            usage: read.usage,
+            response: read.response.map(|n| n.usage),
+            message: read.message.map(|n| n.usage),
+            choices: read.choices.map(|c| c.len()),
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]

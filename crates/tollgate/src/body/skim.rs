@@ -52,6 +52,7 @@ pub(super) fn usage(text: &[u8]) -> Option<openai_types::Usage> {
 /// `message` (Anthropic's `message_start`), each `None` when absent or `null` (the outer
 /// `Option` of the nested ones: whether that object is there), and how many `choices` there
 /// are. `None` to leave the event to serde_json (the whole text must be one JSON object).
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct EventUsage {
     pub(crate) usage: Option<openai_types::Usage>,
     pub(crate) response: Option<Option<openai_types::Usage>>,

@@ -9,9 +9,6 @@ use crate::error::{set_retry_after, GatewayError};
 use crate::reload::{Reloader, Runtime};
 use crate::request::{Answer, Endpoint, GatewayRequest, Served};
 use axum::body::Body;
-/// The request body as the edge hands it over: the client's bytes under the edge's limit, not
-/// boxed again.
-pub(super) type EdgeBody = tower_http::body::Limited<Body>;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response};
@@ -19,6 +16,10 @@ use http_body_util::BodyExt;
 use std::sync::Arc;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
+
+/// The request body as the edge hands it over: the client's bytes under the edge's limit, not
+/// boxed again.
+pub(super) type EdgeBody = tower_http::body::Limited<Body>;
 
 /// Handles every `/v1/*` request. One async fn for what was three nested ones: each level
 /// kept the request twice (as its argument and as a local), in a future the edge moves whole.
@@ -476,7 +477,8 @@ async fn read_body(
     }
 }
 
-/// Whether reading failed at the edge's body limit (the error comes wrapped by axum).
+/// Whether reading failed at the edge's body limit: a `LengthLimitError` anywhere in the
+/// error's chain (axum wraps it where the body was boxed).
 fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {

@@ -431,26 +431,12 @@ proptest! {
     }
 }
 
-/// An event's usage fields as serde_json reads them (the usage tap's reading).
-type EventFields = (
-    Option<openai_types::Usage>,
-    Option<Option<openai_types::Usage>>,
-    Option<Option<openai_types::Usage>>,
-    Option<usize>,
-);
-
-fn serde_event(text: &[u8]) -> Option<EventFields> {
-    let read: crate::usage::ChunkRead = serde_json::from_slice(text).ok()?;
-    Some((
-        read.usage,
-        read.response.map(|n| n.usage),
-        read.message.map(|n| n.usage),
-        read.choices.map(|c| c.len()),
-    ))
-}
-
-fn skim_event(text: &[u8]) -> Option<EventFields> {
-    event_usage(text).map(|e| (e.usage, e.response, e.message, e.choices))
+/// An event's usage fields as serde_json reads them (the usage tap's reading when the skim
+/// leaves the event).
+fn serde_event(text: &[u8]) -> Option<EventUsage> {
+    serde_json::from_slice::<crate::usage::ChunkRead>(text)
+        .ok()
+        .map(EventUsage::from)
 }
 
 #[test]
@@ -463,7 +449,7 @@ fn stream_events_are_skimmed_as_serde_reads_them() {
         r#"{"type":"response.created","response":{"id":"resp_1","usage":null}}"#,
         " {\"choices\" : [ ] } \n",
     ] {
-        let skimmed = skim_event(text.as_bytes());
+        let skimmed = event_usage(text.as_bytes());
         assert!(skimmed.is_some(), "{text}");
         assert_eq!(skimmed, serde_event(text.as_bytes()), "{text}");
     }
@@ -475,7 +461,7 @@ fn stream_events_are_skimmed_as_serde_reads_them() {
         r#"{"response":[]}"#,
         "[DONE]",
     ] {
-        assert_eq!(skim_event(text.as_bytes()), None, "{text}");
+        assert_eq!(event_usage(text.as_bytes()), None, "{text}");
     }
 }
 
@@ -507,7 +493,7 @@ proptest! {
     ) {
         let members: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
         let text = format!("{{{}}}{after}", members.join(","));
-        if let Some(skimmed) = skim_event(text.as_bytes()) {
+        if let Some(skimmed) = event_usage(text.as_bytes()) {
             prop_assert_eq!(Some(skimmed), serde_event(text.as_bytes()), "{}", text);
         }
     }
