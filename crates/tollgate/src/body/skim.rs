@@ -3,8 +3,11 @@
 //! (eight at a time, restarting at every escape: a coding agent's prompt has one every 20
 //! bytes, and that loop was half of what a 40 KB request cost the gateway).
 //!
-//! A string is read sixteen bytes at a time (SSE2 on x86_64, word arithmetic elsewhere) to its
-//! next quote, backslash or control character, and an escape is checked where it is found.
+//! A string's quotes, backslashes and control characters are found a block at a time (masks of
+//! sixteen bytes, SSE2 on x86_64, word arithmetic elsewhere; the first block of a string
+//! sixteen bytes, the next ones 64), an escape checked where it is found and the block's mask
+//! read on past it. A value nobody looks into is stepped over in one loop, not a call per
+//! value.
 //! Every object's member names are compared with the names the caller watches, so the
 //! ownership layer knows without another pass whether the body can name a stored object.
 //!
@@ -283,21 +286,27 @@ impl<'a> Skim<'a, '_> {
         mut member: impl FnMut(&mut Self, Option<&'a str>) -> Option<()>,
     ) -> Option<()> {
         self.sequence(depth, [b'{', b'}'], |skim| {
-            skim.eat(b'"')?;
-            let start = skim.at;
-            let escaped = skim.string()?;
-            let key = &skim.text[start..skim.at - 1];
-            // A name written with escapes may spell a watched one.
-            let long = key.len() >= 64;
-            if escaped
-                || ((long || skim.lengths >> key.len() & 1 == 1) && skim.watch.contains(&key))
-            {
-                skim.named = true;
-            }
-            skim.eat(b':')?;
-            skim.space();
-            member(skim, (!escaped).then_some(key))
+            let key = skim.key()?;
+            member(skim, key)
         })
+    }
+
+    /// A member's name, its colon and the whitespace after it (whitespace before it too): the
+    /// name as written, `None` inside when written with escapes. A name that is watched, or
+    /// written with escapes (it may spell a watched one), is noted in `named`.
+    #[inline(always)]
+    fn key(&mut self) -> Option<Option<&'a str>> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let escaped = self.string()?;
+        let key = self.text.get(start..self.at - 1)?;
+        let long = key.len() >= 64;
+        if escaped || ((long || self.lengths >> key.len() & 1 == 1) && self.watch.contains(&key)) {
+            self.named = true;
+        }
+        self.eat(b':')?;
+        self.space();
+        Some((!escaped).then_some(key))
     }
 
     /// An array's elements, each read by `element`; `depth` is the array's own.
@@ -344,20 +353,68 @@ impl<'a> Skim<'a, '_> {
         Some(&self.text[start..self.at])
     }
 
-    /// Steps over one value (no whitespace before it).
+    /// Steps over one value (no whitespace before it); `depth`: that of the object or array it
+    /// is in. One loop over the containers it opens, not a call for each value: what it reads
+    /// and refuses is what [`Skim::object`] and [`Skim::array`] read and refuse.
     fn value(&mut self, depth: usize) -> Option<()> {
-        match self.peek()? {
-            b'"' => {
-                self.at += 1;
-                self.string().map(drop)
+        // The containers open inside the value, the innermost in bit 0: 1 an object, 0 an
+        // array (`DEPTH` < 128 of them).
+        let mut open: u128 = 0;
+        let mut level = depth;
+        loop {
+            // A value starts here.
+            match self.peek()? {
+                b'"' => {
+                    self.at += 1;
+                    self.string()?;
+                }
+                b @ (b'{' | b'[') => {
+                    if level >= DEPTH {
+                        return None;
+                    }
+                    let object = b == b'{';
+                    self.at += 1;
+                    self.space();
+                    if self.peek()? != if object { b'}' } else { b']' } {
+                        level += 1;
+                        open = open << 1 | u128::from(object);
+                        if object {
+                            self.key()?;
+                        }
+                        continue;
+                    }
+                    self.at += 1;
+                }
+                b't' => self.word("true")?,
+                b'f' => self.word("false")?,
+                b'n' => self.word("null")?,
+                b'-' | b'0'..=b'9' => self.number()?,
+                _ => return None,
             }
-            b'{' => self.object(depth + 1, |skim, _| skim.value(depth + 1)),
-            b'[' => self.array(depth + 1, |skim| skim.value(depth + 1)),
-            b't' => self.word("true"),
-            b'f' => self.word("false"),
-            b'n' => self.word("null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
+            // A value ended: the next item of its container, or the container's end.
+            loop {
+                if level == depth {
+                    return Some(());
+                }
+                self.space();
+                let object = open & 1 == 1;
+                match self.peek()? {
+                    b',' => {
+                        self.at += 1;
+                        self.space();
+                        if object {
+                            self.key()?;
+                        }
+                        break;
+                    }
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    _ => return None,
+                }
+                self.at += 1;
+                level -= 1;
+                open >>= 1;
+            }
         }
     }
 
@@ -465,27 +522,45 @@ impl<'a> Skim<'a, '_> {
     }
 
     /// The rest of a string (its opening quote read): whether it has escapes, `None` when it is
-    /// not one JSON allows (a control character, an unknown escape, no end).
+    /// not one JSON allows (a control character, an unknown escape, no end). A string that
+    /// ends within sixteen bytes without an escape (most names and many values) is read here,
+    /// where it is called; any other by [`Skim::long_string`].
+    #[inline(always)]
     fn string(&mut self) -> Option<bool> {
         let bytes = self.text.as_bytes();
-        let mut at = self.at;
+        if let Some(block) = bytes.get(self.at..self.at + 16) {
+            let mask = block_mask(block.try_into().unwrap_or(&[0; 16]));
+            let end = self.at + mask.trailing_zeros() as usize;
+            if mask != 0 && bytes.get(end) == Some(&b'"') {
+                self.at = end + 1;
+                return Some(false);
+            }
+        }
+        self.long_string()
+    }
+
+    /// [`Skim::string`] for a string it does not read itself.
+    #[inline(never)]
+    fn long_string(&mut self) -> Option<bool> {
+        let bytes = self.text.as_bytes();
         let mut escaped = false;
+        let mut specials = Specials::new(bytes, self.at);
         loop {
-            at = special(bytes, at)?;
-            match bytes[at] {
+            let at = specials.next()?;
+            match bytes.get(at)? {
                 b'"' => {
                     self.at = at + 1;
                     return Some(escaped);
                 }
                 b'\\' => {
                     escaped = true;
-                    at = match bytes.get(at + 1)? {
+                    specials.pass(match bytes.get(at + 1)? {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => at + 2,
                         b'u' if bytes.get(at + 2..at + 6)?.iter().all(u8::is_ascii_hexdigit) => {
                             at + 6
                         }
                         _ => return None,
-                    };
+                    });
                 }
                 _ => return None,
             }
@@ -791,12 +866,12 @@ impl<'a> Skim<'a, '_> {
     fn unescaped_len(&mut self) -> Option<usize> {
         let bytes = self.text.as_bytes();
         let start = self.at;
-        let mut at = start;
+        let mut specials = Specials::new(bytes, start);
         // Bytes the escapes take beyond what they stand for.
         let mut shrink = 0;
         loop {
-            at = special(bytes, at)?;
-            match bytes[at] {
+            let at = specials.next()?;
+            match bytes.get(at)? {
                 b'"' => {
                     self.at = at + 1;
                     return Some(at - start - shrink);
@@ -824,7 +899,7 @@ impl<'a> Skim<'a, '_> {
                 _ => return None,
             };
             shrink += width - len;
-            at += width;
+            specials.pass(at + width);
         }
     }
 
@@ -850,29 +925,84 @@ fn hex4(digits: &[u8]) -> Option<u32> {
         .try_fold(0, |n, &d| Some(n << 4 | char::from(d).to_digit(16)?))
 }
 
-/// Where the first byte at or after `at` that ends a string's plain run is (a quote, a
-/// backslash or a control character); `None` when there is none. Sixteen bytes a turn, one
-/// mask each ([`block_mask`]); the last few one at a time. A byte of a multi-byte character
-/// has its top bit set and is none of them.
-///
-/// (Taking every special byte of a block's mask in turn, so an escape does not reload the
-/// block, was measured three ways: slower twice, under 1% faster once; not worth its loops.)
-#[inline(always)]
-fn special(s: &[u8], mut at: usize) -> Option<usize> {
-    while let Some(block) = s
-        .get(at..at + 16)
-        .and_then(|b| <&[u8; 16]>::try_from(b).ok())
-    {
-        let mask = block_mask(block);
-        if mask != 0 {
-            return Some(at + mask.trailing_zeros() as usize);
+/// The special bytes of a string's text (quotes, backslashes, control characters) from a
+/// place on, in order: each block's mask made once ([`block_mask`], sixteen bytes at a time)
+/// and its bits taken in turn, so an escape does not load its block again. The first block is
+/// sixteen bytes (most names and values end in it), the next ones 64; the last block of the
+/// text is read from a copy padded with spaces. A byte of a multi-byte character has its top
+/// bit set and is none of them.
+struct Specials<'b> {
+    bytes: &'b [u8],
+    /// Where the block starts, and how many bytes it covers.
+    base: usize,
+    width: usize,
+    /// The block's special bytes not yet taken: bit `i` for `base + i`.
+    mask: u64,
+}
+
+impl<'b> Specials<'b> {
+    #[inline(always)]
+    fn new(bytes: &'b [u8], at: usize) -> Self {
+        let mask = match bytes.get(at..at + 16) {
+            Some(block) => u64::from(block_mask(block.try_into().unwrap_or(&[0; 16]))),
+            None => padded_mask(bytes, at),
+        };
+        Specials {
+            bytes,
+            base: at,
+            width: 16,
+            mask,
         }
-        at += 16;
     }
-    s.get(at..)?
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .map(|i| at + i)
+
+    /// Where the next special byte is; `None` at the end of the text.
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.base += self.width;
+            if self.base >= self.bytes.len() {
+                return None;
+            }
+            self.width = 64;
+            self.mask = wide_mask(self.bytes, self.base);
+        }
+        Some(self.base + self.mask.trailing_zeros() as usize)
+    }
+
+    /// Passes over the bytes before `at` (the end of an escape, after the last byte taken).
+    #[inline(always)]
+    fn pass(&mut self, at: usize) {
+        match at - self.base {
+            skip if skip < self.width => self.mask &= u64::MAX << skip,
+            _ => {
+                self.base = at;
+                self.width = 64;
+                self.mask = wide_mask(self.bytes, at);
+            }
+        }
+    }
+}
+
+/// The special bytes of the 64 at `at` (fewer at the end of `bytes`), bit `i` for `at + i`.
+#[inline(always)]
+fn wide_mask(bytes: &[u8], at: usize) -> u64 {
+    let Some(block) = bytes.get(at..at + 64) else {
+        return padded_mask(bytes, at);
+    };
+    block.chunks_exact(16).rev().fold(0, |mask, quarter| {
+        mask << 16 | u64::from(block_mask(quarter.try_into().unwrap_or(&[0; 16])))
+    })
+}
+
+/// [`wide_mask`] of the bytes from `at` to the end (fewer than 64), read from a copy padded
+/// with spaces.
+#[cold]
+fn padded_mask(bytes: &[u8], at: usize) -> u64 {
+    let rest = bytes.get(at..).unwrap_or_default();
+    let mut block = [b' '; 64];
+    let len = rest.len().min(64);
+    block[..len].copy_from_slice(&rest[..len]);
+    wide_mask(&block, 0)
 }
 
 /// Bit `i` set when `block[i]` is a quote, a backslash or a control character. On x86_64 with

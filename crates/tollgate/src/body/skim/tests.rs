@@ -86,6 +86,18 @@ fn leaves_to_serde_what_it_is_not_sure_of() {
     }
     let deep = format!("{{\"a\":{}{}}}", "[".repeat(DEPTH), "]".repeat(DEPTH));
     assert!(skim(deep.as_bytes()).is_none());
+    let deepest = format!(
+        "{{\"a\":{}{}}}",
+        "[".repeat(DEPTH - 1),
+        "]".repeat(DEPTH - 1)
+    );
+    assert!(
+        skim(deepest.as_bytes()).is_some(),
+        "nesting up to DEPTH is read"
+    );
+    let objects = |n| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
+    assert!(skim(objects(DEPTH).as_bytes()).is_some());
+    assert!(skim(objects(DEPTH + 1).as_bytes()).is_none());
     assert!(skim(b"{\"model\":\"\xff\"}").is_none(), "not UTF-8");
 }
 
@@ -233,6 +245,15 @@ proptest! {
 proptest! {
     #![proptest_config(config(256))]
 
+    /// Whitespace wherever JSON allows it reads as the compact text does.
+    #[test]
+    fn a_pretty_body_reads_as_the_compact_one(metadata in value(), tools in value()) {
+        let body = json!({"model": "m", "metadata": metadata, "tools": tools});
+        let pretty = serde_json::to_vec_pretty(&body).expect("writes");
+        prop_assert_eq!(skim(&pretty).map(|(fields, _)| fields), serde(&pretty));
+        prop_assert!(skim(&pretty).is_some());
+    }
+
     /// Every body serde_json reads is skimmed too, but for what the skim leaves to it on
     /// purpose (a member named twice, a message written as an array).
     #[test]
@@ -271,14 +292,26 @@ proptest! {
         prop_assert_eq!(block_mask_words(&block), naive);
     }
 
-    /// The search finds the first special byte from any place, as a byte-by-byte one does.
+    /// The special bytes are found in order from any place, as a byte-by-byte search finds
+    /// them, whatever is passed over after each (an escape's length) and wherever the blocks
+    /// end.
     #[test]
-    fn the_search_finds_the_first_special_byte(
-        bytes in prop::collection::vec(prop::sample::select(vec![b'"', b'\\', b'\n', b'a', 0xe9]), 0..80),
-        start in 0usize..90,
+    fn the_special_bytes_are_found_in_order(
+        bytes in prop::collection::vec(prop::sample::select(vec![b'"', b'\\', b'\n', b'a', b'a', b'a', 0xe9]), 0..200),
+        start in 0usize..210,
+        skips in prop::collection::vec(0usize..14, 0..40),
     ) {
-        let naive = (start..bytes.len()).find(|&i| is_special(bytes[i]));
-        prop_assert_eq!(special(&bytes, start), naive);
+        let mut specials = Specials::new(&bytes, start);
+        let mut from = start;
+        let mut skips = skips.into_iter();
+        loop {
+            let naive = (from..bytes.len()).find(|&i| is_special(bytes[i]));
+            let found = specials.next();
+            prop_assert_eq!(found, naive);
+            let (Some(at), Some(skip)) = (found, skips.next()) else { break };
+            from = (at + 1 + skip).min(bytes.len());
+            specials.pass(from);
+        }
     }
 }
 
