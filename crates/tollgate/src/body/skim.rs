@@ -123,8 +123,9 @@ struct Skim<'a, 'w> {
     /// by their length alone.
     lengths: u64,
     named: bool,
-    /// A number with an exponent or of over 300 characters was passed: one a reader of JSON
-    /// values may refuse (past `f64`) where the skim does not (a count made on the way,
+    /// A number with an exponent or of over 300 characters was passed, or a `\u` escape of a
+    /// surrogate (D800–DFFF, half of a pair or alone): one a reader of JSON values may refuse
+    /// (past `f64`, a lone half) where the skim does not (a count made on the way,
     /// [`Skim::counted`], or [`input_tokens`], then leaves the value to the estimate).
     unusual: bool,
     /// What to count on the way.
@@ -191,6 +192,7 @@ impl<'a> Skim<'a, '_> {
     }
 
     /// Consumes `byte` (after any whitespace).
+    #[inline(always)]
     fn eat(&mut self, byte: u8) -> Option<()> {
         self.space();
         (self.peek()? == byte).then(|| self.at += 1)
@@ -527,16 +529,27 @@ impl<'a> Skim<'a, '_> {
     /// where it is called; any other by [`Skim::long_string`].
     #[inline(always)]
     fn string(&mut self) -> Option<bool> {
-        let bytes = self.text.as_bytes();
-        if let Some(block) = bytes.get(self.at..self.at + 16) {
-            let mask = block_mask(block.try_into().unwrap_or(&[0; 16]));
-            let end = self.at + mask.trailing_zeros() as usize;
-            if mask != 0 && bytes.get(end) == Some(&b'"') {
-                self.at = end + 1;
-                return Some(false);
-            }
+        if self.short_string() {
+            return Some(false);
         }
         self.long_string()
+    }
+
+    /// Reads the rest of a string (its opening quote read) when it ends within sixteen bytes
+    /// without an escape; whether it did.
+    #[inline(always)]
+    fn short_string(&mut self) -> bool {
+        let bytes = self.text.as_bytes();
+        let Some(block) = bytes.get(self.at..self.at + 16) else {
+            return false;
+        };
+        let mask = block_mask(block.try_into().unwrap_or(&[0; 16]));
+        let end = self.at + mask.trailing_zeros() as usize;
+        let ends = mask != 0 && bytes.get(end) == Some(&b'"');
+        if ends {
+            self.at = end + 1;
+        }
+        ends
     }
 
     /// [`Skim::string`] for a string it does not read itself.
@@ -556,7 +569,15 @@ impl<'a> Skim<'a, '_> {
                     escaped = true;
                     specials.pass(match bytes.get(at + 1)? {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => at + 2,
-                        b'u' if bytes.get(at + 2..at + 6)?.iter().all(u8::is_ascii_hexdigit) => {
+                        b'u' => {
+                            let digits = bytes.get(at + 2..at + 6)?;
+                            if !digits.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            self.unusual |= matches!(
+                                digits,
+                                [b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F', ..]
+                            );
                             at + 6
                         }
                         _ => return None,
@@ -578,27 +599,11 @@ impl<'a> Skim<'a, '_> {
 /// part's type or detail written with escapes, a lone surrogate, nesting past [`DEPTH`]): the
 /// estimate then reads it its own way. A property test holds the two to the same count.
 pub(crate) fn input_tokens(text: &str, tokens: fn(usize) -> u64) -> Option<u64> {
-    if may_hold_surrogate(text.as_bytes()) {
-        return None;
-    }
     let mut skim = Skim::new(text, &[], None);
     skim.space();
     let total = skim.input_items(1, tokens)?;
     skim.space();
     (skim.at == text.len() && !skim.unusual).then_some(total)
-}
-
-/// Whether `text` may hold a `\\u` escape of a surrogate (D800–DFFF), half of a pair or
-/// alone (which a reader of JSON values refuses); a backslash escaped before a `u` counts too,
-/// a false alarm only leaving the count to serde_json. Looked for over each array a count is
-/// made of (the arrays only), not on every string the skim reads.
-fn may_hold_surrogate(text: &[u8]) -> bool {
-    memchr::memmem::find_iter(text, b"\\u").any(|at| {
-        matches!(
-            text.get(at + 2..at + 4),
-            Some([b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'])
-        )
-    })
 }
 
 impl<'a> Skim<'a, '_> {
@@ -683,9 +688,7 @@ impl<'a> Skim<'a, '_> {
             self.at = start;
             return Some((self.raw(depth)?, None));
         };
-        let text = &self.text[start..self.at];
-        let sure = sure && !may_hold_surrogate(text.as_bytes());
-        Some((text, sure.then_some(total)))
+        Some((&self.text[start..self.at], sure.then_some(total)))
     }
 
     /// The items of a Responses `input` array here (`depth`: the array's own), counted as
@@ -856,6 +859,10 @@ impl<'a> Skim<'a, '_> {
             return Some(None);
         }
         self.at += 1;
+        let start = self.at;
+        if self.short_string() {
+            return Some(Some(self.at - 1 - start));
+        }
         self.unescaped_len().map(Some)
     }
 
@@ -889,6 +896,7 @@ impl<'a> Skim<'a, '_> {
                         {
                             return None;
                         }
+                        self.unusual = true;
                         (12, 4)
                     }
                     0xDC00..=0xDFFF => return None,
@@ -986,9 +994,54 @@ impl<'b> Specials<'b> {
 /// The special bytes of the 64 at `at` (fewer at the end of `bytes`), bit `i` for `at + i`.
 #[inline(always)]
 fn wide_mask(bytes: &[u8], at: usize) -> u64 {
-    let Some(block) = bytes.get(at..at + 64) else {
-        return padded_mask(bytes, at);
+    match bytes.get(at..at + 64) {
+        Some(block) => wide_block_mask(block.try_into().unwrap_or(&[0; 64])),
+        None => padded_mask(bytes, at),
+    }
+}
+
+/// [`block_mask`] of 64 bytes. On x86_64 the control characters are looked for in the
+/// smallest byte of the four quarters first: a string's text has none (JSON does not allow
+/// them), so most blocks are only compared with the quote and the backslash.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn wide_block_mask(block: &[u8; 64]) -> u64 {
+    use safe_arch::{
+        bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, max_u8_m128i, min_u8_m128i,
+        move_mask_i8_m128i, set_splat_i8_m128i,
     };
+    let quarter = |i: usize| {
+        let bytes: &[u8; 16] = block[i * 16..i * 16 + 16].try_into().unwrap_or(&[0; 16]);
+        load_unaligned_m128i(bytes)
+    };
+    let v = [quarter(0), quarter(1), quarter(2), quarter(3)];
+    let least = min_u8_m128i(min_u8_m128i(v[0], v[1]), min_u8_m128i(v[2], v[3]));
+    let below_space = set_splat_i8_m128i(0x1f);
+    if move_mask_i8_m128i(cmp_eq_mask_i8_m128i(
+        max_u8_m128i(least, below_space),
+        below_space,
+    )) != 0
+    {
+        return generic_wide_block_mask(block);
+    }
+    let (quote, backslash) = (
+        set_splat_i8_m128i(b'"' as i8),
+        set_splat_i8_m128i(b'\\' as i8),
+    );
+    v.iter().rev().fold(0, |mask, &v| {
+        let ends = bitor_m128i(
+            cmp_eq_mask_i8_m128i(v, quote),
+            cmp_eq_mask_i8_m128i(v, backslash),
+        );
+        mask << 16 | u64::from(move_mask_i8_m128i(ends) as u16)
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+use generic_wide_block_mask as wide_block_mask;
+
+/// [`wide_block_mask`] as four [`block_mask`]s.
+fn generic_wide_block_mask(block: &[u8; 64]) -> u64 {
     block.chunks_exact(16).rev().fold(0, |mask, quarter| {
         mask << 16 | u64::from(block_mask(quarter.try_into().unwrap_or(&[0; 16])))
     })

@@ -292,6 +292,22 @@ proptest! {
         prop_assert_eq!(block_mask_words(&block), naive);
     }
 
+    /// A 64-byte mask marks exactly the special bytes, with a control character in it or not.
+    #[test]
+    fn a_wide_mask_marks_exactly_the_special_bytes(
+        bytes in prop::collection::vec(prop::sample::select(vec![b'"', b'\\', b'a', b' ', 0x7f, 0x80, 0xe9, 0xff]), 64),
+        control in prop::option::of((0usize..64, 0u8..0x20)),
+    ) {
+        let mut block = [0u8; 64];
+        block.copy_from_slice(&bytes);
+        if let Some((at, byte)) = control {
+            block[at] = byte;
+        }
+        let naive = (0..64).fold(0u64, |m, i| m | u64::from(is_special(block[i])) << i);
+        prop_assert_eq!(wide_block_mask(&block), naive);
+        prop_assert_eq!(generic_wide_block_mask(&block), naive);
+    }
+
     /// The special bytes are found in order from any place, as a byte-by-byte search finds
     /// them, whatever is passed over after each (an escape's length) and wherever the blocks
     /// end.

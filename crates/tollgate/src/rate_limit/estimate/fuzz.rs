@@ -217,7 +217,7 @@ proptest! {
 }
 
 /// Strings as JSON text: plain, escaped, a character written `\u`, a surrogate pair, a lone
-/// surrogate.
+/// surrogate, a backslash written before the text of one (no escape).
 const STRINGS: &[&str] = &[
     r#""hello""#,
     r#""""#,
@@ -225,6 +225,7 @@ const STRINGS: &[&str] = &[
     r#""caf\u00e9 \u20ac \u0041""#,
     r#""smile \ud83d\ude00""#,
     r#""lone \ud800 half""#,
+    r#""not one \\ud800""#,
     r#""fn main() {\n    println!(\"hi\");\n}\n""#,
     "\"é raw utf-8\"",
 ];
