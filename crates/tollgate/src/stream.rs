@@ -449,6 +449,49 @@ impl StreamEnd {
     }
 }
 
+/// The most a write gathers from chunks the upstream has ready.
+const MAX_WRITE: usize = 64 * 1024;
+
+/// A wait for the upstream's next chunk shorter than this is a burst's (the upstream
+/// connection's turn), not a trickling stream's.
+const BURST_GAP: Duration = Duration::from_micros(200);
+
+/// Chunks taken from the upstream to go out in one write: the first as it came, copied into
+/// one buffer once a second joins it.
+struct Gather {
+    first: Bytes,
+    merged: Option<BytesMut>,
+}
+
+impl Gather {
+    fn new(first: Bytes) -> Self {
+        Gather {
+            first,
+            merged: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.merged.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
+    fn push(&mut self, more: &[u8]) {
+        let first = &self.first;
+        self.merged
+            .get_or_insert_with(|| {
+                let mut merged =
+                    BytesMut::with_capacity((4 * (first.len() + more.len())).max(4096));
+                merged.extend_from_slice(first);
+                merged
+            })
+            .extend_from_slice(more);
+    }
+
+    fn finish(self) -> Bytes {
+        self.merged.map_or(self.first, BytesMut::freeze)
+    }
+}
+
 struct Guard<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     body: BodyStream,
     idle: Duration,
@@ -518,24 +561,25 @@ impl<F: FnOnce(StreamEnd, Option<Usage>) + Send> Guard<F> {
         out
     }
 
-    /// Appends the chunks the upstream already has ready, so several SSE events go out in one
-    /// write (up to 64 KiB); an end or error seen meanwhile is kept for the next turn.
-    fn coalesce(&mut self, first: Bytes) -> Bytes {
+    /// Appends to `held` the chunks the upstream body has ready now (up to [`MAX_WRITE`]); an
+    /// end or error seen meanwhile is kept for the next turn. Whether it added any.
+    fn gather(&mut self, held: &mut Gather) -> bool {
         use futures_util::FutureExt;
-        let mut merged: Option<BytesMut> = None;
-        while merged.as_ref().map_or(first.len(), BytesMut::len) < 64 * 1024 {
+        let mut more = false;
+        while held.len() < MAX_WRITE {
             match self.body.next().now_or_never() {
                 None => break,
-                Some(Some(Ok(more))) => merged
-                    .get_or_insert_with(|| BytesMut::from(&first[..]))
-                    .extend_from_slice(&more),
+                Some(Some(Ok(chunk))) => {
+                    held.push(&chunk);
+                    more = true;
+                }
                 Some(other) => {
                     self.stash = Some(other);
                     break;
                 }
             }
         }
-        merged.map_or(first, BytesMut::freeze)
+        more
     }
 
     /// Polls the idle timer; a poll is skipped while the timer has not fired and holds a
@@ -660,6 +704,9 @@ where
         framing,
         waiting: false,
         waited: false,
+        held: None,
+        bursting: true,
+        idle_yields: 0,
     }
 }
 
@@ -675,6 +722,15 @@ pub struct Guarded<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     waiting: bool,
     /// That wait found the upstream body not ready at least once.
     waited: bool,
+    /// Chunks taken and not yet handed on, while the task yields once: the upstream connection
+    /// (a task of its own, which hands its body over one chunk at a time) then decodes what it
+    /// has already read, and a burst goes out in one write, not one write per event.
+    held: Option<Gather>,
+    /// The last yield found more of the body (or none was made yet): a chunk that had to be
+    /// waited for is held too. Else it goes on at once, as a trickling stream's chunks do.
+    bursting: bool,
+    /// Yields in a row that found nothing more while `held`.
+    idle_yields: u8,
 }
 
 impl<F> Stream for Guarded<F>
@@ -695,6 +751,24 @@ where
         let Some(g) = this.guard.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(mut held) = this.held.take() {
+            // Back from a yield: what the upstream decoded meanwhile joins the write. Handing
+            // over a chunk takes the upstream connection two turns, so the write goes once two
+            // yields in a row found nothing.
+            if g.gather(&mut held) {
+                this.bursting = true;
+                this.idle_yields = 0;
+            } else {
+                this.idle_yields += 1;
+            }
+            if this.idle_yields < 2 && held.len() < MAX_WRITE && g.stash.is_none() {
+                this.held = Some(held);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.bursting = this.idle_yields < 2;
+            return Poll::Ready(Some(Ok(g.pass(held.finish()))));
+        }
         let next = match g.stash.take() {
             _ if g.oversized => Ok(None),
             Some(stashed) => Ok(stashed),
@@ -740,14 +814,24 @@ where
         this.waiting = false;
         let (end, message, code) = match next {
             Ok(Some(Ok(chunk))) => {
-                // A chunk that was there at once may have more behind it (a burst): those go
-                // out with it. One that had to be waited for rarely does, and the look would
-                // cost a poll of the upstream body for every chunk of a trickling stream.
-                let chunk = match this.waited {
-                    false => g.coalesce(chunk),
-                    true => chunk,
-                };
-                return Poll::Ready(Some(Ok(g.pass(chunk))));
+                // A trickling stream's chunk goes on at once: a look behind it would cost a poll
+                // of the upstream body, and a yield, for every chunk. One waited for only
+                // briefly is taken for the start of a burst.
+                if this.waited && !this.bursting && g.quiet_since.elapsed() >= BURST_GAP {
+                    return Poll::Ready(Some(Ok(g.pass(chunk))));
+                }
+                // A chunk that was there at once, or one of a burst, may have more behind it:
+                // what is ready now joins it, and one yield lets the upstream connection hand
+                // over the rest (its wake-up comes before ours).
+                let mut held = Gather::new(chunk);
+                g.gather(&mut held);
+                if held.len() < MAX_WRITE && g.stash.is_none() {
+                    this.held = Some(held);
+                    this.idle_yields = 0;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                return Poll::Ready(Some(Ok(g.pass(held.finish()))));
             }
             Ok(None) if g.oversized => (
                 StreamEnd::Oversized,
@@ -825,7 +909,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.head.is_none() && self.guard.is_none()
+        self.head.is_none() && self.held.is_none() && self.guard.is_none()
     }
 }
 

@@ -285,28 +285,63 @@ async fn chunks_already_available_go_out_in_one_write() {
     );
 }
 
-/// A chunk that had to be waited for goes out alone (no look behind it, which would cost a poll
-/// of the upstream for every chunk of a trickling stream); the burst that follows it at once
-/// goes out together.
+/// A trickling stream's chunks go out one write each: the first is held for one look behind
+/// it, which finds nothing, and the next ones go on at once (each waited for 50 ms).
 #[tokio::test(start_paused = true)]
-async fn a_waited_for_chunk_goes_alone_and_the_burst_behind_it_together() {
-    let first = stream::once(async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        Ok(Bytes::from_static(b"data: 0\n\n"))
+async fn a_trickling_streams_chunks_go_out_one_write_each() {
+    let chunks: Vec<Bytes> = (0..20)
+        .map(|i| Bytes::from(format!("data: {i}\n\n")))
+        .chain([Bytes::from_static(b"data: [DONE]\n\n")])
+        .collect();
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = polls.clone();
+    let trickle = stream::iter(chunks.clone()).then(move |chunk| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(chunk)
+        }
     });
-    let burst = stream::iter(
-        (1..4)
-            .map(|i| Ok(Bytes::from(format!("data: {i}\n\n"))))
-            .chain([Ok(Bytes::from_static(b"data: [DONE]\n\n"))]),
-    );
-    let parts = writes(Box::pin(first.chain(burst))).await;
+    let parts = writes(Box::pin(trickle)).await;
+    assert_eq!(parts, chunks);
     assert_eq!(
-        parts,
-        [
-            "data: 0\n\n",
-            "data: 1\n\ndata: 2\n\ndata: 3\n\ndata: [DONE]\n\n"
-        ]
+        polls.load(std::sync::atomic::Ordering::Relaxed),
+        chunks.len()
     );
+}
+
+/// A burst handed over one chunk at a time by another task (as hyper's client connection
+/// hands over a body it has read at once) goes out in one write; after a pause, the chunk that
+/// was waited for goes alone and the burst behind it together.
+#[tokio::test(start_paused = true)]
+async fn a_burst_handed_over_a_chunk_a_turn_goes_out_in_one_write() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, UpstreamError>>(1);
+    tokio::spawn(async move {
+        for i in 0..20 {
+            tx.send(Ok(Bytes::from(format!("data: {i}\n\n"))))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for i in 20..40 {
+            tx.send(Ok(Bytes::from(format!("data: {i}\n\n"))))
+                .await
+                .unwrap();
+        }
+        tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))
+            .await
+            .unwrap();
+    });
+    let body = stream::unfold(rx, |mut rx| async move { Some((rx.recv().await?, rx)) });
+    let parts = writes(Box::pin(body)).await;
+    let text: String = parts.iter().map(|p| String::from_utf8_lossy(p)).collect();
+    let expected: String = (0..40)
+        .map(|i| format!("data: {i}\n\n"))
+        .chain(["data: [DONE]\n\n".to_owned()])
+        .collect();
+    assert_eq!(text, expected);
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    assert_eq!(parts[1], "data: 20\n\n");
 }
 
 mod protocols;
