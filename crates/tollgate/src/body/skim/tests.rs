@@ -120,6 +120,24 @@ fn a_watched_name_is_found_at_any_depth_and_only_as_a_name() {
     );
 }
 
+/// The names request bodies are full of are passed over by their slot alone (no comparison
+/// with the watched names).
+#[test]
+fn common_names_share_no_slot_with_a_watched_one() {
+    let watched: u128 = REFERENCES.iter().fold(0, |set, name| set | 1 << slot(name));
+    let common = "role content type name function arguments id tool_calls tool_call_id \
+        description parameters properties required items text call_id output command workdir \
+        messages model input tools strict enum default image_url detail cache_control system \
+        max_tokens stream temperature metadata additionalProperties summary encrypted_content \
+        reasoning status annotations logprobs index delta finish_reason usage object created \
+        choices message tool_choice parallel_tool_calls include store instructions top_p user \
+        prompt_cache_key input_schema tool_use_id is_error source media_type data thinking \
+        signature";
+    for name in common.split_whitespace() {
+        assert_eq!(watched >> slot(name) & 1, 0, "{name}");
+    }
+}
+
 /// Any JSON value, with member names the fields' reading and the ownership layer look for.
 fn value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
