@@ -139,9 +139,8 @@ struct Skim<'a, 'w> {
 /// full of (`content`, `arguments`, `tool_call_id`) share a length with a watched one
 /// (`file_id`, `thread_id`, `assistant_id`) but, among some 80 names of the APIs' bodies, none
 /// shares a slot with one.
-fn slot(name: &str) -> u32 {
-    let bytes = name.as_bytes();
-    let (first, last) = (bytes.first().copied(), bytes.last().copied());
+fn slot(name: &[u8]) -> u32 {
+    let (first, last) = (name.first().copied(), name.last().copied());
     let byte = |b: Option<u8>| usize::from(b.unwrap_or(0));
     (name
         .len()
@@ -176,7 +175,9 @@ impl<'a, 'w> Skim<'a, 'w> {
             text,
             at: 0,
             watch,
-            slots: watch.iter().fold(0, |set, name| set | 1 << slot(name)),
+            slots: watch
+                .iter()
+                .fold(0, |set, name| set | 1 << slot(name.as_bytes())),
             named: false,
             unusual: false,
             tally,
@@ -198,6 +199,7 @@ impl<'a> Skim<'a, '_> {
         self.text.as_bytes().get(self.at).copied()
     }
 
+    #[inline(always)]
     fn space(&mut self) {
         while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
             self.at += 1;
@@ -207,8 +209,14 @@ impl<'a> Skim<'a, '_> {
     /// Consumes `byte` (after any whitespace).
     #[inline(always)]
     fn eat(&mut self, byte: u8) -> Option<()> {
-        self.space();
-        (self.peek()? == byte).then(|| self.at += 1)
+        if self.peek() != Some(byte) {
+            self.space();
+            if self.peek()? != byte {
+                return None;
+            }
+        }
+        self.at += 1;
+        Some(())
     }
 
     /// The top-level object, read into [`Fields`].
@@ -307,20 +315,35 @@ impl<'a> Skim<'a, '_> {
     }
 
     /// A member's name, its colon and the whitespace after it (whitespace before it too): the
-    /// name as written, `None` inside when written with escapes. A name that is watched, or
-    /// written with escapes (it may spell a watched one), is noted in `named`.
+    /// name as written, `None` inside when written with escapes. See [`Skim::name`].
     #[inline(always)]
     fn key(&mut self) -> Option<Option<&'a str>> {
+        let (start, end, escaped) = self.name()?;
+        match escaped {
+            true => Some(None),
+            false => self.text.get(start..end).map(Some),
+        }
+    }
+
+    /// A member's name, its colon and the whitespace after it (whitespace before it too):
+    /// where the name's text is and whether it has escapes. A name that is watched, or written
+    /// with escapes (it may spell a watched one), is noted in `named`.
+    #[inline(always)]
+    fn name(&mut self) -> Option<(usize, usize, bool)> {
         self.eat(b'"')?;
         let start = self.at;
         let escaped = self.string()?;
-        let key = self.text.get(start..self.at - 1)?;
-        if escaped || (self.slots >> slot(key) & 1 == 1 && self.watch.contains(&key)) {
+        let end = self.at - 1;
+        let name = self.text.as_bytes().get(start..end)?;
+        if escaped
+            || (self.slots >> slot(name) & 1 == 1
+                && self.watch.iter().any(|w| w.as_bytes() == name))
+        {
             self.named = true;
         }
         self.eat(b':')?;
         self.space();
-        Some((!escaped).then_some(key))
+        Some((start, end, escaped))
     }
 
     /// An array's elements, each read by `element`; `depth` is the array's own.
@@ -393,7 +416,7 @@ impl<'a> Skim<'a, '_> {
                         level += 1;
                         open = open << 1 | u128::from(object);
                         if object {
-                            self.key()?;
+                            self.name()?;
                         }
                         continue;
                     }
@@ -417,7 +440,7 @@ impl<'a> Skim<'a, '_> {
                         self.at += 1;
                         self.space();
                         if object {
-                            self.key()?;
+                            self.name()?;
                         }
                         break;
                     }
