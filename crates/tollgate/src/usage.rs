@@ -5,7 +5,7 @@
 use crate::body::EventUsage;
 use crate::sse::{self, Event, SseFramer};
 use bytes::{Bytes, BytesMut};
-use memchr::memmem::{Finder, FinderRev};
+use memchr::memmem::Finder;
 use openai_types::Usage;
 use std::ops::{ControlFlow, Range};
 use std::sync::LazyLock;
@@ -200,8 +200,7 @@ fn names_usage_object(bytes: &[u8]) -> bool {
 /// The top-level `usage` of a JSON answer. OpenAI puts it last, so the search starts from the
 /// end and only that object is parsed; the whole body is parsed only if that fails.
 fn usage_in_body(body: &[u8]) -> Option<Usage> {
-    static USAGE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\""));
-    if let Some(at) = USAGE.rfind(body) {
+    if let Some(at) = last_usage_name(body) {
         let rest = &body[at + 7..];
         let start = rest
             .iter()
@@ -218,6 +217,17 @@ fn usage_in_body(body: &[u8]) -> Option<Usage> {
     serde_json::from_slice::<openai_types::Probe>(body)
         .ok()
         .and_then(|p| p.usage)
+}
+
+/// Where the last `"usage"` in `body` starts: a `memrchr` for `u` from the end and a look at
+/// each hit. The object is near the end and the names after its `u` (the counts') have none,
+/// so this usually stops at the first hit, where a reverse substring search cost some 400
+/// instructions an answer.
+fn last_usage_name(body: &[u8]) -> Option<usize> {
+    memchr::memrchr_iter(b'u', body).find_map(|at| {
+        let start = at.checked_sub(1)?;
+        body[start..].starts_with(b"\"usage\"").then_some(start)
+    })
 }
 
 /// The kept events of one chunk joined into one piece: a slice of the chunk while they lie
@@ -349,6 +359,20 @@ mod fuzz;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The last `"usage"` is found where a reverse substring search finds it.
+        #[test]
+        fn the_last_usage_name_is_the_reverse_searchs(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "\"usage\"", "usage", "\"u", "u", "\"", "x", "{\"usage\":{}}", "sage\"",
+            ]), 0..12)
+        ) {
+            let body = parts.concat();
+            let expected = memchr::memmem::rfind(body.as_bytes(), b"\"usage\"");
+            proptest::prop_assert_eq!(last_usage_name(body.as_bytes()), expected);
+        }
+    }
 
     const USAGE: &str = "data: {\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}\n\n";
 
