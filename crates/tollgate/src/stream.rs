@@ -722,9 +722,10 @@ pub struct Guarded<F: FnOnce(StreamEnd, Option<Usage>) + Send> {
     waiting: bool,
     /// That wait found the upstream body not ready at least once.
     waited: bool,
-    /// Chunks taken and not yet handed on, while the task yields once: the upstream connection
-    /// (a task of its own, which hands its body over one chunk at a time) then decodes what it
-    /// has already read, and a burst goes out in one write, not one write per event.
+    /// Chunks taken and not yet handed on while the task yields: the upstream connection (a
+    /// task of its own, which hands its body over one chunk at a time) then decodes what it has
+    /// already read, and a burst goes out in one write, not one write per event. Handed on once
+    /// two yields in a row found nothing more, at [`MAX_WRITE`], or at the body's end.
     held: Option<Gather>,
     /// The last yield found more of the body (or none was made yet): a chunk that had to be
     /// waited for is held too. Else it goes on at once, as a trickling stream's chunks do.
@@ -821,8 +822,8 @@ where
                     return Poll::Ready(Some(Ok(g.pass(chunk))));
                 }
                 // A chunk that was there at once, or one of a burst, may have more behind it:
-                // what is ready now joins it, and one yield lets the upstream connection hand
-                // over the rest (its wake-up comes before ours).
+                // what is ready now joins it, and yields let the upstream connection hand over
+                // the rest (its wake-up comes before ours).
                 let mut held = Gather::new(chunk);
                 g.gather(&mut held);
                 if held.len() < MAX_WRITE && g.stash.is_none() {
