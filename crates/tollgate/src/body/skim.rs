@@ -119,8 +119,8 @@ struct Skim<'a, 'w> {
     text: &'a str,
     at: usize,
     watch: &'w [&'w str],
-    /// The watched names' [`slot`]s, one bit each: most names are passed over by their length
-    /// and last byte alone.
+    /// The watched names' [`slot`]s, one bit each: most names are passed over by their length,
+    /// first and last byte alone.
     slots: u128,
     named: bool,
     /// A number with an exponent or of over 300 characters was passed, or a `\u` escape of a
