@@ -752,22 +752,21 @@ impl<'a> Skim<'a, '_> {
 
     /// An item's `content`: `None` (inside) for `null`, which counts as no content.
     fn content_tokens(&mut self, depth: usize, tokens: fn(usize) -> u64) -> Option<Option<u64>> {
-        match self.peek()? {
-            b'n' => self.word("null").map(|()| None),
+        self.nullable(|skim| match skim.peek()? {
             b'[' => {
                 let mut sum: u64 = 0;
-                self.array(depth, |skim| {
+                skim.array(depth, |skim| {
                     sum += skim.part_tokens(depth + 1, tokens)?;
                     Some(())
                 })?;
-                Some(Some(sum))
+                Some(sum)
             }
             _ => {
-                let start = self.at;
-                self.value(depth)?;
-                Some(Some(tokens(self.at - start)))
+                let start = skim.at;
+                skim.value(depth)?;
+                Some(tokens(skim.at - start))
             }
-        }
+        })
     }
 
     /// One part of a content array: an image by its detail, anything else by its `text`'s
@@ -842,27 +841,23 @@ impl<'a> Skim<'a, '_> {
         let mut refused = false;
         self.object(depth, |skim, key| match key? {
             "type" if kind.is_none() => {
-                kind = Some(match skim.peek()? {
-                    b'n' => skim.word("null").map(|()| None)?,
-                    _ => match skim.string_value()? {
-                        (Some(name), false) => Some(name),
-                        _ => {
-                            refused = true;
-                            None
-                        }
-                    },
-                });
+                let read = skim.nullable(|skim| match skim.string_value()? {
+                    (Some(name), false) => Some(Some(name)),
+                    _ => {
+                        refused = true;
+                        Some(None)
+                    }
+                })?;
+                kind = Some(read.flatten());
                 Some(())
             }
             "text" if text.is_none() => {
-                text = Some(match skim.peek()? {
-                    b'n' => skim.word("null").map(|()| None)?,
-                    _ => {
-                        let len = skim.string_len()?;
-                        refused |= len.is_none();
-                        len
-                    }
-                });
+                let read = skim.nullable(|skim| {
+                    let len = skim.string_len()?;
+                    refused |= len.is_none();
+                    Some(len)
+                })?;
+                text = Some(read.flatten());
                 Some(())
             }
             "type" | "text" => {
