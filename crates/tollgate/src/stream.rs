@@ -756,11 +756,9 @@ where
             // Back from a yield: what the upstream decoded meanwhile joins the write. Handing
             // over a chunk takes the upstream connection two turns, so the write goes once two
             // yields in a row found nothing.
-            if g.gather(&mut held) {
-                this.bursting = true;
-                this.idle_yields = 0;
-            } else {
-                this.idle_yields += 1;
+            match g.gather(&mut held) {
+                true => this.idle_yields = 0,
+                false => this.idle_yields += 1,
             }
             if this.idle_yields < 2 && held.len() < MAX_WRITE && g.stash.is_none() {
                 this.held = Some(held);
