@@ -288,15 +288,15 @@ impl Kept {
 #[derive(serde::Deserialize)]
 pub(crate) struct ChunkRead {
     #[serde(default)]
-    pub(crate) usage: Option<Usage>,
+    usage: Option<Usage>,
     /// A Responses event (`response.completed`, `.incomplete`, `.failed`) carries it here.
     #[serde(default)]
-    pub(crate) response: Option<Nested>,
+    response: Option<Nested>,
     /// Anthropic's `message_start` carries the input's here.
     #[serde(default)]
-    pub(crate) message: Option<Nested>,
+    message: Option<Nested>,
     #[serde(default)]
-    pub(crate) choices: Option<Vec<serde::de::IgnoredAny>>,
+    choices: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 impl From<ChunkRead> for EventUsage {
@@ -311,9 +311,9 @@ impl From<ChunkRead> for EventUsage {
 }
 
 #[derive(serde::Deserialize)]
-pub(crate) struct Nested {
+struct Nested {
     #[serde(default)]
-    pub(crate) usage: Option<Usage>,
+    usage: Option<Usage>,
 }
 
 /// The body (a JSON object) with `"stream_options":{"include_usage":true}` appended as its last
