@@ -218,7 +218,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     }
 
     if !shared.config.response_delay.is_zero() {
-        tokio::time::sleep(shared.config.response_delay).await;
+        wait_exactly(shared.config.response_delay).await;
     }
     let fault = match fault {
         Some(f) if route != Route::Responses || !wants_stream(&body) => {
@@ -235,7 +235,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     };
     let fault = match fault {
         Some(Fault::Delay(wait)) => {
-            tokio::time::sleep(wait).await;
+            wait_exactly(wait).await;
             None
         }
         Some(Fault::Hang) => {
@@ -463,6 +463,28 @@ fn split_plain(answer: &Answer) -> Vec<Bytes> {
     let whole = Bytes::from(answer.pieces.concat());
     let mid = whole.len() / 2;
     vec![whole.slice(..mid), whole.slice(mid..)]
+}
+
+/// How much of a wait is left to a thread's sleep rather than tokio's timer.
+const FINE_WAIT: Duration = Duration::from_millis(2);
+
+/// Waits `wait` to within the operating system's sleep slack (tens of microseconds).
+///
+/// tokio's timer fires on a 1 ms grid, late by up to a millisecond depending on where in the
+/// millisecond the wait began; a proxy between client and mock shifts that phase, so a hop that
+/// costs 0.1 ms could show as 0.8 ms in a delayed scenario's latency. The bulk of the wait is
+/// tokio's, the last `FINE_WAIT` a blocking thread's `sleep` (a real upstream's delay is not
+/// aligned to its timer's grid either).
+async fn wait_exactly(wait: Duration) {
+    let deadline = std::time::Instant::now() + wait;
+    if let Some(coarse) = wait.checked_sub(FINE_WAIT) {
+        tokio::time::sleep(coarse).await;
+    }
+    let rest = deadline.saturating_duration_since(std::time::Instant::now());
+    if !rest.is_zero() {
+        // The thread only sleeps; if it cannot be joined the wait is over anyway.
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
 }
 
 #[cfg(test)]

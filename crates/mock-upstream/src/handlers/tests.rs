@@ -56,3 +56,19 @@ fn key_prefers_bearer_then_api_key_then_x_api_key() {
     h.insert("authorization", HeaderValue::from_static("Bearer sk-1"));
     assert_eq!(request_key(&h).as_deref(), Some("sk-1"));
 }
+
+/// A wait is never short, whether tokio's timer takes a part of it or not (the upper bound is
+/// the machine's scheduling and is left to the benchmark, which reads it as direct p50).
+#[tokio::test]
+async fn waits_at_least_what_was_asked() {
+    for ms in [0, 1, 2, 5] {
+        let wait = Duration::from_millis(ms);
+        let start = std::time::Instant::now();
+        wait_exactly(wait).await;
+        assert!(
+            start.elapsed() >= wait,
+            "{ms} ms waited {:?}",
+            start.elapsed()
+        );
+    }
+}
