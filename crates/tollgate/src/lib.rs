@@ -93,6 +93,7 @@ pub async fn serve(
     let admin = settings.server.admin_listen;
     let header_timeout = settings.server.header_timeout;
     let worker_threads = settings.server.workers;
+    let pack_workers = settings.server.pack_workers;
     let (app, state) = build_app(settings, deps, sources);
     state.reloader.spawn_watchers();
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -131,7 +132,10 @@ pub async fn serve(
     // Small writes (SSE chunks) must not wait for Nagle's algorithm and the peer's delayed ACK.
     // The peer address reaches open mode's loopback check (server/open.rs) as ConnectInfo.
     // The main listener's connections run on worker threads of their own (server::workers).
-    let workers = Arc::new(server::workers::Workers::start(worker_threads)?);
+    let workers = Arc::new(server::workers::Workers::start(
+        worker_threads,
+        pack_workers,
+    )?);
     tracing::info!(workers = workers.len(), "serving on worker threads");
     let server = server::listen::serve(
         listener.tap_io(no_delay),

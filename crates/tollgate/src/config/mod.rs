@@ -170,6 +170,9 @@ pub struct ServerConfig {
     /// Threads serving the main listener's connections, each with a runtime of its own (0: one
     /// per CPU the process may use).
     pub workers: usize,
+    /// While the workers together need less than one core, hold them on one
+    /// (`server::workers::pack`).
+    pub pack_workers: bool,
 }
 
 impl Default for ServerConfig {
@@ -189,6 +192,7 @@ impl Default for ServerConfig {
             log_format: "json".into(),
             open: false,
             workers: 0,
+            pack_workers: true,
         }
     }
 }

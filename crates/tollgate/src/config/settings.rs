@@ -87,6 +87,8 @@ pub struct ServerSettings {
     /// Threads serving the main listener, at least 1 (`server.workers`, 0 resolved to the CPUs
     /// the process may use).
     pub workers: usize,
+    /// Workers held on one core while they need less than one (`server.pack_workers`).
+    pub pack_workers: bool,
 }
 
 /// Validated `[retry]`.
@@ -352,6 +354,7 @@ impl Config {
                 }
                 n => n,
             },
+            pack_workers: s.pack_workers,
         };
         if server.header_timeout.is_zero() && parse_duration(&s.header_timeout).is_some() {
             // Zero would close every connection before its first request.

@@ -296,7 +296,7 @@ fn numbers_that_refuse_everything_overflow_or_contradict_each_other_are_refused(
 }
 
 #[test]
-fn workers_default_to_one_per_cpu_and_are_bounded() {
+fn workers_default_to_one_per_cpu_packed_and_bounded() {
     let with = |workers: &str| {
         Config::from_toml(&format!(
             "[server]\n{workers}\n[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\nkeys = [{{ id = \"a\", secret = \"sk\" }}]\n"
@@ -312,6 +312,8 @@ fn workers_default_to_one_per_cpu_and_are_bounded() {
         with("workers = 257").unwrap_err().problems,
         ["server.workers: is more than 256 (0: one per CPU)"]
     );
+    assert!(with("").unwrap().server.pack_workers);
+    assert!(!with("pack_workers = false").unwrap().server.pack_workers);
 }
 
 #[test]

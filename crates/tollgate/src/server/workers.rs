@@ -7,6 +7,8 @@
 //! threads as before. The admin listener, reloads and background tasks stay on the main
 //! runtime.
 
+mod pack;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::Handle;
@@ -21,12 +23,15 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` threads (at least one).
-    pub(crate) fn start(n: usize) -> std::io::Result<Workers> {
+    /// Starts `n` threads (at least one); with `pack`, they share one core while they need
+    /// less than one (`pack`).
+    pub(crate) fn start(n: usize, pack: bool) -> std::io::Result<Workers> {
         let n = n.max(1);
         let mut handles = Vec::with_capacity(n);
         let mut stops = Vec::with_capacity(n);
+        let packing = (pack && n > 1).then(|| pack::Shared::new(n));
         for i in 0..n {
+            let packing = packing.clone();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -38,9 +43,16 @@ impl Workers {
                     // Runs the tasks handed to it until told to stop (or until `Workers` is
                     // gone); the runtime, dropped here, ends what is left.
                     runtime.block_on(async {
+                        let packing = async {
+                            if let Some(shared) = packing {
+                                pack::run(i, shared).await;
+                            }
+                            std::future::pending::<()>().await
+                        };
                         tokio::select! {
                             _ = stopped => {}
                             () = keep_a_timer_near() => {}
+                            () = packing => {}
                         }
                     });
                 })?;
@@ -102,7 +114,7 @@ mod tests {
 
     #[tokio::test]
     async fn tasks_go_to_the_workers_in_turn_each_on_its_own_thread() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2, false).unwrap();
         assert_eq!(workers.len(), 2);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut done = Vec::new();
@@ -133,9 +145,44 @@ mod tests {
             .is_some_and(|n| n.starts_with("tollgate-worker-"))));
     }
 
+    /// Idle workers end up held on one core, the same for all (the decision itself is tested
+    /// period by period in `pack`'s tests; this is the affinity the system reports).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn idle_workers_are_held_on_one_core() {
+        let allowed = rustix::thread::sched_getaffinity(None).map(|set| set.count());
+        if !allowed.is_ok_and(|n| n >= 2) || pack::Sched::of_this_thread().is_none() {
+            eprintln!("skipped: one core allowed, or no /proc/thread-self/schedstat");
+            return;
+        }
+        let workers = Workers::start(2, true).unwrap();
+        let mut cores = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = oneshot::channel();
+            workers.spawn(async move {
+                // Packing takes a few periods of calm; wait for this thread's affinity to narrow.
+                for _ in 0..250 {
+                    if let Ok(set) = rustix::thread::sched_getaffinity(None) {
+                        if set.count() == 1 {
+                            let core =
+                                (0..rustix::thread::CpuSet::MAX_CPU).find(|&c| set.is_set(c));
+                            let _ = tx.send(core);
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                let _ = tx.send(None);
+            });
+            cores.push(rx.await.unwrap());
+        }
+        assert!(cores[0].is_some(), "not packed within 5 s: {cores:?}");
+        assert_eq!(cores[0], cores[1]);
+    }
+
     #[tokio::test]
     async fn dropping_the_workers_ends_what_they_run() {
-        let workers = Workers::start(1).unwrap();
+        let workers = Workers::start(1, false).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         workers.spawn(async move {
             let _keep = tx;
