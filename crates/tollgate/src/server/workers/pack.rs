@@ -49,7 +49,7 @@ const SPREAD: usize = usize::MAX;
 
 /// What the workers share for packing.
 pub(super) struct Shared {
-    /// Per worker, nanoseconds run and waited for a core in its last period.
+    /// Per worker, the share of its last period it ran and waited for a core, in millionths.
     ran: Vec<AtomicU64>,
     waited: Vec<AtomicU64>,
     /// The core the workers are held on, or [`SPREAD`].
@@ -148,14 +148,16 @@ pub(super) async fn run(index: usize, shared: Arc<Shared>) {
     let Some(cores) = Cores::of_this_thread() else {
         return;
     };
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: the first period starts after it.
+    tick.tick().await;
     let Some(mut last) = Sched::of_this_thread() else {
         return;
     };
-    let mut tick = tokio::time::interval(PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_at = tokio::time::Instant::now();
     let mut decide = Decide::default();
     let mut held = SPREAD;
-    let period = PERIOD.as_nanos() as f64;
     loop {
         tick.tick().await;
         let Some(now) = Sched::of_this_thread() else {
@@ -164,15 +166,25 @@ pub(super) async fn run(index: usize, shared: Arc<Shared>) {
         let (Some(ran), Some(waited)) = (shared.ran.get(index), shared.waited.get(index)) else {
             return;
         };
-        ran.store(now.ran.saturating_sub(last.ran), Ordering::Relaxed);
-        waited.store(now.waited.saturating_sub(last.waited), Ordering::Relaxed);
-        last = now;
+        // A period may run long (a busy thread ticks late): shares of the time it took.
+        let at = tokio::time::Instant::now();
+        let elapsed = at.duration_since(last_at).as_nanos().max(1);
+        let per_million = |ns: u64| (u128::from(ns) * 1_000_000 / elapsed) as u64;
+        ran.store(
+            per_million(now.ran.saturating_sub(last.ran)),
+            Ordering::Relaxed,
+        );
+        waited.store(
+            per_million(now.waited.saturating_sub(last.waited)),
+            Ordering::Relaxed,
+        );
+        (last, last_at) = (now, at);
         if index == 0 {
-            let sum = |all: &[AtomicU64]| {
-                all.iter().map(|n| n.load(Ordering::Relaxed)).sum::<u64>() as f64 / period
+            let cores_of = |all: &[AtomicU64]| {
+                all.iter().map(|n| n.load(Ordering::Relaxed)).sum::<u64>() as f64 / 1e6
             };
             let packed = shared.core.load(Ordering::Relaxed) != SPREAD;
-            let pack = decide.next(packed, sum(&shared.ran), sum(&shared.waited));
+            let pack = decide.next(packed, cores_of(&shared.ran), cores_of(&shared.waited));
             if pack != packed {
                 let core = if pack { cores.current() } else { SPREAD };
                 shared.core.store(core, Ordering::Relaxed);
