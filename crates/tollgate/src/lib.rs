@@ -136,7 +136,11 @@ pub async fn serve(
         worker_threads,
         pack_workers,
     )?);
-    tracing::info!(workers = workers.len(), "serving on worker threads");
+    tracing::info!(
+        workers = workers.len(),
+        pack_workers,
+        "serving on worker threads"
+    );
     let server = server::listen::serve(
         listener.tap_io(no_delay),
         app,

@@ -23,8 +23,8 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` threads (at least one); with `pack`, they share one core while they need
-    /// less than one (`pack`).
+    /// Starts `n` threads (at least one); with `pack`, they share one core while together they
+    /// need less than one (see the `pack` module).
     pub(crate) fn start(n: usize, pack: bool) -> std::io::Result<Workers> {
         let n = n.max(1);
         let mut handles = Vec::with_capacity(n);
