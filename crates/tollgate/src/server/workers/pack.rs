@@ -148,6 +148,9 @@ pub(super) async fn run(index: usize, shared: Arc<Shared>) {
     let Some(cores) = Cores::of_this_thread() else {
         return;
     };
+    let (Some(ran), Some(waited)) = (shared.ran.get(index), shared.waited.get(index)) else {
+        return;
+    };
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is at once: the first period starts after it.
@@ -156,14 +159,12 @@ pub(super) async fn run(index: usize, shared: Arc<Shared>) {
         return;
     };
     let mut last_at = tokio::time::Instant::now();
-    let mut decide = Decide::default();
+    // Only the first worker decides.
+    let mut decide = (index == 0).then(Decide::default);
     let mut held = SPREAD;
     loop {
         tick.tick().await;
         let Some(now) = Sched::of_this_thread() else {
-            return;
-        };
-        let (Some(ran), Some(waited)) = (shared.ran.get(index), shared.waited.get(index)) else {
             return;
         };
         // A period may run long (a busy thread ticks late): shares of the time it took.
@@ -179,7 +180,7 @@ pub(super) async fn run(index: usize, shared: Arc<Shared>) {
             Ordering::Relaxed,
         );
         (last, last_at) = (now, at);
-        if index == 0 {
+        if let Some(decide) = &mut decide {
             let cores_of = |all: &[AtomicU64]| {
                 all.iter().map(|n| n.load(Ordering::Relaxed)).sum::<u64>() as f64 / 1e6
             };
