@@ -33,6 +33,22 @@ pub struct Reloader {
     parts: Parts,
     current: Arc<ArcSwap<Runtime>>,
     lock: Mutex<()>,
+    /// Each thread's hold on the live runtime (see [`Reloader::local`]).
+    locals: thread_local::ThreadLocal<std::cell::RefCell<Option<Arc<Local>>>>,
+}
+
+/// One thread's hold on a runtime: what a request keeps for its whole life. Its count is that
+/// thread's own, so requests do not write the runtime's count, which every thread shares.
+#[derive(Debug)]
+pub struct Local {
+    runtime: Arc<Runtime>,
+}
+
+impl std::ops::Deref for Local {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.runtime
+    }
 }
 
 impl std::fmt::Debug for Reloader {
@@ -68,6 +84,7 @@ impl Reloader {
             parts,
             current: Arc::new(ArcSwap::from_pointee(runtime)),
             lock: Mutex::new(()),
+            locals: thread_local::ThreadLocal::new(),
         }
     }
 
@@ -79,6 +96,23 @@ impl Reloader {
     /// The live runtime.
     pub fn current(&self) -> Arc<Runtime> {
         self.current.load_full()
+    }
+
+    /// The live runtime, through this thread's hold on it (renewed once the runtime is
+    /// swapped): what the request path takes.
+    pub fn local(&self) -> Arc<Local> {
+        let slot = self.locals.get_or(Default::default);
+        // A look at the live runtime that writes no shared count.
+        let live = self.current.load();
+        let mut slot = slot.borrow_mut();
+        if let Some(local) = slot.as_ref().filter(|l| Arc::ptr_eq(&l.runtime, &live)) {
+            return Arc::clone(local);
+        }
+        let local = Arc::new(Local {
+            runtime: arc_swap::Guard::into_inner(live),
+        });
+        *slot = Some(Arc::clone(&local));
+        local
     }
 
     /// Reads and validates the config again and swaps it in; on failure the old one stays.
@@ -258,5 +292,51 @@ fn warn_on_restart_only_changes(old: &Settings, new: &Settings) {
     };
     if cas(old) != cas(new) || proxy(old) != proxy(new) {
         tracing::warn!("[egress] or a provider's ca_file changed: it takes effect after a restart");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reloader;
+    use crate::config::{Config, Sources};
+    use std::sync::Arc;
+
+    /// A thread's hold on the runtime is the same until the runtime is swapped; each thread
+    /// has its own.
+    #[test]
+    fn a_thread_holds_the_live_runtime_until_it_is_swapped() {
+        let path = std::env::temp_dir().join(format!("tollgate-local-{}.toml", std::process::id()));
+        let config = |name: &str| {
+            format!("[[providers]]\nname = \"{name}\"\nbase_url = \"http://127.0.0.1:9/v1\"\nkeys = [{{ id = \"a\", secret = \"sk\" }}]\n")
+        };
+        std::fs::write(&path, config("p")).unwrap();
+        let sources = Sources {
+            path: Some(path.clone()),
+            listen: None,
+            open: false,
+        };
+        let settings = Arc::new(Config::load(&sources).unwrap().validate().unwrap());
+        let upstream = Arc::new(crate::upstream::HttpUpstream::new(&settings).unwrap());
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let reloader = Reloader::new(settings, Some(sources), upstream, metrics, 1);
+        let first = reloader.local();
+        assert!(Arc::ptr_eq(&first, &reloader.local()));
+        assert!(Arc::ptr_eq(&first.runtime, &reloader.current()));
+
+        std::fs::write(&path, config("q")).unwrap();
+        let reloaded = reloader.reload("test");
+        std::fs::remove_file(&path).unwrap();
+        reloaded.unwrap();
+        let second = reloader.local();
+        assert!(Arc::ptr_eq(&second.runtime, &reloader.current()));
+        assert_eq!(second.settings.providers[0].name, "q");
+        assert_eq!(
+            first.settings.providers[0].name, "p",
+            "a request keeps its runtime"
+        );
+
+        let other = std::thread::scope(|s| s.spawn(|| reloader.local()).join().unwrap());
+        assert!(!Arc::ptr_eq(&other, &second), "each thread holds its own");
+        assert!(Arc::ptr_eq(&other.runtime, &second.runtime));
     }
 }

@@ -91,21 +91,67 @@ where
     Req: Send + 'static,
 {
     fn call_clone(&self, req: Req) -> BoxFuture<'static, Result<S::Response, S::Error>> {
-        let mut service = self.clone();
-        // The gateway's services are ready at once (each policy readies what it calls): then
-        // the call's own future is what is boxed, the request moved straight into it. A service
-        // not ready yet is readied by `oneshot` with the caller's waker.
-        let mut noop = Context::from_waker(std::task::Waker::noop());
-        match service.poll_ready(&mut noop) {
-            Poll::Ready(Ok(())) => Box::pin(service.call(req)),
-            Poll::Ready(Err(e)) => Box::pin(std::future::ready(Err(e))),
-            Poll::Pending => Box::pin(service.oneshot(req)),
+        call_ready(&mut self.clone(), req)
+    }
+}
+
+/// Calls `service` with `req`. The gateway's services are ready at once (each policy readies
+/// what it calls): then the call's own future is what is boxed, the request moved straight into
+/// it. A service not ready yet is readied by `oneshot` (a clone of it) with the caller's waker.
+fn call_ready<S, Req>(
+    service: &mut S,
+    req: Req,
+) -> BoxFuture<'static, Result<S::Response, S::Error>>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send,
+    S::Error: Send,
+    Req: Send + 'static,
+{
+    let mut noop = Context::from_waker(std::task::Waker::noop());
+    match service.poll_ready(&mut noop) {
+        Poll::Ready(Ok(())) => Box::pin(service.call(req)),
+        Poll::Ready(Err(e)) => Box::pin(std::future::ready(Err(e))),
+        Poll::Pending => Box::pin(service.clone().oneshot(req)),
+    }
+}
+
+/// A service each thread builds for itself with `build` and calls in place.
+///
+/// A call through one copy shared by every thread clones it (the future owns what it calls),
+/// and each clone writes the reference counts of its layers' state: counts every worker
+/// writes for every request, whose cache lines then travel between cores each time. A
+/// thread's own copy is called in place, and what its layers clone per request (their
+/// policies, the rest of the stack) is that thread's alone.
+struct PerThread<S: Send, F> {
+    build: F,
+    copies: thread_local::ThreadLocal<std::cell::RefCell<S>>,
+}
+
+impl<S, F, Req> CallClone<Req, S::Response, S::Error> for PerThread<S, F>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send,
+    S::Error: Send,
+    F: Fn() -> S + Send + Sync,
+    Req: Send + 'static,
+{
+    fn call_clone(&self, req: Req) -> BoxFuture<'static, Result<S::Response, S::Error>> {
+        let copy = self
+            .copies
+            .get_or(|| std::cell::RefCell::new((self.build)()));
+        match copy.try_borrow_mut() {
+            Ok(mut service) => call_ready(&mut *service, req),
+            // Called again from inside its own call on this thread: a new copy serves it.
+            Err(_) => call_ready(&mut (self.build)(), req),
         }
     }
 }
 
 impl<Req, Resp, Err> SharedService<Req, Resp, Err> {
-    /// `service`, type-erased.
+    /// `service`, type-erased: one copy, cloned by every call.
     pub fn new<S>(service: S) -> Self
     where
         S: Service<Req, Response = Resp, Error = Err> + Clone + Send + Sync + 'static,
@@ -115,6 +161,29 @@ impl<Req, Resp, Err> SharedService<Req, Resp, Err> {
         Req: Send + 'static,
     {
         SharedService(Arc::new(service))
+    }
+
+    /// What `build` makes, type-erased: a copy per thread, each called in place (see
+    /// [`PerThread`]). The request path's stacks are these.
+    pub fn per_thread<S, F>(build: F) -> Self
+    where
+        S: Service<Req, Response = Resp, Error = Err> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        F: Fn() -> S + Send + Sync + 'static,
+        Resp: Send + 'static,
+        Err: Send + 'static,
+        Req: Send + 'static,
+    {
+        SharedService(Arc::new(PerThread {
+            build,
+            copies: thread_local::ThreadLocal::new(),
+        }))
+    }
+
+    /// Calls it through this handle, not a clone of it (the handle's count is shared by every
+    /// thread too).
+    pub fn call_ref(&self, req: Req) -> BoxFuture<'static, Result<Resp, Err>> {
+        self.0.call_clone(req)
     }
 }
 
@@ -176,6 +245,9 @@ impl std::fmt::Debug for Gateway {
 }
 
 /// Builds the gateway stack; keys unchanged since `previous` keep their health.
+///
+/// The stack's state (key pools, buckets, retry budgets, records) is made here once; the layers
+/// over it are made again by each thread that serves requests ([`SharedService::per_thread`]).
 pub fn gateway(
     settings: &Arc<Settings>,
     auth: Arc<Auth>,
@@ -183,25 +255,53 @@ pub fn gateway(
     previous: Option<&Gateway>,
 ) -> Gateway {
     let pools = pools(settings, &parts.metrics, previous);
-    let dispatch = dispatch(settings, parts, &pools);
+    let budgets = budgets(settings);
     let keys_have_tpm = pools.iter().any(|p| p.has_tpm());
-    let service = ServiceBuilder::new()
-        .layer(ClientAuthLayer::new(auth))
-        .layer(crate::ownership::OwnershipLayer::new(Arc::clone(
-            &parts.records,
-        )))
-        .layer(ClientLimitLayer::new(
-            Arc::clone(&parts.limiter),
-            parts.metrics.clone(),
-            keys_have_tpm,
-            settings.limits.default_max_tokens,
-        ))
-        .service(dispatch.clone());
+    let dispatch_once = dispatch(settings, parts, &pools, &budgets);
+    let copies = std::sync::atomic::AtomicU64::new(0);
+    let (settings, parts, shared_pools) = (Arc::clone(settings), parts.clone(), Arc::clone(&pools));
+    let build = move || {
+        // Each copy's jitter its own: the same seed would draw the same backoffs on every thread.
+        let copy = copies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let parts = Parts {
+            seed: parts.seed.wrapping_add(copy),
+            ..parts.clone()
+        };
+        ServiceBuilder::new()
+            .layer(ClientAuthLayer::new(Arc::clone(&auth)))
+            .layer(crate::ownership::OwnershipLayer::new(Arc::clone(
+                &parts.records,
+            )))
+            .layer(ClientLimitLayer::new(
+                Arc::clone(&parts.limiter),
+                parts.metrics.clone(),
+                keys_have_tpm,
+                settings.limits.default_max_tokens,
+            ))
+            .service(dispatch(&settings, &parts, &shared_pools, &budgets))
+    };
     Gateway {
-        service: SharedService::new(service),
-        dispatch: SharedService::new(dispatch),
+        service: SharedService::per_thread(build),
+        dispatch: SharedService::new(dispatch_once),
         pools,
     }
+}
+
+/// One retry budget per provider: one provider's outage never spends another's retries.
+fn budgets(settings: &Settings) -> Arc<[RetryBudget]> {
+    let r = &settings.retry;
+    settings
+        .providers
+        .iter()
+        .map(|_| {
+            RetryBudget::new(
+                r.budget_percent,
+                r.budget_min_per_sec,
+                r.budget_window,
+                Instant::now(),
+            )
+        })
+        .collect()
 }
 
 fn pools(
@@ -231,6 +331,7 @@ fn dispatch(
     settings: &Arc<Settings>,
     parts: &Parts,
     pools: &Arc<[Arc<KeyPool>]>,
+    budgets: &Arc<[RetryBudget]>,
 ) -> impl Service<GatewayRequest, Response = Answer, Error = GatewayError, Future: Send + 'static>
        + Clone
        + Send
@@ -242,22 +343,9 @@ fn dispatch(
         .map(|p| Provider::new(p.clone()))
         .collect();
     let r = &settings.retry;
-    // One retry budget per provider: one provider's outage never spends another's retries.
-    let budgets: Arc<[RetryBudget]> = settings
-        .providers
-        .iter()
-        .map(|_| {
-            RetryBudget::new(
-                r.budget_percent,
-                r.budget_min_per_sec,
-                r.budget_window,
-                Instant::now(),
-            )
-        })
-        .collect();
     let retry = RetryShared {
         pools: Arc::clone(pools),
-        budgets: Arc::clone(&budgets),
+        budgets: Arc::clone(budgets),
         backoff: Backoff {
             base: r.base_delay,
             cap: r.max_delay,
@@ -286,7 +374,7 @@ fn dispatch(
         ))
         .layer(FallbackLayer::new(
             Arc::clone(&providers),
-            budgets,
+            Arc::clone(budgets),
             parts.metrics.clone(),
         ))
         .layer(RetryLayer::new(retry))
@@ -380,4 +468,56 @@ where
         .layer(RequestBodyLimitLayer::new(max_body))
         .layer(open)
         .service(handler)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SharedService;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A service answering how many copies had been built when the one it is was.
+    #[derive(Clone)]
+    struct Copy(usize);
+
+    impl tower::Service<()> for Copy {
+        type Response = usize;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<usize, std::convert::Infallible>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, (): ()) -> Self::Future {
+            std::future::ready(Ok(self.0))
+        }
+    }
+
+    /// Each thread builds its copy once, on its first call, and keeps calling that one.
+    #[tokio::test]
+    async fn each_thread_calls_a_copy_of_its_own() {
+        let built = Arc::new(AtomicUsize::new(0));
+        let service = SharedService::per_thread({
+            let built = Arc::clone(&built);
+            move || Copy(built.fetch_add(1, Ordering::SeqCst))
+        });
+        assert_eq!(built.load(Ordering::SeqCst), 0, "built on first use");
+        let here = service.call_ref(()).await.unwrap();
+        assert_eq!(service.call_ref(()).await.unwrap(), here);
+        let there = std::thread::spawn({
+            let service = service.clone();
+            move || {
+                let first = futures_util::FutureExt::now_or_never(service.call_ref(()));
+                let again = futures_util::FutureExt::now_or_never(service.call_ref(()));
+                (first.map(Result::unwrap), again.map(Result::unwrap))
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(there.0, there.1);
+        assert_ne!(there.0, Some(here));
+        assert_eq!(built.load(Ordering::SeqCst), 2);
+    }
 }

@@ -79,13 +79,16 @@ pub trait Upstream: Send + Sync + 'static {
 }
 
 /// Any [`Upstream`] as the tower service at the bottom of the gateway stack.
+///
+/// Its own count over the shared upstream: the layer above clones it for every request, and a
+/// stack built per thread (`SharedService::per_thread`) so writes only that thread's count.
 #[derive(Clone)]
-pub struct UpstreamService(std::sync::Arc<dyn Upstream>);
+pub struct UpstreamService(std::sync::Arc<std::sync::Arc<dyn Upstream>>);
 
 impl UpstreamService {
     /// The service sending through `upstream`.
     pub fn new(upstream: std::sync::Arc<dyn Upstream>) -> Self {
-        UpstreamService(upstream)
+        UpstreamService(std::sync::Arc::new(upstream))
     }
 }
 
@@ -129,17 +132,43 @@ pub struct HttpUpstream {
 /// The connectors an [`HttpUpstream`] was built with; each thread builds pools of its own over
 /// them the first time it sends.
 struct Connectors {
-    shared: Connector,
-    own: std::collections::HashMap<String, Connector>,
+    shared: Recipe,
+    own: std::collections::HashMap<String, Recipe>,
+}
+
+/// What a connector is made of. Each thread makes its own from it: the pooled client clones its
+/// connector for every request (its TLS config, resolver and TCP settings are counted
+/// references), and counts shared by every worker would be written from every core.
+#[derive(Clone)]
+struct Recipe {
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    proxy: Option<std::sync::Arc<hyper_util::client::proxy::matcher::Matcher>>,
+}
+
+impl Recipe {
+    fn connector(&self) -> Connector {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(egress::Egress::new(http, self.proxy.clone()))
+    }
 }
 
 impl Connectors {
     fn pools(self: &std::sync::Arc<Self>) -> ThreadPools {
-        let pool = |connector: &Connector| {
+        let pool = |recipe: &Recipe| {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(90))
                 .pool_max_idle_per_host(1024)
-                .build(connector.clone())
+                .build(recipe.connector())
         };
         ThreadPools {
             of: std::sync::Arc::downgrade(self),
@@ -149,6 +178,7 @@ impl Connectors {
                 .iter()
                 .map(|(name, c)| (name.clone(), pool(c)))
                 .collect(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -160,6 +190,35 @@ struct ThreadPools {
     of: std::sync::Weak<Connectors>,
     shared: Pooled,
     own: std::collections::HashMap<String, Pooled>,
+    /// The `host` values this thread sent lately, by authority (made once, not per request).
+    hosts: Vec<(
+        Option<http::uri::Scheme>,
+        Box<str>,
+        Option<http::HeaderValue>,
+    )>,
+}
+
+impl ThreadPools {
+    /// [`host_value`] of `uri`, remembered for the few authorities a gateway sends to.
+    fn host(&mut self, uri: &http::Uri) -> Option<http::HeaderValue> {
+        const KEPT: usize = 16;
+        let authority = uri.authority()?.as_str();
+        let scheme = uri.scheme();
+        let kept = self
+            .hosts
+            .iter()
+            .find(|(s, a, _)| **a == *authority && s.as_ref() == scheme);
+        if let Some((_, _, value)) = kept {
+            return value.clone();
+        }
+        let value = host_value(uri);
+        if self.hosts.len() == KEPT {
+            self.hosts.remove(0);
+        }
+        self.hosts
+            .push((scheme.cloned(), authority.into(), value.clone()));
+        value
+    }
 }
 
 thread_local! {
@@ -180,32 +239,26 @@ impl HttpUpstream {
         let proxy = egress::matcher(&settings.egress).map(std::sync::Arc::new);
         let global: Vec<&std::path::Path> =
             settings.egress.ca_file.as_deref().into_iter().collect();
-        let connector = |extra: &[&std::path::Path]| -> Result<Connector, rustls::Error> {
-            let mut http = HttpConnector::new();
-            http.enforce_http(false);
-            http.set_connect_timeout(Some(connect_timeout));
-            http.set_nodelay(true);
-            http.set_keepalive(Some(Duration::from_secs(30)));
+        let recipe = |extra: &[&std::path::Path]| -> Result<Recipe, rustls::Error> {
             let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
             .with_safe_default_protocol_versions()?
             .with_root_certificates(egress::roots(extra))
             .with_no_client_auth();
-            Ok(hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(egress::Egress::new(http, proxy.clone())))
+            Ok(Recipe {
+                tls,
+                connect_timeout,
+                proxy: proxy.clone(),
+            })
         };
-        let shared = connector(&global)?;
+        let shared = recipe(&global)?;
         let mut own = std::collections::HashMap::new();
         for p in &settings.providers {
             if let Some(file) = &p.ca_file {
                 let mut extra = global.clone();
                 extra.push(file);
-                own.insert(p.name.clone(), connector(&extra)?);
+                own.insert(p.name.clone(), recipe(&extra)?);
             }
         }
         Ok(HttpUpstream {
@@ -259,14 +312,6 @@ impl Upstream for HttpUpstream {
         *request.method_mut() = req.method;
         *request.uri_mut() = uri;
         *request.headers_mut() = req.headers;
-        if let Some(host) = host_value(request.uri()) {
-            // What the pooled client would set, without its formatting (its own path stays
-            // for the rare authority this leaves to it).
-            request
-                .headers_mut()
-                .entry(http::header::HOST)
-                .or_insert(host);
-        }
         let sent = POOLS.with(|pools| {
             let mut pools = pools.borrow_mut();
             let at = match pools
@@ -280,7 +325,15 @@ impl Upstream for HttpUpstream {
                     pools.len() - 1
                 }
             };
-            let mine = &pools[at];
+            let mine = &mut pools[at];
+            if let Some(host) = mine.host(request.uri()) {
+                // What the pooled client would set, without its formatting (its own path stays
+                // for the rare authority this leaves to it).
+                request
+                    .headers_mut()
+                    .entry(http::header::HOST)
+                    .or_insert(host);
+            }
             req.egress
                 .as_deref()
                 .and_then(|name| mine.own.get(name))
@@ -457,5 +510,33 @@ mod tests {
         assert_eq!(host("https://api.openai.com:443/v1"), None);
         assert_eq!(host("http://example.com:80/v1"), None);
         assert_eq!(host("http://user@example.com:8080/"), None);
+    }
+
+    /// A thread's pools remember the `host` of each authority they sent to, per scheme (a port
+    /// is one scheme's default and not the other's).
+    #[test]
+    fn a_threads_pools_remember_each_host_by_scheme_and_authority() {
+        let settings = crate::config::Config::from_toml(
+            "[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\nkeys = [{ id = \"a\", secret = \"sk\" }]\n",
+        )
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap();
+        let upstream = HttpUpstream::new(&settings).unwrap();
+        let mut pools = upstream.connectors.pools();
+        let mut host = |url: &str| {
+            let uri: http::Uri = url.parse().unwrap();
+            let value = pools.host(&uri);
+            let value = value.map(|v| v.to_str().unwrap_or_default().to_owned());
+            (value, pools.hosts.len())
+        };
+        for _ in 0..2 {
+            assert_eq!(host("http://a:443/v1").0.as_deref(), Some("a:443"));
+            assert_eq!(host("https://a:443/v1").0, None);
+            assert_eq!(host("http://b:8080/v1/x?y").0.as_deref(), Some("b:8080"));
+            assert_eq!(host("https://b:8080/"), (Some("b:8080".into()), 4));
+        }
+        let kept = (0..40).map(|port| host(&format!("http://c:{}/", 1000 + port)).1);
+        assert_eq!(kept.max(), Some(16), "only the latest few are kept");
     }
 }

@@ -35,7 +35,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tower::Service;
 use tower_http::add_extension::AddExtension;
 
 /// The largest header block a client may send (request line and headers; 431 beyond it).
@@ -55,6 +54,7 @@ pub(crate) trait ForPeer {
 /// The main listener's app: it gives the peer to open mode's check only when that check needs
 /// it (`App::for_peer`).
 impl ForPeer for super::App {
+    // Called by reference (`hyper::service::Service`): a request clones nothing of the app.
     type Service = super::App;
     fn for_peer(&self, peer: SocketAddr) -> super::App {
         super::App::for_peer(self, peer)
@@ -64,9 +64,9 @@ impl ForPeer for super::App {
 /// A router (the admin listener's): handlers see the peer as `ConnectInfo<SocketAddr>`, as
 /// axum's `into_make_service_with_connect_info` gives it.
 impl ForPeer for axum::Router {
-    type Service = AddExtension<axum::Router, ConnectInfo<SocketAddr>>;
+    type Service = TowerToHyperService<AddExtension<axum::Router, ConnectInfo<SocketAddr>>>;
     fn for_peer(&self, peer: SocketAddr) -> Self::Service {
-        AddExtension::new(self.clone(), ConnectInfo(peer))
+        TowerToHyperService::new(AddExtension::new(self.clone(), ConnectInfo(peer)))
     }
 }
 
@@ -83,11 +83,11 @@ pub(crate) async fn serve<L, A>(
 ) where
     L: Listener<Io = TcpStream, Addr = SocketAddr>,
     A: ForPeer,
-    A::Service: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+    A::Service: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
-    <A::Service as Service<Request<Incoming>>>::Future: Send + 'static,
+    <A::Service as hyper::service::Service<Request<Incoming>>>::Future: Send + 'static,
 {
     let builders = Arc::new(Builders::new(header_timeout));
     let graceful = super::graceful::Graceful::new();
@@ -97,7 +97,7 @@ pub(crate) async fn serve<L, A>(
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
-        let service = TowerToHyperService::new(app.for_peer(peer));
+        let service = app.for_peer(peer);
         let builders = Arc::clone(&builders);
         let watcher = graceful.watcher();
         let connection = move |tcp: TcpStream| async move {

@@ -45,21 +45,27 @@ pub struct AppState {
 pub fn router(state: AppState, with_admin: bool) -> App {
     let max_body = state.reloader.current().settings.server.max_body;
     let open = open::OpenModeLayer::new(Arc::clone(&state.reloader));
-    let reloader = Arc::clone(&state.reloader);
-    let handler = tower::service_fn(move |req: Request<Limited<Body>>| {
-        use futures_util::FutureExt;
-        // The handler's future itself, not an async block around it (which would hold the
-        // request once more in a future the edge moves whole).
-        proxy::proxy(Arc::clone(&reloader), req).map(Ok::<_, Infallible>)
+    let (reloader, metrics) = (Arc::clone(&state.reloader), Arc::clone(&state.metrics));
+    let edge_open = open.clone();
+    // Each worker thread makes its own edge stack (see `SharedService::per_thread`).
+    let v1 = crate::stack::SharedService::per_thread(move || {
+        let reloader = Arc::clone(&reloader);
+        let handler = tower::service_fn(move |req: Request<Limited<Body>>| {
+            use futures_util::FutureExt;
+            // One runtime for the whole request, even if the config is reloaded meanwhile.
+            // The handler's future itself, not an async block around it (which would hold
+            // the request once more in a future the edge moves whole).
+            proxy::proxy(reloader.local(), req).map(Ok::<_, Infallible>)
+        });
+        crate::stack::edge(handler, Arc::clone(&metrics), max_body, edge_open.clone())
     });
-    let v1 = crate::stack::edge(handler, Arc::clone(&state.metrics), max_body, open.clone());
     let rest = Router::new()
         .route("/v1", any(not_found))
         .merge(ops_router(with_admin))
         .fallback(not_found)
         .with_state(state);
     App {
-        v1: crate::stack::SharedService::new(v1),
+        v1,
         rest,
         open,
         peer: None,
@@ -97,6 +103,12 @@ impl std::fmt::Debug for App {
     }
 }
 
+/// What the app answers with: the edge stack's future or the router's.
+pub type AppFuture = futures_util::future::Either<
+    futures_util::future::BoxFuture<'static, Result<Response<Body>, Infallible>>,
+    axum::routing::future::RouteFuture<Infallible>,
+>;
+
 /// Whether `path` is served by the `/v1/*` handler: `/v1/` and at least one more byte.
 fn is_v1(path: &str) -> bool {
     path.len() > "/v1/".len() && path.starts_with("/v1/")
@@ -109,21 +121,41 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = futures_util::future::Either<
-        futures_util::future::BoxFuture<'static, Result<Response<Body>, Infallible>>,
-        axum::routing::future::RouteFuture<Infallible>,
-    >;
+    type Future = AppFuture;
 
     fn poll_ready(
         &mut self,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Infallible>> {
-        // Both are always ready: the edge stack readies each call's own clone, the router
+        // Both are always ready: the edge stack readies its copy at each call, the router
         // each route's.
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.route(req)
+    }
+}
+
+/// The app as hyper calls it, by reference: a request clones nothing of it (a clone would
+/// write counts that every worker thread shares).
+impl hyper::service::Service<Request<hyper::body::Incoming>> for App {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = <App as tower::Service<Request<hyper::body::Incoming>>>::Future;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        self.route(req)
+    }
+}
+
+impl App {
+    /// A `/v1/…` request to the edge stack, anything else to the router.
+    fn route<B>(&self, req: Request<B>) -> AppFuture
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         use futures_util::future::Either;
         let mut req = req;
         match is_v1(req.uri().path()) {
@@ -136,13 +168,13 @@ where
                 if let Some(peer) = remote.filter(|_| self.open.protected()) {
                     req.extensions_mut().insert(ConnectInfo(peer));
                 }
-                Either::Left(self.v1.call(req.map(Body::new)))
+                Either::Left(self.v1.call_ref(req.map(Body::new)))
             }
             false => {
                 if let Some(peer) = self.peer {
                     req.extensions_mut().insert(ConnectInfo(peer));
                 }
-                Either::Right(self.rest.call(req))
+                Either::Right(tower::Service::call(&mut self.rest.clone(), req))
             }
         }
     }

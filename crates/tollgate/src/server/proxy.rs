@@ -6,7 +6,7 @@
 use super::access::AnswerRecord;
 use super::headers::{client_headers, upstream_headers};
 use crate::error::{set_retry_after, GatewayError};
-use crate::reload::{Reloader, Runtime};
+use crate::reload::{Local, Runtime};
 use crate::request::{Answer, Endpoint, GatewayRequest, Served};
 use axum::body::Body;
 use bytes::Bytes;
@@ -15,7 +15,6 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
 
 /// The request body as the edge hands it over: the client's bytes under the edge's limit, not
 /// boxed again.
@@ -23,12 +22,12 @@ pub(super) type EdgeBody = tower_http::body::Limited<Body>;
 
 /// Handles every `/v1/*` request. One async fn for what was three nested ones: each level
 /// kept the request twice (as its argument and as a local), in a future the edge moves whole.
-pub(super) async fn proxy(state: Arc<Reloader>, req: Request<EdgeBody>) -> Response<Body> {
+pub(super) async fn proxy(local: Arc<Local>, req: Request<EdgeBody>) -> Response<Body> {
     // Traces on: a client that leaves before the answer's head is the request span's outcome.
     let mut left = crate::telemetry::enabled().then(|| Cancelled(Some(tracing::Span::current())));
     // Anthropic's clients read errors in Anthropic's shape.
     let messages = req.uri().path().starts_with("/v1/messages");
-    let mut resp = answer(state, req).await;
+    let mut resp = answer(local, req).await;
     if messages && (resp.status().is_client_error() || resp.status().is_server_error()) {
         resp = messages_error(resp).await;
     }
@@ -77,10 +76,8 @@ async fn messages_error(resp: Response<Body>) -> Response<Body> {
     Response::from_parts(parts, Body::from(messages::error_body(status, &bytes)))
 }
 
-async fn answer(reloader: Arc<Reloader>, req: Request<EdgeBody>) -> Response<Body> {
+async fn answer(rt: Arc<Local>, req: Request<EdgeBody>) -> Response<Body> {
     let received = Instant::now();
-    // One runtime for the whole request, even if the config is reloaded meanwhile.
-    let rt = reloader.current();
     // The client key is checked from the headers first: a request without a valid key is
     // answered before a byte of its body is read.
     let client = match rt
@@ -101,12 +98,7 @@ async fn answer(reloader: Arc<Reloader>, req: Request<EdgeBody>) -> Response<Bod
     if crate::telemetry::enabled() {
         crate::telemetry::spans::requested(&tracing::Span::current(), gw.model.as_deref());
     }
-    let mut service = rt.gateway.service.clone();
-    let called = match service.ready().await {
-        Ok(ready) => ready.call(gw).await,
-        Err(e) => Err(e),
-    };
-    match called {
+    match rt.gateway.service.call_ref(gw).await {
         Ok(answer) => respond(answer, model),
         Err(e) => failed(e, model),
     }
