@@ -23,7 +23,8 @@ pub struct Client {
     /// carries them (a clone is a count, a value written anew an allocation).
     pub limit_values: [Option<(u64, http::HeaderValue)>; 2],
     /// Requests in flight, shared with the same client of earlier and later configs: a reload
-    /// does not let a client past its `max_concurrent`.
+    /// does not let a client past its `max_concurrent`. Counted only while it has one: a
+    /// reload that gives a client a limit counts the requests that start after it.
     inflight: Arc<AtomicU32>,
     /// The [`Tagger`] tag of its key, once a request presented the key (the digest matched).
     known: Known,

@@ -132,14 +132,19 @@ where
     ) -> impl std::future::Future<Output = Result<Answer, GatewayError>> + Send + 'static {
         let shared = self;
         async move {
+            // Counted only for a client with a limit (a count every worker writes for every
+            // request otherwise).
             let slot = match &req.client {
-                Some(c) => Some(c.enter().ok_or(GatewayError::TooManyConcurrent {
-                    limit: c.settings.max_concurrent.unwrap_or(0),
-                })?),
-                None => None,
+                Some(c) if c.settings.max_concurrent.is_some() => {
+                    Some(c.enter().ok_or(GatewayError::TooManyConcurrent {
+                        limit: c.settings.max_concurrent.unwrap_or(0),
+                    })?)
+                }
+                _ => None,
             };
             let taken = shared.take(&mut req).await?;
-            let bucket = req.client_bucket.clone();
+            // The bucket is the client's own: its limits are what the refund needs besides.
+            let limits = req.client_bucket.as_ref().map(|(_, limits)| *limits);
             let client = req.client.clone();
             let deferred = req.client_take.clone();
             // Readied, then called with the request itself (`oneshot` would hold the request in
@@ -154,9 +159,11 @@ where
                 Some(pending) => pending.taken.get().copied().unwrap_or_default(),
                 None => taken,
             };
-            if let (Some((id, limits)), Some(refund)) = (bucket, unserved(charge, &result)) {
+            if let (Some(c), Some(limits), Some(refund)) =
+                (&client, limits, unserved(charge, &result))
+            {
                 levels = levels.refunded(&refund);
-                shared.limiter.refund(&id, limits, refund).await;
+                shared.limiter.refund(&c.bucket, limits, refund).await;
             }
             let mut answer = result?;
             if levels != Levels::default() {

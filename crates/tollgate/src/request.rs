@@ -13,7 +13,7 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 pub struct GatewayRequest {
     /// Request id (from the client's `x-request-id` or generated).
-    pub id: String,
+    pub id: Arc<str>,
     /// HTTP method.
     pub method: Method,
     /// Path after `/v1/`.

@@ -20,18 +20,23 @@ impl SelectShared {
     /// counted, real usage is counted and reconciled with the buckets' estimate and recorded on
     /// the attempt's `span` (which ends then).
     pub(super) fn on_end(
-        &self,
+        self: &Arc<Self>,
         req: &GatewayRequest,
         provider: usize,
         lease: Lease,
         span: tracing::Span,
     ) -> impl FnOnce(StreamEnd, Option<Usage>) + Send + 'static {
-        let counters = self.handles.tokens(provider, req.model_index);
-        let stream_errors = self.metrics.stream_errors.clone();
-        let client_bucket = req.client_bucket.clone();
+        // This thread's policy state (the stack is made per thread), not clones of what it
+        // holds: those counts are shared by every thread.
+        let shared = Arc::clone(self);
+        let model = req.model_index;
+        let client_bucket = req
+            .client_bucket
+            .as_ref()
+            .filter(|(_, l)| l.tpm.is_some())
+            .cloned();
         let estimate = req.tokens;
-        let limiter = Arc::clone(&self.limiter);
-        let request_id = req.id.clone();
+        let request_id = Arc::clone(&req.id);
         move |end, usage| {
             match end {
                 StreamEnd::Complete => {}
@@ -40,7 +45,11 @@ impl SelectShared {
                 }
                 _ => {
                     let pname = lease.provider();
-                    stream_errors.with_label_values(&[pname, end.label()]).inc();
+                    shared
+                        .metrics
+                        .stream_errors
+                        .with_label_values(&[pname, end.label()])
+                        .inc();
                     tracing::warn!(request_id = %request_id, provider = %pname, reason = end.label(), "answer ended early");
                 }
             }
@@ -52,16 +61,18 @@ impl SelectShared {
             if !span.is_none() {
                 crate::telemetry::spans::usage(&span, u.prompt_tokens, u.completion_tokens);
             }
+            let counters = shared.handles.tokens(provider, model);
             counters[0].inc_by(u.prompt_tokens);
             counters[1].inc_by(u.completion_tokens);
             counters[2].inc_by(u.cached_tokens().min(u.prompt_tokens));
             let key_limits = lease.bucket().1;
             let key_bucket = key_limits.tpm.map(|_| (lease.bucket_id(), key_limits));
             drop(lease);
-            let buckets = [key_bucket, client_bucket.filter(|(_, l)| l.tpm.is_some())];
+            let buckets = [key_bucket, client_bucket];
             if actual == estimate || buckets.iter().all(Option::is_none) {
                 return;
             }
+            let limiter = &shared.limiter;
             if !limiter.is_shared() {
                 // Memory buckets: correct them before the client can send its next request.
                 for (id, limits) in buckets.iter().flatten() {
@@ -69,6 +80,7 @@ impl SelectShared {
                 }
                 return;
             }
+            let limiter = Arc::clone(limiter);
             // One call corrects the key's and the client's buckets.
             let buckets: Vec<_> = buckets.into_iter().flatten().collect();
             let reconcile = async move {
@@ -86,7 +98,7 @@ impl SelectShared {
         reason = "one answer's parts, each used once"
     )]
     pub(super) fn answer(
-        &self,
+        self: &Arc<Self>,
         req: &GatewayRequest,
         provider: usize,
         lease: Lease,

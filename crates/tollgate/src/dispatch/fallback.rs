@@ -26,7 +26,7 @@ pub struct Routed {
     /// The client's request.
     pub req: Arc<GatewayRequest>,
     /// The targets that can serve it, in order (never empty).
-    pub chain: Vec<Target>,
+    pub chain: Arc<[Target]>,
 }
 
 /// The fallback policy's state (its layer is [`FallbackLayer`]).

@@ -153,10 +153,10 @@ impl Handles {
     }
 
     /// Token counters of a provider and a model index (`None`: a pass-through model).
-    pub(super) fn tokens(&self, provider: usize, model: Option<usize>) -> [IntCounter; 3] {
+    pub(super) fn tokens(&self, provider: usize, model: Option<usize>) -> &[IntCounter; 3] {
         let row = &self.tokens[provider];
         let idx = model.unwrap_or(row.len() - 1).min(row.len() - 1);
-        row[idx].clone()
+        &row[idx]
     }
 
     /// The attempt counter of one key and outcome kind.

@@ -197,7 +197,7 @@ async fn fallback_walks_the_chain_in_order_and_counts_the_move() {
     });
     let routed = Routed {
         req: request(),
-        chain: vec![target(0), target(1), target(2)],
+        chain: vec![target(0), target(1), target(2)].into(),
     };
     let answer = fallback.layer(inner).oneshot(routed).await.unwrap();
     assert_eq!(answer.provider, "q");

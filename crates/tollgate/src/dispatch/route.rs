@@ -18,6 +18,11 @@ use tower::{Layer, Service};
 pub struct RouteShared {
     settings: Arc<Settings>,
     providers: Arc<[Provider]>,
+    /// Each configured model's targets, by model index, made with the layer (a request whose
+    /// providers all serve its endpoint takes its chain as a count, not a list built anew).
+    /// The layer is made per thread, and so are these counts and the model names' (a target
+    /// is cloned for every attempt).
+    chains: Vec<Arc<[Target]>>,
 }
 
 /// Builds [`Route`] services.
@@ -29,10 +34,29 @@ pub struct RouteLayer {
 impl RouteLayer {
     /// Routes by `settings.models` over `providers`.
     pub fn new(settings: Arc<Settings>, providers: Arc<[Provider]>) -> Self {
+        let default_max = settings.limits.default_max_tokens;
+        let chains = settings
+            .models
+            .iter()
+            .map(|m| {
+                m.targets
+                    .iter()
+                    .map(|t| Target {
+                        provider: t.provider,
+                        model: Some(Arc::from(&*t.model)),
+                        max_tokens: t.max_tokens.unwrap_or(default_max),
+                        context_window: t.context_window,
+                        fit_max_tokens: m.fit_max_tokens,
+                        reasoning: t.reasoning,
+                    })
+                    .collect()
+            })
+            .collect();
         RouteLayer {
             shared: Arc::new(RouteShared {
                 settings,
                 providers,
+                chains,
             }),
         }
     }
@@ -91,7 +115,7 @@ where
 impl RouteShared {
     /// The chain for a request: configured targets, the default provider, or 404; only the
     /// targets that can serve its endpoint.
-    fn chain(&self, req: &GatewayRequest) -> Result<Vec<Target>, GatewayError> {
+    fn chain(&self, req: &GatewayRequest) -> Result<Arc<[Target]>, GatewayError> {
         let default_max = self.settings.limits.default_max_tokens;
         let pass_through = |provider| Target {
             provider,
@@ -101,30 +125,23 @@ impl RouteShared {
             fit_max_tokens: false,
             reasoning: false,
         };
-        let targets = match (req.model.as_deref(), req.model_index) {
-            (Some(_), Some(i)) => self.settings.models[i]
-                .targets
-                .iter()
-                .map(|t| Target {
-                    provider: t.provider,
-                    model: Some(t.model.clone()),
-                    max_tokens: t.max_tokens.unwrap_or(default_max),
-                    context_window: t.context_window,
-                    fit_max_tokens: self.settings.models[i].fit_max_tokens,
-                    reasoning: t.reasoning,
-                })
-                .collect(),
+        let serves = |t: &Target| self.providers[t.provider].supports(req);
+        let chain: Arc<[Target]> = match (req.model.as_deref(), req.model_index) {
+            (Some(_), Some(i)) => match self.chains.get(i) {
+                Some(all) if all.iter().all(serves) => Arc::clone(all),
+                Some(all) => all.iter().filter(|t| serves(t)).cloned().collect(),
+                None => Arc::new([]),
+            },
             (Some(model), None) => match self.settings.default_provider {
-                Some(p) => vec![pass_through(p)],
+                Some(p) => Some(pass_through(p)).into_iter().filter(serves).collect(),
                 None => return Err(GatewayError::ModelNotFound(model.to_owned())),
             },
             // No model (GET /models/…, files, multipart uploads): the default provider, else the first.
-            (None, _) => vec![pass_through(self.settings.default_provider.unwrap_or(0))],
+            (None, _) => Some(pass_through(self.settings.default_provider.unwrap_or(0)))
+                .into_iter()
+                .filter(serves)
+                .collect(),
         };
-        let chain: Vec<Target> = targets
-            .into_iter()
-            .filter(|t| self.providers[t.provider].supports(req))
-            .collect();
         if chain.is_empty() {
             return Err(GatewayError::EndpointUnsupported {
                 model: req.model.clone().unwrap_or_default(),

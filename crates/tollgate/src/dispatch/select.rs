@@ -230,7 +230,7 @@ impl SelectShared {
 
     /// Applies the outcome to the key and the trail; the answer on success.
     async fn settle(
-        &self,
+        self: &Arc<Self>,
         call: &AttemptCall,
         mut lease: Lease,
         charge: Charge,

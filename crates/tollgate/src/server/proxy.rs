@@ -175,10 +175,10 @@ async fn parse(
         false => None,
     };
     let id_value = super::headers::request_id(&parts.extensions, &parts.headers);
-    let request_id = id_value
+    let request_id: Arc<str> = id_value
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
-        .to_owned();
+        .into();
     let model_index = meta.model.as_deref().and_then(|m| settings.model_index(m));
     let is_post = parts.method == Method::POST;
     // Stored by default on the Responses API, on request for chat completions.
