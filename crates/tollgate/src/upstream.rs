@@ -440,6 +440,17 @@ mod tests {
         }
     }
 
+    /// The upstream of a config with one provider.
+    fn one_provider() -> HttpUpstream {
+        let settings = crate::config::Config::from_toml(
+            "[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\nkeys = [{ id = \"a\", secret = \"sk\" }]\n",
+        )
+        .unwrap()
+        .validate_with(&|_| None)
+        .unwrap();
+        HttpUpstream::new(&settings).unwrap()
+    }
+
     fn single_threaded() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -453,13 +464,7 @@ mod tests {
     #[tokio::test]
     async fn each_thread_has_pools_of_its_own() {
         let (addr, accepted) = counting_server().await;
-        let settings = crate::config::Config::from_toml(
-            "[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\nkeys = [{ id = \"a\", secret = \"sk\" }]\n",
-        )
-        .unwrap()
-        .validate_with(&|_| None)
-        .unwrap();
-        let upstream = HttpUpstream::new(&settings).unwrap();
+        let upstream = one_provider();
         let (a_sent, a_done) = std::sync::mpsc::channel::<()>();
         let (b_sent, b_done) = tokio::sync::oneshot::channel::<()>();
         let a = std::thread::spawn({
@@ -516,13 +521,7 @@ mod tests {
     /// is one scheme's default and not the other's).
     #[test]
     fn a_threads_pools_remember_each_host_by_scheme_and_authority() {
-        let settings = crate::config::Config::from_toml(
-            "[[providers]]\nname = \"p\"\nbase_url = \"http://p/v1\"\nkeys = [{ id = \"a\", secret = \"sk\" }]\n",
-        )
-        .unwrap()
-        .validate_with(&|_| None)
-        .unwrap();
-        let upstream = HttpUpstream::new(&settings).unwrap();
+        let upstream = one_provider();
         let mut pools = upstream.connectors.pools();
         let mut host = |url: &str| {
             let uri: http::Uri = url.parse().unwrap();
