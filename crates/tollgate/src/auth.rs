@@ -50,15 +50,19 @@ impl Client {
         self.settings.models.is_empty() || self.settings.models.iter().any(|m| m == model)
     }
 
-    /// Counts one request in flight; `None` when the client is at its concurrency limit.
-    pub fn enter(self: &Arc<Self>) -> Option<InflightGuard> {
-        let limit = self.settings.max_concurrent.unwrap_or(u32::MAX);
+    /// Counts one request in flight against the client's `max_concurrent`: the slot, held
+    /// until the answer's end; `Ok(None)` for a client without a limit (nothing is counted: a
+    /// count every worker would write for every request); `Err(limit)` when all are taken.
+    pub fn enter(self: &Arc<Self>) -> Result<Option<InflightGuard>, u32> {
+        let Some(limit) = self.settings.max_concurrent else {
+            return Ok(None);
+        };
         let prev = self.inflight.fetch_add(1, Ordering::AcqRel);
         if prev >= limit {
             self.inflight.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(limit);
         }
-        Some(InflightGuard(Arc::clone(self)))
+        Ok(Some(InflightGuard(Arc::clone(self))))
     }
 }
 
@@ -344,9 +348,21 @@ mod tests {
             .unwrap();
         let g1 = c.enter().unwrap();
         let _g2 = c.enter().unwrap();
-        assert!(c.enter().is_none());
+        assert_eq!(c.enter().err(), Some(2));
         drop(g1);
-        assert!(c.enter().is_some());
+        assert!(c.enter().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_client_without_a_limit_is_not_counted() {
+        let auth = Auth::new(&[client("a", "k", &[], None)]);
+        let c = auth
+            .authenticate(&headers("api-key", "k"))
+            .unwrap()
+            .unwrap();
+        let held: Vec<_> = (0..3).map(|_| c.enter().unwrap()).collect();
+        assert!(held.iter().all(Option::is_none));
+        assert_eq!(c.inflight.load(Ordering::Acquire), 0);
     }
 
     #[test]
@@ -364,17 +380,17 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(
-            c.enter().is_none(),
+            c.enter().is_err(),
             "the stream opened before the reload still counts"
         );
         drop(held);
-        assert!(c.enter().is_some());
+        assert!(c.enter().unwrap().is_some());
         let other = Auth::carry_over(&[client("b", "k", &[], Some(1))], Some(&new));
         let b = other
             .authenticate(&headers("api-key", "k"))
             .unwrap()
             .unwrap();
-        assert!(b.enter().is_some(), "a new name starts from zero");
+        assert!(b.enter().unwrap().is_some(), "a new name starts from zero");
     }
 
     #[test]

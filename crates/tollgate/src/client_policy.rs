@@ -132,15 +132,11 @@ where
     ) -> impl std::future::Future<Output = Result<Answer, GatewayError>> + Send + 'static {
         let shared = self;
         async move {
-            // Counted only for a client with a limit (a count every worker writes for every
-            // request otherwise).
             let slot = match &req.client {
-                Some(c) if c.settings.max_concurrent.is_some() => {
-                    Some(c.enter().ok_or(GatewayError::TooManyConcurrent {
-                        limit: c.settings.max_concurrent.unwrap_or(0),
-                    })?)
-                }
-                _ => None,
+                Some(c) => c
+                    .enter()
+                    .map_err(|limit| GatewayError::TooManyConcurrent { limit })?,
+                None => None,
             };
             let taken = shared.take(&mut req).await?;
             // The bucket is the client's own: its limits are what the refund needs besides.

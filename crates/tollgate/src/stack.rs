@@ -257,32 +257,42 @@ pub fn gateway(
     let pools = pools(settings, &parts.metrics, previous);
     let budgets = budgets(settings);
     let keys_have_tpm = pools.iter().any(|p| p.has_tpm());
-    let dispatch_once = dispatch(settings, parts, &pools, &budgets);
+    let (records, limiter, metrics) = (
+        Arc::clone(&parts.records),
+        Arc::clone(&parts.limiter),
+        parts.metrics.clone(),
+    );
+    let default_max_tokens = settings.limits.default_max_tokens;
     let copies = std::sync::atomic::AtomicU64::new(0);
     let (settings, parts, shared_pools) = (Arc::clone(settings), parts.clone(), Arc::clone(&pools));
-    let build = move || {
-        // Each copy's jitter its own: the same seed would draw the same backoffs on every thread.
+    // The policies from the route down, over the shared state; each copy's jitter its own (the
+    // same seed would draw the same backoffs on every thread).
+    let make_dispatch = move || {
         let copy = copies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let parts = Parts {
             seed: parts.seed.wrapping_add(copy),
             ..parts.clone()
         };
+        dispatch(&settings, &parts, &shared_pools, &budgets)
+    };
+    // Made now, with the config: making it resolves the metric handles, so every series is
+    // exported from zero before any traffic.
+    let without_clients = make_dispatch();
+    let build = move || {
         ServiceBuilder::new()
             .layer(ClientAuthLayer::new(Arc::clone(&auth)))
-            .layer(crate::ownership::OwnershipLayer::new(Arc::clone(
-                &parts.records,
-            )))
+            .layer(crate::ownership::OwnershipLayer::new(Arc::clone(&records)))
             .layer(ClientLimitLayer::new(
-                Arc::clone(&parts.limiter),
-                parts.metrics.clone(),
+                Arc::clone(&limiter),
+                metrics.clone(),
                 keys_have_tpm,
-                settings.limits.default_max_tokens,
+                default_max_tokens,
             ))
-            .service(dispatch(&settings, &parts, &shared_pools, &budgets))
+            .service(make_dispatch())
     };
     Gateway {
         service: SharedService::per_thread(build),
-        dispatch: SharedService::new(dispatch_once),
+        dispatch: SharedService::new(without_clients),
         pools,
     }
 }

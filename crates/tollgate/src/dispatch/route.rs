@@ -126,21 +126,24 @@ impl RouteShared {
             reasoning: false,
         };
         let serves = |t: &Target| self.providers[t.provider].supports(req);
-        let chain: Arc<[Target]> = match (req.model.as_deref(), req.model_index) {
+        let only = |provider| -> Arc<[Target]> {
+            Some(pass_through(provider))
+                .into_iter()
+                .filter(serves)
+                .collect()
+        };
+        let chain = match (req.model.as_deref(), req.model_index) {
             (Some(_), Some(i)) => match self.chains.get(i) {
                 Some(all) if all.iter().all(serves) => Arc::clone(all),
                 Some(all) => all.iter().filter(|t| serves(t)).cloned().collect(),
                 None => Arc::new([]),
             },
             (Some(model), None) => match self.settings.default_provider {
-                Some(p) => Some(pass_through(p)).into_iter().filter(serves).collect(),
+                Some(p) => only(p),
                 None => return Err(GatewayError::ModelNotFound(model.to_owned())),
             },
             // No model (GET /models/…, files, multipart uploads): the default provider, else the first.
-            (None, _) => Some(pass_through(self.settings.default_provider.unwrap_or(0)))
-                .into_iter()
-                .filter(serves)
-                .collect(),
+            (None, _) => only(self.settings.default_provider.unwrap_or(0)),
         };
         if chain.is_empty() {
             return Err(GatewayError::EndpointUnsupported {
