@@ -13,8 +13,9 @@
 //! limits that never bind), then for every scenario × concurrency × repetition measures a run
 //! straight at the mock, one through the bare proxy and one through the gateway (the order
 //! rotates per repetition), each after a discarded warmup. It prints a table of medians over
-//! repetitions (ratios and deltas are taken within each repetition, then the median), and writes
-//! every run as JSON and CSV. See `benches/README.md`.
+//! repetitions (ratios and deltas are taken within each repetition, then the median), then the
+//! performance goals each median meets or misses with its range over the repetitions (`goals`),
+//! and writes every run as JSON and CSV. See `benches/README.md`.
 //!
 //! `tollgate-bench soak [--duration 60s] [--concurrency 16] ...` is the fault soak instead: mixed
 //! load through the gateway while its upstreams fail in scripted ways (see `soak`).
@@ -30,6 +31,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod args;
 mod bare;
 mod codex_turn;
+mod goals;
 mod instructions;
 mod load;
 mod measure;
@@ -214,9 +216,19 @@ async fn measure_all(
         }
         None => None,
     };
+    let goals = goals::check(&summary, open.as_ref(), idle_rss);
+    if !args.smoke && !goals.is_empty() {
+        println!("{}", goals::describe(&goals));
+    }
     let idle = [idle_rss, bare_idle_rss];
     let meta = meta(args, setup, bin_dir, idle, peak_reset, loadavg);
-    for path in output::write_files(&args.out, meta, &runs, &summary, open)? {
+    let results = output::Results {
+        runs: &runs,
+        summary: &summary,
+        open_streams: open,
+        goals: &goals,
+    };
+    for path in output::write_files(&args.out, meta, &results)? {
         eprintln!("wrote {path}");
     }
     Ok(runs.iter().map(|r| r.errors).sum())

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::goals::Goal;
 use crate::procs::BoxError;
 use crate::report::{RunRecord, Summary, RUN_COLUMNS, SUMMARY_COLUMNS};
 
@@ -116,22 +117,35 @@ fn csv(columns: &[&str], rows: &[Value]) -> String {
     out
 }
 
-/// Writes `{meta, runs, summary, open_streams}` to `path` as JSON, the runs to `<stem>.csv` and
-/// the summary to `<stem>-summary.csv`; returns the paths written.
+/// What one run found, as written to the files.
+pub(crate) struct Results<'a> {
+    /// Every measured run.
+    pub(crate) runs: &'a [RunRecord],
+    /// The medians per scenario and concurrency.
+    pub(crate) summary: &'a [Summary],
+    /// The open-streams figures, when measured.
+    pub(crate) open_streams: Option<Value>,
+    /// The goals the run measured, met or not.
+    pub(crate) goals: &'a [Goal],
+}
+
+/// Writes `{meta, runs, summary, open_streams, goals}` to `path` as JSON, the runs to
+/// `<stem>.csv` and the summary to `<stem>-summary.csv`; returns the paths written.
 pub(crate) fn write_files(
     path: &Path,
     meta: Value,
-    runs: &[RunRecord],
-    summary: &[Summary],
-    open_streams: Option<Value>,
+    results: &Results<'_>,
 ) -> Result<Vec<String>, BoxError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let runs: Vec<Value> = runs.iter().map(RunRecord::json).collect();
-    let summary: Vec<Value> = summary.iter().map(Summary::json).collect();
-    let doc =
-        json!({ "meta": meta, "runs": runs, "summary": summary, "open_streams": open_streams });
+    let runs: Vec<Value> = results.runs.iter().map(RunRecord::json).collect();
+    let summary: Vec<Value> = results.summary.iter().map(Summary::json).collect();
+    let goals: Vec<Value> = results.goals.iter().map(Goal::json).collect();
+    let doc = json!({
+        "meta": meta, "runs": runs, "summary": summary,
+        "open_streams": results.open_streams, "goals": goals,
+    });
     std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
     let runs_csv = path.with_extension("csv");
     std::fs::write(&runs_csv, csv(&RUN_COLUMNS, &runs))?;

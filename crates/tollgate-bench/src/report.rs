@@ -191,6 +191,13 @@ pub(crate) struct Summary {
     pub(crate) bare_cpu_us_per_req: f64,
     /// Largest peak RSS of the bare proxy over the repetitions, MiB.
     pub(crate) bare_peak_rss_mib: f64,
+    /// Smallest and largest per-repetition ratio gateway/bare: how far one repetition strays
+    /// from the median.
+    pub(crate) ratio_vs_bare_range: (f64, f64),
+    /// Largest per-repetition differences gateway − direct of the median and the 99th
+    /// percentile.
+    pub(crate) delta_p50_max_ms: f64,
+    pub(crate) delta_p99_max_ms: f64,
 }
 
 /// The median of `values` (0 when empty).
@@ -211,6 +218,15 @@ fn ratio(a: f64, b: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// Smallest and largest of `values` (0 and 0 when empty).
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values
+        .fold(None, |acc: Option<(f64, f64)>, v| {
+            Some(acc.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
+        })
+        .unwrap_or_default()
 }
 
 /// Largest of some KiB values, in MiB (0 when there are none).
@@ -244,6 +260,9 @@ pub(crate) fn summarize(runs: &[RunRecord]) -> Vec<Summary> {
         let pair = |pairs: &[(&RunRecord, &RunRecord)], f: fn(&RunRecord, &RunRecord) -> f64| {
             median(pairs.iter().map(|(b, g)| f(b, g)).collect())
         };
+        let spread = |pairs: &[(&RunRecord, &RunRecord)], f: fn(&RunRecord, &RunRecord) -> f64| {
+            range(pairs.iter().map(|(b, g)| f(b, g)))
+        };
         out.push(Summary {
             scenario,
             concurrency,
@@ -269,13 +288,16 @@ pub(crate) fn summarize(runs: &[RunRecord]) -> Vec<Summary> {
             delta_p99_vs_bare_ms: pair(&vs_bare, |b, g| g.p99_ms - b.p99_ms),
             bare_cpu_us_per_req: med(Mode::Bare, |r| r.bare_cpu_us_per_req.unwrap_or(0.0)),
             bare_peak_rss_mib: max_mib(of(Mode::Bare).filter_map(|r| r.bare_peak_rss_kib)),
+            ratio_vs_bare_range: spread(&vs_bare, |b, g| ratio(g.rps, b.rps)),
+            delta_p50_max_ms: spread(&vs_direct, |d, g| g.p50_ms - d.p50_ms).1,
+            delta_p99_max_ms: spread(&vs_direct, |d, g| g.p99_ms - d.p99_ms).1,
         });
     }
     out
 }
 
 /// CSV columns of [`Summary`] (keys of its JSON; the bare proxy's come last).
-pub(crate) const SUMMARY_COLUMNS: [&str; 24] = [
+pub(crate) const SUMMARY_COLUMNS: [&str; 28] = [
     "scenario",
     "concurrency",
     "reps",
@@ -300,6 +322,10 @@ pub(crate) const SUMMARY_COLUMNS: [&str; 24] = [
     "delta_p99_vs_bare_ms",
     "bare_cpu_us_per_req",
     "bare_peak_rss_mib",
+    "ratio_vs_bare_min",
+    "ratio_vs_bare_max",
+    "delta_p50_max_ms",
+    "delta_p99_max_ms",
 ];
 
 impl Summary {
@@ -320,6 +346,10 @@ impl Summary {
             "delta_p99_vs_bare_ms": self.delta_p99_vs_bare_ms,
             "bare_cpu_us_per_req": self.bare_cpu_us_per_req,
             "bare_peak_rss_mib": self.bare_peak_rss_mib,
+            "ratio_vs_bare_min": self.ratio_vs_bare_range.0,
+            "ratio_vs_bare_max": self.ratio_vs_bare_range.1,
+            "delta_p50_max_ms": self.delta_p50_max_ms,
+            "delta_p99_max_ms": self.delta_p99_max_ms,
         })
     }
 }
@@ -396,5 +426,11 @@ mod tests {
         assert!(close(s.delta_p99_vs_bare_ms, 1.0), "{s:?}");
         assert!(close(s.bare_cpu_us_per_req, 15.0), "{s:?}");
         assert!(close(s.bare_peak_rss_mib, 1.0), "{s:?}");
+        // The spread of the same per-repetition numbers.
+        assert!(close(s.ratio_vs_bare_range.0, 0.75), "{s:?}");
+        assert!(close(s.ratio_vs_bare_range.1, 0.9), "{s:?}");
+        // Gateway − direct: p50 2.0 − 1.0 and 2.5 − 1.0; p99 4.0 − 2.0 and 5.0 − 2.0.
+        assert!(close(s.delta_p50_max_ms, 1.5), "{s:?}");
+        assert!(close(s.delta_p99_max_ms, 3.0), "{s:?}");
     }
 }
