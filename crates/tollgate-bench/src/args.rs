@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// The usage text printed for `--help` and after a bad argument.
 pub(crate) const USAGE: &str = "\
-usage: tollgate-bench [--duration 5s] [--reps 3] [--concurrency 32,128]
+usage: tollgate-bench [--duration 5s] [--reps 5] [--concurrency 32,128]
                       [--scenarios immediate,delay20,stream20,prompt40k,responses40k,messages40k]
                       [--out target/bench/results.json]
                       [--warmup 500ms] [--client-threads 2] [--open-streams N]
@@ -129,7 +129,7 @@ impl Default for Args {
         Args {
             duration: Duration::from_secs(5),
             warmup: Duration::from_millis(500),
-            reps: 3,
+            reps: 5,
             concurrency: vec![32, 128],
             scenarios: Scenario::ALL.to_vec(),
             out: PathBuf::from("target/bench/results.json"),

@@ -1,7 +1,7 @@
 //! `tollgate-bench`: what Tollgate costs on top of its upstream.
 //!
 //! ```text
-//! cargo run --release -p tollgate-bench -- [--duration 5s] [--reps 3] [--concurrency 32,128]
+//! cargo run --release -p tollgate-bench -- [--duration 5s] [--reps 5] [--concurrency 32,128]
 //!     [--scenarios immediate,delay20,stream20,prompt40k] [--out target/bench/results.json]
 //!     [--open-streams 1000] [--bin-dir DIR] [--smoke]
 //! ```
