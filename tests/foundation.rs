@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use mock_upstream::{Fault, MockHandle};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tollgate_e2e::{mock, provider, Gateway};
+use tollgate_e2e::{mock, provider, refusing_port, Gateway};
 
 /// One default provider with one key "k1" (secret "sk-k1").
 async fn simple() -> (MockHandle, Gateway) {
@@ -283,11 +283,8 @@ async fn upstream_client_errors_pass_through_once() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
-    // A port that was just free: nothing listens there.
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nothing listens on, held so that no other test's server takes it.
+    let (free, _held) = refusing_port();
     let toml = format!(
         "[retry]\nmax_attempts = 1\n{}",
         provider("down", &format!("http://{free}/v1"), &["k1"], true)

@@ -300,6 +300,20 @@ pub async fn mock() -> mock_upstream::MockHandle {
         .expect("start mock-upstream")
 }
 
+/// A loopback address where connections are refused, held for as long as the socket lives.
+///
+/// The socket is bound but never listens: a connection to it is refused at once, and no other
+/// test can bind the same port meanwhile (a port that was merely free can be taken by a test
+/// running beside this one, whose server would then answer).
+pub fn refusing_port() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind a loopback port");
+    let addr = socket.local_addr().expect("its address");
+    (addr, socket)
+}
+
 /// One `[[providers]]` block of kind openai.
 pub fn provider(name: &str, base_url: &str, keys: &[&str], default: bool) -> String {
     let keys: Vec<String> = keys
@@ -341,18 +355,25 @@ impl RedisServer {
         if !tool_or_skip("redis-server", "TOLLGATE_REQUIRE_REDIS", test, install) {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer { child: None, port };
-        server.spawn().await;
-        Some(server)
+        // A port that was free a moment ago may be taken by a test running beside this one
+        // before the server binds it: then the server exits, and another port is tried.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut server = RedisServer { child: None, port };
+            if server.spawn().await {
+                return Some(server);
+            }
+        }
+        panic!("redis-server did not start on any of five free ports");
     }
 
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+    /// Starts the server on its port; false when it exited (the port was taken).
+    async fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -367,16 +388,18 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
-        self.child = Some(child);
         for _ in 0..500 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
+            if child.try_wait().expect("redis-server's status").is_some() {
+                return false;
+            }
+            // Something answers on the port; it is ours once it answers PING as Redis does.
+            if redis_pong(self.port).await {
+                self.child = Some(child);
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let _ = child.kill();
         panic!("redis-server did not start on port {}", self.port);
     }
 
@@ -396,8 +419,27 @@ impl RedisServer {
     /// Starts it again on the same port (recovery).
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        assert!(
+            self.spawn().await,
+            "redis-server could not start again on port {}",
+            self.port
+        );
     }
+}
+
+/// Whether a Redis server answers `PING` on the loopback port (a server of another test that
+/// took the port does not).
+async fn redis_pong(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 7];
+    let read = tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut answer)).await;
+    matches!(read, Ok(Ok(_))) && &answer == b"+PONG\r\n"
 }
 
 impl Drop for RedisServer {

@@ -21,7 +21,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tollgate_e2e::{mock, provider, Gateway};
+use tollgate_e2e::{mock, provider, refusing_port, Gateway};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -365,11 +365,8 @@ async fn without_an_endpoint_nothing_is_exported_and_the_clients_traceparent_pas
 #[tokio::test]
 async fn a_collector_that_is_down_costs_one_warning_not_the_requests() {
     let m = mock().await;
-    // A port nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nobody listens on, and nobody else may take while the test runs.
+    let (closed, _held) = refusing_port();
     let extra = format!("[telemetry]\notlp_endpoint = \"http://{closed}\"\n");
     let gw = Gateway::start(&config(&m, &["a"], &extra), &[FAST_BATCHES]).await;
     let warnings = |gw: &Gateway| gw.logs().matches("traces not exported").count();
