@@ -285,7 +285,7 @@ async fn one_replicas_ejection_is_shared_through_redis() {
     };
     let m = mock().await;
     let toml = format!(
-        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"200ms\"\nkey_prefix = \"e2e-eject{}\"\n[retry]\neject_after = 1\neject_duration = \"30s\"\n{}",
+        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"5s\"\nkey_prefix = \"e2e-eject{}\"\n[retry]\neject_after = 1\neject_duration = \"30s\"\n{}",
         redis.url(),
         redis.port,
         provider("openai", &m.base_url(), &["dead", "live"], true)
@@ -524,10 +524,13 @@ async fn the_queue_wait_is_bounded_in_total_and_then_the_fallback_answers() {
         provider("q", &q.base_url(), &["c"], false),
     );
     let gw = Gateway::start(&toml, &[]).await;
-    // Empty the key's bucket (60 requests a minute, a full minute's worth at the start).
+    // Empty the key's bucket (60 requests a minute, a full minute's worth at the start). It
+    // refills one a second, so a slow machine has some back by the end.
+    let warm = Instant::now();
     for _ in 0..60 {
         assert_eq!(post(&gw, &chat("m")).await.0, 200);
     }
+    let refilled = usize::try_from(warm.elapsed().as_secs()).unwrap();
     let start = Instant::now();
     let body = chat("m");
     let answers = futures_util::future::join_all((0..8).map(|_| post(&gw, &body))).await;
@@ -535,8 +538,9 @@ async fn the_queue_wait_is_bounded_in_total_and_then_the_fallback_answers() {
     for (status, _, body) in &answers {
         assert_eq!(*status, 200, "{body}");
     }
+    // Eight requests each waiting up to 2 s one after another would take 16 s.
     assert!(
-        took < Duration::from_millis(3500),
+        took < Duration::from_secs(5),
         "the last answer came after {took:?}"
     );
     let by_q = answers
@@ -544,7 +548,7 @@ async fn the_queue_wait_is_bounded_in_total_and_then_the_fallback_answers() {
         .filter(|(_, h, _)| h["x-tollgate-provider"] == "q")
         .count();
     assert!(
-        by_q >= 5,
-        "only {by_q} of 8 fell back; the rest waited at most 2 s each"
+        by_q + refilled >= 5,
+        "only {by_q} of 8 fell back ({refilled} refilled before); the rest waited at most 2 s each"
     );
 }

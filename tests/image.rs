@@ -104,12 +104,13 @@ fn image_runs_unprivileged_with_the_documented_entrypoint_config_and_ports() {
 /// The client key the test's gateway requires.
 const CLIENT_KEY: &str = "image-test-client-key-0123456789abcdef";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct loopback ports free a moment ago (both held while the second is found, so they
+/// differ).
+fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().unwrap().port();
+    (port(&a), port(&b))
 }
 
 /// The image's entrypoint and command run as its user, with the image's own config mounted
@@ -122,7 +123,7 @@ fn start_gateway(ctr: &Container, config: &Value, upstream: &str) -> (Running, u
     assert_eq!(shipped.matches(openai).count(), 1, "{CONFIG}: {shipped}");
     let mounted =
         tollgate_e2e::write_config(&shipped.replace(openai, &format!("base_url = \"{upstream}\"")));
-    let (port, admin) = (free_port(), free_port());
+    let (port, admin) = free_ports();
     let mut opts = vec![
         "--volume".to_owned(),
         format!("{}:{CONFIG}:ro", mounted.display()),

@@ -212,6 +212,14 @@ impl Gateway {
         self.url("/v1")
     }
 
+    /// Replaces the config file at once, as an editor that saves by renaming does: a watcher
+    /// polling the file never reads it half written.
+    pub fn replace_config(&self, toml: &str) {
+        let next = self.config_path.with_extension("next");
+        std::fs::write(&next, toml).expect("write the next config");
+        std::fs::rename(&next, &self.config_path).expect("move it into place");
+    }
+
     /// Everything the process logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")

@@ -236,6 +236,8 @@ async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
         ),
         1.0
     );
+    // The log is read from the gateway's stderr, which may lag its metrics.
+    assert!(gw.logged("config reload refused").await, "{}", gw.logs());
     assert_eq!(gw.logs().matches("config reload refused").count(), 1);
 }
 
@@ -244,11 +246,7 @@ async fn a_changed_file_and_sighup_both_reload() {
     let m = mock().await;
     let gw = Gateway::start(&config(&m, &["a"], "watch_interval = \"100ms\""), &[ADMIN]).await;
     let c = reqwest::Client::new();
-    std::fs::write(
-        &gw.config_path,
-        config(&m, &["b"], "watch_interval = \"100ms\""),
-    )
-    .unwrap();
+    gw.replace_config(&config(&m, &["b"], "watch_interval = \"100ms\""));
     until("the watcher to reload", || {
         gw.logs().contains("\"trigger\":\"file change\"")
     })
@@ -281,16 +279,25 @@ async fn a_changed_file_and_sighup_both_reload() {
 #[tokio::test]
 async fn a_separate_admin_listener_serves_metrics_and_admin() {
     let m = mock().await;
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 0: the gateway says where it listens (a port found free and handed over could be
+    // taken by a test running beside this one).
     let toml = config(&m, &["a"], "").replace(
         "[admin]",
-        &format!("[server]\nadmin_listen = \"127.0.0.1:{admin_port}\"\n[admin]"),
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\n[admin]",
     );
     let gw = Gateway::start(&toml, &[ADMIN]).await;
+    let logs = gw.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("\"message\":\"admin listening\""))
+        .unwrap_or_else(|| panic!("no admin address logged:\n{logs}"));
+    let admin: Value = serde_json::from_str(line).unwrap();
+    let admin_port = admin["addr"]
+        .as_str()
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
     let c = reqwest::Client::new();
     assert_eq!(
         c.get(gw.url("/metrics")).send().await.unwrap().status(),

@@ -173,7 +173,7 @@ async fn replicas_share_which_key_made_a_response_through_redis() {
     };
     let m = mock().await;
     let toml = format!(
-        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"200ms\"\nkey_prefix = \"e2e-pins{}\"\n{}",
+        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"5s\"\nkey_prefix = \"e2e-pins{}\"\n{}",
         redis.url(),
         redis.port,
         provider("openai", &m.base_url(), &KEYS, true)

@@ -384,7 +384,10 @@ async fn a_collector_that_is_down_costs_one_warning_not_the_requests() {
     for _ in 0..5 {
         let started = tokio::time::Instant::now();
         chat_with_traceparent(&gw).await.bytes().await.unwrap();
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "an export timeout is 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(warnings(&gw), 1, "{}", gw.logs());

@@ -314,7 +314,7 @@ async fn every_replica_knows_who_owns_what_through_redis() {
         return;
     };
     let state = format!(
-        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"e2e-owners{}\"\n",
+        "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"5s\"\nkey_prefix = \"e2e-owners{}\"\n",
         redis.url(),
         redis.port
     );
