@@ -54,6 +54,14 @@ pub fn cargo_build(args: &[&str]) {
     cmd.args(["build", "--quiet"])
         .args(args)
         .current_dir(workspace());
+    // The target directory the tests were built in (cargo marks its root with CACHEDIR.TAG),
+    // so that `--target-dir` on the test command builds and finds the binaries there too.
+    if let Some(target) = profile_dir()
+        .ancestors()
+        .find(|d| d.join("CACHEDIR.TAG").is_file())
+    {
+        cmd.arg("--target-dir").arg(target);
+    }
     if release {
         cmd.arg("--release");
     }

@@ -119,7 +119,7 @@ async fn run(opts: Opts) -> Result<(), BoxError> {
     });
     std::fs::create_dir_all(&work)?;
     let config = work.join("tollgate.toml");
-    std::fs::write(&config, procs::gateway_config(mock_addr, None))?;
+    std::fs::write(&config, gateway_config(mock_addr))?;
     let setup = Setup {
         bin_dir,
         config,
@@ -219,6 +219,16 @@ async fn send(
     Ok(())
 }
 
+/// The load matrix's gateway config without packing the workers (`server.pack_workers`).
+///
+/// Packing is a wall-clock policy, and under callgrind the clock runs fifty times slow: it would
+/// decide on nothing real. On a loaded machine it also ended the run: callgrind failed its own
+/// assertion (`vgCallgrind_post_signal`) and died within the first few requests, every time with
+/// packing on and never with it off.
+fn gateway_config(mock: std::net::SocketAddr) -> String {
+    procs::gateway_config(mock, None).replacen("[server]\n", "[server]\npack_workers = false\n", 1)
+}
+
 /// The `summary:` (or `totals:`) line of a callgrind output file: the instructions counted.
 fn read_total(path: &Path) -> Result<u64, BoxError> {
     let text = std::fs::read_to_string(path)
@@ -238,6 +248,16 @@ fn total_of(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_measured_gateway_does_not_pack_its_workers() {
+        let config = gateway_config("127.0.0.1:9".parse().unwrap());
+        assert!(
+            config.starts_with("[server]\npack_workers = false\n"),
+            "{config}"
+        );
+        assert_eq!(config.matches("pack_workers").count(), 1, "{config}");
+    }
 
     #[test]
     fn reads_the_total_callgrind_writes() {
