@@ -181,12 +181,7 @@ impl Gateway {
                     logs.lock().unwrap().join("\n")
                 )
             });
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-        let addr: SocketAddr = v["addr"]
-            .as_str()
-            .expect("addr field")
-            .parse()
-            .expect("socket addr");
+        let addr = addr_of(&line);
         let gw = Gateway {
             child,
             addr,
@@ -226,6 +221,18 @@ impl Gateway {
         let next = self.config_path.with_extension("next");
         std::fs::write(&next, toml).expect("write the next config");
         std::fs::rename(&next, &self.config_path).expect("move it into place");
+    }
+
+    /// The address in the log line with `message` (such as `admin listening`), logged before
+    /// the gateway was ready.
+    pub fn logged_addr(&self, message: &str) -> SocketAddr {
+        let logs = self.logs();
+        let needle = format!("\"message\":\"{message}\"");
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("no {message} line:\n{logs}"));
+        addr_of(line)
     }
 
     /// Everything the process logged so far.
@@ -307,6 +314,16 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `addr` field of a JSON log line.
+fn addr_of(line: &str) -> SocketAddr {
+    let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
+    v["addr"]
+        .as_str()
+        .expect("addr field")
+        .parse()
+        .expect("socket addr")
 }
 
 /// A fresh fake upstream with default answers on an ephemeral port.

@@ -286,18 +286,7 @@ async fn a_separate_admin_listener_serves_metrics_and_admin() {
         "[server]\nadmin_listen = \"127.0.0.1:0\"\n[admin]",
     );
     let gw = Gateway::start(&toml, &[ADMIN]).await;
-    let logs = gw.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("\"message\":\"admin listening\""))
-        .unwrap_or_else(|| panic!("no admin address logged:\n{logs}"));
-    let admin: Value = serde_json::from_str(line).unwrap();
-    let admin_port = admin["addr"]
-        .as_str()
-        .unwrap()
-        .parse::<std::net::SocketAddr>()
-        .unwrap()
-        .port();
+    let admin_port = gw.logged_addr("admin listening").port();
     let c = reqwest::Client::new();
     assert_eq!(
         c.get(gw.url("/metrics")).send().await.unwrap().status(),
